@@ -1,0 +1,43 @@
+//! Every default, as a named constant. `docs/config.md` lists the same values; a test
+//! keeps the two in step.
+
+use std::time::Duration;
+
+/// `[server] shutdown_grace`: SIGTERM drains this long, then closes what is left.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// `[server] workers`: 0 = one worker thread per core.
+pub const WORKERS: usize = 0;
+
+/// Listener `header_timeout`: from a request's first byte to its complete head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP listener `idle_timeout`: keep-alive, no byte since the last response.
+pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Listener `max_connections`: accepting pauses at this many open client connections.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// Listener `max_header_size`: request line + headers; over it, 431.
+pub const MAX_HEADER_SIZE: usize = 64 * 1024;
+/// The smallest `max_header_size` accepted: hyper's read buffer cannot be smaller.
+pub const MIN_HEADER_SIZE: usize = 8 * 1024;
+/// `tcp_keepalive`: idle time before the first probe (TCP sockets only).
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Interval between TCP keepalive probes.
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered TCP keepalive probes before the peer is declared dead.
+pub const TCP_KEEPALIVE_PROBES: u32 = 6;
+
+/// Route `path` when omitted.
+pub const ROUTE_PATH: &str = "/";
+
+/// Upstream `keepalive`: idle pooled connections kept per server.
+pub const KEEPALIVE: usize = 32;
+/// Upstream `keepalive_timeout`: below common backend keep-alive timeouts (Node's 5 s),
+/// so tidegate closes an idle connection before the backend does and never races it.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Upstream `connect_timeout`: for all of a server's addresses together.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Happy Eyeballs: start the next address after this long (RFC 8305 §5).
+pub const CONNECTION_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+/// Upstream `response_timeout`: until the response head.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Upstream `idle_timeout`: no byte either way on a live exchange.
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);

@@ -1,0 +1,162 @@
+//! Typed endpoints: a connection is either TCP or Unix, and socket options that only
+//! make sense on TCP (`TCP_NODELAY`, TCP keepalive) exist only on the TCP type.
+//!
+//! This is failure F1 of DESIGN.md made impossible: a network library that set
+//! `TCP_NODELAY` on a Unix socket got `EOPNOTSUPP` and the error cascaded. Here the
+//! option is a method of [`TcpOptions`], which is applied to a [`tokio::net::TcpStream`]
+//! only; there is nothing to call on a Unix stream:
+//!
+//! ```compile_fail
+//! use tidegate_proxy::endpoint::TcpOptions;
+//! fn f(unix: &tokio::net::UnixStream) {
+//!     TcpOptions::default().apply(unix); // error: expected `&TcpStream`
+//! }
+//! ```
+//!
+//! ```
+//! use tidegate_proxy::endpoint::TcpOptions;
+//! fn f(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+//!     TcpOptions::default().apply(tcp)
+//! }
+//! ```
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tidegate_config::defaults;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+/// Options for TCP sockets only. There is deliberately no way to apply them to a Unix
+/// socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpOptions {
+    /// Disable Nagle's algorithm (a proxy forwards what it has at once).
+    pub nodelay: bool,
+    /// Idle time before keepalive probes; `None` leaves keepalive off.
+    pub keepalive: Option<Duration>,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        TcpOptions {
+            nodelay: true,
+            keepalive: Some(defaults::TCP_KEEPALIVE),
+        }
+    }
+}
+
+impl TcpOptions {
+    /// Applies these options to a connected TCP socket.
+    pub fn apply(&self, stream: &TcpStream) -> io::Result<()> {
+        stream.set_nodelay(self.nodelay)?;
+        if let Some(idle) = self.keepalive {
+            let ka = socket2::TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(defaults::TCP_KEEPALIVE_INTERVAL)
+                .with_retries(defaults::TCP_KEEPALIVE_PROBES);
+            socket2::SockRef::from(stream).set_tcp_keepalive(&ka)?;
+        }
+        Ok(())
+    }
+}
+
+/// A peer's address: an IP socket address, or a Unix socket (whose peers are unnamed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerAddr {
+    /// A TCP peer.
+    Tcp(SocketAddr),
+    /// A Unix-socket peer.
+    Unix,
+}
+
+impl PeerAddr {
+    /// The IP address, for `X-Forwarded-For` (a Unix client adds nothing).
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            PeerAddr::Tcp(a) => Some(a.ip()),
+            PeerAddr::Unix => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerAddr::Tcp(a) => write!(f, "{a}"),
+            PeerAddr::Unix => f.write_str("unix"),
+        }
+    }
+}
+
+/// A connected stream of either family, for code that only moves bytes.
+#[derive(Debug)]
+pub enum Stream {
+    /// A TCP connection (options already applied).
+    Tcp(TcpStream),
+    /// A Unix-socket connection.
+    Unix(UnixStream),
+}
+
+// === impl Stream ===
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Test kit for tidegate: real backends on real sockets.
