@@ -2,9 +2,108 @@
 //! upstream connection pools, Happy Eyeballs, and the drain that ends it all.
 //!
 //! This crate never reads the environment, installs signal handlers or exits the
-//! process: the binary wires it (STYLE.md).
+//! process: the binary wires it (STYLE.md). [`Runtime`] is the one entry point: built
+//! from a validated config, it binds every address (or reports every failure), then
+//! [`Runtime::start`] runs the accept loops under a [`drain::Shutdown`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod drain;
 pub mod endpoint;
+pub mod errno;
+pub mod http;
 pub mod listen;
+pub mod serve;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use tidegate_config::Config;
+use tokio::sync::Semaphore;
+
+use drain::Shutdown;
+use http::HttpListener;
+use listen::{ListenError, Listener, LocalAddr};
+use upstream::connect::Resolve;
+use upstream::Upstream;
+
+/// Everything built from one config, with its sockets bound but not yet accepting.
+#[derive(Debug)]
+pub struct Runtime {
+    /// Upstreams by config order.
+    pub upstreams: Vec<Arc<Upstream>>,
+    listeners: Vec<BoundListener>,
+}
+
+#[derive(Debug)]
+struct BoundListener {
+    ctx: Arc<HttpListener>,
+    sockets: Vec<Listener>,
+    limit: Arc<Semaphore>,
+}
+
+impl Runtime {
+    /// Builds upstreams and listeners and binds every listen address. Any bind failure
+    /// fails the whole build (sockets already bound are closed) and every failure is
+    /// returned, not only the first.
+    pub fn bind(config: &Config, resolver: Arc<dyn Resolve>) -> Result<Runtime, Vec<ListenError>> {
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|u| Arc::new(Upstream::new(u)))
+            .collect();
+        let mut errors = Vec::new();
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let ctx = Arc::new(HttpListener::new(l, &upstreams, resolver.clone()));
+            let mut sockets = Vec::new();
+            for addr in &l.listen {
+                match Listener::bind(addr, ctx.client_tcp) {
+                    Ok(s) => sockets.push(s),
+                    Err(e) => errors.push(e),
+                }
+            }
+            listeners.push(BoundListener {
+                ctx,
+                sockets,
+                limit: Arc::new(Semaphore::new(l.max_connections.min(Semaphore::MAX_PERMITS))),
+            });
+        }
+        if errors.is_empty() {
+            Ok(Runtime {
+                upstreams,
+                listeners,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Every bound address, as `(listener name, address)`, in config order.
+    pub fn addresses(&self) -> Vec<(String, LocalAddr)> {
+        self.listeners
+            .iter()
+            .flat_map(|l| {
+                l.sockets
+                    .iter()
+                    .map(|s| (l.ctx.name.clone(), s.local_addr().clone()))
+            })
+            .collect()
+    }
+
+    /// Starts accepting on every socket. Accept loops stop when `shutdown` starts
+    /// draining; connection tasks are tracked by `shutdown.tracker`.
+    pub fn start(self, shutdown: &Shutdown) -> Vec<Arc<Upstream>> {
+        for l in self.listeners {
+            for socket in l.sockets {
+                shutdown.tracker.spawn(serve::accept_loop(
+                    socket,
+                    l.ctx.clone(),
+                    l.limit.clone(),
+                    shutdown.clone(),
+                ));
+            }
+        }
+        self.upstreams
+    }
+}

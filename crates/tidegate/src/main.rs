@@ -1,1 +1,37 @@
-fn main() {}
+//! The `tidegate` binary: `run`, `check`, `version`. The one place that reads the
+//! environment, installs signal handlers, raises limits and exits the process.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::Version => {
+            println!("tidegate {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        cli::Command::Check { config } => match tidegate_config::load_file(&config) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok ({} listener(s), {} upstream(s))",
+                    config.display(),
+                    cfg.listeners.len(),
+                    cfg.upstreams.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprint!("{errors}");
+                eprintln!("{}: {} error(s); nothing was started", config.display(), errors.len());
+                ExitCode::FAILURE
+            }
+        },
+        cli::Command::Run(args) => run::run(args),
+    }
+}

@@ -1,0 +1,42 @@
+//! One drain signal for every connection kind (STYLE.md: hyper-util's graceful helper
+//! only knows hyper connections).
+//!
+//! Invariants: every connection task is spawned on [`Shutdown::tracker`], so the binary
+//! can wait for all of them; `graceful` is cancelled first (stop accepting, finish
+//! in-flight exchanges, close idle keep-alive connections), `hard` later (close
+//! everything now). The grace period itself lives in the binary.
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The shutdown signals and the tracker of every connection task.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    /// Cancelled when draining starts: listeners close, idle connections close,
+    /// in-flight exchanges run on.
+    pub graceful: CancellationToken,
+    /// Cancelled when the grace period ends (or at once on SIGINT): every connection
+    /// closes now.
+    pub hard: CancellationToken,
+    /// Every connection task (client connections, tunnels).
+    pub tracker: TaskTracker,
+}
+
+impl Shutdown {
+    /// A fresh, un-cancelled set of signals.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts draining.
+    pub fn drain(&self) {
+        self.graceful.cancel();
+        self.tracker.close();
+    }
+
+    /// Closes everything now (implies draining).
+    pub fn abort(&self) {
+        self.drain();
+        self.hard.cancel();
+    }
+}

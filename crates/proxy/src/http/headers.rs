@@ -1,0 +1,216 @@
+//! Header rules for a proxy: hop-by-hop removal (RFC 9110 §7.6.1), `X-Forwarded-*`, and
+//! the framing checks hyper leaves to us (DESIGN.md §7).
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that are hop-by-hop whether or not `Connection` names them.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+];
+
+/// `Proxy-Connection` is non-standard but sent by old clients; never forward it.
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// True when the message asks for a protocol upgrade (`Connection: upgrade` and an
+/// `Upgrade` header).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers, including those named by `Connection`. With `upgrade`,
+/// keeps `Upgrade` and sets `Connection: upgrade` (DESIGN.md §7).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Names listed in Connection are removed too; collecting them is rare work (most
+    // requests carry only "keep-alive" or nothing there).
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(upgrade && n == header::UPGRADE))
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    let upgrade_value = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(PROXY_CONNECTION);
+    if let Some(v) = upgrade_value {
+        headers.insert(header::UPGRADE, v);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Why a request's framing headers are refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FramingError {
+    /// 400: the Host header is missing (HTTP/1.1) or repeated.
+    Host(&'static str),
+    /// 501: a transfer coding other than exactly `chunked`.
+    TransferEncoding(String),
+}
+
+/// Checks what hyper accepts but a proxy must not: a missing or repeated Host, and
+/// a Transfer-Encoding other than exactly `chunked` (e.g. `gzip, chunked`, which hyper
+/// decodes as chunked and a backend might not).
+pub fn check_framing(headers: &HeaderMap, http11: bool) -> Result<(), FramingError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if http11 => return Err(FramingError::Host("missing Host header")),
+        (Some(_), Some(_)) => return Err(FramingError::Host("repeated Host header")),
+        _ => {}
+    }
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = te.next() {
+        let second = te.next();
+        let ok = second.is_none()
+            && first
+                .to_str()
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+        if !ok {
+            let all: Vec<&str> = headers
+                .get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .map(|v| v.to_str().unwrap_or("<non-ASCII>"))
+                .collect();
+            return Err(FramingError::TransferEncoding(all.join(", ")));
+        }
+    }
+    Ok(())
+}
+
+/// Appends the client IP to `X-Forwarded-For` (nginx's `$proxy_add_x_forwarded_for`)
+/// and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: Option<std::net::IpAddr>,
+    host: Option<&HeaderValue>,
+) {
+    if let Some(ip) = client_ip {
+        let mut value = String::new();
+        for v in headers.get_all(&X_FORWARDED_FOR).iter() {
+            if let Ok(s) = v.to_str() {
+                if !value.is_empty() {
+                    value.push_str(", ");
+                }
+                value.push_str(s.trim());
+            }
+        }
+        if !value.is_empty() {
+            value.push_str(", ");
+        }
+        use std::fmt::Write;
+        let _ = write!(value, "{ip}");
+        if let Ok(v) = HeaderValue::try_from(value) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Some(h) = host {
+        headers.insert(X_FORWARDED_HOST, h.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_keeps_upgrade_and_connection_upgrade() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade(&h));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn framing_checks() {
+        assert_eq!(
+            check_framing(&map(&[]), true),
+            Err(FramingError::Host("missing Host header"))
+        );
+        assert!(check_framing(&map(&[]), false).is_ok());
+        assert_eq!(
+            check_framing(&map(&[("host", "a"), ("host", "b")]), true),
+            Err(FramingError::Host("repeated Host header"))
+        );
+        assert!(check_framing(&map(&[("host", "a"), ("transfer-encoding", "Chunked")]), true).is_ok());
+        assert_eq!(
+            check_framing(&map(&[("host", "a"), ("transfer-encoding", "gzip, chunked")]), true),
+            Err(FramingError::TransferEncoding("gzip, chunked".into()))
+        );
+        assert!(check_framing(
+            &map(&[("host", "a"), ("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")]),
+            true
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2")]);
+        let host = HeaderValue::from_static("example.com");
+        set_forwarded(&mut h, Some("127.0.0.1".parse().unwrap()), Some(&host));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, None, None);
+        assert!(!h.contains_key("x-forwarded-for"));
+    }
+}

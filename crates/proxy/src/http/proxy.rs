@@ -1,0 +1,248 @@
+//! One request through the proxy: checks, routing, forwarding, streaming the response,
+//! upgrades.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::time::timeout;
+
+use super::body::{ExchangeDone, ProxyBody};
+use super::clock::{Clock, Phase, Verdict, Watched};
+use super::error::{text_response, Failure};
+use super::headers::{self, FramingError};
+use super::{HttpListener, Target};
+use crate::drain::Shutdown;
+use crate::endpoint::PeerAddr;
+use crate::upstream::pool::Checkout;
+use crate::upstream::Upstream;
+
+/// The hyper service of one client connection.
+#[derive(Debug, Clone)]
+pub struct ConnService {
+    pub(crate) ctx: Arc<HttpListener>,
+    pub(crate) peer: PeerAddr,
+    pub(crate) clock: Arc<Clock>,
+    pub(crate) shutdown: Shutdown,
+}
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.clock.request_started();
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(req).await) })
+    }
+}
+
+impl ConnService {
+    async fn handle(self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let done = Some(ExchangeDone(self.clock.clone()));
+        if req.method() == Method::CONNECT {
+            return Failure::client(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not supported: tidegate is a reverse proxy",
+            )
+            .into_response(done);
+        }
+        // Absolute-form target: the authority is the Host (RFC 9112 §3.2.2), and the
+        // upstream gets origin-form.
+        if let Some(auth) = req.uri().authority() {
+            let host = auth.as_str().rsplit('@').next().unwrap_or(auth.as_str());
+            match HeaderValue::from_str(host) {
+                Ok(v) => {
+                    req.headers_mut().insert(header::HOST, v);
+                }
+                Err(_) => {
+                    return Failure::client(StatusCode::BAD_REQUEST, "invalid authority in request target")
+                        .into_response(done)
+                }
+            }
+        }
+        let http11 = req.version() == Version::HTTP_11;
+        match headers::check_framing(req.headers(), http11) {
+            Ok(()) => {}
+            Err(FramingError::Host(what)) => {
+                return Failure::client(StatusCode::BAD_REQUEST, what).into_response(done)
+            }
+            Err(FramingError::TransferEncoding(te)) => {
+                return Failure::client(
+                    StatusCode::NOT_IMPLEMENTED,
+                    format!("Transfer-Encoding \"{te}\" is not supported; only \"chunked\" is"),
+                )
+                .into_response(done)
+            }
+        }
+        let host = match req.headers().get(header::HOST).map(|h| h.to_str()) {
+            None => "",
+            Some(Ok(h)) => h,
+            Some(Err(_)) => {
+                return Failure::client(StatusCode::BAD_REQUEST, "Host header is not ASCII")
+                    .into_response(done)
+            }
+        };
+        let path = req.uri().path();
+        let target = super::route::select(
+            self.ctx.routes.iter().map(|(m, t)| (m, t)),
+            super::route::routing_host(host),
+            path,
+        );
+        match target {
+            None => {
+                let msg = format!("no route for {host}{path}");
+                Failure::client(StatusCode::NOT_FOUND, msg).into_response(done)
+            }
+            Some(Target::Respond { status, body }) => text_response(*status, body.clone(), done),
+            Some(Target::Upstream(up)) => {
+                let up = up.clone();
+                self.forward(up, req, done).await
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        up: Arc<Upstream>,
+        mut req: Request<Incoming>,
+        done: Option<ExchangeDone>,
+    ) -> Response<ProxyBody> {
+        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+        let host = parts.headers.get(header::HOST).cloned();
+        headers::set_forwarded(&mut parts.headers, self.peer.ip(), host.as_ref());
+        parts.uri = origin_form(&parts.uri);
+        parts.version = Version::HTTP_11;
+        let mut req = Request::from_parts(parts, body);
+
+        let active = up.pick();
+        self.clock.set_exchange_idle(up.timeouts.idle);
+        let server = active.server();
+        let mut fresh = false;
+        let (mut resp, conn) = loop {
+            let got = if fresh {
+                server.connect(&up.name, &up.timeouts, &self.ctx.resolver, self.ctx.upstream_tcp).await
+            } else {
+                server.checkout(&up.name, &up.timeouts, &self.ctx.resolver, self.ctx.upstream_tcp).await
+            };
+            let mut conn = match got {
+                Ok(c) => c,
+                Err(e) => return Failure::connect(&e).into_response(done),
+            };
+            let Some(sender) = conn.sender() else { continue };
+            match timeout(up.timeouts.response, sender.try_send_request(req)).await {
+                Err(_) => {
+                    let addr = server.addr.to_string();
+                    return Failure::response_timeout(&up.name, &addr, up.timeouts.response)
+                        .into_response(done);
+                }
+                Ok(Ok(resp)) => break (resp, conn),
+                Ok(Err(mut e)) => match e.take_message() {
+                    // hyper never wrote it: safe to send on a new connection, whatever
+                    // the method (DESIGN.md §5, retries).
+                    Some(unsent) if !fresh => {
+                        tracing::debug!(upstream = %up.name, server = %server.addr, reused = conn.reused,
+                            "request not sent on a pooled connection; using a new one");
+                        req = unsent;
+                        fresh = true;
+                    }
+                    _ => {
+                        let addr = server.addr.to_string();
+                        return Failure::before_head(&up.name, &addr, e.error()).into_response(done);
+                    }
+                },
+            }
+        };
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                let addr = server.addr.to_string();
+                return Failure {
+                    status: StatusCode::BAD_GATEWAY,
+                    message: format!("upstream {} ({addr}): switched protocols without being asked", up.name),
+                    side: super::error::Side::Upstream,
+                }
+                .into_response(done);
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let idle = up.timeouts.idle;
+            let shutdown = self.shutdown.clone();
+            self.shutdown.tracker.spawn(tunnel(client_upgrade, upstream_upgrade, conn, idle, shutdown));
+            let (mut parts, _) = resp.into_parts();
+            headers::remove_hop_by_hop(&mut parts.headers, true);
+            drop(active);
+            return Response::from_parts(parts, ProxyBody::full(bytes::Bytes::new(), done));
+        }
+
+        let (mut parts, body) = resp.into_parts();
+        headers::remove_hop_by_hop(&mut parts.headers, false);
+        Response::from_parts(parts, ProxyBody::upstream(body, conn, active, done))
+    }
+}
+
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.clone();
+    }
+    let pq = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::from(pq)
+}
+
+/// After a 101: bytes both ways until either side closes, the exchange's idle timer
+/// expires, or the drain's grace ends.
+async fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    conn: Checkout,
+    idle: std::time::Duration,
+    shutdown: Shutdown,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    // The upstream connection now belongs to the tunnel; it never returns to the pool.
+    drop(conn);
+    let clock = Clock::new();
+    clock.request_started();
+    clock.set_exchange_idle(idle);
+    let mut client = Watched::new(TokioIo::new(client), clock.clone());
+    let mut upstream = TokioIo::new(upstream);
+    tokio::select! {
+        res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match res {
+            Ok((up, down)) => tracing::debug!(to_upstream = up, to_client = down, "tunnel closed"),
+            Err(e) => tracing::debug!(error = %crate::errno::describe_io_error(&e), "tunnel ended"),
+        },
+        _ = expired(&clock, idle) => tracing::debug!("tunnel closed: idle_timeout"),
+        _ = shutdown.hard.cancelled() => tracing::debug!("tunnel closed: shutdown"),
+    }
+}
+
+/// Resolves when `clock`'s timers say the connection has been quiet too long.
+pub(crate) async fn expired(clock: &Clock, idle: std::time::Duration) -> Phase {
+    loop {
+        match clock.verdict(idle, idle) {
+            Verdict::Expired(phase) => return phase,
+            Verdict::WaitUntil(t) => tokio::time::sleep_until(t).await,
+        }
+    }
+}

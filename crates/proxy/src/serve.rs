@@ -1,0 +1,77 @@
+//! The accept loop, one for every listening socket: `max_connections`, back-off on
+//! accept errors, and the drain.
+//!
+//! Invariants: a connection task holds one permit of its listener's semaphore for its
+//! whole life, so at `max_connections` accepting pauses until one ends; the listening
+//! socket is dropped (closed, and its Unix socket file removed) as soon as draining
+//! starts, so new connections are refused at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::drain::Shutdown;
+use crate::errno::describe_io_error;
+use crate::http::{serve_connection, HttpListener};
+use crate::listen::Listener;
+
+/// First pause after an accept error; doubles up to [`MAX_ACCEPT_BACKOFF`].
+const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
+/// Longest pause after repeated accept errors (EMFILE must not spin a core).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Accepts connections on `listener` until draining starts.
+pub async fn accept_loop(
+    listener: Listener,
+    ctx: Arc<HttpListener>,
+    limit: Arc<Semaphore>,
+    shutdown: Shutdown,
+) {
+    let addr = listener.local_addr().to_string();
+    let mut backoff = MIN_ACCEPT_BACKOFF;
+    let mut paused = false;
+    loop {
+        if limit.available_permits() == 0 && !paused {
+            paused = true;
+            tracing::warn!(listener = %ctx.name, address = %addr, "max_connections reached; accepting paused until a connection ends");
+        }
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.graceful.cancelled() => break,
+        };
+        if paused {
+            paused = false;
+            tracing::info!(listener = %ctx.name, address = %addr, "accepting again");
+        }
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.graceful.cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = MIN_ACCEPT_BACKOFF;
+                let ctx = ctx.clone();
+                let sd = shutdown.clone();
+                shutdown.tracker.spawn(async move {
+                    serve_connection(ctx, stream, peer, sd).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(listener = %ctx.name, address = %addr, error = %describe_io_error(&e),
+                    backoff_ms = backoff.as_millis() as u64, "accept failed; pausing");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.graceful.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(listener = %ctx.name, address = %addr, "stopped listening");
+}

@@ -1,0 +1,231 @@
+//! The keep-alive pool of one upstream server, built on `hyper::client::conn::http1`.
+//!
+//! Invariants:
+//! - Every upstream connection's hyper `Connection` future runs in its own task until
+//!   the connection ends; when the upstream closes an idle pooled connection, that
+//!   future completes and the task removes the entry at once (no CLOSE_WAIT waits for
+//!   the next request to notice).
+//! - A connection is in the idle list only while nobody uses it, at most `max_idle` of
+//!   them, and for at most `idle_timeout` (the task closes it then).
+//! - A [`Checkout`] that is dropped without [`Checkout::release`] closes its connection:
+//!   a half-read response, a cancelled request or an upgrade never returns to the pool.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::endpoint::Stream;
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One upstream server's idle connections.
+#[derive(Debug)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<Incoming>,
+    ctl: Arc<ConnCtl>,
+}
+
+/// Shared between a connection's task and whoever holds it.
+#[derive(Debug)]
+struct ConnCtl {
+    id: u64,
+    /// Cancelled to close the connection now.
+    kill: CancellationToken,
+    /// `Some(deadline)` while idle in the pool; the task closes the connection then.
+    idle_until: watch::Sender<Option<Instant>>,
+}
+
+/// A connection taken from the pool or freshly opened, in use by one exchange.
+#[derive(Debug)]
+pub struct Checkout {
+    /// `None` once released to the pool.
+    conn: Option<Idle>,
+    pool: Weak<PoolInner>,
+    /// True when the connection had served a request before (it may have gone stale).
+    pub reused: bool,
+    /// Upstream address of the socket (TCP only).
+    pub peer: Option<SocketAddr>,
+    /// Our address on the socket (TCP only).
+    pub local: Option<SocketAddr>,
+}
+
+// === impl Pool ===
+
+impl Pool {
+    /// A pool keeping at most `max_idle` idle connections for `idle_timeout` each.
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
+        Pool {
+            inner: Arc::new(PoolInner {
+                idle: Mutex::new(Vec::with_capacity(max_idle.min(64))),
+                max_idle,
+                idle_timeout,
+            }),
+        }
+    }
+
+    /// How many idle connections the pool holds now.
+    pub fn idle_count(&self) -> usize {
+        lock(&self.inner.idle).len()
+    }
+
+    /// Takes the most recently used idle connection that is still open (the warmest;
+    /// older ones age out).
+    pub fn take(&self) -> Option<Checkout> {
+        let mut idle = lock(&self.inner.idle);
+        while let Some(entry) = idle.pop() {
+            if entry.sender.is_closed() {
+                entry.ctl.kill.cancel();
+                continue;
+            }
+            entry.ctl.idle_until.send_replace(None);
+            return Some(Checkout {
+                conn: Some(entry),
+                pool: Arc::downgrade(&self.inner),
+                reused: true,
+                peer: None,
+                local: None,
+            });
+        }
+        None
+    }
+
+    /// Hands a freshly connected stream to hyper and starts the connection's task.
+    pub async fn handshake(
+        &self,
+        stream: Stream,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) -> hyper::Result<Checkout> {
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, Incoming>(TokioIo::new(stream))
+            .await?;
+        let (idle_until, idle_rx) = watch::channel(None);
+        let ctl = Arc::new(ConnCtl {
+            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            kill: CancellationToken::new(),
+            idle_until,
+        });
+        tokio::spawn(drive(
+            conn.with_upgrades(),
+            ctl.clone(),
+            idle_rx,
+            Arc::downgrade(&self.inner),
+        ));
+        Ok(Checkout {
+            conn: Some(Idle { sender, ctl }),
+            pool: Arc::downgrade(&self.inner),
+            reused: false,
+            peer,
+            local,
+        })
+    }
+
+    /// Closes every idle connection (maintenance, shutdown).
+    pub fn clear(&self) {
+        for entry in lock(&self.inner.idle).drain(..) {
+            entry.ctl.kill.cancel();
+        }
+    }
+}
+
+/// Runs one upstream connection until it ends, is killed, or sits idle in the pool for
+/// longer than the pool's `idle_timeout`.
+async fn drive(
+    conn: impl std::future::Future<Output = hyper::Result<()>>,
+    ctl: Arc<ConnCtl>,
+    mut idle_rx: watch::Receiver<Option<Instant>>,
+    pool: Weak<PoolInner>,
+) {
+    tokio::pin!(conn);
+    loop {
+        let until = *idle_rx.borrow_and_update();
+        tokio::select! {
+            res = &mut conn => {
+                if let Err(e) = res {
+                    tracing::debug!(conn = ctl.id, error = %e, "upstream connection ended with an error");
+                }
+                break;
+            }
+            _ = ctl.kill.cancelled() => break,
+            changed = idle_rx.changed() => if changed.is_err() { break },
+            _ = sleep_until(until.unwrap_or_else(Instant::now)), if until.is_some() => {
+                tracing::debug!(conn = ctl.id, "closing idle pooled upstream connection (keepalive_timeout)");
+                break;
+            }
+        }
+    }
+    if let Some(pool) = pool.upgrade() {
+        lock(&pool.idle).retain(|e| e.ctl.id != ctl.id);
+    }
+}
+
+// === impl Checkout ===
+
+impl Checkout {
+    /// The hyper sender, to send one request. `None` only after `release`, which
+    /// consumes the checkout, so callers always get `Some`.
+    pub fn sender(&mut self) -> Option<&mut SendRequest<Incoming>> {
+        self.conn.as_mut().map(|c| &mut c.sender)
+    }
+
+    /// Waits until the connection can take a request; an error means it is closed.
+    pub async fn ready(&mut self) -> hyper::Result<()> {
+        match self.conn.as_mut() {
+            Some(c) => c.sender.ready().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Returns the connection to the pool after a complete exchange; closes it instead
+    /// when the pool is full, gone, or the connection cannot take another request.
+    pub fn release(mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        let Some(pool) = self.pool.upgrade() else {
+            conn.ctl.kill.cancel();
+            return;
+        };
+        let mut idle = lock(&pool.idle);
+        if conn.sender.is_closed() || idle.len() >= pool.max_idle {
+            drop(idle);
+            conn.ctl.kill.cancel();
+            return;
+        }
+        conn.ctl
+            .idle_until
+            .send_replace(Some(Instant::now() + pool.idle_timeout));
+        idle.push(conn);
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.ctl.kill.cancel();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the Vec inconsistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

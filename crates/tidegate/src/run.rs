@@ -1,0 +1,179 @@
+//! `tidegate run`: load the config, set up logging and limits, bind, serve, and end on
+//! signals (DESIGN.md §7):
+//! - SIGTERM: stop listening at once, close idle connections, let in-flight exchanges
+//!   finish until `shutdown_grace`, close the rest, exit 0.
+//! - SIGINT: skip the drain: close everything now, remove socket files, exit 0.
+//! - A second SIGTERM or SIGINT during the drain: close everything now.
+//! - SIGHUP: logged (reload comes later); tokio never restores a signal's default once
+//!   handled, so it must be caught for as long as the process runs.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidegate_config::{Config, LogFormat};
+use tidegate_proxy::drain::Shutdown;
+use tidegate_proxy::upstream::connect::SystemResolver;
+use tidegate_proxy::Runtime;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::RunArgs;
+
+/// How long closed connections get to finish closing after the hard stop.
+const CLOSE_BOUND: Duration = Duration::from_secs(1);
+
+pub fn run(args: RunArgs) -> ExitCode {
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(msg) => {
+            eprint!("{msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config);
+    raise_nofile_limit();
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("tidegate-worker")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tidegate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = rt.block_on(serve(config, workers));
+    // getaddrinfo calls on the blocking pool can't be cancelled; don't wait for them.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+fn load(args: &RunArgs) -> Result<Config, String> {
+    match &args.config {
+        Some(path) => {
+            if !args.listen.is_empty() {
+                return Err("tidegate: --listen applies to the quickstart only; set `listen` in the config file instead\n".into());
+            }
+            tidegate_config::load_file(path).map_err(|errors| {
+                format!("{errors}{}: {} error(s); refusing to start\n", path.display(), errors.len())
+            })
+        }
+        None => {
+            let mut config = tidegate_config::quickstart();
+            if !args.listen.is_empty() {
+                let base = std::env::current_dir().unwrap_or_default();
+                let mut addrs = Vec::new();
+                for a in &args.listen {
+                    addrs.push(
+                        tidegate_config::parse::listen_addr(a, &base)
+                            .map_err(|e| format!("tidegate: --listen {a}: {e}\n"))?,
+                    );
+                }
+                for l in &mut config.listeners {
+                    l.listen = addrs.clone();
+                }
+            }
+            Ok(config)
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(config.server.log.level.as_str());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    match config.server.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit: a proxy holds two descriptors
+/// per proxied connection and the usual soft limit (1024) is far too low.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-files limit"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-files limit"),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
+    }
+}
+
+async fn serve(config: Config, workers: usize) -> ExitCode {
+    // Signal handlers first: a TERM that arrives while binding must not kill us with
+    // half-created socket files.
+    let (mut term, mut int, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let source = config
+        .source
+        .as_ref()
+        .map_or_else(|| "<quickstart>".to_owned(), |p| p.display().to_string());
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %source, workers, pid = std::process::id(), "starting");
+    let runtime = match Runtime::bind(&config, Arc::new(SystemResolver)) {
+        Ok(r) => r,
+        Err(errors) => {
+            for e in &errors {
+                tracing::error!("{e}");
+                eprintln!("tidegate: {e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    for (listener, address) in runtime.addresses() {
+        tracing::info!(listener = %listener, address = %address, "listening");
+    }
+    let shutdown = Shutdown::new();
+    let _upstreams = runtime.start(&shutdown);
+    tracing::info!("ready");
+
+    let fast = loop {
+        tokio::select! {
+            _ = term.recv() => break false,
+            _ = int.recv() => break true,
+            _ = hup.recv() => tracing::warn!("SIGHUP received: config reload is not supported yet; nothing changed"),
+        }
+    };
+    if fast {
+        tracing::info!("SIGINT: closing every connection now");
+        shutdown.abort();
+    } else {
+        let grace = config.server.shutdown_grace;
+        tracing::info!(grace_ms = grace.as_millis() as u64, "SIGTERM: draining (listeners closed; in-flight requests may finish)");
+        shutdown.drain();
+        tokio::select! {
+            _ = shutdown.tracker.wait() => tracing::info!("drained"),
+            _ = tokio::time::sleep(grace) => {
+                tracing::info!(open = shutdown.tracker.len(), "shutdown_grace ended; closing what is left");
+                shutdown.abort();
+            }
+            _ = term.recv() => { tracing::info!("second SIGTERM: closing every connection now"); shutdown.abort(); }
+            _ = int.recv() => { tracing::info!("SIGINT during drain: closing every connection now"); shutdown.abort(); }
+        }
+    }
+    // Closing is immediate once `hard` fires; the bound only guards against a bug.
+    if tokio::time::timeout(CLOSE_BOUND, shutdown.tracker.wait()).await.is_err() {
+        tracing::warn!(open = shutdown.tracker.len(), "connections still open after the hard stop; exiting anyway");
+    }
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
