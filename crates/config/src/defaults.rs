@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::model::{Balance, LogFormat, LogLevel};
+
 /// `[server] shutdown_grace`: SIGTERM drains this long, then closes what is left.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// `[server] workers`: 0 = one worker thread per core.
@@ -41,3 +43,16 @@ pub const CONNECTION_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Upstream `idle_timeout`: no byte either way on a live exchange.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `[server] log.level` when omitted.
+pub const LOG_LEVEL: LogLevel = LogLevel::Info;
+/// `[server] log.format` when omitted.
+pub const LOG_FORMAT: LogFormat = LogFormat::Text;
+/// Upstream `balance` when omitted.
+pub const BALANCE: Balance = Balance::RoundRobin;
+
+/// The longest duration any key accepts. Not a default but a limit: it keeps deadlines
+/// far from `Instant` overflow, and no proxy timer needs more.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The longest `tcp_keepalive` accepted: Linux refuses a `TCP_KEEPIDLE` over 32767 s.
+pub const MAX_TCP_KEEPALIVE: Duration = Duration::from_secs(32_767);

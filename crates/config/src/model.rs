@@ -181,3 +181,57 @@ pub enum Balance {
     /// The server with the fewest active requests (ties: round robin).
     LeastConn,
 }
+
+// === impl Server ===
+
+impl Default for Server {
+    /// Every `[server]` key at its default (what an absent `[server]` table means).
+    fn default() -> Self {
+        Server {
+            shutdown_grace: crate::defaults::SHUTDOWN_GRACE,
+            workers: crate::defaults::WORKERS,
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Log {
+    /// `level = "info"`, `format = "text"`.
+    fn default() -> Self {
+        Log {
+            level: crate::defaults::LOG_LEVEL,
+            format: crate::defaults::LOG_FORMAT,
+        }
+    }
+}
+
+// === impl LogFormat, Protocol, Balance ===
+
+impl LogFormat {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl Protocol {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+        }
+    }
+}
+
+impl Balance {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConn => "least_conn",
+        }
+    }
+}

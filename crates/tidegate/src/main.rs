@@ -27,7 +27,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(errors) => {
-                eprint!("{errors}");
+                eprintln!("{errors}");
                 eprintln!("{}: {} error(s); nothing was started", config.display(), errors.len());
                 ExitCode::FAILURE
             }

@@ -61,7 +61,7 @@ fn load(args: &RunArgs) -> Result<Config, String> {
                 return Err("tidegate: --listen applies to the quickstart only; set `listen` in the config file instead\n".into());
             }
             tidegate_config::load_file(path).map_err(|errors| {
-                format!("{errors}{}: {} error(s); refusing to start\n", path.display(), errors.len())
+                format!("{errors}\n{}: {} error(s); refusing to start\n", path.display(), errors.len())
             })
         }
         None => {

@@ -43,7 +43,8 @@ impl Resolve for SystemResolver {
 /// A fixed table of names, for tests and for pinning names (like curl's `--resolve`).
 #[derive(Debug, Default, Clone)]
 pub struct StaticResolver {
-    entries: Vec<(String, Vec<std::net::IpAddr>)>,
+    /// Port 0 stands for "the port asked for".
+    entries: Vec<(String, Vec<SocketAddr>)>,
 }
 
 impl StaticResolver {
@@ -53,9 +54,15 @@ impl StaticResolver {
     }
 
     /// `host` resolves to `addrs`, in this order.
-    pub fn with(mut self, host: &str, addrs: &[std::net::IpAddr]) -> Self {
-        self.entries
-            .push((host.to_ascii_lowercase(), addrs.to_vec()));
+    pub fn with(self, host: &str, addrs: &[std::net::IpAddr]) -> Self {
+        let addrs: Vec<SocketAddr> = addrs.iter().map(|ip| SocketAddr::new(*ip, 0)).collect();
+        self.with_addrs(host, &addrs)
+    }
+
+    /// `host` resolves to these socket addresses, ports included (a port of 0 is
+    /// replaced by the port asked for).
+    pub fn with_addrs(mut self, host: &str, addrs: &[SocketAddr]) -> Self {
+        self.entries.push((host.to_ascii_lowercase(), addrs.to_vec()));
         self
     }
 }
@@ -66,7 +73,14 @@ impl Resolve for StaticResolver {
             .entries
             .iter()
             .find(|(h, _)| h.eq_ignore_ascii_case(host))
-            .map(|(_, a)| a.iter().map(|ip| SocketAddr::new(*ip, port)).collect());
+            .map(|(_, a)| {
+                a.iter()
+                    .map(|sa| match sa.port() {
+                        0 => SocketAddr::new(sa.ip(), port),
+                        _ => *sa,
+                    })
+                    .collect()
+            });
         let host = host.to_owned();
         Box::pin(async move {
             found.ok_or_else(|| {

@@ -1,0 +1,891 @@
+//! The validator: walks the spanned TOML document against the whole schema of DESIGN.md
+//! §5, records every error with its position and key path, and builds the typed model.
+//!
+//! Each section is one function; leaf values go through a few helpers (`timeout`,
+//! `uint`, `size`, `choice`, `parsed`, …) that return `None` for an absent or invalid
+//! value and record the error themselves, so a caller only picks the default. The model
+//! built alongside is thrown away as soon as one error was recorded.
+
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml_edit::{Item, TableLike, Value};
+
+use crate::addr::ListenAddr;
+use crate::defaults;
+use crate::error::Sink;
+use crate::model::{
+    Config, HostMatch, Listener, Log, Protocol, Route, RouteAction, Server, Upstream,
+};
+use crate::parse::{self, InvalidValue, DURATION_FORMS, SIZE_FORMS};
+
+type Span = Option<Range<usize>>;
+
+/// Walks `root` (the parsed document's root table) and returns the model, or `None`
+/// when `sink` holds at least one error.
+pub(crate) fn config(root: &dyn TableLike, sink: &mut Sink<'_>, base: &Path) -> Option<Config> {
+    let mut cx = Cx { sink, base };
+    let root = Tbl {
+        path: String::new(),
+        inner: root,
+        span: Some(0..0),
+    };
+    cx.keys(&root, &["server", "listeners", "upstreams"], &["admin"]);
+    if let Some(t) = cx.table(&root, "admin") {
+        cx.admin(&t);
+    }
+    let server = match cx.table(&root, "server") {
+        Some(t) => cx.server(&t),
+        None => Server::default(),
+    };
+
+    let mut upstreams: Vec<Upstream> = cx
+        .named_tables(&root, "upstreams")
+        .into_iter()
+        .map(|(name, t)| cx.upstream(name, &t))
+        .collect();
+    upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+    let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+
+    let mut seen = Vec::new();
+    let mut listeners: Vec<Listener> = cx
+        .named_tables(&root, "listeners")
+        .into_iter()
+        .map(|(name, t)| cx.listener(name, &t, &names, &mut seen))
+        .collect();
+    if listeners.is_empty() {
+        let hint = "a config needs at least one [listeners.NAME] table";
+        match root.field("listeners") {
+            None => cx.err(Some(0..0), "listeners", format!("missing; {hint}")),
+            Some(f) if f.item.as_table_like().is_some_and(|t| t.is_empty()) => {
+                cx.err(f.span(), &f.path, format!("{hint}, found an empty table"));
+            }
+            // Whatever is there has been reported already.
+            Some(_) => {}
+        }
+    }
+    listeners.sort_by(|a, b| a.name.cmp(&b.name));
+
+    cx.sink.is_empty().then_some(Config {
+        source: None,
+        server,
+        listeners,
+        upstreams,
+    })
+}
+
+/// A table (`[a.b]`, inline `{ … }` or dotted `a.b.c = …`) and its key path.
+struct Tbl<'d> {
+    path: String,
+    inner: &'d dyn TableLike,
+    span: Span,
+}
+
+/// One key of a table: its path, its key's span and its value.
+struct Field<'d> {
+    path: String,
+    key_span: Span,
+    item: &'d Item,
+}
+
+/// A listen address already taken, to find one listened on twice.
+struct Seen {
+    addr: ListenAddr,
+    path: String,
+    span: Span,
+}
+
+struct Cx<'a, 's> {
+    sink: &'a mut Sink<'s>,
+    /// Relative `unix:` paths are resolved against this (the config file's folder).
+    base: &'a Path,
+}
+
+// === impl Tbl, Field ===
+
+impl<'d> Tbl<'d> {
+    /// `path.key`, with the key quoted when TOML would need quotes (`listeners."a b"`).
+    fn key_path(&self, key: &str) -> String {
+        let bare = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let key = if bare {
+            key.to_owned()
+        } else {
+            format!("{key:?}")
+        };
+        if self.path.is_empty() {
+            key
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn field(&self, key: &str) -> Option<Field<'d>> {
+        let (k, item) = self.inner.get_key_value(key)?;
+        Some(Field {
+            path: self.key_path(key),
+            key_span: k.span(),
+            item,
+        })
+    }
+}
+
+impl Field<'_> {
+    /// Where the value is (where the key is for implicit tables without one).
+    fn span(&self) -> Span {
+        self.item.span().or_else(|| self.key_span.clone())
+    }
+}
+
+/// How a value looks, for "found …" in messages.
+fn describe(item: &Item) -> String {
+    match item {
+        Item::Value(v) => describe_value(v),
+        Item::Table(_) => "a table".to_owned(),
+        Item::ArrayOfTables(_) => "an array of tables".to_owned(),
+        Item::None => "nothing".to_owned(),
+    }
+}
+
+fn describe_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{:?}", s.value()),
+        Value::Integer(i) => i.value().to_string(),
+        Value::Float(f) => f.value().to_string(),
+        Value::Boolean(b) => b.value().to_string(),
+        Value::Datetime(d) => format!("the date-time {}", d.value()),
+        Value::Array(_) => "an array".to_owned(),
+        Value::InlineTable(_) => "a table".to_owned(),
+    }
+}
+
+/// The allowed key nearest to a misspelt one (edit distance at most 2).
+fn nearest<'k>(key: &str, allowed: &[&'k str]) -> Option<&'k str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+    allowed
+        .iter()
+        .map(|a| (distance(key, a), *a))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
+
+// === impl Cx: helpers ===
+
+impl<'d> Cx<'_, '_> {
+    fn err(&mut self, span: Span, path: &str, message: impl Into<String>) {
+        self.sink.push(span, path, message.into());
+    }
+
+    fn expected(&mut self, f: &Field<'_>, what: &str) {
+        let mut message = format!("expected {what}, found {}", describe(f.item));
+        if matches!(f.item, Item::Value(Value::Integer(_))) && what == DURATION_FORMS {
+            message.push_str(" (a duration is a string with a unit)");
+        }
+        self.err(f.span(), &f.path, message);
+    }
+
+    /// Refuses keys outside `allowed`, and names `unsupported` ones as not built yet.
+    fn keys(&mut self, t: &Tbl<'_>, allowed: &[&str], unsupported: &[&str]) {
+        for (key, _) in t.inner.iter() {
+            if allowed.contains(&key) {
+                continue;
+            }
+            let span = t.inner.key(key).and_then(|k| k.span());
+            let message = if unsupported.contains(&key) {
+                format!("{key} is not supported yet")
+            } else {
+                let hint = nearest(key, allowed)
+                    .map(|a| format!(" (did you mean {a:?}?)"))
+                    .unwrap_or_default();
+                format!("unknown key{hint}; allowed here: {}", allowed.join(", "))
+            };
+            self.err(span, &t.key_path(key), message);
+        }
+    }
+
+    fn missing(&mut self, t: &Tbl<'_>, key: &str, hint: &str) {
+        self.err(t.span.clone(), &t.key_path(key), format!("missing; {hint}"));
+    }
+
+    /// A sub-table (`[a.b]`, `b = { … }` or `b.c = …`).
+    fn table(&mut self, t: &Tbl<'d>, key: &str) -> Option<Tbl<'d>> {
+        let f = t.field(key)?;
+        match f.item.as_table_like() {
+            Some(inner) => Some(Tbl {
+                span: f.span(),
+                path: f.path,
+                inner,
+            }),
+            None => {
+                self.expected(&f, "a table");
+                None
+            }
+        }
+    }
+
+    /// `[KEY.NAME]` tables in file order (an invalid name is reported, and kept so its
+    /// table is still checked).
+    fn named_tables(&mut self, root: &Tbl<'d>, key: &str) -> Vec<(String, Tbl<'d>)> {
+        let Some(t) = self.table(root, key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, _) in t.inner.iter() {
+            let Some(sub) = self.table(&t, name) else {
+                continue;
+            };
+            if !parse::is_name(name) {
+                let span = t.inner.key(name).and_then(|k| k.span());
+                self.err(
+                    span,
+                    &sub.path,
+                    format!("invalid name {name:?}: use letters, digits, \"_\" and \"-\""),
+                );
+            }
+            out.push((name.to_owned(), sub));
+        }
+        out
+    }
+
+    /// An array of tables (`[[a.b]]` or `b = [{ … }, …]`), each with its `[i]` path.
+    fn tables(&mut self, f: &Field<'d>) -> Vec<Tbl<'d>> {
+        let mut out = Vec::new();
+        if let Some(aot) = f.item.as_array_of_tables() {
+            for (i, t) in aot.iter().enumerate() {
+                out.push(Tbl {
+                    path: format!("{}[{i}]", f.path),
+                    inner: t,
+                    span: t.span(),
+                });
+            }
+        } else if let Some(array) = f.item.as_array() {
+            for (i, v) in array.iter().enumerate() {
+                let path = format!("{}[{i}]", f.path);
+                match v.as_inline_table() {
+                    Some(t) => out.push(Tbl {
+                        path,
+                        inner: t,
+                        span: v.span(),
+                    }),
+                    None => self.err(
+                        v.span(),
+                        &path,
+                        format!("expected a table, found {}", describe_value(v)),
+                    ),
+                }
+            }
+        } else {
+            self.expected(f, "an array of tables");
+        }
+        out
+    }
+
+    fn string(&mut self, f: &Field<'d>, what: &str) -> Option<&'d str> {
+        let s = f.item.as_str();
+        if s.is_none() {
+            self.expected(f, what);
+        }
+        s
+    }
+
+    /// A string value run through a leaf parser.
+    fn parsed<T>(
+        &mut self,
+        t: &Tbl<'d>,
+        key: &str,
+        what: &str,
+        parse: impl FnOnce(&str) -> Result<T, InvalidValue>,
+    ) -> Option<T> {
+        let f = t.field(key)?;
+        let s = self.string(&f, what)?;
+        parse(s).map_err(|e| self.err(f.span(), &f.path, e.0)).ok()
+    }
+
+    /// A string, or an array of strings (not empty), each run through a leaf parser.
+    /// `None` when the key is absent. `what` names one element: `("an address",
+    /// "addresses")`.
+    fn string_list<T>(
+        &mut self,
+        t: &Tbl<'d>,
+        key: &str,
+        (one, many): (&str, &str),
+        parse: impl Fn(&str) -> Result<T, InvalidValue>,
+    ) -> Option<Vec<(T, String, Span)>> {
+        let f = t.field(key)?;
+        let mut elements = Vec::new();
+        if let Some(s) = f.item.as_str() {
+            elements.push((s, f.path.clone(), f.span()));
+        } else if let Some(array) = f.item.as_array() {
+            if array.is_empty() {
+                self.err(
+                    f.span(),
+                    &f.path,
+                    format!(
+                        "expected at least one {}, found an empty array",
+                        one.split_once(' ').map_or(one, |(_, noun)| noun)
+                    ),
+                );
+            }
+            for (i, v) in array.iter().enumerate() {
+                let path = format!("{}[{i}]", f.path);
+                match v.as_str() {
+                    Some(s) => elements.push((s, path, v.span())),
+                    None => self.err(
+                        v.span(),
+                        &path,
+                        format!("expected {one}, found {}", describe_value(v)),
+                    ),
+                }
+            }
+        } else {
+            self.expected(&f, &format!("{one} or an array of {many}"));
+        }
+        let mut out = Vec::new();
+        for (s, path, span) in elements {
+            match parse(s) {
+                Ok(v) => out.push((v, path, span)),
+                Err(e) => self.err(span, &path, e.0),
+            }
+        }
+        Some(out)
+    }
+
+    /// Any duration, zero included.
+    fn duration(&mut self, t: &Tbl<'d>, key: &str) -> Option<Duration> {
+        self.parsed(t, key, DURATION_FORMS, parse::duration)
+    }
+
+    /// A duration that must not be zero: a zero timer would fire at once.
+    fn timeout(&mut self, t: &Tbl<'d>, key: &str) -> Option<Duration> {
+        let d = self.duration(t, key)?;
+        if d.is_zero() {
+            let f = t.field(key)?;
+            self.err(
+                f.span(),
+                &f.path,
+                format!("must be more than zero, found {}", describe(f.item)),
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    /// A duration or `"off"` (`Some(None)`).
+    fn duration_or_off(&mut self, t: &Tbl<'d>, key: &str) -> Option<Option<Duration>> {
+        let what = r#"a duration like "60s", or "off""#;
+        self.parsed(t, key, what, |s| match s {
+            "off" => Ok(None),
+            _ => match parse::duration(s) {
+                Ok(d) if !d.is_zero() => Ok(Some(d)),
+                Ok(_) => Err(InvalidValue(format!(
+                    "must be more than zero, found {s:?} (write \"off\" to disable)"
+                ))),
+                Err(_) => Err(InvalidValue(format!("expected {what}, found {s:?}"))),
+            },
+        })
+    }
+
+    /// A whole number of at least `min`.
+    fn uint(&mut self, t: &Tbl<'d>, key: &str, min: u64) -> Option<usize> {
+        let f = t.field(key)?;
+        let what = match min {
+            0 => "a whole number".to_owned(),
+            _ => format!("a whole number of at least {min}"),
+        };
+        let n = f.item.as_integer().and_then(|n| u64::try_from(n).ok());
+        match n
+            .filter(|n| *n >= min)
+            .and_then(|n| usize::try_from(n).ok())
+        {
+            Some(n) => Some(n),
+            None => {
+                self.expected(&f, &what);
+                None
+            }
+        }
+    }
+
+    /// A size in bytes: an integer, or a string like `"64KiB"`.
+    fn size(&mut self, t: &Tbl<'d>, key: &str) -> Option<usize> {
+        let f = t.field(key)?;
+        if let Some(n) = f.item.as_integer() {
+            return match usize::try_from(n) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.expected(&f, SIZE_FORMS);
+                    None
+                }
+            };
+        }
+        self.parsed(t, key, SIZE_FORMS, parse::size)
+    }
+
+    /// One of a few names.
+    fn choice<T: Copy>(&mut self, t: &Tbl<'d>, key: &str, options: &[(&str, T)]) -> Option<T> {
+        let names: Vec<String> = options.iter().map(|(n, _)| format!("{n:?}")).collect();
+        let what = format!("one of {}", names.join(", "));
+        let f = t.field(key)?;
+        let found = f
+            .item
+            .as_str()
+            .and_then(|s| options.iter().find(|(n, _)| *n == s));
+        match found {
+            Some((_, v)) => Some(*v),
+            None => {
+                self.expected(&f, &what);
+                None
+            }
+        }
+    }
+}
+
+// === impl Cx: sections ===
+
+impl<'d> Cx<'_, '_> {
+    fn server(&mut self, t: &Tbl<'d>) -> Server {
+        self.keys(t, &["shutdown_grace", "workers", "log"], &["access_log"]);
+        let mut log = Log::default();
+        if let Some(l) = self.table(t, "log") {
+            self.keys(&l, &["level", "format"], &[]);
+            use crate::model::{LogFormat as F, LogLevel as L};
+            let levels = [
+                ("error", L::Error),
+                ("warn", L::Warn),
+                ("info", L::Info),
+                ("debug", L::Debug),
+                ("trace", L::Trace),
+            ];
+            log.level = self.choice(&l, "level", &levels).unwrap_or(log.level);
+            let formats = [("text", F::Text), ("json", F::Json)];
+            log.format = self.choice(&l, "format", &formats).unwrap_or(log.format);
+        }
+        if let Some(a) = self.table(t, "access_log") {
+            // Not built yet (refused by `keys` above); its shape is still checked.
+            self.keys(&a, &["to", "format"], &[]);
+            let _ = self.parsed(&a, "to", r#""stdout", a path or "off""#, |_| Ok(()));
+            let _ = self.choice(&a, "format", &[("text", ()), ("json", ())]);
+        }
+        Server {
+            shutdown_grace: self
+                .duration(t, "shutdown_grace")
+                .unwrap_or(defaults::SHUTDOWN_GRACE),
+            workers: self.uint(t, "workers", 0).unwrap_or(defaults::WORKERS),
+            log,
+        }
+    }
+
+    /// `[admin]` is not built yet: `config` has already said so; this checks its shape.
+    fn admin(&mut self, t: &Tbl<'d>) {
+        self.keys(t, &["listen", "max_connections", "idle_timeout"], &[]);
+        let base = self.base;
+        let _ = self.parsed(t, "listen", "an address", |s| parse::listen_addr(s, base));
+        let _ = self.uint(t, "max_connections", 1);
+        let _ = self.timeout(t, "idle_timeout");
+    }
+
+    fn upstream(&mut self, name: String, t: &Tbl<'d>) -> Upstream {
+        self.keys(
+            t,
+            &[
+                "servers",
+                "balance",
+                "keepalive",
+                "keepalive_timeout",
+                "connect_timeout",
+                "response_timeout",
+                "idle_timeout",
+            ],
+            &[
+                "retries",
+                "sse_heartbeat",
+                "tcp_keepalive",
+                "health",
+                "on_demand",
+            ],
+        );
+        let base = self.base;
+        let servers = self.string_list(
+            t,
+            "servers",
+            ("a server address", "server addresses"),
+            |s| parse::upstream_addr(s, base),
+        );
+        if servers.is_none() {
+            self.missing(
+                t,
+                "servers",
+                r#"an upstream needs at least one server, e.g. servers = ["127.0.0.1:3000"]"#,
+            );
+        }
+        use crate::model::Balance as B;
+        let balance = [("round_robin", B::RoundRobin), ("least_conn", B::LeastConn)];
+        let upstream = Upstream {
+            name,
+            servers: servers
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(a, ..)| a)
+                .collect(),
+            balance: self
+                .choice(t, "balance", &balance)
+                .unwrap_or(defaults::BALANCE),
+            keepalive: self.uint(t, "keepalive", 0).unwrap_or(defaults::KEEPALIVE),
+            keepalive_timeout: self
+                .timeout(t, "keepalive_timeout")
+                .unwrap_or(defaults::KEEPALIVE_TIMEOUT),
+            connect_timeout: self
+                .timeout(t, "connect_timeout")
+                .unwrap_or(defaults::CONNECT_TIMEOUT),
+            response_timeout: self
+                .timeout(t, "response_timeout")
+                .unwrap_or(defaults::RESPONSE_TIMEOUT),
+            idle_timeout: self
+                .timeout(t, "idle_timeout")
+                .unwrap_or(defaults::UPSTREAM_IDLE_TIMEOUT),
+        };
+
+        // Not built yet (refused by `keys` above); their shape is still checked.
+        let _ = self.uint(t, "retries", 0);
+        let _ = self.duration_or_off(t, "sse_heartbeat");
+        let _ = self.duration_or_off(t, "tcp_keepalive");
+        if let Some(h) = self.table(t, "health") {
+            self.keys(&h, &["path", "interval", "timeout", "rise", "fall"], &[]);
+            let _ = self.parsed(&h, "path", "a path", parse::route_path);
+            let _ = self.timeout(&h, "interval");
+            let _ = self.timeout(&h, "timeout");
+            let _ = self.uint(&h, "rise", 1);
+            let _ = self.uint(&h, "fall", 1);
+        }
+        if let Some(o) = self.table(t, "on_demand") {
+            let keys = [
+                "command",
+                "env",
+                "cwd",
+                "ready_timeout",
+                "idle_stop",
+                "stop_timeout",
+            ];
+            self.keys(&o, &keys, &[]);
+            let _ = self.string_list(&o, "command", ("a string", "strings"), |_| Ok(()));
+            if let Some(env) = self.table(&o, "env") {
+                let vars: Vec<String> = env.inner.iter().map(|(k, _)| k.to_owned()).collect();
+                for var in vars {
+                    let _ = self.parsed(&env, &var, "a string", |_| Ok(()));
+                }
+            }
+            let _ = self.parsed(&o, "cwd", "a folder path", |_| Ok(()));
+            let _ = self.timeout(&o, "ready_timeout");
+            let _ = self.timeout(&o, "idle_stop");
+            let _ = self.timeout(&o, "stop_timeout");
+        }
+        upstream
+    }
+
+    fn listener(
+        &mut self,
+        name: String,
+        t: &Tbl<'d>,
+        upstreams: &[&str],
+        seen: &mut Vec<Seen>,
+    ) -> Listener {
+        self.keys(
+            t,
+            &[
+                "listen",
+                "protocol",
+                "header_timeout",
+                "idle_timeout",
+                "max_connections",
+                "max_header_size",
+                "tcp_keepalive",
+                "routes",
+            ],
+            &["upstream"],
+        );
+        let base = self.base;
+        let listen = self.string_list(t, "listen", ("an address", "addresses"), |s| {
+            parse::listen_addr(s, base)
+        });
+        if listen.is_none() {
+            self.missing(
+                t,
+                "listen",
+                r#"a listener needs at least one address, e.g. listen = ["127.0.0.1:8080"]"#,
+            );
+        }
+        let listen = listen.unwrap_or_default();
+        for (addr, path, span) in &listen {
+            self.check_listened_once(addr, path, span, seen);
+        }
+
+        let mut tcp_mode = false;
+        if let Some(f) = t.field("protocol") {
+            match self.string(&f, r#""http" or "tcp""#) {
+                Some("http") | None => {}
+                Some("tcp") => {
+                    tcp_mode = true;
+                    self.err(
+                        f.span(),
+                        &f.path,
+                        r#"protocol "tcp" (TCP mode) is not supported yet"#,
+                    );
+                }
+                Some(_) => self.expected(&f, r#""http" or "tcp""#),
+            }
+        }
+        if let Some(f) = t.field("upstream") {
+            let _ = self.string(&f, "an upstream name");
+        }
+
+        let max_header_size = self.size(t, "max_header_size");
+        if let Some(n) = max_header_size.filter(|n| *n < defaults::MIN_HEADER_SIZE) {
+            if let Some(f) = t.field("max_header_size") {
+                self.err(
+                    f.span(),
+                    &f.path,
+                    format!(
+                        "must be at least {} ({} bytes): hyper cannot read a request head \
+                         with a smaller buffer; found {} ({n} bytes)",
+                        parse::format_size(defaults::MIN_HEADER_SIZE),
+                        defaults::MIN_HEADER_SIZE,
+                        describe(f.item),
+                    ),
+                );
+            }
+        }
+
+        let tcp_keepalive = self.duration_or_off(t, "tcp_keepalive");
+        if let Some(Some(d)) = tcp_keepalive {
+            if d.subsec_nanos() != 0 || d > defaults::MAX_TCP_KEEPALIVE {
+                if let Some(f) = t.field("tcp_keepalive") {
+                    self.err(
+                        f.span(),
+                        &f.path,
+                        format!(
+                            "expected whole seconds up to {}s (the kernel counts TCP \
+                             keepalive idle time in seconds), found {}",
+                            defaults::MAX_TCP_KEEPALIVE.as_secs(),
+                            describe(f.item)
+                        ),
+                    );
+                }
+            }
+        }
+
+        let mut routes = Vec::new();
+        match t.field("routes") {
+            Some(f) => {
+                let tables = self.tables(&f);
+                let built: Vec<_> = tables
+                    .iter()
+                    .map(|r| (self.route(r, upstreams), r.span.clone(), r.path.clone()))
+                    .collect();
+                // (host as written, path, where) of each route so far.
+                let mut placed: Vec<(String, &str, Span)> = Vec::new();
+                for (route, span, path) in &built {
+                    let Some(route) = route else { continue };
+                    let host = route.host.as_ref().map(host_text).unwrap_or_default();
+                    if let Some((.., first)) = placed
+                        .iter()
+                        .find(|(h, p, _)| *h == host && *p == route.path)
+                    {
+                        let at = self.sink.place(first.clone());
+                        let shown = match host.as_str() {
+                            "" => "any host".to_owned(),
+                            h => format!("host {h:?}"),
+                        };
+                        self.err(
+                            span.clone(),
+                            path,
+                            format!(
+                                "a second route for {shown} and path {:?} would never match \
+                                 (the first is at {at})",
+                                route.path
+                            ),
+                        );
+                    }
+                    placed.push((host, &route.path, span.clone()));
+                }
+                routes = built.into_iter().filter_map(|(r, ..)| r).collect();
+                if tables.is_empty() && f.item.as_array().is_some_and(|a| a.is_empty()) {
+                    self.err(
+                        f.span(),
+                        &f.path,
+                        "an HTTP listener needs at least one route",
+                    );
+                }
+            }
+            None if !tcp_mode => self.missing(
+                t,
+                "routes",
+                "an HTTP listener needs at least one [[listeners.NAME.routes]] table",
+            ),
+            None => {}
+        }
+
+        Listener {
+            name,
+            listen: listen.into_iter().map(|(a, ..)| a).collect(),
+            protocol: Protocol::Http,
+            header_timeout: self
+                .timeout(t, "header_timeout")
+                .unwrap_or(defaults::HEADER_TIMEOUT),
+            idle_timeout: self
+                .timeout(t, "idle_timeout")
+                .unwrap_or(defaults::HTTP_IDLE_TIMEOUT),
+            max_connections: self
+                .uint(t, "max_connections", 1)
+                .unwrap_or(defaults::MAX_CONNECTIONS),
+            max_header_size: max_header_size.unwrap_or(defaults::MAX_HEADER_SIZE),
+            tcp_keepalive: tcp_keepalive.unwrap_or(Some(defaults::TCP_KEEPALIVE)),
+            routes,
+        }
+    }
+
+    /// A route, or `None` when it has no valid action.
+    fn route(&mut self, t: &Tbl<'d>, upstreams: &[&str]) -> Option<Route> {
+        self.keys(t, &["host", "path", "upstream", "respond"], &[]);
+        let host = self.parsed(t, "host", "a host name", parse::host_match);
+        let path = self
+            .parsed(t, "path", "a path prefix", parse::route_path)
+            .unwrap_or_else(|| defaults::ROUTE_PATH.to_owned());
+
+        let upstream = t.field("upstream");
+        let respond = t.field("respond");
+        let action = match (upstream, respond) {
+            (Some(_), Some(r)) => {
+                self.err(
+                    r.key_span.clone(),
+                    &r.path,
+                    "a route either proxies (upstream) or responds (respond), not both",
+                );
+                None
+            }
+            (Some(u), None) => {
+                let name = self.string(&u, "an upstream name")?;
+                if upstreams.contains(&name) {
+                    Some(RouteAction::Upstream(name.to_owned()))
+                } else {
+                    let defined = match upstreams {
+                        [] => "none is defined".to_owned(),
+                        _ => format!("defined: {}", upstreams.join(", ")),
+                    };
+                    self.err(
+                        u.span(),
+                        &u.path,
+                        format!("no upstream named {name:?}; {defined}"),
+                    );
+                    None
+                }
+            }
+            (None, Some(_)) => {
+                let r = self.table(t, "respond")?;
+                self.keys(&r, &["status", "body"], &[]);
+                let status = match r.field("status") {
+                    Some(f) => match f.item.as_integer().and_then(|n| u16::try_from(n).ok()) {
+                        Some(s @ 200..=599) => Some(s),
+                        _ => {
+                            self.expected(&f, "an HTTP status from 200 to 599");
+                            None
+                        }
+                    },
+                    None => {
+                        self.missing(
+                            &r,
+                            "status",
+                            "e.g. respond = { status = 200, body = \"ok\\n\" }",
+                        );
+                        None
+                    }
+                };
+                let body = match r.field("body") {
+                    Some(f) => self.string(&f, "a string")?.to_owned(),
+                    None => String::new(),
+                };
+                status.map(|status| RouteAction::Respond { status, body })
+            }
+            (None, None) => {
+                self.err(
+                    t.span.clone(),
+                    &t.path,
+                    r#"a route needs `upstream = "NAME"` or `respond = { status = 200, body = "..." }`"#,
+                );
+                None
+            }
+        };
+        Some(Route {
+            host,
+            path,
+            action: action?,
+        })
+    }
+
+    /// Records `addr` as listened on, or reports the place that already listens on it.
+    fn check_listened_once(
+        &mut self,
+        addr: &ListenAddr,
+        path: &str,
+        span: &Span,
+        seen: &mut Vec<Seen>,
+    ) {
+        if let Some(other) = seen.iter().find(|s| overlaps(&s.addr, addr)) {
+            let at = format!("{} ({})", other.path, self.sink.place(other.span.clone()));
+            let message = if other.addr == *addr {
+                format!("{addr} is listened on twice: also at {at}")
+            } else {
+                format!(
+                    "{addr} overlaps {} at {at}: a wildcard address takes the port on every \
+                     address of its family",
+                    other.addr
+                )
+            };
+            self.err(span.clone(), path, message);
+            return;
+        }
+        seen.push(Seen {
+            addr: addr.clone(),
+            path: path.to_owned(),
+            span: span.clone(),
+        });
+    }
+}
+
+fn host_text(h: &HostMatch) -> String {
+    match h {
+        HostMatch::Exact(h) => h.clone(),
+        HostMatch::Suffix(s) => format!("*{s}"),
+    }
+}
+
+/// Whether binding both would fail: the same Unix path, or TCP addresses of one family
+/// on the same port (not 0) where the IPs are equal or one is the wildcard. IPv6
+/// listeners are `IPV6_V6ONLY`, so `[::]:80` and `0.0.0.0:80` do not overlap.
+fn overlaps(a: &ListenAddr, b: &ListenAddr) -> bool {
+    match (a, b) {
+        (ListenAddr::Tcp(x), ListenAddr::Tcp(y)) => {
+            x.port() != 0
+                && x.port() == y.port()
+                && x.is_ipv4() == y.is_ipv4()
+                && (x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified())
+        }
+        (ListenAddr::Unix(x), ListenAddr::Unix(y)) => x.path == y.path,
+        _ => false,
+    }
+}

@@ -1,0 +1,364 @@
+//! Each kind of config error is reported at the right place (file:line:col), with its
+//! key path and what was expected; every error of a file comes out of one load.
+
+use std::path::Path;
+
+use tidegate_config::{load_file, load_str};
+
+/// Loads `text` as if read from `tidegate.toml`; returns the error lines.
+fn errors(text: &str) -> Vec<String> {
+    match load_str(text, Some(Path::new("tidegate.toml"))) {
+        Ok(config) => panic!("expected errors, loaded {config:#?}"),
+        Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+/// Asserts that exactly one error starts with `prefix`.
+#[track_caller]
+fn assert_error(errors: &[String], prefix: &str) {
+    let hits = errors.iter().filter(|e| e.starts_with(prefix)).count();
+    assert_eq!(
+        hits,
+        1,
+        "no single error starts with\n  {prefix}\nerrors:\n  {}",
+        errors.join("\n  ")
+    );
+}
+
+/// A valid listener to put around the part under test.
+const LISTENER: &str = r#"
+[listeners.web]
+listen = ["127.0.0.1:0"]
+[[listeners.web.routes]]
+respond = { status = 200 }
+"#;
+
+#[test]
+fn error_display_is_file_line_col_key_message() {
+    let text = format!(
+        "{LISTENER}\n[upstreams.app]\nservers = [\"127.0.0.1:3000\"]\nkeepalive = \"32x\"\n"
+    );
+    let errors = errors(&text);
+    assert_eq!(
+        errors,
+        ["tidegate.toml:9:13: upstreams.app.keepalive: expected a whole number, found \"32x\""]
+    );
+}
+
+#[test]
+fn every_error_in_a_file_is_reported_in_one_load_in_file_order() {
+    let text = r#"[server]
+shutdown_grace = "10 seconds"
+workers = -2
+
+[listeners.web]
+listen = ["localhost:8080"]
+idle_timeout = "0s"
+max_connections = 0
+
+[[listeners.web.routes]]
+upstream = "ap"
+
+[upstreams.app]
+servers = ["127.0.0.1:3000"]
+balance = "random"
+"#;
+    let errors = errors(text);
+    assert_eq!(
+        errors,
+        [
+            r#"tidegate.toml:2:18: server.shutdown_grace: expected a duration like "250ms", "10s" or "5m", found "10 seconds""#,
+            r#"tidegate.toml:3:11: server.workers: expected a whole number, found -2"#,
+            r#"tidegate.toml:6:11: listeners.web.listen[0]: "localhost:8080": a listener needs an IP address, not a host name (write "127.0.0.1:8080", "[::1]:8080" or "0.0.0.0:8080")"#,
+            r#"tidegate.toml:7:16: listeners.web.idle_timeout: must be more than zero, found "0s""#,
+            r#"tidegate.toml:8:19: listeners.web.max_connections: expected a whole number of at least 1, found 0"#,
+            r#"tidegate.toml:11:12: listeners.web.routes[0].upstream: no upstream named "ap"; defined: app"#,
+            r#"tidegate.toml:15:11: upstreams.app.balance: expected one of "round_robin", "least_conn", found "random""#,
+        ]
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_that_list_the_allowed_keys() {
+    let text = format!("{LISTENER}idle_timout = \"5s\"\n[logging]\nlevel = \"debug\"\n");
+    let errors = errors(&text);
+    assert_error(
+        &errors,
+        "tidegate.toml:6:1: listeners.web.routes[0].idle_timout: unknown key; allowed here: host, path, upstream, respond",
+    );
+    assert_error(
+        &errors,
+        "tidegate.toml:7:2: logging: unknown key; allowed here: server, listeners, upstreams",
+    );
+    // A near miss is named.
+    let errors = self::errors(
+        "[listeners.web]\nlisten = \"127.0.0.1:0\"\nidle_timout = \"5s\"\n[[listeners.web.routes]]\nrespond = { status = 204 }\n",
+    );
+    assert_error(
+        &errors,
+        r#"tidegate.toml:3:1: listeners.web.idle_timout: unknown key (did you mean "idle_timeout"?)"#,
+    );
+}
+
+#[test]
+fn keys_of_features_not_built_yet_are_refused_and_say_so() {
+    let text = format!(
+        r#"[server]
+access_log = {{ to = "stdout" }}
+
+[admin]
+listen = "unix:admin.sock:mode=600"
+{LISTENER}
+[listeners.amqp]
+listen = ["127.0.0.1:5673"]
+protocol = "tcp"
+upstream = "rabbit"
+
+[upstreams.rabbit]
+servers = ["127.0.0.1:5672"]
+retries = 1
+sse_heartbeat = "15s"
+tcp_keepalive = "30s"
+
+[upstreams.rabbit.health]
+interval = "5s"
+
+[upstreams.rabbit.on_demand]
+command = ["rabbitmq-server"]
+"#
+    );
+    let errors = errors(&text);
+    for prefix in [
+        "tidegate.toml:2:1: server.access_log: access_log is not supported yet",
+        "tidegate.toml:4:2: admin: admin is not supported yet",
+        r#"tidegate.toml:14:12: listeners.amqp.protocol: protocol "tcp" (TCP mode) is not supported yet"#,
+        "tidegate.toml:15:1: listeners.amqp.upstream: upstream is not supported yet",
+        "tidegate.toml:19:1: upstreams.rabbit.retries: retries is not supported yet",
+        "tidegate.toml:20:1: upstreams.rabbit.sse_heartbeat: sse_heartbeat is not supported yet",
+        "tidegate.toml:21:1: upstreams.rabbit.tcp_keepalive: tcp_keepalive is not supported yet",
+        "tidegate.toml:23:19: upstreams.rabbit.health: health is not supported yet",
+        "tidegate.toml:26:19: upstreams.rabbit.on_demand: on_demand is not supported yet",
+    ] {
+        assert_error(&errors, prefix);
+    }
+    assert_eq!(errors.len(), 9, "{errors:#?}");
+}
+
+#[test]
+fn values_under_not_yet_supported_keys_are_still_checked() {
+    let text = format!(
+        "{LISTENER}[upstreams.app]\nservers = [\"127.0.0.1:3000\"]\nretries = \"once\"\n[upstreams.app.health]\ninterval = 5\n"
+    );
+    let errors = errors(&text);
+    assert_error(
+        &errors,
+        "tidegate.toml:8:11: upstreams.app.retries: expected a whole number, found \"once\"",
+    );
+    assert_error(
+        &errors,
+        r#"tidegate.toml:10:12: upstreams.app.health.interval: expected a duration like "250ms", "10s" or "5m", found 5 (a duration is a string with a unit)"#,
+    );
+}
+
+#[test]
+fn bad_durations_say_what_a_duration_looks_like() {
+    for (value, found) in [
+        (r#""10 seconds""#, r#"found "10 seconds""#),
+        (
+            r#""1.5s""#,
+            r#"found "1.5s" (whole numbers only: write "1500ms", not "1.5s")"#,
+        ),
+        ("10", "found 10 (a duration is a string with a unit)"),
+    ] {
+        let text = format!(
+            "[listeners.web]\nlisten = \"127.0.0.1:0\"\nheader_timeout = {value}\n\
+             [[listeners.web.routes]]\nrespond = {{ status = 200 }}\n"
+        );
+        let errors = errors(&text);
+        assert_error(
+            &errors,
+            &format!(
+                r#"tidegate.toml:3:18: listeners.web.header_timeout: expected a duration like "250ms", "10s" or "5m", {found}"#
+            ),
+        );
+    }
+}
+
+#[test]
+fn bad_addresses_are_positioned_at_the_array_element() {
+    let text = r#"[listeners.web]
+listen = ["127.0.0.1:8080", "127.0.0.1", "::1:80", "unix:/a.sock:mode=9"]
+[[listeners.web.routes]]
+upstream = "app"
+[upstreams.app]
+servers = ["example.com", "unix:/b.sock:mode=660", "127.0.0.1:0"]
+"#;
+    let errors = errors(text);
+    assert_eq!(
+        errors,
+        [
+            r#"tidegate.toml:2:29: listeners.web.listen[1]: "127.0.0.1": missing the port (e.g. "127.0.0.1:8080")"#,
+            r#"tidegate.toml:2:42: listeners.web.listen[2]: "::1:80": an IPv6 address goes in brackets, as in "[::1]:8080""#,
+            r#"tidegate.toml:2:52: listeners.web.listen[3]: "unix:/a.sock:mode=9": mode is an octal file mode like 660 or 0600, found "9""#,
+            r#"tidegate.toml:6:12: upstreams.app.servers[0]: "example.com": missing the port (e.g. "example.com:8080")"#,
+            r#"tidegate.toml:6:27: upstreams.app.servers[1]: "unix:/b.sock:mode=660": an upstream socket takes no options (mode, owner and group are for listeners; the upstream creates its own socket)"#,
+            r#"tidegate.toml:6:52: upstreams.app.servers[2]: "127.0.0.1:0": port 0 means "any free port" and is for listeners only; an upstream needs the port its server listens on"#,
+        ]
+    );
+}
+
+#[test]
+fn an_address_listened_on_twice_names_both_places() {
+    let text = r#"[listeners.a]
+listen = ["127.0.0.1:8080", "unix:/run/t.sock", "127.0.0.1:0", "127.0.0.1:0"]
+[[listeners.a.routes]]
+respond = { status = 200 }
+
+[listeners.b]
+listen = ["unix:/run/t.sock", "0.0.0.0:8080", "[::]:8080"]
+[[listeners.b.routes]]
+respond = { status = 200 }
+"#;
+    let errors = errors(text);
+    assert_eq!(
+        errors,
+        [
+            "tidegate.toml:7:11: listeners.b.listen[0]: unix:/run/t.sock is listened on twice: also at listeners.a.listen[1] (tidegate.toml:2:29)",
+            "tidegate.toml:7:31: listeners.b.listen[1]: 0.0.0.0:8080 overlaps 127.0.0.1:8080 at listeners.a.listen[0] (tidegate.toml:2:11): a wildcard address takes the port on every address of its family",
+        ]
+    );
+}
+
+#[test]
+fn routes_need_an_existing_upstream_or_a_response() {
+    let text = r#"[listeners.web]
+listen = "127.0.0.1:0"
+
+[[listeners.web.routes]]
+host = "*.example.com"
+upstream = "missing"
+
+[[listeners.web.routes]]
+path = "/healthz"
+
+[[listeners.web.routes]]
+upstream = "app"
+respond = { status = 200 }
+
+[[listeners.web.routes]]
+host = "bad host"
+respond = { status = 99, body = "x" }
+"#;
+    let errors = errors(text);
+    assert_eq!(
+        errors,
+        [
+            r#"tidegate.toml:6:12: listeners.web.routes[0].upstream: no upstream named "missing"; none is defined"#,
+            r#"tidegate.toml:8:1: listeners.web.routes[1]: a route needs `upstream = "NAME"` or `respond = { status = 200, body = "..." }`"#,
+            "tidegate.toml:13:1: listeners.web.routes[2].respond: a route either proxies (upstream) or responds (respond), not both",
+            r#"tidegate.toml:16:8: listeners.web.routes[3].host: "bad host": ' ' is not allowed in a host name; a host name has labels of letters, digits, "-" and "_" separated by dots"#,
+            "tidegate.toml:17:22: listeners.web.routes[3].respond.status: expected an HTTP status from 200 to 599, found 99",
+        ]
+    );
+}
+
+#[test]
+fn duplicate_routes_are_an_error() {
+    let text = r#"[listeners.web]
+listen = "127.0.0.1:0"
+[[listeners.web.routes]]
+host = "A.example.com"
+respond = { status = 200 }
+[[listeners.web.routes]]
+path = "/x"
+respond = { status = 200 }
+[[listeners.web.routes]]
+host = "a.example.com"
+path = "/"
+respond = { status = 404 }
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            r#"tidegate.toml:9:1: listeners.web.routes[2]: a second route for host "a.example.com" and path "/" would never match (the first is at tidegate.toml:3:1)"#
+        ]
+    );
+}
+
+#[test]
+fn required_parts_missing() {
+    assert_eq!(
+        errors(""),
+        ["tidegate.toml:1:1: listeners: missing; a config needs at least one [listeners.NAME] table"]
+    );
+    assert_eq!(
+        errors("[server]\nworkers = 2\n[listeners]\n"),
+        ["tidegate.toml:3:1: listeners: a config needs at least one [listeners.NAME] table, found an empty table"]
+    );
+    let errors = errors("[listeners.web]\nprotocol = \"http\"\n[upstreams.app]\nkeepalive = 1\n");
+    assert_eq!(
+        errors,
+        [
+            r#"tidegate.toml:1:1: listeners.web.listen: missing; a listener needs at least one address, e.g. listen = ["127.0.0.1:8080"]"#,
+            "tidegate.toml:1:1: listeners.web.routes: missing; an HTTP listener needs at least one [[listeners.NAME.routes]] table",
+            r#"tidegate.toml:3:1: upstreams.app.servers: missing; an upstream needs at least one server, e.g. servers = ["127.0.0.1:3000"]"#,
+        ]
+    );
+}
+
+#[test]
+fn header_size_below_what_hyper_can_parse_is_refused() {
+    let text = LISTENER.replace("listen =", "max_header_size = \"4KiB\"\nlisten =");
+    assert_eq!(
+        errors(&text),
+        [
+            r#"tidegate.toml:3:19: listeners.web.max_header_size: must be at least 8KiB (8192 bytes): hyper cannot read a request head with a smaller buffer; found "4KiB" (4096 bytes)"#
+        ]
+    );
+}
+
+#[test]
+fn invalid_table_names_are_refused() {
+    let text = "[listeners.\"my web\"]\nlisten = \"127.0.0.1:0\"\n[[listeners.\"my web\".routes]]\nrespond = { status = 200 }\n";
+    assert_eq!(
+        errors(text),
+        [
+            r#"tidegate.toml:1:12: listeners."my web": invalid name "my web": use letters, digits, "_" and "-""#
+        ]
+    );
+}
+
+#[test]
+fn a_toml_syntax_error_is_one_positioned_error() {
+    let errors = errors("[listeners.web]\nlisten = [\"127.0.0.1:0\"\n");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("tidegate.toml:2:24: invalid TOML: unclosed array"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn an_unreadable_file_is_one_error_with_the_os_meaning() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("absent.toml");
+    let errors = load_file(&path).expect_err("absent file");
+    assert_eq!(
+        errors.to_string(),
+        format!(
+            "{}: cannot read: No such file or directory (ENOENT)",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn embedded_config_errors_say_quickstart() {
+    let errors = load_str("[server]\nworkers = 1.5\n", None).expect_err("invalid");
+    assert!(
+        errors
+            .to_string()
+            .contains("<quickstart>:2:11: server.workers: expected a whole number, found 1.5"),
+        "{errors}"
+    );
+}
