@@ -1,1 +1,302 @@
-//! Listening sockets (TCP and Unix).
+//! Listening sockets, TCP and Unix: binding them the way an operator expects, and
+//! accepting connections as typed [`Stream`]s.
+//!
+//! Owns:
+//! - TCP: `SO_REUSEADDR` (a restart is not refused because of `TIME_WAIT`),
+//!   `IPV6_V6ONLY` on IPv6 sockets (so `[::]:80` and `0.0.0.0:80` can both be listened
+//!   on), the backlog, and [`TcpOptions`] on every accepted connection.
+//! - Unix (DESIGN.md §7, failure F1): the socket file is never reachable with looser
+//!   permissions than configured, a stale file is replaced only when it is a socket
+//!   nobody listens on, and on drop the file is removed only if it is still ours. See
+//!   [`unix`] for how.
+//!
+//! Boundaries: this module binds and accepts. It does not loop, back off or count
+//! connections — the accept loop does, and it gets every accept error unchanged so that
+//! it can tell `EMFILE` (back off) from the rest.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use tidegate_config::addr::MAX_UNIX_PATH;
+use tidegate_config::ListenAddr;
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::endpoint::{PeerAddr, Stream, TcpOptions};
+use crate::errno::describe_io_error;
+
+mod tcp;
+mod unix;
+
+/// Pending connections the kernel queues before `accept`. The kernel caps it at
+/// `net.core.somaxconn` (4096 on current kernels); 1024 is what nginx uses where it can
+/// (its default of 511 predates the raised limit), enough for a burst while the accept
+/// loop is busy.
+pub const BACKLOG: i32 = 1024;
+
+/// One bound listening socket, TCP or Unix.
+///
+/// Dropping it closes the socket and, for a Unix socket, removes the socket file if it
+/// is still the one this listener created (same device and inode): another process may
+/// have replaced it in the meantime, and its file is left alone.
+#[derive(Debug)]
+pub struct Listener {
+    inner: Inner,
+    local: LocalAddr,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Tcp {
+        listener: TcpListener,
+        options: TcpOptions,
+    },
+    Unix {
+        // Held for its `Drop`, which removes the file if it is still ours. Field order
+        // is drop order: the file is removed while the socket is still open, so its
+        // inode cannot have been freed and reused by then — the (device, inode)
+        // comparison in `SocketFile::drop` stays meaningful.
+        _file: unix::SocketFile,
+        listener: UnixListener,
+    },
+}
+
+/// The address a listener is bound to, for logs and the admin API: `127.0.0.1:41234`,
+/// `[::1]:8080`, `unix:/run/x.sock` — with the real port when the config said port 0.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LocalAddr {
+    /// A TCP listener's address.
+    Tcp(SocketAddr),
+    /// A Unix listener's socket file.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for LocalAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LocalAddr::Tcp(a) => write!(f, "{a}"),
+            LocalAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Why a listener could not be bound. Every message starts with
+/// `cannot listen on ADDR:` and names the errno, e.g.
+/// `cannot listen on 127.0.0.1:8080: address already in use (EADDRINUSE)`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenError {
+    /// A system call failed. `doing` names the step when it is not the bind itself
+    /// (`chown to uid 33`); `hint` says what usually fixes it.
+    #[error("cannot listen on {addr}: {}", os_message(.doing.as_deref(), .error, *.hint))]
+    Os {
+        /// The configured address.
+        addr: ListenAddr,
+        /// The step that failed, if not the bind itself.
+        doing: Option<String>,
+        /// The error, unchanged (not a `#[source]`: the message already says it all,
+        /// and a cause-chain printer would repeat it).
+        error: io::Error,
+        /// What usually fixes it.
+        hint: Option<&'static str>,
+    },
+    /// A process is accepting connections on the existing socket file.
+    #[error("cannot listen on {addr}: another process is listening on this socket")]
+    SocketInUse {
+        /// The configured address.
+        addr: ListenAddr,
+    },
+    /// Something other than a socket is at the path; tidegate never removes it.
+    #[error(
+        "cannot listen on {addr}: {} exists and is not a socket (it is {found}); not removing it",
+        .path.display()
+    )]
+    NotASocket {
+        /// The configured address.
+        addr: ListenAddr,
+        /// The path that is taken.
+        path: PathBuf,
+        /// What is there: "a regular file", "a symbolic link", …
+        found: &'static str,
+    },
+    /// The socket file's directory does not exist. Like nginx, tidegate does not create
+    /// it: a missing `/run/app` usually means a missing `RuntimeDirectory=` or a typo,
+    /// and a directory created here would have whatever owner and mode we happen to have.
+    #[error("cannot listen on {addr}: directory {} does not exist", .dir.display())]
+    NoDirectory {
+        /// The configured address.
+        addr: ListenAddr,
+        /// The missing directory.
+        dir: PathBuf,
+    },
+    /// The path does not fit in a socket address (the config validator normally
+    /// refuses it first).
+    #[error(
+        "cannot listen on {addr}: the path is {len} bytes long; a socket address holds at most {MAX_UNIX_PATH}"
+    )]
+    PathTooLong {
+        /// The configured address.
+        addr: ListenAddr,
+        /// The path's length in bytes.
+        len: usize,
+    },
+    /// [`Listener::bind`] was called outside a tokio runtime.
+    #[error("cannot listen on {addr}: not called inside a tokio runtime")]
+    NoRuntime {
+        /// The configured address.
+        addr: ListenAddr,
+    },
+}
+
+fn os_message(doing: Option<&str>, error: &io::Error, hint: Option<&str>) -> String {
+    let mut s = String::new();
+    if let Some(doing) = doing {
+        s.push_str(doing);
+        s.push_str(": ");
+    }
+    s.push_str(&describe_io_error(error));
+    if let Some(hint) = hint {
+        s.push_str("; ");
+        s.push_str(hint);
+    }
+    s
+}
+
+// === impl ListenError ===
+
+impl ListenError {
+    /// The address that could not be listened on.
+    pub fn addr(&self) -> &ListenAddr {
+        match self {
+            ListenError::Os { addr, .. }
+            | ListenError::SocketInUse { addr }
+            | ListenError::NotASocket { addr, .. }
+            | ListenError::NoDirectory { addr, .. }
+            | ListenError::PathTooLong { addr, .. }
+            | ListenError::NoRuntime { addr } => addr,
+        }
+    }
+
+    /// The OS error, when a system call failed.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            ListenError::Os { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// A failed system call, with the usual fix for the common TCP cases.
+    fn os(addr: &ListenAddr, doing: Option<String>, error: io::Error) -> Self {
+        let hint = match (addr, error.raw_os_error().map(Errno::from_raw)) {
+            (ListenAddr::Tcp(a), Some(Errno::EACCES)) if a.port() < 1024 => {
+                Some("ports below 1024 need root or CAP_NET_BIND_SERVICE")
+            }
+            (ListenAddr::Tcp(_), Some(Errno::EADDRNOTAVAIL)) => {
+                Some("no network interface of this host has this address")
+            }
+            (ListenAddr::Tcp(a), Some(Errno::EAFNOSUPPORT)) if a.is_ipv6() => {
+                Some("IPv6 is disabled on this host")
+            }
+            (_, Some(Errno::EMFILE | Errno::ENFILE)) => {
+                Some("raise the open files limit (ulimit -n, LimitNOFILE=)")
+            }
+            _ => None,
+        };
+        ListenError::Os {
+            addr: addr.clone(),
+            doing,
+            error,
+            hint,
+        }
+    }
+}
+
+// === impl Listener ===
+
+impl Listener {
+    /// Binds `addr` and starts listening. Synchronous: it runs once per address at
+    /// startup (or reload), and the Unix path needs a handful of file system calls in
+    /// order. Must be called inside a tokio runtime with I/O enabled.
+    ///
+    /// `tcp` is applied to every connection accepted on a TCP listener; a Unix listener
+    /// ignores it (there is nothing to apply: see [`crate::endpoint`]).
+    pub fn bind(addr: &ListenAddr, tcp: TcpOptions) -> Result<Listener, ListenError> {
+        // tokio's `from_std` panics outside a runtime; a startup error is kinder.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ListenError::NoRuntime { addr: addr.clone() });
+        }
+        match addr {
+            ListenAddr::Tcp(sa) => {
+                let std = tcp::bind(*sa).map_err(|e| ListenError::os(addr, None, e))?;
+                let listener =
+                    TcpListener::from_std(std).map_err(|e| ListenError::os(addr, None, e))?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|e| ListenError::os(addr, None, e))?;
+                Ok(Listener {
+                    inner: Inner::Tcp {
+                        listener,
+                        options: tcp,
+                    },
+                    local: LocalAddr::Tcp(local),
+                })
+            }
+            ListenAddr::Unix(cfg) => {
+                let (std, file) = unix::bind(addr, cfg)?;
+                let listener =
+                    UnixListener::from_std(std).map_err(|e| ListenError::os(addr, None, e))?;
+                Ok(Listener {
+                    inner: Inner::Unix {
+                        _file: file,
+                        listener,
+                    },
+                    local: LocalAddr::Unix(cfg.path.clone()),
+                })
+            }
+        }
+    }
+
+    /// Accepts one connection. On TCP the listener's [`TcpOptions`] are applied; if
+    /// that fails the connection is kept (it works, only less well) and the failure
+    /// logged at debug. Errors are returned unchanged: the accept loop must back off on
+    /// `EMFILE`/`ENFILE` rather than spin, and needs the errno to tell.
+    pub async fn accept(&self) -> io::Result<(Stream, PeerAddr)> {
+        match &self.inner {
+            Inner::Tcp { listener, options } => {
+                let (stream, peer) = listener.accept().await?;
+                if let Err(e) = options.apply(&stream) {
+                    tracing::debug!(
+                        listener = %self.local,
+                        %peer,
+                        error = %describe_io_error(&e),
+                        "cannot set TCP options on an accepted connection; keeping it"
+                    );
+                }
+                Ok((Stream::Tcp(stream), PeerAddr::Tcp(peer)))
+            }
+            Inner::Unix { listener, .. } => {
+                // Unix peers are unnamed (clients don't bind); nothing to report.
+                let (stream, _) = listener.accept().await?;
+                Ok((Stream::Unix(stream), PeerAddr::Unix))
+            }
+        }
+    }
+
+    /// The bound address, with the real port when the config said port 0.
+    pub fn local_addr(&self) -> &LocalAddr {
+        &self.local
+    }
+}
+
+/// The listening socket itself, for socket options and for handing it to a child.
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.inner {
+            Inner::Tcp { listener, .. } => listener.as_fd(),
+            Inner::Unix { listener, .. } => listener.as_fd(),
+        }
+    }
+}
