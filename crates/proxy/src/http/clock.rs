@@ -121,14 +121,26 @@ impl Clock {
                 // Nothing to enforce; look again later (a response ending moves the
                 // connection to Idle, whose deadline is at least this far away).
                 0 => now + ms(idle.min(header)),
-                limit => self.last_io.load(Ordering::Relaxed).max(self.phase_since.load(Ordering::Relaxed)) + limit,
+                limit => {
+                    self.last_io
+                        .load(Ordering::Relaxed)
+                        .max(self.phase_since.load(Ordering::Relaxed))
+                        + limit
+                }
             },
         };
         if now >= deadline {
-            Verdict::Expired(self.phase())
-        } else {
-            Verdict::WaitUntil(self.base + Duration::from_millis(deadline))
+            return Verdict::Expired(self.phase());
         }
+        // Nothing wakes the driver when a head starts arriving on an idle connection
+        // (hyper just returns Pending on a partial head), so an idle connection is
+        // looked at again within `header_timeout`: a head that started meanwhile is then
+        // held to its own deadline, never to the later idle one.
+        let deadline = match self.phase() {
+            Phase::Idle => deadline.min(now + ms(header)),
+            _ => deadline,
+        };
+        Verdict::WaitUntil(self.base + Duration::from_millis(deadline))
     }
 }
 
@@ -163,7 +175,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let res = Pin::new(&mut this.inner).poll_write(cx, buf);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
@@ -201,6 +217,22 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_rechecked_within_header_timeout() {
+        let c = Clock::new();
+        let Verdict::WaitUntil(t) = c.verdict(IDLE, HEAD) else {
+            panic!("fresh connection expired")
+        };
+        assert!(t <= Instant::now() + HEAD);
+        // A head starts 5 s later; at the next check it is held to its own deadline.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        c.on_read();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(matches!(c.verdict(IDLE, HEAD), Verdict::WaitUntil(_)));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(c.verdict(IDLE, HEAD), Verdict::Expired(Phase::Head));
+    }
 
     const IDLE: Duration = Duration::from_secs(60);
     const HEAD: Duration = Duration::from_secs(10);
