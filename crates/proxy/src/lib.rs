@@ -66,7 +66,9 @@ impl Runtime {
             listeners.push(BoundListener {
                 ctx,
                 sockets,
-                limit: Arc::new(Semaphore::new(l.max_connections.min(Semaphore::MAX_PERMITS))),
+                limit: Arc::new(Semaphore::new(
+                    l.max_connections.min(Semaphore::MAX_PERMITS),
+                )),
             });
         }
         if errors.is_empty() {

@@ -31,8 +31,8 @@ impl Drop for Proxy {
 
 fn start(toml: &str, resolver: impl Resolve) -> anyhow::Result<Proxy> {
     let config = tidegate_config::load_str(toml, None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let runtime = Runtime::bind(&config, Arc::new(resolver))
-        .map_err(|e| anyhow::anyhow!("bind: {e:?}"))?;
+    let runtime =
+        Runtime::bind(&config, Arc::new(resolver)).map_err(|e| anyhow::anyhow!("bind: {e:?}"))?;
     let addr = match &runtime.addresses()[0].1 {
         LocalAddr::Tcp(a) => Addr::Tcp(*a),
         LocalAddr::Unix(p) => Addr::Unix(p.clone()),
@@ -76,7 +76,8 @@ impl Write for Captured {
 }
 
 #[tokio::test]
-async fn localhost_resolving_to_v6_then_v4_with_backend_on_v4_only_works_every_time() -> anyhow::Result<()> {
+async fn localhost_resolving_to_v6_then_v4_with_backend_on_v4_only_works_every_time(
+) -> anyhow::Result<()> {
     let logs = Captured::default();
     let sink = logs.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -109,7 +110,10 @@ async fn localhost_resolving_to_v6_then_v4_with_backend_on_v4_only_works_every_t
         .collect();
     assert!(bad.is_empty(), "errors logged: {bad:#?}");
     // The address in use is shown once, when it is first chosen.
-    let shown = text.lines().filter(|l| l.contains("now connects to this address")).count();
+    let shown = text
+        .lines()
+        .filter(|l| l.contains("now connects to this address"))
+        .count();
     assert_eq!(shown, 1, "{text}");
     Ok(())
 }
@@ -127,8 +131,14 @@ async fn first_address_that_never_answers_costs_one_attempt_delay() -> anyhow::R
     let resp = get(&proxy.addr, "/", "app.test").await?;
     let took = started.elapsed();
     assert_eq!(resp.status, 200, "{}", resp.text());
-    assert!(took >= Duration::from_millis(200), "took {took:?}: the blackhole can't have answered");
-    assert!(took < Duration::from_secs(2), "took {took:?}: should be ~250 ms, far below connect_timeout (5 s)");
+    assert!(
+        took >= Duration::from_millis(200),
+        "took {took:?}: the blackhole can't have answered"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "took {took:?}: should be ~250 ms, far below connect_timeout (5 s)"
+    );
     Ok(())
 }
 
@@ -143,7 +153,10 @@ async fn every_address_refused_gives_502_naming_each() -> anyhow::Result<()> {
     assert_eq!(resp.status, 502);
     let body = resp.text();
     assert!(body.contains("upstream app (gone.test:80)"), "{body}");
-    assert!(body.contains(&dead1.to_string()) && body.contains(&dead2.to_string()), "{body}");
+    assert!(
+        body.contains(&dead1.to_string()) && body.contains(&dead2.to_string()),
+        "{body}"
+    );
     assert!(body.contains("connection refused (ECONNREFUSED)"), "{body}");
     Ok(())
 }

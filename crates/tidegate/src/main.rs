@@ -28,7 +28,11 @@ fn main() -> ExitCode {
             }
             Err(errors) => {
                 eprintln!("{errors}");
-                eprintln!("{}: {} error(s); nothing was started", config.display(), errors.len());
+                eprintln!(
+                    "{}: {} error(s); nothing was started",
+                    config.display(),
+                    errors.len()
+                );
                 ExitCode::FAILURE
             }
         },

@@ -61,7 +61,11 @@ fn load(args: &RunArgs) -> Result<Config, String> {
                 return Err("tidegate: --listen applies to the quickstart only; set `listen` in the config file instead\n".into());
             }
             tidegate_config::load_file(path).map_err(|errors| {
-                format!("{errors}\n{}: {} error(s); refusing to start\n", path.display(), errors.len())
+                format!(
+                    "{errors}\n{}: {} error(s); refusing to start\n",
+                    path.display(),
+                    errors.len()
+                )
             })
         }
         None => {
@@ -158,7 +162,10 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
         shutdown.abort();
     } else {
         let grace = config.server.shutdown_grace;
-        tracing::info!(grace_ms = grace.as_millis() as u64, "SIGTERM: draining (listeners closed; in-flight requests may finish)");
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "SIGTERM: draining (listeners closed; in-flight requests may finish)"
+        );
         shutdown.drain();
         tokio::select! {
             _ = shutdown.tracker.wait() => tracing::info!("drained"),
@@ -171,8 +178,14 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
         }
     }
     // Closing is immediate once `hard` fires; the bound only guards against a bug.
-    if tokio::time::timeout(CLOSE_BOUND, shutdown.tracker.wait()).await.is_err() {
-        tracing::warn!(open = shutdown.tracker.len(), "connections still open after the hard stop; exiting anyway");
+    if tokio::time::timeout(CLOSE_BOUND, shutdown.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = shutdown.tracker.len(),
+            "connections still open after the hard stop; exiting anyway"
+        );
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS

@@ -73,7 +73,10 @@ impl Failure {
     pub fn before_head(upstream: &str, server: &str, e: &hyper::Error) -> Self {
         Failure {
             status: StatusCode::BAD_GATEWAY,
-            message: format!("upstream {upstream} ({server}): {}", describe_hyper_error(e)),
+            message: format!(
+                "upstream {upstream} ({server}): {}",
+                describe_hyper_error(e)
+            ),
             side: Side::Upstream,
         }
     }
@@ -84,7 +87,10 @@ impl Failure {
             Side::Client => tracing::debug!(status = self.status.as_u16(), "{}", self.message),
             Side::Upstream => tracing::warn!(status = self.status.as_u16(), "{}", self.message),
         }
-        let close = matches!(self.status, StatusCode::BAD_REQUEST | StatusCode::NOT_IMPLEMENTED);
+        let close = matches!(
+            self.status,
+            StatusCode::BAD_REQUEST | StatusCode::NOT_IMPLEMENTED
+        );
         let mut body = self.message;
         body.push('\n');
         let mut resp = text_response(self.status, body, exchange);
@@ -116,7 +122,10 @@ pub fn text_response(
 /// What a hyper client error means, in an operator's words.
 pub fn describe_hyper_error(e: &hyper::Error) -> String {
     if let Some(io) = find_io_error(e) {
-        return format!("connection failed before the response head: {}", describe_io_error(io));
+        return format!(
+            "connection failed before the response head: {}",
+            describe_io_error(io)
+        );
     }
     if e.is_incomplete_message() {
         "closed the connection before sending a response head".to_owned()

@@ -189,13 +189,24 @@ mod tests {
             check_framing(&map(&[("host", "a"), ("host", "b")]), true),
             Err(FramingError::Host("repeated Host header"))
         );
-        assert!(check_framing(&map(&[("host", "a"), ("transfer-encoding", "Chunked")]), true).is_ok());
+        assert!(check_framing(
+            &map(&[("host", "a"), ("transfer-encoding", "Chunked")]),
+            true
+        )
+        .is_ok());
         assert_eq!(
-            check_framing(&map(&[("host", "a"), ("transfer-encoding", "gzip, chunked")]), true),
+            check_framing(
+                &map(&[("host", "a"), ("transfer-encoding", "gzip, chunked")]),
+                true
+            ),
             Err(FramingError::TransferEncoding("gzip, chunked".into()))
         );
         assert!(check_framing(
-            &map(&[("host", "a"), ("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")]),
+            &map(&[
+                ("host", "a"),
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked")
+            ]),
             true
         )
         .is_err());
@@ -203,7 +214,10 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends() {
-        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ]);
         let host = HeaderValue::from_static("example.com");
         set_forwarded(&mut h, Some("127.0.0.1".parse().unwrap()), Some(&host));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");

@@ -46,7 +46,9 @@ pub struct HttpListener {
 
 impl std::fmt::Debug for HttpListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpListener").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("HttpListener")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -21,6 +22,7 @@ use super::headers::{self, FramingError};
 use super::{HttpListener, Target};
 use crate::drain::Shutdown;
 use crate::endpoint::PeerAddr;
+use crate::upstream::body::RequestBody;
 use crate::upstream::pool::Checkout;
 use crate::upstream::Upstream;
 
@@ -66,8 +68,11 @@ impl ConnService {
                     req.headers_mut().insert(header::HOST, v);
                 }
                 Err(_) => {
-                    return Failure::client(StatusCode::BAD_REQUEST, "invalid authority in request target")
-                        .into_response(done)
+                    return Failure::client(
+                        StatusCode::BAD_REQUEST,
+                        "invalid authority in request target",
+                    )
+                    .into_response(done)
                 }
             }
         }
@@ -126,23 +131,57 @@ impl ConnService {
         headers::set_forwarded(&mut parts.headers, self.peer.ip(), host.as_ref());
         parts.uri = origin_form(&parts.uri);
         parts.version = Version::HTTP_11;
-        let mut req = Request::from_parts(parts, body);
-
         let active = up.pick();
-        self.clock.set_exchange_idle(up.timeouts.idle);
         let server = active.server();
+        if !parts.headers.contains_key(header::HOST) {
+            // HTTP/1.0 without Host: the upstream speaks HTTP/1.1, which requires one.
+            parts
+                .headers
+                .insert(header::HOST, server.host_header.clone());
+        }
+        let mut req = Request::from_parts(parts, RequestBody::Client(body));
+        // DESIGN.md §5, retries: a bodiless idempotent request may be sent again once
+        // when a reused connection closes before any response byte (the upstream's idle
+        // close raced our request).
+        let replayable = is_idempotent(req.method()) && req.body().is_end_stream();
+        self.clock.set_exchange_idle(up.timeouts.idle);
         let mut fresh = false;
         let (mut resp, conn) = loop {
             let got = if fresh {
-                server.connect(&up.name, &up.timeouts, &self.ctx.resolver, self.ctx.upstream_tcp).await
+                server
+                    .connect(
+                        &up.name,
+                        &up.timeouts,
+                        &self.ctx.resolver,
+                        self.ctx.upstream_tcp,
+                    )
+                    .await
             } else {
-                server.checkout(&up.name, &up.timeouts, &self.ctx.resolver, self.ctx.upstream_tcp).await
+                server
+                    .checkout(
+                        &up.name,
+                        &up.timeouts,
+                        &self.ctx.resolver,
+                        self.ctx.upstream_tcp,
+                    )
+                    .await
             };
             let mut conn = match got {
                 Ok(c) => c,
                 Err(e) => return Failure::connect(&e).into_response(done),
             };
-            let Some(sender) = conn.sender() else { continue };
+            let copy = (replayable && conn.reused && !fresh).then(|| {
+                (
+                    req.method().clone(),
+                    req.uri().clone(),
+                    req.headers().clone(),
+                )
+            });
+            let Some(sender) = conn.sender() else {
+                // A checkout always holds its connection until released.
+                fresh = true;
+                continue;
+            };
             match timeout(up.timeouts.response, sender.try_send_request(req)).await {
                 Err(_) => {
                     let addr = server.addr.to_string();
@@ -150,20 +189,33 @@ impl ConnService {
                         .into_response(done);
                 }
                 Ok(Ok(resp)) => break (resp, conn),
-                Ok(Err(mut e)) => match e.take_message() {
-                    // hyper never wrote it: safe to send on a new connection, whatever
-                    // the method (DESIGN.md §5, retries).
-                    Some(unsent) if !fresh => {
-                        tracing::debug!(upstream = %up.name, server = %server.addr, reused = conn.reused,
-                            "request not sent on a pooled connection; using a new one");
-                        req = unsent;
-                        fresh = true;
+                Ok(Err(mut e)) => {
+                    if let Some(unsent) = e.take_message() {
+                        if !fresh {
+                            // hyper never wrote it: safe to send on a new connection,
+                            // whatever the method.
+                            tracing::debug!(upstream = %up.name, server = %server.addr,
+                                "request not sent on a pooled connection; using a new one");
+                            req = unsent;
+                            fresh = true;
+                            continue;
+                        }
+                    } else if let Some((method, uri, headers)) = copy {
+                        if closed_before_response(e.error()) {
+                            tracing::debug!(upstream = %up.name, server = %server.addr, error = %e.error(),
+                                "reused connection closed before the response; sending the request again on a new one");
+                            let mut again = Request::new(RequestBody::Empty);
+                            *again.method_mut() = method;
+                            *again.uri_mut() = uri;
+                            *again.headers_mut() = headers;
+                            req = again;
+                            fresh = true;
+                            continue;
+                        }
                     }
-                    _ => {
-                        let addr = server.addr.to_string();
-                        return Failure::before_head(&up.name, &addr, e.error()).into_response(done);
-                    }
-                },
+                    let addr = server.addr.to_string();
+                    return Failure::before_head(&up.name, &addr, e.error()).into_response(done);
+                }
             }
         };
 
@@ -172,7 +224,10 @@ impl ConnService {
                 let addr = server.addr.to_string();
                 return Failure {
                     status: StatusCode::BAD_GATEWAY,
-                    message: format!("upstream {} ({addr}): switched protocols without being asked", up.name),
+                    message: format!(
+                        "upstream {} ({addr}): switched protocols without being asked",
+                        up.name
+                    ),
                     side: super::error::Side::Upstream,
                 }
                 .into_response(done);
@@ -180,7 +235,13 @@ impl ConnService {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let idle = up.timeouts.idle;
             let shutdown = self.shutdown.clone();
-            self.shutdown.tracker.spawn(tunnel(client_upgrade, upstream_upgrade, conn, idle, shutdown));
+            self.shutdown.tracker.spawn(tunnel(
+                client_upgrade,
+                upstream_upgrade,
+                conn,
+                idle,
+                shutdown,
+            ));
             let (mut parts, _) = resp.into_parts();
             headers::remove_hop_by_hop(&mut parts.headers, true);
             drop(active);
@@ -191,6 +252,35 @@ impl ConnService {
         headers::remove_hop_by_hop(&mut parts.headers, false);
         Response::from_parts(parts, ProxyBody::upstream(body, conn, active, done))
     }
+}
+
+/// RFC 9110 §9.2.2.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The upstream closed or reset the connection before any response byte.
+fn closed_before_response(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn origin_form(uri: &Uri) -> Uri {

@@ -118,7 +118,11 @@ mod tests {
 
     #[test]
     fn exact_host_beats_wildcard_beats_none_case_and_port_ignored() {
-        let r = [m(None, "/"), m(Some("*.example.com"), "/"), m(Some("ci.example.com"), "/")];
+        let r = [
+            m(None, "/"),
+            m(Some("*.example.com"), "/"),
+            m(Some("ci.example.com"), "/"),
+        ];
         assert_eq!(pick(&r, "CI.Example.com:8080", "/"), Some(2));
         assert_eq!(pick(&r, "a.b.example.com", "/"), Some(1));
         assert_eq!(pick(&r, "example.com", "/"), Some(0));

@@ -62,7 +62,8 @@ impl StaticResolver {
     /// `host` resolves to these socket addresses, ports included (a port of 0 is
     /// replaced by the port asked for).
     pub fn with_addrs(mut self, host: &str, addrs: &[SocketAddr]) -> Self {
-        self.entries.push((host.to_ascii_lowercase(), addrs.to_vec()));
+        self.entries
+            .push((host.to_ascii_lowercase(), addrs.to_vec()));
         self
     }
 }
@@ -216,7 +217,10 @@ async fn connect_tcp_with_delay(
 
 /// Puts addresses in Happy Eyeballs order (RFC 8305 §4): the last address that worked
 /// first, then alternating families starting with the resolver's first family.
-pub fn order_addresses(mut addrs: Vec<SocketAddr>, last_good: Option<SocketAddr>) -> Vec<SocketAddr> {
+pub fn order_addresses(
+    mut addrs: Vec<SocketAddr>,
+    last_good: Option<SocketAddr>,
+) -> Vec<SocketAddr> {
     addrs.dedup();
     let first_v6 = addrs.first().is_some_and(|a| a.is_ipv6());
     let (mut a, mut b): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|x| x.is_ipv6() == first_v6);
@@ -273,12 +277,22 @@ mod tests {
     #[test]
     fn order_interleaves_families_starting_with_the_first() {
         let got = order_addresses(
-            vec![a("[::1]:1"), a("[::2]:1"), a("127.0.0.1:1"), a("127.0.0.2:1")],
+            vec![
+                a("[::1]:1"),
+                a("[::2]:1"),
+                a("127.0.0.1:1"),
+                a("127.0.0.2:1"),
+            ],
             None,
         );
         assert_eq!(
             got,
-            vec![a("[::1]:1"), a("127.0.0.1:1"), a("[::2]:1"), a("127.0.0.2:1")]
+            vec![
+                a("[::1]:1"),
+                a("127.0.0.1:1"),
+                a("[::2]:1"),
+                a("127.0.0.2:1")
+            ]
         );
     }
 
@@ -291,7 +305,10 @@ mod tests {
     #[tokio::test]
     async fn refused_address_moves_on_at_once() {
         // A port with nothing listening: bind, note the port, close.
-        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let started = std::time::Instant::now();
         let c = connect_tcp_with_delay(
@@ -309,7 +326,10 @@ mod tests {
 
     #[tokio::test]
     async fn all_refused_names_each_address() {
-        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let err = connect_tcp(&[dead], Duration::from_secs(2), TcpOptions::default())
             .await
             .unwrap_err();

@@ -4,6 +4,7 @@
 //! Boundary: this module knows nothing of client connections or routing; it hands out
 //! [`pool::Checkout`]s and errors that name the upstream, the server and the errno.
 
+pub mod body;
 pub mod connect;
 pub mod pool;
 
@@ -52,6 +53,9 @@ pub struct Server {
     active: AtomicUsize,
     /// For a host name: the address that last connected, tried first next time.
     last_good: Mutex<Option<SocketAddr>>,
+    /// `Host` for a request that came without one (HTTP/1.0): the server's address, or
+    /// `localhost` for a Unix socket (as nginx's `$proxy_host`).
+    pub host_header: http::HeaderValue,
 }
 
 /// Counts an exchange as active on its server while alive (for `least_conn`).
@@ -96,6 +100,7 @@ impl Upstream {
                     pool: Pool::new(cfg.keepalive, cfg.keepalive_timeout),
                     active: AtomicUsize::new(0),
                     last_good: Mutex::new(None),
+                    host_header: host_header(addr),
                 })
                 .collect(),
             balance: cfg.balance,
@@ -232,6 +237,14 @@ pub enum UpstreamError {
         /// hyper's error.
         error: hyper::Error,
     },
+}
+
+fn host_header(addr: &UpstreamAddr) -> http::HeaderValue {
+    let text = match addr {
+        UpstreamAddr::Unix(_) => "localhost".to_owned(),
+        other => other.to_string(),
+    };
+    http::HeaderValue::try_from(text).unwrap_or(http::HeaderValue::from_static("localhost"))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

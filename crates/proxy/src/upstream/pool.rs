@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use super::body::RequestBody;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
@@ -41,7 +41,7 @@ struct PoolInner {
 
 #[derive(Debug)]
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     ctl: Arc<ConnCtl>,
 }
 
@@ -117,7 +117,7 @@ impl Pool {
         local: Option<SocketAddr>,
     ) -> hyper::Result<Checkout> {
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake::<_, Incoming>(TokioIo::new(stream))
+            .handshake::<_, RequestBody>(TokioIo::new(stream))
             .await?;
         let (idle_until, idle_rx) = watch::channel(None);
         let ctl = Arc::new(ConnCtl {
@@ -184,7 +184,7 @@ async fn drive(
 impl Checkout {
     /// The hyper sender, to send one request. `None` only after `release`, which
     /// consumes the checkout, so callers always get `Some`.
-    pub fn sender(&mut self) -> Option<&mut SendRequest<Incoming>> {
+    pub fn sender(&mut self) -> Option<&mut SendRequest<RequestBody>> {
         self.conn.as_mut().map(|c| &mut c.sender)
     }
 
