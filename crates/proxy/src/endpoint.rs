@@ -6,7 +6,7 @@
 //! option is a method of [`TcpOptions`], which is applied to a [`tokio::net::TcpStream`]
 //! only; there is nothing to call on a Unix stream:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0308
 //! use tidegate_proxy::endpoint::TcpOptions;
 //! fn f(unix: &tokio::net::UnixStream) {
 //!     TcpOptions::default().apply(unix); // error: expected `&TcpStream`

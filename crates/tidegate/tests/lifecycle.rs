@@ -197,7 +197,25 @@ struct Proc {
 
 impl Proc {
     fn spawn(args: &[&str], cwd: &Path) -> anyhow::Result<Proc> {
-        let mut child = tokio::process::Command::new(bin())
+        Self::spawn_cmd(tokio::process::Command::new(bin()), args, cwd)
+    }
+
+    /// Runs tidegate through `sh` with its soft open-files limit lowered to `soft`
+    /// (`exec` keeps the pid).
+    fn spawn_with_nofile(soft: u64, args: &[&str], cwd: &Path) -> anyhow::Result<Proc> {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -Sn {soft} && exec \"$0\" \"$@\""))
+            .arg(bin());
+        Self::spawn_cmd(cmd, args, cwd)
+    }
+
+    fn spawn_cmd(
+        mut cmd: tokio::process::Command,
+        args: &[&str],
+        cwd: &Path,
+    ) -> anyhow::Result<Proc> {
+        let mut child = cmd
             .args(args)
             .current_dir(cwd)
             .env("NO_COLOR", "1")
@@ -1021,5 +1039,39 @@ async fn quickstart_serves_welcome_and_healthz() -> anyhow::Result<()> {
     tg.signal(Signal::SIGTERM)?;
     let status = tg.wait_exit(SOON).await?;
     assert_eq!(status.code(), Some(0), "logs:\n{}", tg.logs().join("\n"));
+    Ok(())
+}
+
+/// Reads `Max open files` (soft, hard) from `/proc/PID/limits`.
+fn nofile_limits(pid: u32) -> anyhow::Result<(String, String)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .context("no Max open files line")?;
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    match (fields.next(), fields.next()) {
+        (Some(soft), Some(hard)) => Ok((soft.to_owned(), hard.to_owned())),
+        _ => bail!("cannot parse {line:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soft_open_files_limit_is_raised_to_the_hard_limit_at_start() -> anyhow::Result<()> {
+    let cwd = tempfile::tempdir()?;
+    let mut tg = Proc::spawn_with_nofile(256, &["run", "--listen", "127.0.0.1:0"], cwd.path())?;
+    tg.wait_ready(Duration::from_secs(10)).await?;
+    let (soft, hard) = nofile_limits(tg.pid)?;
+    assert_ne!(hard, "256", "the hard limit is 256 here: nothing to raise");
+    assert_eq!(soft, hard, "logs:\n{}", tg.logs().join("\n"));
+    assert!(
+        tg.logs()
+            .iter()
+            .any(|l| l.contains("raised the open-files limit") && l.contains("from=256")),
+        "the raise is logged; logs:\n{}",
+        tg.logs().join("\n")
+    );
+    tg.signal(Signal::SIGTERM)?;
+    assert_eq!(tg.wait_exit(SOON).await?.code(), Some(0));
     Ok(())
 }
