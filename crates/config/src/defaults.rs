@@ -41,6 +41,27 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const CONNECTION_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 /// Upstream `response_timeout`: until the response head.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// TCP listener `idle_timeout`: no byte either way on a tunnel.
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Upstream `retries`: how many other servers a request whose connect failed may move to.
+pub const RETRIES: usize = 1;
+/// Upstream `sse_heartbeat`: `:\n\n` into a `text/event-stream` silent toward the
+/// client this long (below common 30-60 s idle timeouts of intermediaries).
+pub const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
+/// `[upstreams.NAME.health] interval`: time between active checks of a server.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// `[upstreams.NAME.health] timeout`: one check's deadline (connect + response head).
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// `[upstreams.NAME.health] rise`: consecutive passed checks that mark a server up.
+pub const HEALTH_RISE: u32 = 2;
+/// `[upstreams.NAME.health] fall`: consecutive failed checks that mark a server down.
+pub const HEALTH_FALL: u32 = 3;
+/// Passive ejection: consecutive connect failures or 5xx responses that take a server
+/// out of rotation for [`PASSIVE_COOLDOWN`] (always on; not a config key yet).
+pub const PASSIVE_FAILS: u32 = 3;
+/// Passive ejection: how long an ejected server stays out before it is tried again.
+pub const PASSIVE_COOLDOWN: Duration = Duration::from_secs(10);
+
 /// Upstream `idle_timeout`: no byte either way on a live exchange.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 

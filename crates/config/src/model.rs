@@ -94,11 +94,15 @@ pub struct Listener {
     pub name: String,
     /// Every address to listen on (at least one).
     pub listen: Vec<ListenAddr>,
-    /// `protocol`; only HTTP is built so far (`tcp` is refused as not supported yet).
+    /// `protocol`: HTTP (routes) or TCP (bytes both ways to `upstream`).
     pub protocol: Protocol,
+    /// TCP listeners: the upstream every connection goes to (validated to exist).
+    /// `None` for HTTP listeners, which route instead.
+    pub upstream: Option<String>,
     /// From a request's first byte to its complete head.
     pub header_timeout: Duration,
-    /// Keep-alive: no byte since the last response.
+    /// HTTP: keep-alive, no byte since the last response. TCP: no byte either way on
+    /// the tunnel (default [`crate::defaults::TCP_IDLE_TIMEOUT`]).
     pub idle_timeout: Duration,
     /// Accepting pauses at this many open client connections (across all addresses).
     pub max_connections: usize,
@@ -106,7 +110,8 @@ pub struct Listener {
     pub max_header_size: usize,
     /// Idle time before TCP keepalive probes; `None` = `"off"`. TCP sockets only.
     pub tcp_keepalive: Option<Duration>,
-    /// Routes, in file order. Matching picks the most specific (see `Route`).
+    /// Routes, in file order (HTTP only; empty for TCP). Matching picks the most
+    /// specific (see `Route`).
     pub routes: Vec<Route>,
 }
 
@@ -115,6 +120,8 @@ pub struct Listener {
 pub enum Protocol {
     /// HTTP/1.1.
     Http,
+    /// L4: bytes both ways, nothing parsed.
+    Tcp,
 }
 
 /// `[[listeners.NAME.routes]]`.
@@ -171,6 +178,32 @@ pub struct Upstream {
     pub response_timeout: Duration,
     /// No byte either way on a live exchange.
     pub idle_timeout: Duration,
+    /// How many other servers a request may move to when its connect failed.
+    pub retries: usize,
+    /// `:\n\n` toward a client of a silent `text/event-stream` after this long; `None`
+    /// = `"off"`.
+    pub sse_heartbeat: Option<Duration>,
+    /// Idle time before TCP keepalive probes on upstream TCP sockets; `None` = `"off"`.
+    pub tcp_keepalive: Option<Duration>,
+    /// `[upstreams.NAME.health]`: active checks; `None` = no active checks (passive
+    /// ejection still applies).
+    pub health: Option<Health>,
+}
+
+/// `[upstreams.NAME.health]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// `path` given: an HTTP `GET path` that must answer 2xx or 3xx; else a TCP (or
+    /// Unix) connect.
+    pub path: Option<String>,
+    /// Time between checks of one server.
+    pub interval: Duration,
+    /// One check's deadline.
+    pub timeout: Duration,
+    /// Consecutive passes that mark a server up.
+    pub rise: u32,
+    /// Consecutive failures that mark a server down.
+    pub fall: u32,
 }
 
 /// Load-balancing algorithm.
@@ -222,6 +255,7 @@ impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Http => "http",
+            Protocol::Tcp => "tcp",
         }
     }
 }

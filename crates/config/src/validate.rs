@@ -16,7 +16,7 @@ use crate::addr::ListenAddr;
 use crate::defaults;
 use crate::error::Sink;
 use crate::model::{
-    Config, HostMatch, Listener, Log, Protocol, Route, RouteAction, Server, Upstream,
+    Config, Health, HostMatch, Listener, Log, Protocol, Route, RouteAction, Server, Upstream,
 };
 use crate::parse::{self, InvalidValue, DURATION_FORMS, SIZE_FORMS};
 
@@ -422,6 +422,61 @@ impl<'d> Cx<'_, '_> {
         }
     }
 
+    /// A count of at least 1 that fits a `u32` (health `rise` and `fall`).
+    fn count(&mut self, t: &Tbl<'d>, key: &str) -> Option<u32> {
+        let n = self.uint(t, key, 1)?;
+        match u32::try_from(n) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                let f = t.field(key)?;
+                self.expected(&f, &format!("a whole number from 1 to {}", u32::MAX));
+                None
+            }
+        }
+    }
+
+    /// `tcp_keepalive` (listeners and upstreams): whole seconds from 1 to
+    /// [`defaults::MAX_TCP_KEEPALIVE`], or `"off"` (`Some(None)`).
+    fn tcp_keepalive(&mut self, t: &Tbl<'d>) -> Option<Option<Duration>> {
+        let value = self.duration_or_off(t, "tcp_keepalive")?;
+        if let Some(d) = value {
+            if d.subsec_nanos() != 0 || d > defaults::MAX_TCP_KEEPALIVE {
+                let f = t.field("tcp_keepalive")?;
+                self.err(
+                    f.span(),
+                    &f.path,
+                    format!(
+                        "expected whole seconds up to {}s (the kernel counts TCP keepalive \
+                         idle time in seconds), found {}",
+                        defaults::MAX_TCP_KEEPALIVE.as_secs(),
+                        describe(f.item)
+                    ),
+                );
+                return None;
+            }
+        }
+        Some(value)
+    }
+
+    /// The name of an upstream that must exist (a route's or a TCP listener's
+    /// `upstream`).
+    fn upstream_ref(&mut self, f: &Field<'d>, upstreams: &[&str]) -> Option<String> {
+        let name = self.string(f, "an upstream name")?;
+        if upstreams.contains(&name) {
+            return Some(name.to_owned());
+        }
+        let defined = match upstreams {
+            [] => "none is defined".to_owned(),
+            _ => format!("defined: {}", upstreams.join(", ")),
+        };
+        self.err(
+            f.span(),
+            &f.path,
+            format!("no upstream named {name:?}; {defined}"),
+        );
+        None
+    }
+
     /// A size in bytes: an integer, or a string like `"64KiB"`.
     fn size(&mut self, t: &Tbl<'d>, key: &str) -> Option<usize> {
         let f = t.field(key)?;
@@ -511,14 +566,12 @@ impl<'d> Cx<'_, '_> {
                 "connect_timeout",
                 "response_timeout",
                 "idle_timeout",
-            ],
-            &[
                 "retries",
                 "sse_heartbeat",
                 "tcp_keepalive",
                 "health",
-                "on_demand",
             ],
+            &["on_demand"],
         );
         let base = self.base;
         let servers = self.string_list(
@@ -559,20 +612,17 @@ impl<'d> Cx<'_, '_> {
             idle_timeout: self
                 .timeout(t, "idle_timeout")
                 .unwrap_or(defaults::UPSTREAM_IDLE_TIMEOUT),
+            retries: self.uint(t, "retries", 0).unwrap_or(defaults::RETRIES),
+            sse_heartbeat: self
+                .duration_or_off(t, "sse_heartbeat")
+                .unwrap_or(Some(defaults::SSE_HEARTBEAT)),
+            tcp_keepalive: self
+                .tcp_keepalive(t)
+                .unwrap_or(Some(defaults::TCP_KEEPALIVE)),
+            health: self.table(t, "health").map(|h| self.health(&h)),
         };
 
-        // Not built yet (refused by `keys` above); their shape is still checked.
-        let _ = self.uint(t, "retries", 0);
-        let _ = self.duration_or_off(t, "sse_heartbeat");
-        let _ = self.duration_or_off(t, "tcp_keepalive");
-        if let Some(h) = self.table(t, "health") {
-            self.keys(&h, &["path", "interval", "timeout", "rise", "fall"], &[]);
-            let _ = self.parsed(&h, "path", "a path", parse::route_path);
-            let _ = self.timeout(&h, "interval");
-            let _ = self.timeout(&h, "timeout");
-            let _ = self.uint(&h, "rise", 1);
-            let _ = self.uint(&h, "fall", 1);
-        }
+        // Not built yet (refused by `keys` above); its shape is still checked.
         if let Some(o) = self.table(t, "on_demand") {
             let keys = [
                 "command",
@@ -598,6 +648,23 @@ impl<'d> Cx<'_, '_> {
         upstream
     }
 
+    /// `[upstreams.NAME.health]`: present means active checks, every key defaulted.
+    fn health(&mut self, h: &Tbl<'d>) -> Health {
+        self.keys(h, &["path", "interval", "timeout", "rise", "fall"], &[]);
+        // A `timeout` longer than `interval` is allowed and not reported.
+        Health {
+            path: self.parsed(h, "path", "a path like \"/health\"", parse::health_path),
+            interval: self
+                .timeout(h, "interval")
+                .unwrap_or(defaults::HEALTH_INTERVAL),
+            timeout: self
+                .timeout(h, "timeout")
+                .unwrap_or(defaults::HEALTH_TIMEOUT),
+            rise: self.count(h, "rise").unwrap_or(defaults::HEALTH_RISE),
+            fall: self.count(h, "fall").unwrap_or(defaults::HEALTH_FALL),
+        }
+    }
+
     fn listener(
         &mut self,
         name: String,
@@ -610,6 +677,7 @@ impl<'d> Cx<'_, '_> {
             &[
                 "listen",
                 "protocol",
+                "upstream",
                 "header_timeout",
                 "idle_timeout",
                 "max_connections",
@@ -617,7 +685,7 @@ impl<'d> Cx<'_, '_> {
                 "tcp_keepalive",
                 "routes",
             ],
-            &["upstream"],
+            &[],
         );
         let base = self.base;
         let listen = self.string_list(t, "listen", ("an address", "addresses"), |s| {
@@ -635,26 +703,86 @@ impl<'d> Cx<'_, '_> {
             self.check_listened_once(addr, path, span, seen);
         }
 
-        let mut tcp_mode = false;
-        if let Some(f) = t.field("protocol") {
-            match self.string(&f, r#""http" or "tcp""#) {
-                Some("http") | None => {}
-                Some("tcp") => {
-                    tcp_mode = true;
-                    self.err(
-                        f.span(),
-                        &f.path,
-                        r#"protocol "tcp" (TCP mode) is not supported yet"#,
-                    );
+        // `None` when `protocol` is invalid: then the keys that belong to one protocol
+        // are still checked, but neither protocol's rules about which keys it needs or
+        // refuses apply (they would only repeat the mistake).
+        let protocol = match t.field("protocol") {
+            None => Some(Protocol::Http),
+            Some(f) => match self.string(&f, r#""http" or "tcp""#) {
+                Some("http") => Some(Protocol::Http),
+                Some("tcp") => Some(Protocol::Tcp),
+                Some(_) => {
+                    self.expected(&f, r#""http" or "tcp""#);
+                    None
                 }
-                Some(_) => self.expected(&f, r#""http" or "tcp""#),
+                None => None,
+            },
+        };
+        let tcp = protocol == Some(Protocol::Tcp);
+
+        // Keys of one protocol on a listener of the other.
+        let wrong_protocol: &[(&str, &str)] = match protocol {
+            Some(Protocol::Tcp) => &[
+                (
+                    "routes",
+                    "a TCP listener has no routes: it forwards every connection to its \
+                     `upstream`",
+                ),
+                (
+                    "header_timeout",
+                    "a TCP listener reads no request head (`idle_timeout` bounds a silent \
+                     connection)",
+                ),
+                ("max_header_size", "a TCP listener reads no request head"),
+            ],
+            _ => &[],
+        };
+        for (key, why) in wrong_protocol {
+            if let Some(f) = t.field(key) {
+                self.err(
+                    f.key_span.clone(),
+                    &f.path,
+                    format!(r#"only for HTTP listeners (protocol = "http"); {why}"#),
+                );
             }
         }
-        if let Some(f) = t.field("upstream") {
-            let _ = self.string(&f, "an upstream name");
-        }
+        let checked = |key: &str| !wrong_protocol.iter().any(|(k, _)| *k == key);
 
-        let max_header_size = self.size(t, "max_header_size");
+        let upstream = match t.field("upstream") {
+            Some(f) if protocol == Some(Protocol::Http) => {
+                self.err(
+                    f.key_span.clone(),
+                    &f.path,
+                    format!(
+                        r#"only for TCP listeners (protocol = "tcp"); an HTTP listener sends requests to upstreams through its routes: [[{}.routes]] with upstream = "NAME""#,
+                        t.path
+                    ),
+                );
+                None
+            }
+            Some(f) => self.upstream_ref(&f, upstreams),
+            None if tcp => {
+                let defined = match upstreams {
+                    [] => ", with an [upstreams.NAME] table".to_owned(),
+                    _ => format!(" (defined: {})", upstreams.join(", ")),
+                };
+                self.missing(
+                    t,
+                    "upstream",
+                    &format!(
+                        r#"a TCP listener forwards every connection to one upstream: upstream = "NAME"{defined}"#
+                    ),
+                );
+                None
+            }
+            None => None,
+        };
+
+        let max_header_size = if checked("max_header_size") {
+            self.size(t, "max_header_size")
+        } else {
+            None
+        };
         if let Some(n) = max_header_size.filter(|n| *n < defaults::MIN_HEADER_SIZE) {
             if let Some(f) = t.field("max_header_size") {
                 self.err(
@@ -670,27 +798,15 @@ impl<'d> Cx<'_, '_> {
                 );
             }
         }
-
-        let tcp_keepalive = self.duration_or_off(t, "tcp_keepalive");
-        if let Some(Some(d)) = tcp_keepalive {
-            if d.subsec_nanos() != 0 || d > defaults::MAX_TCP_KEEPALIVE {
-                if let Some(f) = t.field("tcp_keepalive") {
-                    self.err(
-                        f.span(),
-                        &f.path,
-                        format!(
-                            "expected whole seconds up to {}s (the kernel counts TCP \
-                             keepalive idle time in seconds), found {}",
-                            defaults::MAX_TCP_KEEPALIVE.as_secs(),
-                            describe(f.item)
-                        ),
-                    );
-                }
-            }
-        }
+        let header_timeout = if checked("header_timeout") {
+            self.timeout(t, "header_timeout")
+        } else {
+            None
+        };
 
         let mut routes = Vec::new();
         match t.field("routes") {
+            Some(_) if !checked("routes") => {}
             Some(f) => {
                 let tables = self.tables(&f);
                 let built: Vec<_> = tables
@@ -732,7 +848,7 @@ impl<'d> Cx<'_, '_> {
                     );
                 }
             }
-            None if !tcp_mode => self.missing(
+            None if protocol == Some(Protocol::Http) => self.missing(
                 t,
                 "routes",
                 "an HTTP listener needs at least one [[listeners.NAME.routes]] table",
@@ -740,21 +856,25 @@ impl<'d> Cx<'_, '_> {
             None => {}
         }
 
+        let idle_default = if tcp {
+            defaults::TCP_IDLE_TIMEOUT
+        } else {
+            defaults::HTTP_IDLE_TIMEOUT
+        };
         Listener {
             name,
             listen: listen.into_iter().map(|(a, ..)| a).collect(),
-            protocol: Protocol::Http,
-            header_timeout: self
-                .timeout(t, "header_timeout")
-                .unwrap_or(defaults::HEADER_TIMEOUT),
-            idle_timeout: self
-                .timeout(t, "idle_timeout")
-                .unwrap_or(defaults::HTTP_IDLE_TIMEOUT),
+            protocol: protocol.unwrap_or(Protocol::Http),
+            upstream,
+            header_timeout: header_timeout.unwrap_or(defaults::HEADER_TIMEOUT),
+            idle_timeout: self.timeout(t, "idle_timeout").unwrap_or(idle_default),
             max_connections: self
                 .uint(t, "max_connections", 1)
                 .unwrap_or(defaults::MAX_CONNECTIONS),
             max_header_size: max_header_size.unwrap_or(defaults::MAX_HEADER_SIZE),
-            tcp_keepalive: tcp_keepalive.unwrap_or(Some(defaults::TCP_KEEPALIVE)),
+            tcp_keepalive: self
+                .tcp_keepalive(t)
+                .unwrap_or(Some(defaults::TCP_KEEPALIVE)),
             routes,
         }
     }
@@ -778,23 +898,7 @@ impl<'d> Cx<'_, '_> {
                 );
                 None
             }
-            (Some(u), None) => {
-                let name = self.string(&u, "an upstream name")?;
-                if upstreams.contains(&name) {
-                    Some(RouteAction::Upstream(name.to_owned()))
-                } else {
-                    let defined = match upstreams {
-                        [] => "none is defined".to_owned(),
-                        _ => format!("defined: {}", upstreams.join(", ")),
-                    };
-                    self.err(
-                        u.span(),
-                        &u.path,
-                        format!("no upstream named {name:?}; {defined}"),
-                    );
-                    None
-                }
-            }
+            (Some(u), None) => self.upstream_ref(&u, upstreams).map(RouteAction::Upstream),
             (None, Some(_)) => {
                 let r = self.table(t, "respond")?;
                 self.keys(&r, &["status", "body"], &[]);

@@ -38,8 +38,6 @@ pub struct HttpListener {
     pub max_header_size: usize,
     /// Options of accepted TCP sockets.
     pub client_tcp: TcpOptions,
-    /// Options of upstream TCP sockets.
-    pub upstream_tcp: TcpOptions,
     pub(crate) routes: Vec<(route::Matcher, Target)>,
     pub(crate) resolver: Arc<dyn Resolve>,
 }
@@ -98,7 +96,6 @@ impl HttpListener {
             idle_timeout: cfg.idle_timeout,
             max_header_size: cfg.max_header_size,
             client_tcp,
-            upstream_tcp: TcpOptions::default(),
             routes,
             resolver,
         }

@@ -17,12 +17,13 @@ use tokio::time::timeout;
 
 use super::body::{ExchangeDone, ProxyBody};
 use super::clock::{Clock, Phase, Verdict, Watched};
-use super::error::{text_response, Failure};
+use super::error::{text_response, Failure, Side};
 use super::headers::{self, FramingError};
 use super::{HttpListener, Target};
 use crate::drain::Shutdown;
 use crate::endpoint::PeerAddr;
 use crate::upstream::body::RequestBody;
+use crate::upstream::health::Outcome;
 use crate::upstream::pool::Checkout;
 use crate::upstream::Upstream;
 
@@ -131,44 +132,61 @@ impl ConnService {
         headers::set_forwarded(&mut parts.headers, self.peer.ip(), host.as_ref());
         parts.uri = origin_form(&parts.uri);
         parts.version = Version::HTTP_11;
-        let active = up.pick();
-        let server = active.server();
-        if !parts.headers.contains_key(header::HOST) {
-            // HTTP/1.0 without Host: the upstream speaks HTTP/1.1, which requires one.
-            parts
-                .headers
-                .insert(header::HOST, server.host_header.clone());
-        }
+        let mut active = match up.pick(&[]) {
+            Ok(a) => a,
+            Err(unavailable) => {
+                return Failure {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: unavailable.to_string(),
+                    side: Side::Upstream,
+                }
+                .into_response(done)
+            }
+        };
+        // HTTP/1.0 without Host: the upstream speaks HTTP/1.1, which requires one; it is
+        // the server's address, so it changes if the request moves to another server.
+        let host_from_server = !parts.headers.contains_key(header::HOST);
         let mut req = Request::from_parts(parts, RequestBody::Client(body));
         // DESIGN.md §5, retries: a bodiless idempotent request may be sent again once
         // when a reused connection closes before any response byte (the upstream's idle
         // close raced our request).
         let replayable = is_idempotent(req.method()) && req.body().is_end_stream();
         self.clock.set_exchange_idle(up.timeouts.idle);
+        // Servers whose connect failed, for `retries` (allocates only on a retry).
+        let mut tried: Vec<usize> = Vec::new();
         let mut fresh = false;
         let (mut resp, conn) = loop {
+            let server = active.server();
+            if host_from_server {
+                req.headers_mut()
+                    .insert(header::HOST, server.host_header.clone());
+            }
             let got = if fresh {
                 server
-                    .connect(
-                        &up.name,
-                        &up.timeouts,
-                        &self.ctx.resolver,
-                        self.ctx.upstream_tcp,
-                    )
+                    .connect(&up.name, &up.timeouts, &self.ctx.resolver, up.tcp)
                     .await
             } else {
                 server
-                    .checkout(
-                        &up.name,
-                        &up.timeouts,
-                        &self.ctx.resolver,
-                        self.ctx.upstream_tcp,
-                    )
+                    .checkout(&up.name, &up.timeouts, &self.ctx.resolver, up.tcp)
                     .await
             };
             let mut conn = match got {
                 Ok(c) => c,
-                Err(e) => return Failure::connect(&e).into_response(done),
+                Err(e) => {
+                    server.health.record(Outcome::ConnectFailed);
+                    // Nothing was sent: the request may go to another server.
+                    if tried.len() < up.retries {
+                        tried.push(active.index());
+                        if let Ok(next) = up.pick(&tried) {
+                            tracing::warn!(upstream = %up.name, error = %e,
+                                next = %next.server().addr, "connect failed; trying another server");
+                            active = next;
+                            fresh = false;
+                            continue;
+                        }
+                    }
+                    return Failure::connect(&e).into_response(done);
+                }
             };
             let copy = (replayable && conn.reused && !fresh).then(|| {
                 (
@@ -184,11 +202,19 @@ impl ConnService {
             };
             match timeout(up.timeouts.response, sender.try_send_request(req)).await {
                 Err(_) => {
+                    server.health.record(Outcome::ServerError);
                     let addr = server.addr.to_string();
                     return Failure::response_timeout(&up.name, &addr, up.timeouts.response)
                         .into_response(done);
                 }
-                Ok(Ok(resp)) => break (resp, conn),
+                Ok(Ok(resp)) => {
+                    server.health.record(if resp.status().is_server_error() {
+                        Outcome::ServerError
+                    } else {
+                        Outcome::Success
+                    });
+                    break (resp, conn);
+                }
                 Ok(Err(mut e)) => {
                     if let Some(unsent) = e.take_message() {
                         if !fresh {
@@ -213,6 +239,7 @@ impl ConnService {
                             continue;
                         }
                     }
+                    server.health.record(Outcome::ServerError);
                     let addr = server.addr.to_string();
                     return Failure::before_head(&up.name, &addr, e.error()).into_response(done);
                 }
@@ -221,14 +248,14 @@ impl ConnService {
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
-                let addr = server.addr.to_string();
+                let addr = active.server().addr.to_string();
                 return Failure {
                     status: StatusCode::BAD_GATEWAY,
                     message: format!(
                         "upstream {} ({addr}): switched protocols without being asked",
                         up.name
                     ),
-                    side: super::error::Side::Upstream,
+                    side: Side::Upstream,
                 }
                 .into_response(done);
             };

@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod connect;
+pub mod health;
 pub mod pool;
 
 use std::net::SocketAddr;
@@ -30,6 +31,12 @@ pub struct Upstream {
     next: AtomicUsize,
     /// Timers, from the config.
     pub timeouts: Timeouts,
+    /// `retries`: how many other servers a request whose connect failed may move to.
+    pub retries: usize,
+    /// `sse_heartbeat`: `None` = off.
+    pub sse_heartbeat: Option<Duration>,
+    /// Options of this upstream's TCP sockets (`tcp_keepalive`).
+    pub tcp: TcpOptions,
 }
 
 /// An upstream's timers.
@@ -53,6 +60,8 @@ pub struct Server {
     active: AtomicUsize,
     /// For a host name: the address that last connected, tried first next time.
     last_good: Mutex<Option<SocketAddr>>,
+    /// Active and passive health.
+    pub health: health::ServerHealth,
     /// `Host` for a request that came without one (HTTP/1.0): the server's address, or
     /// `localhost` for a Unix socket (as nginx's `$proxy_host`).
     pub host_header: http::HeaderValue,
@@ -74,6 +83,11 @@ impl Drop for ActiveGuard {
 }
 
 impl ActiveGuard {
+    /// The index of the server in its upstream.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     /// The server this exchange uses.
     pub fn server(&self) -> &Server {
         &self.upstream.servers[self.index]
@@ -101,6 +115,7 @@ impl Upstream {
                     active: AtomicUsize::new(0),
                     last_good: Mutex::new(None),
                     host_header: host_header(addr),
+                    health: health::ServerHealth::new(cfg.health.as_ref()),
                 })
                 .collect(),
             balance: cfg.balance,
@@ -110,26 +125,66 @@ impl Upstream {
                 response: cfg.response_timeout,
                 idle: cfg.idle_timeout,
             },
+            retries: cfg.retries,
+            sse_heartbeat: cfg.sse_heartbeat,
+            tcp: TcpOptions {
+                nodelay: true,
+                keepalive: cfg.tcp_keepalive,
+            },
         }
     }
 
-    /// Picks a server and counts the exchange on it until the guard drops.
-    pub fn pick(self: &Arc<Self>) -> ActiveGuard {
+    /// Picks an available server not in `tried` and counts the exchange on it until
+    /// the guard drops. `Err` when no such server is available (every one down, in a
+    /// cool-down, or already tried).
+    pub fn pick(self: &Arc<Self>, tried: &[usize]) -> Result<ActiveGuard, Unavailable> {
         let n = self.servers.len();
         // Rotating start: round robin, and the tie-break for least_conn.
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
+        let candidates = (0..n)
+            .map(|i| (start + i) % n)
+            .filter(|i| !tried.contains(i) && self.servers[*i].health.is_available());
         let index = match self.balance {
-            Balance::RoundRobin => start,
-            Balance::LeastConn => (0..n)
-                .map(|i| (start + i) % n)
-                .min_by_key(|&i| self.servers[i].active.load(Ordering::Relaxed))
-                .unwrap_or(start),
+            Balance::RoundRobin => candidates.into_iter().next(),
+            Balance::LeastConn => {
+                candidates.min_by_key(|&i| self.servers[i].active.load(Ordering::Relaxed))
+            }
+        };
+        let Some(index) = index else {
+            return Err(Unavailable {
+                upstream: self.name.clone(),
+                servers: self
+                    .servers
+                    .iter()
+                    .map(|s| (s.addr.to_string(), s.health.describe()))
+                    .collect(),
+            });
         };
         self.servers[index].active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard {
+        Ok(ActiveGuard {
             upstream: self.clone(),
             index,
+        })
+    }
+}
+
+/// No server of an upstream can take a request now.
+#[derive(Debug, Clone)]
+pub struct Unavailable {
+    /// Upstream name.
+    pub upstream: String,
+    /// Each server's address and state.
+    pub servers: Vec<(String, String)>,
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "upstream {}: no server available:", self.upstream)?;
+        for (i, (addr, state)) in self.servers.iter().enumerate() {
+            let sep = if i == 0 { " " } else { "; " };
+            write!(f, "{sep}{addr} {state}")?;
         }
+        Ok(())
     }
 }
 
