@@ -8,13 +8,17 @@
 //! and the error is passed on, so hyper aborts the client's response instead of
 //! passing it off as complete.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{sleep_until, Instant, Sleep};
 
 use super::clock::Clock;
 use crate::upstream::pool::Checkout;
@@ -42,7 +46,105 @@ struct Streaming {
     body: Incoming,
     conn: Option<Checkout>,
     active: Option<ActiveGuard>,
+    heartbeat: Option<Heartbeat>,
 }
+
+/// SSE heartbeats: `:\n\n` toward the client when a `text/event-stream` has been
+/// silent for `period`, only at an event boundary (never inside an event). Heartbeats
+/// are writes toward the client, so they would keep the connection's idle clock happy;
+/// the upstream's own silence is therefore bounded here, by `upstream_idle`.
+#[derive(Debug)]
+pub struct Heartbeat {
+    period: Duration,
+    upstream_idle: Duration,
+    /// Next heartbeat (reset by every frame sent toward the client).
+    next: Pin<Box<Sleep>>,
+    /// When the upstream has been silent too long.
+    idle_deadline: Pin<Box<Sleep>>,
+    /// The last bytes sent, to tell whether the stream is at an event boundary.
+    tail: Tail,
+}
+
+/// The last few bytes of an event stream; enough to see a blank line (`\n\n`, `\r\r`,
+/// `\r\n\r\n` and mixes), which ends an event.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tail {
+    bytes: [u8; 4],
+    len: u8,
+}
+
+impl Tail {
+    fn push(&mut self, data: &[u8]) {
+        for &b in &data[data.len().saturating_sub(4)..] {
+            self.bytes.rotate_left(1);
+            self.bytes[3] = b;
+            self.len = (self.len + 1).min(4);
+        }
+    }
+
+    /// At the start of the stream, or right after a blank line.
+    fn at_boundary(&self) -> bool {
+        let tail = &self.bytes[4 - self.len as usize..];
+        if tail.is_empty() {
+            return true;
+        }
+        // Drop the last line terminator; what precedes must end a line too.
+        let rest = if tail.ends_with(b"\r\n") {
+            &tail[..tail.len() - 2]
+        } else if tail.ends_with(b"\n") || tail.ends_with(b"\r") {
+            &tail[..tail.len() - 1]
+        } else {
+            return false;
+        };
+        rest.ends_with(b"\n") || rest.ends_with(b"\r")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tail;
+
+    fn boundary(chunks: &[&[u8]]) -> bool {
+        let mut t = Tail::default();
+        for c in chunks {
+            t.push(c);
+        }
+        t.at_boundary()
+    }
+
+    #[test]
+    fn event_boundaries() {
+        assert!(boundary(&[]));
+        assert!(boundary(&[b"data: a\n\n"]));
+        assert!(boundary(&[b"data: a\r\n\r\n"]));
+        assert!(boundary(&[b"data: a\r\r"]));
+        assert!(boundary(&[b"data: a\n", b"\n"]));
+        assert!(boundary(&[b"data: a\r\n", b"\r\n"]));
+        assert!(!boundary(&[b"data: a\n"]));
+        assert!(!boundary(&[b"data: a\r\n"]));
+        assert!(!boundary(&[b"data: par"]));
+        assert!(!boundary(&[b"data: a\n\n", b"data: b"]));
+        assert!(!boundary(&[b"data: a\n\nid: 1\n"]));
+    }
+}
+
+impl Heartbeat {
+    /// Heartbeats every `period` of silence toward the client; the upstream may be
+    /// silent at most `upstream_idle`.
+    pub fn new(period: Duration, upstream_idle: Duration) -> Self {
+        let now = Instant::now();
+        Heartbeat {
+            period,
+            upstream_idle,
+            next: Box::pin(sleep_until(now + period)),
+            idle_deadline: Box::pin(sleep_until(now + upstream_idle)),
+            tail: Tail::default(),
+        }
+    }
+}
+
+/// The comment line that keeps intermediaries' idle timers from cutting a stream.
+const HEARTBEAT: &[u8] = b":\n\n";
 
 /// Tells the connection's clock that the exchange ended, whichever way it ends.
 #[derive(Debug)]
@@ -71,6 +173,7 @@ impl ProxyBody {
         body: Incoming,
         conn: Checkout,
         active: ActiveGuard,
+        heartbeat: Option<Heartbeat>,
         exchange: Option<ExchangeDone>,
     ) -> Self {
         ProxyBody {
@@ -78,6 +181,7 @@ impl ProxyBody {
                 body,
                 conn: Some(conn),
                 active: Some(active),
+                heartbeat,
             })),
             _exchange: exchange,
         }
@@ -85,6 +189,75 @@ impl ProxyBody {
 }
 
 impl Streaming {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                self.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if self.body.is_end_stream() {
+                    self.finish();
+                }
+                if let (Some(hb), Some(data)) = (&mut self.heartbeat, frame.data_ref()) {
+                    hb.tail.push(data);
+                    let now = Instant::now();
+                    hb.next.as_mut().reset(now + hb.period);
+                    hb.idle_deadline.as_mut().reset(now + hb.upstream_idle);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.log_failure(&e);
+                // Closing the connection: it is in an unknown state.
+                self.conn = None;
+                self.active = None;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Pending => {
+                let Some(hb) = &mut self.heartbeat else {
+                    return Poll::Pending;
+                };
+                if hb.idle_deadline.as_mut().poll(cx).is_ready() {
+                    if let Some(active) = &self.active {
+                        tracing::info!(
+                            upstream = %active.upstream().name,
+                            server = %active.server().addr,
+                            idle_ms = hb.upstream_idle.as_millis() as u64,
+                            "event stream: upstream silent longer than idle_timeout; closing"
+                        );
+                    }
+                    self.conn = None;
+                    self.active = None;
+                    return Poll::Ready(Some(Err("upstream idle_timeout".into())));
+                }
+                if hb.next.as_mut().poll(cx).is_ready() {
+                    // Inside an event a heartbeat would corrupt it: wait another period
+                    // (the upstream finishing the event also resets the timer).
+                    hb.next.as_mut().reset(Instant::now() + hb.period);
+                    if hb.tail.at_boundary() {
+                        // Registers the timer's waker for the next period.
+                        let _ = hb.next.as_mut().poll(cx);
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(HEARTBEAT)))));
+                    }
+                    let _ = hb.next.as_mut().poll(cx);
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn log_failure(&self, e: &hyper::Error) {
+        if let Some(active) = &self.active {
+            tracing::warn!(
+                upstream = %active.upstream().name,
+                server = %active.server().addr,
+                error = %e,
+                "upstream failed mid-body; aborting the client's response"
+            );
+        }
+    }
+
     /// The body is complete: the connection may serve another request.
     fn finish(&mut self) {
         if let Some(conn) = self.conn.take() {
@@ -124,33 +297,7 @@ impl Body for ProxyBody {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Kind::Upstream(s) => match Pin::new(&mut s.body).poll_frame(cx) {
-                Poll::Ready(None) => {
-                    s.finish();
-                    Poll::Ready(None)
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    if s.body.is_end_stream() {
-                        s.finish();
-                    }
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    if let Some(active) = &s.active {
-                        tracing::warn!(
-                            upstream = %active.upstream().name,
-                            server = %active.server().addr,
-                            error = %e,
-                            "upstream failed mid-body; aborting the client's response"
-                        );
-                    }
-                    // Closing the connection: it is in an unknown state.
-                    s.conn = None;
-                    s.active = None;
-                    Poll::Ready(Some(Err(Box::new(e))))
-                }
-                Poll::Pending => Poll::Pending,
-            },
+            Kind::Upstream(s) => s.poll_frame(cx),
         }
     }
 

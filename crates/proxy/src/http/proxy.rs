@@ -15,7 +15,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::time::timeout;
 
-use super::body::{ExchangeDone, ProxyBody};
+use super::body::{ExchangeDone, Heartbeat, ProxyBody};
 use super::clock::{Clock, Phase, Verdict, Watched};
 use super::error::{text_response, Failure, Side};
 use super::headers::{self, FramingError};
@@ -277,8 +277,28 @@ impl ConnService {
 
         let (mut parts, body) = resp.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers, false);
-        Response::from_parts(parts, ProxyBody::upstream(body, conn, active, done))
+        let heartbeat = up
+            .sse_heartbeat
+            .filter(|_| is_open_event_stream(&parts.headers))
+            .map(|period| Heartbeat::new(period, up.timeouts.idle));
+        Response::from_parts(
+            parts,
+            ProxyBody::upstream(body, conn, active, heartbeat, done),
+        )
     }
+}
+
+/// A `text/event-stream` of open length whose bytes tidegate can see as they are: no
+/// Content-Length (a fixed-length body can't take extra bytes) and no Content-Encoding
+/// (a heartbeat inside a compressed stream would corrupt it).
+fn is_open_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+        && !headers.contains_key(header::CONTENT_LENGTH)
+        && !headers.contains_key(header::CONTENT_ENCODING)
 }
 
 /// RFC 9110 §9.2.2.

@@ -1,0 +1,300 @@
+//! Liveness in-process (DESIGN.md §1 F4, F5): SSE heartbeats at event boundaries, the
+//! upstream's silence still bounded, and stale pooled connections dropped when the
+//! upstream closes them — not discovered by the next request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tidegate_config::Config;
+use tidegate_proxy::drain::Shutdown;
+use tidegate_proxy::listen::LocalAddr;
+use tidegate_proxy::upstream::connect::SystemResolver;
+use tidegate_proxy::upstream::Upstream;
+use tidegate_proxy::Runtime;
+use tidegate_testkit::{
+    close_wait_sockets, connect, get, Addr, Backend, BackendOptions, Bind, RawConn, Reply, SseThen,
+};
+
+const T: Duration = Duration::from_secs(5);
+
+struct Proxy {
+    addr: Addr,
+    upstreams: Vec<Arc<Upstream>>,
+    shutdown: Shutdown,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown.abort();
+    }
+}
+
+fn config(server: &Addr) -> Config {
+    let toml = format!(
+        r#"
+[listeners.web]
+listen = ["127.0.0.1:0"]
+[[listeners.web.routes]]
+upstream = "app"
+[upstreams.app]
+servers = ["{}"]
+"#,
+        server.to_config()
+    );
+    tidegate_config::load_str(&toml, None).expect("valid config")
+}
+
+fn start(config: Config) -> anyhow::Result<Proxy> {
+    let runtime = Runtime::bind(&config, Arc::new(SystemResolver))
+        .map_err(|e| anyhow::anyhow!("bind: {e:?}"))?;
+    let addr = match &runtime.addresses()[0].1 {
+        LocalAddr::Tcp(a) => Addr::Tcp(*a),
+        LocalAddr::Unix(p) => Addr::Unix(p.clone()),
+    };
+    let shutdown = Shutdown::new();
+    let upstreams = runtime.start(&shutdown);
+    Ok(Proxy {
+        addr,
+        upstreams,
+        shutdown,
+    })
+}
+
+async fn open_stream(proxy: &Proxy) -> anyhow::Result<RawConn> {
+    let mut c = connect(&proxy.addr).await?;
+    c.send(b"GET /events HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await?;
+    let head = c.read_head(T).await?;
+    anyhow::ensure!(head.status == 200, "status {}", head.status);
+    Ok(c)
+}
+
+/// Reads decoded body bytes until `body` ends with `want` or `within` passes.
+async fn read_until_body(
+    c: &mut RawConn,
+    body: &mut Vec<u8>,
+    want: &[u8],
+    within: Duration,
+) -> bool {
+    let deadline = Instant::now() + within;
+    while !body.ends_with(want) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match c.read_body_some(left).await {
+            Ok(Some(part)) => body.extend(part),
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[tokio::test]
+async fn a_silent_event_stream_gets_heartbeats_at_event_boundaries() -> anyhow::Result<()> {
+    for bind in [Bind::Tcp4, Bind::Unix] {
+        let app = Backend::start(bind, |_| {
+            Reply::sse(vec!["data: one\n\n".into()], SseThen::Hold)
+        })?;
+        let mut cfg = config(app.addr());
+        cfg.upstreams[0].sse_heartbeat = Some(Duration::from_millis(200));
+        let proxy = start(cfg)?;
+        let mut c = open_stream(&proxy).await?;
+        let mut body = Vec::new();
+        assert!(
+            read_until_body(&mut c, &mut body, b"data: one\n\n", T).await,
+            "{body:?}"
+        );
+        // Three heartbeats, each after ~200 ms of silence.
+        let started = Instant::now();
+        for n in 1..=3 {
+            assert!(
+                read_until_body(&mut c, &mut body, b":\n\n", T).await,
+                "{bind:?}: heartbeat {n} missing; body so far {:?}",
+                String::from_utf8_lossy(&body)
+            );
+            body.clear();
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(450),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_heartbeat_is_injected_inside_an_event() -> anyhow::Result<()> {
+    let app = Backend::start(Bind::Tcp4, |_| {
+        Reply::chunks(vec![
+            (Duration::ZERO, b"data: first\n\n".to_vec()),
+            (Duration::ZERO, b"data: par".to_vec()),
+            (Duration::from_secs(30), b"tial\n\n".to_vec()),
+        ])
+        .header("Content-Type", "text/event-stream")
+    })?;
+    let mut cfg = config(app.addr());
+    cfg.upstreams[0].sse_heartbeat = Some(Duration::from_millis(100));
+    let proxy = start(cfg)?;
+    let mut c = open_stream(&proxy).await?;
+    let mut body = Vec::new();
+    assert!(
+        read_until_body(&mut c, &mut body, b"data: par", T).await,
+        "{body:?}"
+    );
+    // Eight heartbeat periods of silence mid-event: nothing may be written.
+    let more = read_until_body(&mut c, &mut body, b"\n", Duration::from_millis(800)).await;
+    assert!(
+        !more,
+        "bytes injected inside an event: {:?}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(body, b"data: first\n\ndata: par");
+    Ok(())
+}
+
+#[tokio::test]
+async fn heartbeats_do_not_keep_a_silent_upstream_alive_past_idle_timeout() -> anyhow::Result<()> {
+    let app = Backend::start(Bind::Tcp4, |_| {
+        Reply::sse(vec!["data: one\n\n".into()], SseThen::Hold)
+    })?;
+    let mut cfg = config(app.addr());
+    cfg.upstreams[0].sse_heartbeat = Some(Duration::from_millis(100));
+    cfg.upstreams[0].idle_timeout = Duration::from_millis(600);
+    let proxy = start(cfg)?;
+    let mut c = open_stream(&proxy).await?;
+    let started = Instant::now();
+    let (rest, _) = c.read_to_end(T).await?;
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.contains(":\n\n"),
+        "heartbeats were sent meanwhile: {text:?}"
+    );
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the aborted stream must not look complete: {text:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    app.wait_for(|b| b.closed_connections() == 1, Duration::from_secs(1))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn heartbeat_off_and_fixed_length_or_compressed_streams_get_none() -> anyhow::Result<()> {
+    let cases: [(&str, Option<Duration>, Reply); 3] = [
+        (
+            "off",
+            None,
+            Reply::sse(vec!["data: one\n\n".into()], SseThen::Hold),
+        ),
+        (
+            "gzip",
+            Some(Duration::from_millis(100)),
+            Reply::chunks(vec![
+                (Duration::ZERO, b"xx".to_vec()),
+                (Duration::from_secs(30), b"yy".to_vec()),
+            ])
+            .header("Content-Type", "text/event-stream")
+            .header("Content-Encoding", "gzip"),
+        ),
+        (
+            "not sse",
+            Some(Duration::from_millis(100)),
+            Reply::chunks(vec![
+                (Duration::ZERO, b"xx\n\n".to_vec()),
+                (Duration::from_secs(30), b"yy".to_vec()),
+            ])
+            .header("Content-Type", "text/plain"),
+        ),
+    ];
+    for (name, hb, reply) in cases {
+        let app = Backend::start(Bind::Tcp4, move |_| reply.clone())?;
+        let mut cfg = config(app.addr());
+        cfg.upstreams[0].sse_heartbeat = hb;
+        let proxy = start(cfg)?;
+        let mut c = open_stream(&proxy).await?;
+        let mut body = Vec::new();
+        let got = read_until_body(&mut c, &mut body, b":\n\n", Duration::from_millis(600)).await;
+        assert!(
+            !got,
+            "{name}: heartbeat injected: {:?}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_idle_pooled_connection_the_upstream_closes_is_dropped_at_once() -> anyhow::Result<()> {
+    let app = Backend::start_with(
+        Bind::Tcp4,
+        BackendOptions::default().close_idle_after(Duration::from_millis(100)),
+        |_| Reply::text(200, "ok"),
+    )?;
+    let proxy = start(config(app.addr()))?;
+    let resp = get(&proxy.addr, "/", "app.test").await?;
+    assert_eq!(resp.status, 200);
+    let pool = &proxy.upstreams[0].servers[0].pool;
+    // The backend closes the idle connection after 100 ms; the pool must notice by
+    // itself (no new request is sent).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while pool.idle_count() != 0 || app.closed_connections() != 1 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "idle {} closed {}",
+            pool.idle_count(),
+            app.closed_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // And tidegate's side is closed, not left in CLOSE_WAIT.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let held = close_wait_sockets(std::process::id())?;
+        if held.is_empty() {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "CLOSE_WAIT sockets: {held:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Over 200 requests spaced around a backend's short keep-alive timeout (it closes or
+/// resets idle connections after ~30 ms), no error reaches the client.
+#[tokio::test]
+async fn requests_spaced_around_the_backends_keepalive_timeout_never_fail() -> anyhow::Result<()> {
+    let closing = Backend::start_with(
+        Bind::Tcp4,
+        BackendOptions::default().close_idle_after(Duration::from_millis(30)),
+        |_| Reply::text(200, "ok"),
+    )?;
+    // Resets every request that arrives on a reused connection.
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let resetting = Backend::start(Bind::Tcp4, move |r| {
+        if seen.lock().unwrap().insert(r.conn_id) {
+            Reply::text(200, "ok")
+        } else {
+            Reply::reset_before_response()
+        }
+    })?;
+    for app in [&closing, &resetting] {
+        let proxy = start(config(app.addr()))?;
+        let mut c = connect(&proxy.addr).await?;
+        for i in 0..100u64 {
+            c.send(format!("GET /r{i} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes())
+                .await?;
+            let resp = c.read_response(T).await?;
+            assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+            // 20..40 ms: around the 30 ms idle close.
+            tokio::time::sleep(Duration::from_millis(20 + (i * 7) % 21)).await;
+        }
+    }
+    Ok(())
+}
