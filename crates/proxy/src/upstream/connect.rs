@@ -325,6 +325,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn upstream_tcp_sockets_get_nodelay_and_the_configured_keepalive() {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let opts = TcpOptions {
+            nodelay: true,
+            keepalive: Some(Duration::from_secs(30)),
+        };
+        let c = connect_tcp(&[live.local_addr().unwrap()], Duration::from_secs(2), opts)
+            .await
+            .unwrap();
+        let Stream::Tcp(s) = &c.stream else {
+            panic!("a TCP address gave a non-TCP stream")
+        };
+        let sock = socket2::SockRef::from(s);
+        assert!(sock.tcp_nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            defaults::TCP_KEEPALIVE_INTERVAL
+        );
+        assert_eq!(
+            sock.tcp_keepalive_retries().unwrap(),
+            defaults::TCP_KEEPALIVE_PROBES
+        );
+    }
+
+    #[tokio::test]
     async fn all_refused_names_each_address() {
         let dead = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
