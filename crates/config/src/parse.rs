@@ -250,6 +250,33 @@ pub fn route_path(s: &str) -> Result<String> {
     Ok(s.to_owned())
 }
 
+/// A health check's `path`: the request target of `GET path` (a path, and a query if
+/// wanted: `"/health"`, `"/status?full=1"`). It starts with `/`; every character is
+/// visible ASCII other than `"`, `#`, `<`, `>` and `` ` `` (percent-encode anything
+/// else), so the request line is valid as written.
+///
+/// ```
+/// assert_eq!(tidegate_config::parse::health_path("/status?full=1").unwrap(), "/status?full=1");
+/// assert!(tidegate_config::parse::health_path("health").is_err());
+/// assert!(tidegate_config::parse::health_path("/a b").is_err());
+/// ```
+pub fn health_path(s: &str) -> Result<String> {
+    if !s.starts_with('/') {
+        return invalid(format!(
+            "expected a path starting with \"/\" (like \"/health\"), found {s:?}"
+        ));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || matches!(c, '"' | '#' | '<' | '>' | '`'))
+    {
+        return invalid(format!(
+            "{c:?} is not allowed in a request path (percent-encode it), found {s:?}"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 /// Whether `s` is a valid listener or upstream name: `[A-Za-z0-9_-]+`.
 pub fn is_name(s: &str) -> bool {
     !s.is_empty()
@@ -504,6 +531,24 @@ mod tests {
             upstream_addr("unix:app.sock", base).unwrap(),
             UpstreamAddr::Unix("/srv/app.sock".into())
         );
+    }
+
+    #[test]
+    fn health_paths_are_valid_request_targets() {
+        assert_eq!(health_path("/").unwrap(), "/");
+        assert_eq!(health_path("/a/{b}?c=1&d=%20").unwrap(), "/a/{b}?c=1&d=%20");
+        for bad in [
+            "",
+            "health",
+            "/a b",
+            "/a#b",
+            "/caf\u{e9}",
+            "/a\tb",
+            "/<x>",
+            "/a\"b",
+        ] {
+            assert!(health_path(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -70,7 +70,10 @@ enum Written {
 const SERVER: &str = "## `[server]`";
 const LISTENER: &str = "## `[listeners.NAME]`";
 const ROUTE: &str = "### `[[listeners.NAME.routes]]`";
+const TCP_LISTENER: &str = "### TCP listeners (`protocol = \"tcp\"`)";
 const UPSTREAM: &str = "## `[upstreams.NAME]`";
+const HEALTH: &str = "### `[upstreams.NAME.health]`";
+const PASSIVE: &str = "### Passive ejection";
 const TIMERS: &str = "## Timers";
 const LIMITS: &str = "## Limits";
 
@@ -152,6 +155,10 @@ fn documented() -> Vec<(&'static str, Doc)> {
             ),
         ),
         (
+            "TCP_IDLE_TIMEOUT",
+            Duration(TCP_LISTENER, "`idle_timeout`", TCP_IDLE_TIMEOUT),
+        ),
+        (
             "ROUTE_PATH",
             Value(ROUTE, "`path`", Written::Str(ROUTE_PATH)),
         ),
@@ -186,6 +193,42 @@ fn documented() -> Vec<(&'static str, Doc)> {
         (
             "UPSTREAM_IDLE_TIMEOUT",
             Duration(UPSTREAM, "`idle_timeout`", UPSTREAM_IDLE_TIMEOUT),
+        ),
+        (
+            "RETRIES",
+            Value(UPSTREAM, "`retries`", Written::Int(RETRIES as i64)),
+        ),
+        (
+            "SSE_HEARTBEAT",
+            Duration(UPSTREAM, "`sse_heartbeat`", SSE_HEARTBEAT),
+        ),
+        (
+            "HEALTH_INTERVAL",
+            Duration(HEALTH, "`interval`", HEALTH_INTERVAL),
+        ),
+        (
+            "HEALTH_TIMEOUT",
+            Duration(HEALTH, "`timeout`", HEALTH_TIMEOUT),
+        ),
+        (
+            "HEALTH_RISE",
+            Value(HEALTH, "`rise`", Written::Int(i64::from(HEALTH_RISE))),
+        ),
+        (
+            "HEALTH_FALL",
+            Value(HEALTH, "`fall`", Written::Int(i64::from(HEALTH_FALL))),
+        ),
+        (
+            "PASSIVE_FAILS",
+            Value(
+                PASSIVE,
+                "failures that eject",
+                Written::Int(i64::from(PASSIVE_FAILS)),
+            ),
+        ),
+        (
+            "PASSIVE_COOLDOWN",
+            Duration(PASSIVE, "ejection time", PASSIVE_COOLDOWN),
         ),
         (
             "MAX_DURATION",
@@ -247,6 +290,12 @@ fn the_timers_table_agrees_with_the_key_tables() {
         ("upstream `idle_timeout`", UPSTREAM_IDLE_TIMEOUT),
         ("upstream `keepalive_timeout`", KEEPALIVE_TIMEOUT),
         ("listener `tcp_keepalive`", TCP_KEEPALIVE),
+        ("TCP listener `idle_timeout`", TCP_IDLE_TIMEOUT),
+        ("upstream `sse_heartbeat`", SSE_HEARTBEAT),
+        ("upstream `tcp_keepalive`", TCP_KEEPALIVE),
+        ("health `interval`", HEALTH_INTERVAL),
+        ("health `timeout`", HEALTH_TIMEOUT),
+        ("passive ejection", PASSIVE_COOLDOWN),
         ("`[server] shutdown_grace`", SHUTDOWN_GRACE),
     ] {
         let line = section(&docs, TIMERS)
@@ -276,5 +325,24 @@ fn every_constant_in_defaults_rs_is_checked_against_the_docs() {
     }
     for c in &checked {
         assert!(constants.contains(c), "{c} is no longer in defaults.rs");
+    }
+}
+
+#[test]
+fn the_complete_example_in_the_docs_loads() {
+    let docs = read("../../docs/config.md");
+    let lines = section(&docs, "## A complete example");
+    let start = lines
+        .iter()
+        .position(|l| *l == "```toml")
+        .expect("a toml block");
+    let end = start
+        + lines[start..]
+            .iter()
+            .position(|l| *l == "```")
+            .expect("the block's end");
+    let text = lines[start + 1..end].join("\n");
+    if let Err(errors) = tidegate_config::load_str(&text, None) {
+        panic!("the complete example in docs/config.md does not load:\n{errors}");
     }
 }

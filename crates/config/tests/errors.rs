@@ -109,55 +109,265 @@ access_log = {{ to = "stdout" }}
 [admin]
 listen = "unix:admin.sock:mode=600"
 {LISTENER}
-[listeners.amqp]
-listen = ["127.0.0.1:5673"]
-protocol = "tcp"
-upstream = "rabbit"
+[upstreams.lazy]
+servers = ["unix:/tmp/lazy.sock"]
 
-[upstreams.rabbit]
-servers = ["127.0.0.1:5672"]
-retries = 1
-sse_heartbeat = "15s"
-tcp_keepalive = "30s"
-
-[upstreams.rabbit.health]
-interval = "5s"
-
-[upstreams.rabbit.on_demand]
-command = ["rabbitmq-server"]
+[upstreams.lazy.on_demand]
+command = ["python3", "app.py"]
 "#
     );
     let errors = errors(&text);
     for prefix in [
         "tidegate.toml:2:1: server.access_log: access_log is not supported yet",
         "tidegate.toml:4:2: admin: admin is not supported yet",
-        r#"tidegate.toml:14:12: listeners.amqp.protocol: protocol "tcp" (TCP mode) is not supported yet"#,
-        "tidegate.toml:15:1: listeners.amqp.upstream: upstream is not supported yet",
-        "tidegate.toml:19:1: upstreams.rabbit.retries: retries is not supported yet",
-        "tidegate.toml:20:1: upstreams.rabbit.sse_heartbeat: sse_heartbeat is not supported yet",
-        "tidegate.toml:21:1: upstreams.rabbit.tcp_keepalive: tcp_keepalive is not supported yet",
-        "tidegate.toml:23:19: upstreams.rabbit.health: health is not supported yet",
-        "tidegate.toml:26:19: upstreams.rabbit.on_demand: on_demand is not supported yet",
+        "tidegate.toml:15:17: upstreams.lazy.on_demand: on_demand is not supported yet",
     ] {
         assert_error(&errors, prefix);
     }
-    assert_eq!(errors.len(), 9, "{errors:#?}");
+    assert_eq!(errors.len(), 3, "{errors:#?}");
 }
 
 #[test]
 fn values_under_not_yet_supported_keys_are_still_checked() {
     let text = format!(
-        "{LISTENER}[upstreams.app]\nservers = [\"127.0.0.1:3000\"]\nretries = \"once\"\n[upstreams.app.health]\ninterval = 5\n"
+        "{LISTENER}[upstreams.app]\nservers = [\"127.0.0.1:3000\"]\n[upstreams.app.on_demand]\nready_timeout = 5\nstop_timeout = \"0s\"\n"
     );
-    let errors = errors(&text);
-    assert_error(
-        &errors,
-        "tidegate.toml:8:11: upstreams.app.retries: expected a whole number, found \"once\"",
+    assert_eq!(
+        errors(&text),
+        [
+            "tidegate.toml:8:16: upstreams.app.on_demand: on_demand is not supported yet",
+            r#"tidegate.toml:9:17: upstreams.app.on_demand.ready_timeout: expected a duration like "250ms", "10s" or "5m", found 5 (a duration is a string with a unit)"#,
+            r#"tidegate.toml:10:16: upstreams.app.on_demand.stop_timeout: must be more than zero, found "0s""#,
+        ]
     );
-    assert_error(
-        &errors,
-        r#"tidegate.toml:10:12: upstreams.app.health.interval: expected a duration like "250ms", "10s" or "5m", found 5 (a duration is a string with a unit)"#,
+}
+
+// === TCP listeners ===
+
+/// An upstream for TCP listeners to name.
+const RABBIT: &str = "\n[upstreams.rabbit]\nservers = [\"127.0.0.1:5672\"]\n";
+
+#[test]
+fn a_tcp_listener_needs_an_upstream() {
+    let text =
+        format!("[listeners.amqp]\nlisten = \"127.0.0.1:5673\"\nprotocol = \"tcp\"\n{RABBIT}");
+    assert_eq!(
+        errors(&text),
+        [
+            r#"tidegate.toml:1:1: listeners.amqp.upstream: missing; a TCP listener forwards every connection to one upstream: upstream = "NAME" (defined: rabbit)"#
+        ]
     );
+    let text = "[listeners.amqp]\nlisten = \"127.0.0.1:5673\"\nprotocol = \"tcp\"\n";
+    assert_eq!(
+        errors(text),
+        [
+            r#"tidegate.toml:1:1: listeners.amqp.upstream: missing; a TCP listener forwards every connection to one upstream: upstream = "NAME", with an [upstreams.NAME] table"#
+        ]
+    );
+}
+
+#[test]
+fn a_tcp_listener_names_an_existing_upstream() {
+    let text = format!(
+        "[listeners.amqp]\nlisten = \"127.0.0.1:5673\"\nprotocol = \"tcp\"\nupstream = \"rabit\"\n{RABBIT}"
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            r#"tidegate.toml:4:12: listeners.amqp.upstream: no upstream named "rabit"; defined: rabbit"#
+        ]
+    );
+    let text =
+        "[listeners.amqp]\nlisten = \"127.0.0.1:5673\"\nprotocol = \"tcp\"\nupstream = 5672\n";
+    assert_eq!(
+        errors(text),
+        ["tidegate.toml:4:12: listeners.amqp.upstream: expected an upstream name, found 5672"]
+    );
+}
+
+#[test]
+fn http_only_keys_on_a_tcp_listener_are_errors_that_say_why() {
+    let text = format!(
+        r#"[listeners.amqp]
+listen = "127.0.0.1:5673"
+protocol = "tcp"
+upstream = "rabbit"
+header_timeout = "5s"
+max_header_size = "1KiB"
+idle_timeout = "10m"
+[[listeners.amqp.routes]]
+upstream = "nowhere"
+{RABBIT}"#
+    );
+    // The HTTP-only values themselves are not checked as well: the key is the mistake.
+    assert_eq!(
+        errors(&text),
+        [
+            r#"tidegate.toml:5:1: listeners.amqp.header_timeout: only for HTTP listeners (protocol = "http"); a TCP listener reads no request head (`idle_timeout` bounds a silent connection)"#,
+            r#"tidegate.toml:6:1: listeners.amqp.max_header_size: only for HTTP listeners (protocol = "http"); a TCP listener reads no request head"#,
+            r#"tidegate.toml:8:18: listeners.amqp.routes: only for HTTP listeners (protocol = "http"); a TCP listener has no routes: it forwards every connection to its `upstream`"#,
+        ]
+    );
+    // Inline routes too.
+    let text = format!(
+        "[listeners.amqp]\nlisten = \"127.0.0.1:5673\"\nprotocol = \"tcp\"\nupstream = \"rabbit\"\nroutes = []\n{RABBIT}"
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            r#"tidegate.toml:5:1: listeners.amqp.routes: only for HTTP listeners (protocol = "http"); a TCP listener has no routes: it forwards every connection to its `upstream`"#
+        ]
+    );
+}
+
+#[test]
+fn upstream_on_an_http_listener_points_to_routes() {
+    let text = format!(
+        "[listeners.web]\nlisten = \"127.0.0.1:8080\"\nupstream = \"rabbit\"\n[[listeners.web.routes]]\nupstream = \"rabbit\"\n{RABBIT}"
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            r#"tidegate.toml:3:1: listeners.web.upstream: only for TCP listeners (protocol = "tcp"); an HTTP listener sends requests to upstreams through its routes: [[listeners.web.routes]] with upstream = "NAME""#
+        ]
+    );
+    // Without routes, both are said.
+    let text = format!(
+        "[listeners.web]\nlisten = \"127.0.0.1:8080\"\nprotocol = \"http\"\nupstream = \"rabbit\"\n{RABBIT}"
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "tidegate.toml:1:1: listeners.web.routes: missing; an HTTP listener needs at least one [[listeners.NAME.routes]] table",
+            r#"tidegate.toml:4:1: listeners.web.upstream: only for TCP listeners (protocol = "tcp"); an HTTP listener sends requests to upstreams through its routes: [[listeners.web.routes]] with upstream = "NAME""#,
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_protocol_is_one_error_not_a_cascade() {
+    // Neither protocol's rules apply: no "missing routes", no "upstream is for TCP";
+    // the values present are still checked.
+    let text =
+        "[listeners.x]\nlisten = \"127.0.0.1:5673\"\nprotocol = \"TCP\"\nupstream = \"nope\"\n";
+    assert_eq!(
+        errors(text),
+        [
+            r#"tidegate.toml:3:12: listeners.x.protocol: expected "http" or "tcp", found "TCP""#,
+            r#"tidegate.toml:4:12: listeners.x.upstream: no upstream named "nope"; none is defined"#,
+        ]
+    );
+}
+
+#[test]
+fn tcp_keepalive_follows_the_same_rules_on_listeners_and_upstreams() {
+    let text = r#"[listeners.amqp]
+listen = "127.0.0.1:5673"
+protocol = "tcp"
+upstream = "rabbit"
+tcp_keepalive = "1500ms"
+
+[upstreams.rabbit]
+servers = ["127.0.0.1:5672"]
+tcp_keepalive = "40000s"
+
+[upstreams.other]
+servers = ["127.0.0.1:5674"]
+tcp_keepalive = "0s"
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            r#"tidegate.toml:5:17: listeners.amqp.tcp_keepalive: expected whole seconds up to 32767s (the kernel counts TCP keepalive idle time in seconds), found "1500ms""#,
+            r#"tidegate.toml:9:17: upstreams.rabbit.tcp_keepalive: expected whole seconds up to 32767s (the kernel counts TCP keepalive idle time in seconds), found "40000s""#,
+            r#"tidegate.toml:13:17: upstreams.other.tcp_keepalive: must be more than zero, found "0s" (write "off" to disable)"#,
+        ]
+    );
+}
+
+// === upstream retries, sse_heartbeat, health ===
+
+#[test]
+fn bad_retries_and_sse_heartbeat() {
+    let text = format!(
+        r#"{LISTENER}
+[upstreams.a]
+servers = ["127.0.0.1:3000"]
+retries = -1
+sse_heartbeat = "0s"
+
+[upstreams.b]
+servers = ["127.0.0.1:3001"]
+retries = "2"
+sse_heartbeat = 15
+
+[upstreams.c]
+servers = ["127.0.0.1:3002"]
+retries = 1.5
+sse_heartbeat = "never"
+"#
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "tidegate.toml:9:11: upstreams.a.retries: expected a whole number, found -1",
+            r#"tidegate.toml:10:17: upstreams.a.sse_heartbeat: must be more than zero, found "0s" (write "off" to disable)"#,
+            r#"tidegate.toml:14:11: upstreams.b.retries: expected a whole number, found "2""#,
+            r#"tidegate.toml:15:17: upstreams.b.sse_heartbeat: expected a duration like "60s", or "off", found 15"#,
+            "tidegate.toml:19:11: upstreams.c.retries: expected a whole number, found 1.5",
+            r#"tidegate.toml:20:17: upstreams.c.sse_heartbeat: expected a duration like "60s", or "off", found "never""#,
+        ]
+    );
+}
+
+#[test]
+fn bad_health_values() {
+    let text = format!(
+        r#"{LISTENER}
+[upstreams.app]
+servers = ["127.0.0.1:3000"]
+
+[upstreams.app.health]
+path = "health"
+interval = "0s"
+timeout = 2
+rise = 0
+fall = 5000000000
+check = "tcp"
+
+[upstreams.b]
+servers = ["127.0.0.1:3001"]
+health = {{ path = "/status page", fall = -1 }}
+
+[upstreams.c]
+servers = ["127.0.0.1:3002"]
+health = true
+"#
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            r#"tidegate.toml:11:8: upstreams.app.health.path: expected a path starting with "/" (like "/health"), found "health""#,
+            r#"tidegate.toml:12:12: upstreams.app.health.interval: must be more than zero, found "0s""#,
+            r#"tidegate.toml:13:11: upstreams.app.health.timeout: expected a duration like "250ms", "10s" or "5m", found 2 (a duration is a string with a unit)"#,
+            "tidegate.toml:14:8: upstreams.app.health.rise: expected a whole number of at least 1, found 0",
+            "tidegate.toml:15:8: upstreams.app.health.fall: expected a whole number from 1 to 4294967295, found 5000000000",
+            "tidegate.toml:16:1: upstreams.app.health.check: unknown key; allowed here: path, interval, timeout, rise, fall",
+            r#"tidegate.toml:20:19: upstreams.b.health.path: ' ' is not allowed in a request path (percent-encode it), found "/status page""#,
+            "tidegate.toml:20:42: upstreams.b.health.fall: expected a whole number of at least 1, found -1",
+            "tidegate.toml:24:10: upstreams.c.health: expected a table, found true",
+        ]
+    );
+}
+
+#[test]
+fn a_health_timeout_longer_than_its_interval_is_allowed() {
+    let text = format!(
+        "{LISTENER}[upstreams.app]\nservers = [\"127.0.0.1:3000\"]\nhealth = {{ interval = \"1s\", timeout = \"5s\" }}\n"
+    );
+    let config = load_str(&text, None).expect("allowed, and nothing is said");
+    let health = config.upstreams[0].health.as_ref().expect("health");
+    assert!(health.timeout > health.interval);
 }
 
 #[test]

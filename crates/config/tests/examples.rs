@@ -2,7 +2,11 @@
 
 use std::path::PathBuf;
 
-use tidegate_config::{load_file, load_str, quickstart, RouteAction, QUICKSTART};
+use std::time::Duration;
+
+use tidegate_config::{
+    defaults, load_file, load_str, quickstart, Protocol, RouteAction, UpstreamAddr, QUICKSTART,
+};
 
 fn examples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples")
@@ -52,4 +56,37 @@ fn quickstart_loads_and_serves_a_welcome_page_and_healthz() {
             body: "ok\n".into()
         }
     );
+}
+
+#[test]
+fn the_broker_example_is_a_tcp_listener_in_front_of_rabbitmq() {
+    let config = load_file(&examples_dir().join("broker-tcp.toml")).expect("loads");
+    let amqp = config
+        .listeners
+        .iter()
+        .find(|l| l.name == "amqp")
+        .expect("an amqp listener");
+    assert_eq!(amqp.protocol, Protocol::Tcp);
+    assert_eq!(amqp.listen[0].to_string(), "127.0.0.1:5673");
+    assert_eq!(amqp.upstream.as_deref(), Some("rabbit"));
+    assert_eq!(amqp.idle_timeout, Duration::from_secs(600));
+    let rabbit = config.upstream("rabbit").expect("rabbit");
+    assert_eq!(
+        rabbit.servers,
+        [UpstreamAddr::Ip("127.0.0.1:5672".parse().expect("addr"))]
+    );
+    assert_eq!(rabbit.tcp_keepalive, Some(Duration::from_secs(30)));
+    let health = rabbit.health.as_ref().expect("health checks");
+    assert_eq!(health.path, None, "a connect check: AMQP is not HTTP");
+    assert_eq!(health.rise, defaults::HEALTH_RISE);
+}
+
+#[test]
+fn the_load_balanced_example_health_checks_over_http() {
+    let config = load_file(&examples_dir().join("load-balanced.toml")).expect("loads");
+    let health = config
+        .upstream("shop")
+        .and_then(|u| u.health.as_ref())
+        .expect("shop has health checks");
+    assert_eq!(health.path.as_deref(), Some("/healthz"));
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tidegate_config::defaults;
 use tidegate_config::{
-    load_str, Balance, Config, HostMatch, ListenAddr, Listener, Log, LogFormat, LogLevel, Protocol,
-    Route, RouteAction, Server, UnixListen, Upstream, UpstreamAddr,
+    load_str, Balance, Config, Health, HostMatch, ListenAddr, Listener, Log, LogFormat, LogLevel,
+    Protocol, Route, RouteAction, Server, UnixListen, Upstream, UpstreamAddr,
 };
 
 #[test]
@@ -49,6 +49,10 @@ keepalive_timeout = "1s"
 connect_timeout = "300ms"
 response_timeout = "5s"
 idle_timeout = "1h"
+retries = 0
+sse_heartbeat = "off"
+tcp_keepalive = "45s"
+health = { path = "/health?full=1", interval = "500ms", timeout = "1s", rise = 1, fall = 5 }
 
 [upstreams.a]
 servers = ["unix:/run/a.sock", "10.0.0.1:80"]
@@ -77,6 +81,7 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                     }),
                 ],
                 protocol: Protocol::Http,
+                upstream: None,
                 header_timeout: defaults::HEADER_TIMEOUT,
                 idle_timeout: defaults::HTTP_IDLE_TIMEOUT,
                 max_connections: defaults::MAX_CONNECTIONS,
@@ -102,6 +107,7 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 name: "zeta".into(),
                 listen: vec![ListenAddr::Tcp("[::1]:0".parse().expect("addr"))],
                 protocol: Protocol::Http,
+                upstream: None,
                 header_timeout: Duration::from_millis(250),
                 idle_timeout: Duration::from_secs(120),
                 max_connections: 5,
@@ -127,6 +133,10 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 connect_timeout: defaults::CONNECT_TIMEOUT,
                 response_timeout: defaults::RESPONSE_TIMEOUT,
                 idle_timeout: defaults::UPSTREAM_IDLE_TIMEOUT,
+                retries: defaults::RETRIES,
+                sse_heartbeat: Some(defaults::SSE_HEARTBEAT),
+                tcp_keepalive: Some(defaults::TCP_KEEPALIVE),
+                health: None,
             },
             Upstream {
                 name: "b".into(),
@@ -143,6 +153,16 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 connect_timeout: Duration::from_millis(300),
                 response_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(3600),
+                retries: 0,
+                sse_heartbeat: None,
+                tcp_keepalive: Some(Duration::from_secs(45)),
+                health: Some(Health {
+                    path: Some("/health?full=1".into()),
+                    interval: Duration::from_millis(500),
+                    timeout: Duration::from_secs(1),
+                    rise: 1,
+                    fall: 5,
+                }),
             },
         ],
     };
@@ -172,4 +192,141 @@ respond = { status = 200 }
 "#;
     let config = load_str(text, None).expect("port 0 = any free port; v4 and v6 are separate");
     assert_eq!(config.listeners.len(), 2);
+}
+
+#[test]
+fn a_tcp_listener_forwards_to_one_upstream_with_tcp_defaults() {
+    let text = r#"
+[listeners.amqp]
+listen = ["127.0.0.1:5673", "unix:/tmp/amqp.sock"]
+protocol = "tcp"
+upstream = "rabbit"
+
+[listeners.pg]
+listen = "127.0.0.1:6432"
+protocol = "tcp"
+upstream = "db"
+idle_timeout = "2h"
+max_connections = 100
+tcp_keepalive = "off"
+
+[upstreams.rabbit]
+servers = ["127.0.0.1:5672"]
+
+[upstreams.db]
+servers = ["unix:/run/postgresql/.s.PGSQL.5432"]
+"#;
+    let config = load_str(text, None).expect("valid");
+    let amqp = &config.listeners[0];
+    assert_eq!(amqp.name, "amqp");
+    assert_eq!(amqp.protocol, Protocol::Tcp);
+    assert_eq!(amqp.upstream.as_deref(), Some("rabbit"));
+    assert_eq!(amqp.idle_timeout, defaults::TCP_IDLE_TIMEOUT);
+    assert_eq!(amqp.max_connections, defaults::MAX_CONNECTIONS);
+    assert_eq!(amqp.tcp_keepalive, Some(defaults::TCP_KEEPALIVE));
+    assert_eq!(amqp.listen.len(), 2);
+    assert!(amqp.routes.is_empty());
+
+    let pg = &config.listeners[1];
+    assert_eq!(pg.protocol, Protocol::Tcp);
+    assert_eq!(pg.upstream.as_deref(), Some("db"));
+    assert_eq!(pg.idle_timeout, Duration::from_secs(7200));
+    assert_eq!(pg.max_connections, 100);
+    assert_eq!(pg.tcp_keepalive, None);
+    assert!(pg.routes.is_empty());
+}
+
+#[test]
+fn an_http_listener_keeps_its_own_idle_default_and_no_upstream() {
+    let text = "[listeners.web]\nlisten = \"127.0.0.1:0\"\nprotocol = \"http\"\n[[listeners.web.routes]]\nrespond = { status = 200 }\n";
+    let web = &load_str(text, None).expect("valid").listeners[0];
+    assert_eq!(web.protocol, Protocol::Http);
+    assert_eq!(web.upstream, None);
+    assert_eq!(web.idle_timeout, defaults::HTTP_IDLE_TIMEOUT);
+}
+
+#[test]
+fn upstream_keys_default_when_omitted() {
+    let text = r#"
+[listeners.web]
+listen = "127.0.0.1:0"
+[[listeners.web.routes]]
+upstream = "app"
+[upstreams.app]
+servers = ["127.0.0.1:3000"]
+"#;
+    let config = load_str(text, None).expect("valid");
+    let app = config.upstream("app").expect("app");
+    assert_eq!(app.retries, defaults::RETRIES);
+    assert_eq!(app.sse_heartbeat, Some(defaults::SSE_HEARTBEAT));
+    assert_eq!(app.tcp_keepalive, Some(defaults::TCP_KEEPALIVE));
+    assert_eq!(app.health, None, "no [health] table: no active checks");
+}
+
+#[test]
+fn upstream_retries_heartbeat_and_keepalive_are_read() {
+    let text = r#"
+[listeners.web]
+listen = "127.0.0.1:0"
+[[listeners.web.routes]]
+upstream = "app"
+[upstreams.app]
+servers = ["127.0.0.1:3000", "127.0.0.1:3001", "127.0.0.1:3002"]
+retries = 2
+sse_heartbeat = "250ms"
+tcp_keepalive = "off"
+"#;
+    let config = load_str(text, None).expect("valid");
+    let app = config.upstream("app").expect("app");
+    assert_eq!(app.retries, 2);
+    assert_eq!(app.sse_heartbeat, Some(Duration::from_millis(250)));
+    assert_eq!(app.tcp_keepalive, None);
+}
+
+#[test]
+fn a_health_table_turns_on_active_checks_with_defaults_for_missing_keys() {
+    let text = r#"
+[listeners.web]
+listen = "127.0.0.1:0"
+[[listeners.web.routes]]
+upstream = "tcp_checked"
+[[listeners.web.routes]]
+path = "/api"
+upstream = "http_checked"
+
+[upstreams.tcp_checked]
+servers = ["127.0.0.1:3000"]
+[upstreams.tcp_checked.health]
+
+[upstreams.http_checked]
+servers = ["127.0.0.1:4000"]
+[upstreams.http_checked.health]
+path = "/healthz"
+# A timeout longer than the interval is allowed.
+interval = "1s"
+timeout = "3s"
+fall = 1
+"#;
+    let config = load_str(text, None).expect("valid");
+    assert_eq!(
+        config.upstream("tcp_checked").expect("upstream").health,
+        Some(Health {
+            path: None,
+            interval: defaults::HEALTH_INTERVAL,
+            timeout: defaults::HEALTH_TIMEOUT,
+            rise: defaults::HEALTH_RISE,
+            fall: defaults::HEALTH_FALL,
+        }),
+        "an empty [health] table: TCP connect checks at the defaults"
+    );
+    assert_eq!(
+        config.upstream("http_checked").expect("upstream").health,
+        Some(Health {
+            path: Some("/healthz".into()),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(3),
+            rise: defaults::HEALTH_RISE,
+            fall: 1,
+        })
+    );
 }
