@@ -1409,3 +1409,29 @@ async fn an_http10_request_without_host_reaches_the_upstream_with_one() -> anyho
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn sse_heartbeat_from_the_config_reaches_a_silent_stream() -> anyhow::Result<()> {
+    let app = Backend::start(Bind::Unix, |_| {
+        Reply::sse(vec!["data: one\n\n".into()], SseThen::Hold)
+    })?;
+    let tg = start(&one_upstream(&[app.addr()], r#"sse_heartbeat = "200ms""#)).await?;
+    let mut c = connect(&tg.addr("web")?).await?;
+    c.send(&get_req("/events", "example.com")).await?;
+    let head = c.read_head(T).await?;
+    assert_eq!(head.status, 200);
+    let mut body = Vec::new();
+    let deadline = Instant::now() + T;
+    // Bounded by the deadline: the event, then a heartbeat.
+    while !body.ends_with(b"data: one\n\n:\n\n") {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "got {:?}",
+            String::from_utf8_lossy(&body)
+        );
+        if let Some(part) = c.read_body_some(T).await? {
+            body.extend(part);
+        }
+    }
+    Ok(())
+}
