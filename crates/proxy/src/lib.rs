@@ -1,5 +1,6 @@
 //! tidegate's data plane: listeners on TCP and Unix sockets, the HTTP/1.1 proxy,
-//! upstream connection pools, Happy Eyeballs, and the drain that ends it all.
+//! TCP-mode tunnels, upstream connection pools, Happy Eyeballs, and the drain that ends
+//! it all.
 //!
 //! This crate never reads the environment, installs signal handlers or exits the
 //! process: the binary wires it (STYLE.md). [`Runtime`] is the one entry point: built
@@ -14,16 +15,19 @@ pub mod errno;
 pub mod http;
 pub mod listen;
 pub mod serve;
+pub mod tcp;
 pub mod upstream;
 
 use std::sync::Arc;
 
-use tidegate_config::Config;
+use tidegate_config::{Config, Protocol};
 use tokio::sync::Semaphore;
 
 use drain::Shutdown;
 use http::HttpListener;
 use listen::{ListenError, Listener, LocalAddr};
+use serve::Handler;
+use tcp::TunnelListener;
 use upstream::connect::Resolve;
 use upstream::Upstream;
 
@@ -33,11 +37,13 @@ pub struct Runtime {
     /// Upstreams by config order.
     pub upstreams: Vec<Arc<Upstream>>,
     listeners: Vec<BoundListener>,
+    /// Active health checks, started with the listeners.
+    checks: upstream::health::Checks,
 }
 
 #[derive(Debug)]
 struct BoundListener {
-    ctx: Arc<HttpListener>,
+    ctx: Handler,
     sockets: Vec<Listener>,
     limit: Arc<Semaphore>,
 }
@@ -55,10 +61,19 @@ impl Runtime {
         let mut errors = Vec::new();
         let mut listeners = Vec::new();
         for l in &config.listeners {
-            let ctx = Arc::new(HttpListener::new(l, &upstreams, resolver.clone()));
+            let ctx = match l.protocol {
+                Protocol::Http => {
+                    Handler::Http(Arc::new(HttpListener::new(l, &upstreams, resolver.clone())))
+                }
+                // `None` only on a validator bug; logged, and the listener is left out.
+                Protocol::Tcp => match TunnelListener::new(l, &upstreams, resolver.clone()) {
+                    Some(t) => Handler::Tcp(Arc::new(t)),
+                    None => continue,
+                },
+            };
             let mut sockets = Vec::new();
             for addr in &l.listen {
-                match Listener::bind(addr, ctx.client_tcp) {
+                match Listener::bind(addr, ctx.client_tcp()) {
                     Ok(s) => sockets.push(s),
                     Err(e) => errors.push(e),
                 }
@@ -73,6 +88,7 @@ impl Runtime {
         }
         if errors.is_empty() {
             Ok(Runtime {
+                checks: upstream::health::Checks::new(&upstreams, resolver),
                 upstreams,
                 listeners,
             })
@@ -88,7 +104,7 @@ impl Runtime {
             .flat_map(|l| {
                 l.sockets
                     .iter()
-                    .map(|s| (l.ctx.name.clone(), s.local_addr().clone()))
+                    .map(|s| (l.ctx.name().to_owned(), s.local_addr().clone()))
             })
             .collect()
     }
@@ -96,6 +112,8 @@ impl Runtime {
     /// Starts accepting on every socket. Accept loops stop when `shutdown` starts
     /// draining; connection tasks are tracked by `shutdown.tracker`.
     pub fn start(self, shutdown: &Shutdown) -> Vec<Arc<Upstream>> {
+        // Not on the tracker: checks must never hold the process open; none while draining.
+        self.checks.spawn(&shutdown.graceful);
         for l in self.listeners {
             for socket in l.sockets {
                 shutdown.tracker.spawn(serve::accept_loop(

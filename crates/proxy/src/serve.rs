@@ -1,5 +1,7 @@
-//! The accept loop, one for every listening socket: `max_connections`, back-off on
-//! accept errors, and the drain.
+//! The accept loop, one for every listening socket of every kind (HTTP and TCP mode):
+//! `max_connections`, back-off on accept errors, and the drain. What a connection
+//! becomes is the [`Handler`]'s business; everything around it is the same for all
+//! (STYLE.md: one accept loop, one drain token).
 //!
 //! Invariants: a connection task holds one permit of its listener's semaphore for its
 //! whole life, so at `max_connections` accepting pauses until one ends; the listening
@@ -12,19 +14,59 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::drain::Shutdown;
+use crate::endpoint::{PeerAddr, Stream, TcpOptions};
 use crate::errno::describe_io_error;
 use crate::http::{serve_connection, HttpListener};
 use crate::listen::Listener;
+use crate::tcp::{serve_tunnel, TunnelListener};
 
 /// First pause after an accept error; doubles up to [`MAX_ACCEPT_BACKOFF`].
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 /// Longest pause after repeated accept errors (EMFILE must not spin a core).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Accepts connections on `listener` until draining starts.
+/// What a listener does with an accepted connection, by its `protocol`.
+#[derive(Debug, Clone)]
+pub enum Handler {
+    /// `protocol = "http"`: hyper, routes, the HTTP proxy.
+    Http(Arc<HttpListener>),
+    /// `protocol = "tcp"`: a tunnel to the listener's upstream.
+    Tcp(Arc<TunnelListener>),
+}
+
+// === impl Handler ===
+
+impl Handler {
+    /// The listener's config name.
+    pub fn name(&self) -> &str {
+        match self {
+            Handler::Http(l) => &l.name,
+            Handler::Tcp(l) => &l.name,
+        }
+    }
+
+    /// Options for the listener's accepted TCP sockets.
+    pub fn client_tcp(&self) -> TcpOptions {
+        match self {
+            Handler::Http(l) => l.client_tcp,
+            Handler::Tcp(l) => l.client_tcp,
+        }
+    }
+
+    /// Serves one accepted connection until it ends.
+    async fn serve(self, stream: Stream, peer: PeerAddr, shutdown: Shutdown) {
+        match self {
+            Handler::Http(l) => serve_connection(l, stream, peer, shutdown).await,
+            Handler::Tcp(l) => serve_tunnel(l, stream, peer, shutdown).await,
+        }
+    }
+}
+
+/// Accepts connections on `listener` until draining starts; each one is served by
+/// `ctx` in its own task on the drain tracker.
 pub async fn accept_loop(
     listener: Listener,
-    ctx: Arc<HttpListener>,
+    ctx: Handler,
     limit: Arc<Semaphore>,
     shutdown: Shutdown,
 ) {
@@ -34,7 +76,7 @@ pub async fn accept_loop(
     loop {
         if limit.available_permits() == 0 && !paused {
             paused = true;
-            tracing::warn!(listener = %ctx.name, address = %addr, "max_connections reached; accepting paused until a connection ends");
+            tracing::warn!(listener = %ctx.name(), address = %addr, "max_connections reached; accepting paused until a connection ends");
         }
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p {
@@ -45,7 +87,7 @@ pub async fn accept_loop(
         };
         if paused {
             paused = false;
-            tracing::info!(listener = %ctx.name, address = %addr, "accepting again");
+            tracing::info!(listener = %ctx.name(), address = %addr, "accepting again");
         }
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -57,12 +99,12 @@ pub async fn accept_loop(
                 let ctx = ctx.clone();
                 let sd = shutdown.clone();
                 shutdown.tracker.spawn(async move {
-                    serve_connection(ctx, stream, peer, sd).await;
+                    ctx.serve(stream, peer, sd).await;
                     drop(permit);
                 });
             }
             Err(e) => {
-                tracing::warn!(listener = %ctx.name, address = %addr, error = %describe_io_error(&e),
+                tracing::warn!(listener = %ctx.name(), address = %addr, error = %describe_io_error(&e),
                     backoff_ms = backoff.as_millis() as u64, "accept failed; pausing");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -73,5 +115,5 @@ pub async fn accept_loop(
         }
     }
     drop(listener);
-    tracing::info!(listener = %ctx.name, address = %addr, "stopped listening");
+    tracing::info!(listener = %ctx.name(), address = %addr, "stopped listening");
 }

@@ -5,87 +5,27 @@
 //!
 //! These run the data plane in-process because the resolver is injected.
 
-use std::io::Write;
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tidegate_proxy::drain::Shutdown;
-use tidegate_proxy::listen::LocalAddr;
-use tidegate_proxy::upstream::connect::{Resolve, StaticResolver};
-use tidegate_proxy::upstream::Upstream;
-use tidegate_proxy::Runtime;
+use common::{start_with, Logs};
+use tidegate_proxy::upstream::connect::StaticResolver;
 use tidegate_testkit::{blackhole_listener, get, Addr, Backend, Bind, Reply};
 
-struct Proxy {
-    addr: Addr,
-    upstreams: Vec<Arc<Upstream>>,
-    shutdown: Shutdown,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.shutdown.abort();
-    }
-}
-
-fn start(toml: &str, resolver: impl Resolve) -> anyhow::Result<Proxy> {
-    let config = tidegate_config::load_str(toml, None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let runtime =
-        Runtime::bind(&config, Arc::new(resolver)).map_err(|e| anyhow::anyhow!("bind: {e:?}"))?;
-    let addr = match &runtime.addresses()[0].1 {
-        LocalAddr::Tcp(a) => Addr::Tcp(*a),
-        LocalAddr::Unix(p) => Addr::Unix(p.clone()),
-    };
-    let shutdown = Shutdown::new();
-    let upstreams = runtime.start(&shutdown);
-    Ok(Proxy {
-        addr,
-        upstreams,
-        shutdown,
-    })
-}
-
-fn config(server: &str, keepalive: usize, connect_timeout: &str) -> String {
-    format!(
-        r#"
-[listeners.web]
-listen = ["127.0.0.1:0"]
-[[listeners.web.routes]]
-upstream = "app"
-[upstreams.app]
-servers = ["{server}"]
-keepalive = {keepalive}
-connect_timeout = "{connect_timeout}"
-"#
+fn config(server: &str, keepalive: usize, connect_timeout: &str) -> tidegate_config::Config {
+    common::config(
+        &[server.to_owned()],
+        &format!("keepalive = {keepalive}\nconnect_timeout = \"{connect_timeout}\""),
     )
-}
-
-/// Collects formatted log lines of the current thread's subscriber.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    .expect("valid config")
 }
 
 #[tokio::test]
 async fn localhost_resolving_to_v6_then_v4_with_backend_on_v4_only_works_every_time(
 ) -> anyhow::Result<()> {
-    let logs = Captured::default();
-    let sink = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = Logs::capture();
 
     let backend = Backend::start(Bind::Tcp4, |_| Reply::text(200, "ok"))?;
     let port = backend.addr().tcp().unwrap().port();
@@ -94,7 +34,7 @@ async fn localhost_resolving_to_v6_then_v4_with_backend_on_v4_only_works_every_t
     let resolver = StaticResolver::new().with("localhost", &[v6, v4]);
     // keepalive = 0: every request opens a new connection, so every request goes
     // through the address choice.
-    let proxy = start(&config(&format!("localhost:{port}"), 0, "2s"), resolver)?;
+    let proxy = start_with(&config(&format!("localhost:{port}"), 0, "2s"), resolver)?;
     for i in 0..20 {
         let resp = get(&proxy.addr, "/", "app.test").await?;
         assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
@@ -103,7 +43,7 @@ async fn localhost_resolving_to_v6_then_v4_with_backend_on_v4_only_works_every_t
     let server = &proxy.upstreams[0].servers[0];
     assert_eq!(server.resolved(), Some(SocketAddr::new(v4, port)));
 
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     let bad: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("WARN") || l.contains("ERROR"))
@@ -126,7 +66,7 @@ async fn first_address_that_never_answers_costs_one_attempt_delay() -> anyhow::R
         anyhow::bail!("expected TCP addresses");
     };
     let resolver = StaticResolver::new().with_addrs("slow.test", &[hole_addr, good]);
-    let proxy = start(&config("slow.test:80", 32, "5s"), resolver)?;
+    let proxy = start_with(&config("slow.test:80", 32, "5s"), resolver)?;
     let started = Instant::now();
     let resp = get(&proxy.addr, "/", "app.test").await?;
     let took = started.elapsed();
@@ -148,7 +88,7 @@ async fn every_address_refused_gives_502_naming_each() -> anyhow::Result<()> {
     let dead1 = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let dead2 = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let resolver = StaticResolver::new().with_addrs("gone.test", &[dead1, dead2]);
-    let proxy = start(&config("gone.test:80", 32, "2s"), resolver)?;
+    let proxy = start_with(&config("gone.test:80", 32, "2s"), resolver)?;
     let resp = get(&proxy.addr, "/", "app.test").await?;
     assert_eq!(resp.status, 502);
     let body = resp.text();

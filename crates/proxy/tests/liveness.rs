@@ -2,62 +2,25 @@
 //! upstream's silence still bounded, and stale pooled connections dropped when the
 //! upstream closes them — not discovered by the next request.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::Proxy;
 use tidegate_config::Config;
-use tidegate_proxy::drain::Shutdown;
-use tidegate_proxy::listen::LocalAddr;
-use tidegate_proxy::upstream::connect::SystemResolver;
-use tidegate_proxy::upstream::Upstream;
-use tidegate_proxy::Runtime;
 use tidegate_testkit::{
     close_wait_sockets, connect, get, Addr, Backend, BackendOptions, Bind, RawConn, Reply, SseThen,
 };
 
 const T: Duration = Duration::from_secs(5);
 
-struct Proxy {
-    addr: Addr,
-    upstreams: Vec<Arc<Upstream>>,
-    shutdown: Shutdown,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.shutdown.abort();
-    }
-}
-
 fn config(server: &Addr) -> Config {
-    let toml = format!(
-        r#"
-[listeners.web]
-listen = ["127.0.0.1:0"]
-[[listeners.web.routes]]
-upstream = "app"
-[upstreams.app]
-servers = ["{}"]
-"#,
-        server.to_config()
-    );
-    tidegate_config::load_str(&toml, None).expect("valid config")
+    common::config(&[server.to_config()], "").expect("valid config")
 }
 
 fn start(config: Config) -> anyhow::Result<Proxy> {
-    let runtime = Runtime::bind(&config, Arc::new(SystemResolver))
-        .map_err(|e| anyhow::anyhow!("bind: {e:?}"))?;
-    let addr = match &runtime.addresses()[0].1 {
-        LocalAddr::Tcp(a) => Addr::Tcp(*a),
-        LocalAddr::Unix(p) => Addr::Unix(p.clone()),
-    };
-    let shutdown = Shutdown::new();
-    let upstreams = runtime.start(&shutdown);
-    Ok(Proxy {
-        addr,
-        upstreams,
-        shutdown,
-    })
+    common::start(&config)
 }
 
 async fn open_stream(proxy: &Proxy) -> anyhow::Result<RawConn> {

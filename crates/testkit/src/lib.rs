@@ -34,6 +34,12 @@
 //! keep-alive connections. `Backend::websocket_echo(bind)` echoes WebSocket messages.
 //! Dropping a backend stops it and removes its Unix socket.
 //!
+//! # Byte-stream backend for TCP mode — [`TcpBackend`]
+//! `TcpBackend::echo(bind)` echoes and half-closes at end of stream;
+//! `TcpBackend::start(bind, |stream| async { .. })` runs the test's own handler per
+//! connection (handler errors land in `errors()`). `accepts()`, `open()` (handlers still
+//! running), `wait_for`. [`tcp_echo::echo`] is the echo handler, for reuse.
+//!
 //! # A connect that hangs — [`blackhole_listener`]
 //! A `127.0.0.1` listener that never accepts, with its accept queue full.
 //!
@@ -88,6 +94,7 @@ mod blackhole;
 mod client;
 mod process;
 pub mod procfs;
+pub mod tcp_echo;
 mod wire;
 
 pub use addr::{Addr, Bind, Stream};
@@ -96,3 +103,4 @@ pub use blackhole::{blackhole_listener, Blackhole};
 pub use client::{connect, get, End, RawConn, Response, ResponseHead, DEFAULT_TIMEOUT};
 pub use process::{parse_log_line, strip_ansi, LogEvent, Tidegate, CHECK_TIMEOUT, READY_TIMEOUT};
 pub use procfs::{close_wait_sockets, process_gone, vm_hwm_kib, vm_rss_kib};
+pub use tcp_echo::TcpBackend;

@@ -115,7 +115,7 @@ impl Upstream {
                     active: AtomicUsize::new(0),
                     last_good: Mutex::new(None),
                     host_header: host_header(addr),
-                    health: health::ServerHealth::new(cfg.health.as_ref()),
+                    health: health::ServerHealth::new(cfg.health.as_ref()).named(&cfg.name, addr),
                 })
                 .collect(),
             balance: cfg.balance,
@@ -220,12 +220,36 @@ impl Server {
         resolver: &Arc<dyn Resolve>,
         tcp: TcpOptions,
     ) -> Result<Checkout, UpstreamError> {
+        let connected = self
+            .connect_stream(upstream, timeouts, resolver, tcp)
+            .await?;
+        self.pool
+            .handshake(connected.stream, connected.peer, connected.local)
+            .await
+            .map_err(|e| UpstreamError::Handshake {
+                upstream: upstream.to_owned(),
+                server: self.addr.to_string(),
+                error: e,
+            })
+    }
+
+    /// Opens a new connected stream to this server, for a caller that speaks over it
+    /// itself (a TCP-mode tunnel): a Unix socket, an IP, or a host name through all its
+    /// addresses (Happy Eyeballs, the last address that worked first). `tcp` applies to
+    /// TCP sockets only.
+    pub async fn connect_stream(
+        &self,
+        upstream: &str,
+        timeouts: &Timeouts,
+        resolver: &Arc<dyn Resolve>,
+        tcp: TcpOptions,
+    ) -> Result<connect::Connected, UpstreamError> {
         let fail = |error| UpstreamError::Connect {
             upstream: upstream.to_owned(),
             server: self.addr.to_string(),
             error,
         };
-        let connected = match &self.addr {
+        match &self.addr {
             UpstreamAddr::Unix(path) => connect::connect_unix(path, timeouts.connect).await,
             UpstreamAddr::Ip(addr) => connect::connect_tcp(&[*addr], timeouts.connect, tcp).await,
             UpstreamAddr::Host { host, port } => {
@@ -252,15 +276,7 @@ impl Server {
                 res
             }
         }
-        .map_err(fail)?;
-        self.pool
-            .handshake(connected.stream, connected.peer, connected.local)
-            .await
-            .map_err(|e| UpstreamError::Handshake {
-                upstream: upstream.to_owned(),
-                server: self.addr.to_string(),
-                error: e,
-            })
+        .map_err(fail)
     }
 
     /// For a host name: the address in use (last that connected).

@@ -1,0 +1,317 @@
+//! TCP mode (L4): every connection accepted on a `protocol = "tcp"` listener becomes a
+//! tunnel to a server of the listener's upstream — bytes both ways, nothing parsed.
+//!
+//! A tunnel's life, in order:
+//! 1. Connect: the upstream's balancer picks a server; tidegate connects to it (Happy
+//!    Eyeballs for a host name, or its Unix socket) within `connect_timeout`. When that
+//!    fails it moves to another server, up to the upstream's `retries` — always safe,
+//!    since nothing was sent yet. No server reached: the client connection is closed
+//!    and the failure logged at warn, naming upstream, address and errno.
+//! 2. Copy ([`copy`]): both directions through bounded buffers, half-close aware, under
+//!    the listener's `idle_timeout` and the hard shutdown.
+//! 3. End: a clean end, the idle timeout and the hard shutdown close both sockets
+//!    normally (the client sees end of stream); an I/O error on one socket (a reset,
+//!    DESIGN.md F4) resets the other at once — a FIN would tell it the stream ended
+//!    cleanly, which is a lie. One log line per tunnel says how it ended.
+//!
+//! Invariants: a tunnel's sockets live exactly as long as its task, which runs on the
+//! drain tracker; nothing but the copy's end, the idle timer or the hard shutdown ends
+//! it — the graceful drain lets it run, since a tunnel has no request boundary at which
+//! to stop. The upstream server counts the tunnel as active (`least_conn`) while it
+//! lives.
+
+pub mod copy;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::drain::Shutdown;
+use crate::endpoint::{PeerAddr, Stream, TcpOptions};
+use crate::errno::describe_io_error;
+use crate::upstream::connect::{Connected, Resolve};
+use crate::upstream::health::Outcome;
+use crate::upstream::{ActiveGuard, Upstream};
+use copy::{Ending, Side};
+
+/// A TCP-mode listener at run time (shared by all its addresses).
+pub struct TunnelListener {
+    /// The config name.
+    pub name: String,
+    /// No byte either way on a tunnel for this long closes it.
+    pub idle_timeout: Duration,
+    /// Options of accepted TCP sockets.
+    pub client_tcp: TcpOptions,
+    /// Where every tunnel goes.
+    pub upstream: Arc<Upstream>,
+    resolver: Arc<dyn Resolve>,
+}
+
+impl std::fmt::Debug for TunnelListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelListener")
+            .field("name", &self.name)
+            .field("upstream", &self.upstream.name)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl TunnelListener ===
+
+impl TunnelListener {
+    /// Builds the run-time listener. `None` (logged at error) when the config names no
+    /// upstream or one not in `upstreams` — the config validator refuses both, so this
+    /// only guards against a validator bug without a panic.
+    pub fn new(
+        cfg: &tidegate_config::Listener,
+        upstreams: &[Arc<Upstream>],
+        resolver: Arc<dyn Resolve>,
+    ) -> Option<Self> {
+        let Some(name) = cfg.upstream.as_deref() else {
+            tracing::error!(listener = %cfg.name, "TCP listener without an upstream; not listening");
+            return None;
+        };
+        let Some(upstream) = upstreams.iter().find(|u| u.name == name) else {
+            tracing::error!(listener = %cfg.name, upstream = %name, "TCP listener names an unknown upstream; not listening");
+            return None;
+        };
+        Some(TunnelListener {
+            name: cfg.name.clone(),
+            idle_timeout: cfg.idle_timeout,
+            client_tcp: TcpOptions {
+                nodelay: true,
+                keepalive: cfg.tcp_keepalive,
+            },
+            upstream: upstream.clone(),
+            resolver,
+        })
+    }
+}
+
+/// A tunnel's counters, shared so that a connection registry can read them while the
+/// tunnel runs. "In" is from the client (toward the upstream), "out" toward the client.
+#[derive(Debug)]
+pub struct TunnelStats {
+    /// When the tunnel started (the client connection was accepted).
+    pub started: Instant,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    /// Milliseconds from `started` to the last byte moved either way.
+    last_activity_ms: AtomicU64,
+}
+
+// === impl TunnelStats ===
+
+impl TunnelStats {
+    /// Counters of a tunnel starting now.
+    pub fn new() -> Self {
+        TunnelStats {
+            started: Instant::now(),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            last_activity_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes read from the client so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    /// Bytes read from the upstream (for the client) so far.
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+
+    /// How long the tunnel has existed.
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// How long since a byte last moved either way (or since the start).
+    pub fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
+        self.age().saturating_sub(last)
+    }
+
+    /// Records activity `since_start` after the start.
+    fn touch(&self, since_start: Duration) {
+        let ms = u64::try_from(since_start.as_millis()).unwrap_or(u64::MAX);
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl Default for TunnelStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves one client connection of a TCP listener until its tunnel ends (see the
+/// module's lifecycle).
+pub async fn serve_tunnel(
+    ctx: Arc<TunnelListener>,
+    mut client: Stream,
+    peer: PeerAddr,
+    shutdown: Shutdown,
+) {
+    let stats = TunnelStats::new();
+    let connected = tokio::select! {
+        c = connect(&ctx, peer) => c,
+        _ = shutdown.hard.cancelled() => {
+            tracing::debug!(listener = %ctx.name, %peer, "closing client connection: shutdown grace ended while connecting upstream");
+            return;
+        }
+    };
+    // Dropping the client closes it: nothing was relayed, there is nothing to reset.
+    let Some((active, upstream)) = connected else {
+        return;
+    };
+    let Connected {
+        stream: mut upstream_stream,
+        peer: upstream_addr,
+        local: upstream_local,
+    } = upstream;
+    let server = active.server();
+    let address = upstream_addr.map_or_else(|| server.addr.to_string(), |a| a.to_string());
+    // Our side of a Unix-socket connection has no address.
+    let local = upstream_local.map_or_else(|| "unix".to_owned(), |a| a.to_string());
+    tracing::debug!(
+        listener = %ctx.name, %peer, upstream = %ctx.upstream.name, server = %server.addr,
+        %address, %local, "tunnel open"
+    );
+    let ending = copy::run(
+        &mut client,
+        &mut upstream_stream,
+        ctx.idle_timeout,
+        &shutdown.hard,
+        &stats,
+    )
+    .await;
+    if let Ending::Failed { side, .. } = &ending {
+        match side.other() {
+            Side::Client => reset(client, &ctx.name, peer),
+            Side::Upstream => reset(upstream_stream, &ctx.name, peer),
+        }
+    } else {
+        drop(client);
+        drop(upstream_stream);
+    }
+    log_end(&ctx, peer, &active, &address, &ending, &stats);
+}
+
+/// Picks a server and connects, moving to another server on failure up to the
+/// upstream's `retries`. `None` when no server could be reached (logged at warn).
+async fn connect(ctx: &TunnelListener, peer: PeerAddr) -> Option<(ActiveGuard, Connected)> {
+    let up = &ctx.upstream;
+    let mut active = match up.pick(&[]) {
+        Ok(a) => a,
+        Err(unavailable) => {
+            tracing::warn!(listener = %ctx.name, %peer, "{unavailable}; closing client connection");
+            return None;
+        }
+    };
+    // Servers whose connect failed (allocates only on a failure).
+    let mut tried: Vec<usize> = Vec::new();
+    // Bounded: every failed turn adds a server to `tried`, at most `retries` of them.
+    loop {
+        let server = active.server();
+        match server
+            .connect_stream(&up.name, &up.timeouts, &ctx.resolver, up.tcp)
+            .await
+        {
+            Ok(c) => {
+                // For a tunnel, an established connection is all the server can show.
+                server.health.record(Outcome::Success);
+                return Some((active, c));
+            }
+            Err(e) => {
+                server.health.record(Outcome::ConnectFailed);
+                if tried.len() < up.retries {
+                    tried.push(active.index());
+                    if let Ok(next) = up.pick(&tried) {
+                        tracing::warn!(listener = %ctx.name, %peer, error = %e,
+                            next = %next.server().addr, "connect failed; trying another server");
+                        active = next;
+                        continue;
+                    }
+                }
+                tracing::warn!(listener = %ctx.name, %peer, error = %e,
+                    "cannot connect upstream; closing client connection");
+                return None;
+            }
+        }
+    }
+}
+
+/// Closes `stream` with a reset where the transport has one (TCP: `SO_LINGER` 0, then
+/// close); a Unix socket has none and is closed normally. A zero linger never blocks
+/// the close (tokio's warning about `SO_LINGER` is about a non-zero one).
+fn reset(stream: Stream, listener: &str, peer: PeerAddr) {
+    if let Stream::Tcp(s) = &stream {
+        if let Err(e) = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO)) {
+            // The close still happens, only as a FIN.
+            tracing::debug!(listener, %peer, error = %describe_io_error(&e), "cannot set SO_LINGER 0 to reset a tunnel socket");
+        }
+    }
+    drop(stream);
+}
+
+/// The one line per tunnel end. An upstream's reset or error is logged at info (it is
+/// what an operator chasing F4 looks for); every other end, a client's reset included,
+/// is expected and logged at debug (STYLE.md, "Errors").
+fn log_end(
+    ctx: &TunnelListener,
+    peer: PeerAddr,
+    active: &ActiveGuard,
+    address: &str,
+    ending: &Ending,
+    stats: &TunnelStats,
+) {
+    let server = &active.server().addr;
+    let upstream = &ctx.upstream.name;
+    let bytes_in = stats.bytes_in();
+    let bytes_out = stats.bytes_out();
+    let duration_ms = u64::try_from(stats.age().as_millis()).unwrap_or(u64::MAX);
+    let (what, failed) = match ending {
+        Ending::Failed { side, op, error } => (
+            format!(
+                "tunnel ended: {side} {} failed; {} reset",
+                op.as_str(),
+                side.other()
+            ),
+            Some((*side, describe_io_error(error))),
+        ),
+        Ending::Closed { first } => (
+            format!(
+                "tunnel closed: {first} closed first, then {}",
+                first.other()
+            ),
+            None,
+        ),
+        Ending::Idle => (
+            format!(
+                "tunnel closed: idle_timeout ({}ms) with no byte either way",
+                ctx.idle_timeout.as_millis()
+            ),
+            None,
+        ),
+        Ending::Shutdown => ("tunnel closed: shutdown grace ended".to_owned(), None),
+    };
+    match failed {
+        Some((Side::Upstream, reason)) => {
+            tracing::info!(listener = %ctx.name, %peer, %upstream, %server, %address,
+                side = %Side::Upstream, %reason, bytes_in, bytes_out, duration_ms, "{what}");
+        }
+        Some((side, reason)) => {
+            tracing::debug!(listener = %ctx.name, %peer, %upstream, %server, %address,
+                %side, %reason, bytes_in, bytes_out, duration_ms, "{what}");
+        }
+        None => {
+            tracing::debug!(listener = %ctx.name, %peer, %upstream, %server, %address,
+                bytes_in, bytes_out, duration_ms, "{what}");
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Shared by the in-process tests: run the data plane from a config, capture logs.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::Write;
+use std::sync::Arc;
+
+use tidegate_config::Config;
+use tidegate_proxy::drain::Shutdown;
+use tidegate_proxy::listen::LocalAddr;
+use tidegate_proxy::upstream::connect::{Resolve, SystemResolver};
+use tidegate_proxy::upstream::Upstream;
+use tidegate_proxy::Runtime;
+use tidegate_testkit::Addr;
+
+/// A running data plane; aborted on drop.
+pub struct Proxy {
+    /// The first listening address.
+    pub addr: Addr,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub shutdown: Shutdown,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown.abort();
+    }
+}
+
+/// A listener `web` on 127.0.0.1:0 routing everything to upstream `app` with these
+/// servers; `extra` goes after `servers` in `[upstreams.app]` (and may open sub-tables).
+pub fn config(servers: &[String], extra: &str) -> anyhow::Result<Config> {
+    let list = servers
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let toml = format!(
+        r#"
+[listeners.web]
+listen = ["127.0.0.1:0"]
+[[listeners.web.routes]]
+upstream = "app"
+[upstreams.app]
+servers = [{list}]
+{extra}
+"#
+    );
+    tidegate_config::load_str(&toml, None).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Binds and starts `config` with the system resolver.
+pub fn start(config: &Config) -> anyhow::Result<Proxy> {
+    start_with(config, SystemResolver)
+}
+
+/// Binds and starts `config` with `resolver`.
+pub fn start_with(config: &Config, resolver: impl Resolve) -> anyhow::Result<Proxy> {
+    let runtime =
+        Runtime::bind(config, Arc::new(resolver)).map_err(|e| anyhow::anyhow!("bind: {e:?}"))?;
+    let addr = match &runtime.addresses()[0].1 {
+        LocalAddr::Tcp(a) => Addr::Tcp(*a),
+        LocalAddr::Unix(p) => Addr::Unix(p.clone()),
+    };
+    let shutdown = Shutdown::new();
+    let upstreams = runtime.start(&shutdown);
+    Ok(Proxy {
+        addr,
+        upstreams,
+        shutdown,
+    })
+}
+
+thread_local! {
+    /// Formatted log lines of events emitted on this thread.
+    static LOGS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Log capture per test. One global subscriber writes each event to a buffer of the
+/// thread that emitted it; `#[tokio::test]` runs a test and the tasks it spawns on one
+/// thread. Not `set_default`: with scoped subscribers, tracing caches a callsite's
+/// interest from whichever thread registers it first, so an event first hit by a
+/// parallel test without a subscriber is lost for this one too.
+pub struct Logs;
+
+impl Logs {
+    /// Starts capturing (clears this thread's buffer).
+    pub fn capture() -> Logs {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::INFO)
+                .with_ansi(false)
+                .with_writer(|| ThreadSink)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("no other global subscriber in this test binary");
+        });
+        LOGS.with(|l| l.borrow_mut().clear());
+        Logs
+    }
+
+    /// Captured lines containing `needle`.
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        LOGS.with(|l| {
+            String::from_utf8_lossy(&l.borrow())
+                .lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_owned)
+                .collect()
+        })
+    }
+
+    /// Every captured line.
+    pub fn text(&self) -> String {
+        LOGS.with(|l| String::from_utf8_lossy(&l.borrow()).into_owned())
+    }
+}
+
+struct ThreadSink;
+
+impl Write for ThreadSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.with(|l| l.borrow_mut().extend_from_slice(buf));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
