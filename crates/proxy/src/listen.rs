@@ -8,7 +8,7 @@
 //! - Unix (DESIGN.md §7, failure F1): the socket file is never reachable with looser
 //!   permissions than configured, a stale file is replaced only when it is a socket
 //!   nobody listens on, and on drop the file is removed only if it is still ours. See
-//!   [`unix`] for how.
+//!   the `unix` submodule for how.
 //!
 //! Boundaries: this module binds and accepts. It does not loop, back off or count
 //! connections — the accept loop does, and it gets every accept error unchanged so that
