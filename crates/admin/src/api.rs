@@ -1,0 +1,253 @@
+//! The admin API's JSON, field by field. `docs/admin-api.md` documents the same schema
+//! and a test keeps the two in step. Durations are seconds as floats (`age_s`), sizes
+//! are bytes, times are Unix seconds.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// tidegate's version.
+    pub version: String,
+    /// Process id.
+    pub pid: u32,
+    /// Seconds since start.
+    pub uptime_s: f64,
+    /// `running` or `draining`.
+    pub state: ProcessState,
+    /// The config file, or `<quickstart>`.
+    pub config: String,
+    /// Open client connections, all listeners.
+    pub connections: u64,
+    /// Every listener.
+    pub listeners: Vec<ListenerView>,
+}
+
+/// Process state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessState {
+    /// Serving.
+    Running,
+    /// SIGTERM received: not accepting, finishing in-flight exchanges.
+    Draining,
+}
+
+/// A listener in `/v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListenerView {
+    /// Config name.
+    pub name: String,
+    /// `http` or `tcp`.
+    pub protocol: String,
+    /// Bound addresses (`127.0.0.1:8080`, `unix:/run/x.sock`).
+    pub addresses: Vec<String>,
+    /// Open client connections.
+    pub connections: u64,
+    /// The listener's `max_connections`.
+    pub max_connections: u64,
+}
+
+/// An upstream in `/v1/upstreams`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamView {
+    /// Config name.
+    pub name: String,
+    /// `round_robin` or `least_conn`.
+    pub balance: String,
+    /// Its servers, in config order (`index` is the position).
+    pub servers: Vec<ServerView>,
+}
+
+/// A server in `/v1/upstreams`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerView {
+    /// Position in the upstream's `servers`.
+    pub index: usize,
+    /// As configured (`127.0.0.1:3000`, `localhost:6080`, `unix:/run/app.sock`).
+    pub address: String,
+    /// For a host name: the address in use (last that connected); else `null`.
+    pub resolved: Option<String>,
+    /// Operator-set state.
+    pub state: ServerState,
+    /// Health from checks.
+    pub health: Health,
+    /// Health in words (`up`, `down (3 failed checks: …)`, `ejected for 8s (…)`).
+    pub health_detail: String,
+    /// May it get new requests now (ready, not down, not ejected)?
+    pub available: bool,
+    /// Exchanges in flight (requests and tunnels).
+    pub active: u64,
+    /// Idle pooled connections.
+    pub idle_pooled: u64,
+    /// Requests (and tunnels) sent to it since start.
+    pub requests: u64,
+    /// Failed exchanges since start (connect failures, 5xx, before-head failures).
+    pub failures: u64,
+    /// On-demand backend state, `null` when not on demand.
+    pub on_demand: Option<OnDemandView>,
+}
+
+/// Operator-set server state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerState {
+    /// In rotation.
+    Ready,
+    /// No new requests; in-flight and streaming exchanges finish.
+    Drain,
+    /// No requests; pooled connections closed.
+    Maint,
+}
+
+/// Server health from checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Passing checks.
+    Up,
+    /// Failing checks.
+    Down,
+    /// No check result yet, or no checks configured.
+    Unknown,
+}
+
+/// An on-demand backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnDemandView {
+    /// `stopped | starting | ready | stopping | failed`.
+    pub state: String,
+    /// The running process, if any.
+    pub pid: Option<u32>,
+    /// Seconds since the process started, if running.
+    pub uptime_s: Option<f64>,
+}
+
+/// Body of `POST /v1/upstreams/{name}/servers/{index}/state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetState {
+    /// The new state.
+    pub state: ServerState,
+}
+
+/// A live connection in `/v1/connections`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionView {
+    /// Unique while the process runs.
+    pub id: u64,
+    /// `client` (accepted by a listener) or `upstream` (opened to a server, pooled or
+    /// in use).
+    pub side: ConnSide,
+    /// Listener name (client side), or upstream name (upstream side).
+    pub listener: String,
+    /// `http1 | h2 | sse | websocket | tcp`.
+    pub protocol: ConnProtocol,
+    /// The other end: the client (`unix` for a Unix-socket client), or the upstream
+    /// server's socket address.
+    pub peer: String,
+    /// Our end of the socket.
+    pub local: String,
+    /// `reading | waiting_upstream | streaming | tunnel | idle | closing`.
+    pub state: ConnState,
+    /// Seconds since accepted.
+    pub age_s: f64,
+    /// Seconds since the last byte either way.
+    pub idle_s: f64,
+    /// Bytes read from the client.
+    pub bytes_in: u64,
+    /// Bytes written to the client.
+    pub bytes_out: u64,
+    /// Requests served on it (a tunnel counts 1).
+    pub requests: u64,
+    /// The upstream side of the current exchange, if any.
+    pub upstream: Option<UpstreamSide>,
+}
+
+/// Which side of tidegate a connection is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnSide {
+    /// Accepted from a client.
+    Client,
+    /// Opened to an upstream server.
+    Upstream,
+}
+
+/// Connection protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnProtocol {
+    /// HTTP/1.x.
+    Http1,
+    /// HTTP/2 (not built yet).
+    H2,
+    /// An HTTP/1.1 connection streaming `text/event-stream`.
+    Sse,
+    /// An upgraded (WebSocket) connection.
+    Websocket,
+    /// A TCP-mode tunnel.
+    Tcp,
+}
+
+/// Connection state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnState {
+    /// A request head is arriving.
+    Reading,
+    /// Waiting for the upstream (connect or response head).
+    WaitingUpstream,
+    /// Streaming a response.
+    Streaming,
+    /// Bytes both ways (TCP mode, upgraded).
+    Tunnel,
+    /// Keep-alive, between requests.
+    Idle,
+    /// Closing.
+    Closing,
+}
+
+/// The upstream side of a connection's current exchange.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamSide {
+    /// Upstream name.
+    pub name: String,
+    /// Server address as configured.
+    pub server: String,
+    /// Our address on the upstream socket (`null` for Unix sockets).
+    pub local: Option<String>,
+    /// The upstream socket's peer address (`null` for Unix sockets).
+    pub peer: Option<String>,
+}
+
+/// An admin client in `/v1/admin-clients`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminClientView {
+    /// Unique while the process runs.
+    pub id: u64,
+    /// Client address (`unix` for a Unix-socket client).
+    pub peer: String,
+    /// Seconds since connected.
+    pub age_s: f64,
+    /// Seconds since its last byte.
+    pub idle_s: f64,
+    /// Requests it made.
+    pub requests: u64,
+}
+
+/// Answer of `POST /v1/reload`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadView {
+    /// What changed, in words.
+    pub message: String,
+}
+
+/// Every error answer: `{"error": "...", "detail": ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// One line.
+    pub error: String,
+    /// More, when there is more (the list of config errors, the slot holders, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}

@@ -1,0 +1,61 @@
+//! tidegate's admin API (DESIGN.md §6): HTTP/1.1 with JSON bodies on a local socket.
+//!
+//! - [`api`]: the wire types, shared by the server and `tidegate ctl`. The one
+//!   vocabulary of states lives here (`ready | drain | maint`, `up | down | unknown`, …).
+//! - [`Control`]: what the server asks of the running proxy. The binary implements it
+//!   over the data plane; this crate never touches the data plane itself.
+//!
+//! Boundary: only this crate speaks the admin wire format.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+
+pub use api::*;
+
+/// What the admin server needs from the running proxy. Every method is cheap and never
+/// blocks (a snapshot of atomics and short-held locks).
+pub trait Control: Send + Sync + 'static {
+    /// `GET /v1/status`.
+    fn status(&self) -> Status;
+    /// `GET /v1/upstreams`.
+    fn upstreams(&self) -> Vec<UpstreamView>;
+    /// `POST /v1/upstreams/{name}/servers/{index}/state`.
+    fn set_server_state(
+        &self,
+        upstream: &str,
+        index: usize,
+        state: ServerState,
+    ) -> Result<ServerView, ControlError>;
+    /// `GET /v1/connections`.
+    fn connections(&self) -> Vec<ConnectionView>;
+    /// `DELETE /v1/connections/{id}`: closes it now.
+    fn close_connection(&self, id: u64) -> Result<(), ControlError>;
+    /// `POST /v1/reload`.
+    fn reload(&self) -> Result<ReloadView, ControlError>;
+    /// `GET /metrics`: Prometheus text exposition.
+    fn metrics(&self) -> String;
+}
+
+/// Why a control action failed; the server maps it to a status and an
+/// [`api::ErrorBody`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ControlError {
+    /// 404: no such upstream, server or connection.
+    #[error("{0}")]
+    NotFound(String),
+    /// 400: the request makes no sense.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 422: the new config has errors; nothing changed. One line per error.
+    #[error("{message}")]
+    Invalid {
+        /// Summary.
+        message: String,
+        /// Every error, `file:line:col: key: message`.
+        errors: Vec<String>,
+    },
+    /// 501: not built yet.
+    #[error("{0}")]
+    NotImplemented(String),
+}
