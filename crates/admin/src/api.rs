@@ -116,11 +116,28 @@ pub enum Health {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OnDemandView {
     /// `stopped | starting | ready | stopping | failed`.
-    pub state: String,
+    pub state: OnDemandState,
     /// The running process, if any.
     pub pid: Option<u32>,
     /// Seconds since the process started, if running.
     pub uptime_s: Option<f64>,
+}
+
+/// On-demand backend state (DESIGN.md §6): stopped → starting → ready → stopping →
+/// stopped, or failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDemandState {
+    /// Not running; the next request starts it.
+    Stopped,
+    /// Started, not ready yet; requests wait.
+    Starting,
+    /// Running and accepting.
+    Ready,
+    /// Idle, being stopped; a request now waits and restarts it.
+    Stopping,
+    /// Could not start; requests get 503.
+    Failed,
 }
 
 /// Body of `POST /v1/upstreams/{name}/servers/{index}/state`.
@@ -220,6 +237,13 @@ pub struct UpstreamSide {
     pub peer: Option<String>,
 }
 
+/// Answer of `DELETE /v1/connections/{id}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Closed {
+    /// The id of the connection that was closed.
+    pub closed: u64,
+}
+
 /// An admin client in `/v1/admin-clients`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdminClientView {
@@ -233,6 +257,23 @@ pub struct AdminClientView {
     pub idle_s: f64,
     /// Requests it made.
     pub requests: u64,
+}
+
+/// `detail` of the `503` a new admin client gets when every slot is held (DESIGN.md
+/// F3): who holds the slots, and how soon one frees up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminBusy {
+    /// Clients holding slots.
+    pub clients: u64,
+    /// `[admin] max_connections`.
+    pub max_connections: u64,
+    /// Seconds since the longest-connected client connected.
+    pub oldest_age_s: f64,
+    /// Seconds since that client's last byte.
+    pub oldest_idle_s: f64,
+    /// `[admin] idle_timeout` in seconds: a client that sends nothing for this long is
+    /// closed, which frees its slot.
+    pub idle_timeout_s: f64,
 }
 
 /// Answer of `POST /v1/reload`.

@@ -4,12 +4,24 @@
 //!   vocabulary of states lives here (`ready | drain | maint`, `up | down | unknown`, …).
 //! - [`Control`]: what the server asks of the running proxy. The binary implements it
 //!   over the data plane; this crate never touches the data plane itself.
+//! - [`server`]: the HTTP/1.1 server, built so that leaking clients cannot lock
+//!   operators out (DESIGN.md F3): a connection cap, idle and request deadlines, and a
+//!   clear `503` when full.
+//! - [`client`]: a minimal client for `tidegate ctl` and tests.
+//! - [`path`]: the default socket (`$XDG_RUNTIME_DIR/tidegate/admin.sock`, …), shared
+//!   by the server and the client sides.
 //!
-//! Boundary: only this crate speaks the admin wire format.
+//! Boundary: only this crate speaks the admin wire format. It binds its socket with
+//! `tidegate_proxy::listen` (the same stale-file and permission rules as every
+//! listener) and never reads the environment: the binary passes the default socket's
+//! inputs in.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod client;
+pub mod path;
+pub mod server;
 
 pub use api::*;
 

@@ -3,12 +3,23 @@
 
 use std::time::Duration;
 
-use crate::model::{Balance, LogFormat, LogLevel};
+use crate::model::{AccessLogTo, Balance, LogFormat, LogLevel};
 
 /// `[server] shutdown_grace`: SIGTERM drains this long, then closes what is left.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// `[server] workers`: 0 = one worker thread per core.
 pub const WORKERS: usize = 0;
+
+/// `[admin] max_connections`: admin clients served at once; one more gets a 503 that
+/// names who holds the slots (DESIGN.md F3: a leaking client must not lock operators
+/// out, so the cap is small and every slot is bounded by [`ADMIN_IDLE_TIMEOUT`]).
+pub const ADMIN_MAX_CONNECTIONS: usize = 16;
+/// `[admin] idle_timeout`: an admin client that sends no byte for this long is closed,
+/// and a request (head and body) must arrive within it.
+pub const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `[admin] listen`: the mode of the admin socket file when `listen` names a Unix socket
+/// without `mode=` (and of the default socket): only tidegate's own user may connect.
+pub const ADMIN_SOCKET_MODE: u32 = 0o600;
 
 /// Listener `header_timeout`: from a request's first byte to its complete head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,10 +76,25 @@ pub const PASSIVE_COOLDOWN: Duration = Duration::from_secs(10);
 /// Upstream `idle_timeout`: no byte either way on a live exchange.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// `[upstreams.NAME.on_demand] ready_timeout`: how long a started command has to accept
+/// connections on the server address before the start counts as failed.
+pub const ON_DEMAND_READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// `[upstreams.NAME.on_demand] idle_stop`: an on-demand backend no request or connection
+/// has used for this long is stopped.
+pub const ON_DEMAND_IDLE_STOP: Duration = Duration::from_secs(300);
+/// `[upstreams.NAME.on_demand] stop_timeout`: SIGTERM to the backend's process group,
+/// then SIGKILL after this long.
+pub const ON_DEMAND_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `[server] log.level` when omitted.
 pub const LOG_LEVEL: LogLevel = LogLevel::Info;
 /// `[server] log.format` when omitted.
 pub const LOG_FORMAT: LogFormat = LogFormat::Text;
+/// `[server] access_log.to` when omitted: no access log (a busy proxy's access log is
+/// a volume an operator should choose to write).
+pub const ACCESS_LOG_TO: AccessLogTo = AccessLogTo::Off;
+/// `[server] access_log.format` when omitted.
+pub const ACCESS_LOG_FORMAT: LogFormat = LogFormat::Text;
 /// Upstream `balance` when omitted.
 pub const BALANCE: Balance = Balance::RoundRobin;
 

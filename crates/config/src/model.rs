@@ -16,6 +16,8 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// `[server]`.
     pub server: Server,
+    /// `[admin]`.
+    pub admin: Admin,
     /// `[listeners.NAME]`, in the order of their names (sorted).
     pub listeners: Vec<Listener>,
     /// `[upstreams.NAME]`, in the order of their names (sorted).
@@ -39,6 +41,54 @@ pub struct Server {
     pub workers: usize,
     /// `log = { level, format }`.
     pub log: Log,
+    /// `access_log = { to, format }`: one line per request; off by default.
+    pub access_log: AccessLog,
+}
+
+/// `[server] access_log`: where the one line per HTTP request goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLog {
+    /// `to`: `"off"`, `"stdout"` or a file (relative paths already resolved against
+    /// the config file's folder).
+    pub to: AccessLogTo,
+    /// `format`: `text` (`key=value` pairs) or `json` (one object per line).
+    pub format: LogFormat,
+}
+
+/// `[server] access_log.to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTo {
+    /// No access log (the default).
+    Off,
+    /// Standard output.
+    Stdout,
+    /// Appended to this file (created if missing).
+    File(PathBuf),
+}
+
+impl AccessLogTo {
+    /// How the config file writes it (`off`, `stdout`, or the path).
+    pub fn describe(&self) -> String {
+        match self {
+            AccessLogTo::Off => "off".to_owned(),
+            AccessLogTo::Stdout => "stdout".to_owned(),
+            AccessLogTo::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// `[admin]`: the admin API's listener (DESIGN.md §6).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    /// `listen`; `None` = the default socket, which depends on the environment
+    /// (`$XDG_RUNTIME_DIR`, the user) and is therefore chosen by the binary. A Unix
+    /// address without `mode=` gets [`crate::defaults::ADMIN_SOCKET_MODE`].
+    pub listen: Option<ListenAddr>,
+    /// Admin clients served at once; one more gets a 503.
+    pub max_connections: usize,
+    /// No byte from a client for this long closes it; a request (head and body) must
+    /// arrive within it.
+    pub idle_timeout: Duration,
 }
 
 /// Logging settings.
@@ -188,6 +238,30 @@ pub struct Upstream {
     /// `[upstreams.NAME.health]`: active checks; `None` = no active checks (passive
     /// ejection still applies).
     pub health: Option<Health>,
+    /// `[upstreams.NAME.on_demand]`: the backend is a command tidegate starts on the
+    /// first request and stops when idle; `None` = always running, not tidegate's
+    /// business. An on-demand upstream has exactly one server: the address the command
+    /// listens on.
+    pub on_demand: Option<OnDemand>,
+}
+
+/// `[upstreams.NAME.on_demand]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnDemand {
+    /// `command`: the program and its arguments (at least the program), run without a
+    /// shell.
+    pub command: Vec<String>,
+    /// `env`: added to (or replacing in) tidegate's own environment, in file order.
+    pub env: Vec<(String, String)>,
+    /// `cwd`: the working directory, resolved against the config file's folder
+    /// (default: that folder).
+    pub cwd: PathBuf,
+    /// The started command must accept connections on the server address within this.
+    pub ready_timeout: Duration,
+    /// Stopped after this long with no request or connection using it.
+    pub idle_stop: Duration,
+    /// SIGTERM to its process group, then SIGKILL after this.
+    pub stop_timeout: Duration,
 }
 
 /// `[upstreams.NAME.health]`.
@@ -224,6 +298,29 @@ impl Default for Server {
             shutdown_grace: crate::defaults::SHUTDOWN_GRACE,
             workers: crate::defaults::WORKERS,
             log: Log::default(),
+            access_log: AccessLog::default(),
+        }
+    }
+}
+
+impl Default for AccessLog {
+    /// Off; `format = "text"` once `to` is set.
+    fn default() -> Self {
+        AccessLog {
+            to: crate::defaults::ACCESS_LOG_TO,
+            format: crate::defaults::ACCESS_LOG_FORMAT,
+        }
+    }
+}
+
+impl Default for Admin {
+    /// The default socket, [`crate::defaults::ADMIN_MAX_CONNECTIONS`] clients,
+    /// [`crate::defaults::ADMIN_IDLE_TIMEOUT`] (what an absent `[admin]` table means).
+    fn default() -> Self {
+        Admin {
+            listen: None,
+            max_connections: crate::defaults::ADMIN_MAX_CONNECTIONS,
+            idle_timeout: crate::defaults::ADMIN_IDLE_TIMEOUT,
         }
     }
 }

@@ -16,7 +16,8 @@ use crate::addr::ListenAddr;
 use crate::defaults;
 use crate::error::Sink;
 use crate::model::{
-    Config, Health, HostMatch, Listener, Log, Protocol, Route, RouteAction, Server, Upstream,
+    AccessLog, AccessLogTo, Admin, Config, Health, HostMatch, Listener, Log, OnDemand, Protocol,
+    Route, RouteAction, Server, Upstream,
 };
 use crate::parse::{self, InvalidValue, DURATION_FORMS, SIZE_FORMS};
 
@@ -31,10 +32,13 @@ pub(crate) fn config(root: &dyn TableLike, sink: &mut Sink<'_>, base: &Path) -> 
         inner: root,
         span: Some(0..0),
     };
-    cx.keys(&root, &["server", "listeners", "upstreams"], &["admin"]);
-    if let Some(t) = cx.table(&root, "admin") {
-        cx.admin(&t);
-    }
+    cx.keys(&root, &["server", "admin", "listeners", "upstreams"], &[]);
+    // Addresses listened on so far: the admin socket's, then every listener's.
+    let mut seen = Vec::new();
+    let admin = match cx.table(&root, "admin") {
+        Some(t) => cx.admin(&t, &mut seen),
+        None => Admin::default(),
+    };
     let server = match cx.table(&root, "server") {
         Some(t) => cx.server(&t),
         None => Server::default(),
@@ -48,7 +52,6 @@ pub(crate) fn config(root: &dyn TableLike, sink: &mut Sink<'_>, base: &Path) -> 
     upstreams.sort_by(|a, b| a.name.cmp(&b.name));
     let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
 
-    let mut seen = Vec::new();
     let mut listeners: Vec<Listener> = cx
         .named_tables(&root, "listeners")
         .into_iter()
@@ -70,6 +73,7 @@ pub(crate) fn config(root: &dyn TableLike, sink: &mut Sink<'_>, base: &Path) -> 
     cx.sink.is_empty().then_some(Config {
         source: None,
         server,
+        admin,
         listeners,
         upstreams,
     })
@@ -515,7 +519,7 @@ impl<'d> Cx<'_, '_> {
 
 impl<'d> Cx<'_, '_> {
     fn server(&mut self, t: &Tbl<'d>) -> Server {
-        self.keys(t, &["shutdown_grace", "workers", "log"], &["access_log"]);
+        self.keys(t, &["shutdown_grace", "workers", "log", "access_log"], &[]);
         let mut log = Log::default();
         if let Some(l) = self.table(t, "log") {
             self.keys(&l, &["level", "format"], &[]);
@@ -531,11 +535,29 @@ impl<'d> Cx<'_, '_> {
             let formats = [("text", F::Text), ("json", F::Json)];
             log.format = self.choice(&l, "format", &formats).unwrap_or(log.format);
         }
+        let mut access_log = AccessLog::default();
         if let Some(a) = self.table(t, "access_log") {
-            // Not built yet (refused by `keys` above); its shape is still checked.
             self.keys(&a, &["to", "format"], &[]);
-            let _ = self.parsed(&a, "to", r#""stdout", a path or "off""#, |_| Ok(()));
-            let _ = self.choice(&a, "format", &[("text", ()), ("json", ())]);
+            let base = self.base;
+            // A table without `to` would log nowhere: a mistake, not a choice.
+            if a.field("to").is_none() {
+                self.missing(&a, "to", r#"write "stdout", a file path or "off""#);
+            }
+            access_log.to = self
+                .parsed(&a, "to", r#""stdout", a path or "off""#, |s| match s {
+                    "" => Err(InvalidValue(
+                        r#"expected "stdout", a path or "off", found an empty string"#.into(),
+                    )),
+                    "off" => Ok(AccessLogTo::Off),
+                    "stdout" => Ok(AccessLogTo::Stdout),
+                    path => Ok(AccessLogTo::File(base.join(path))),
+                })
+                .unwrap_or(access_log.to);
+            use crate::model::LogFormat as F;
+            let formats = [("text", F::Text), ("json", F::Json)];
+            access_log.format = self
+                .choice(&a, "format", &formats)
+                .unwrap_or(access_log.format);
         }
         Server {
             shutdown_grace: self
@@ -543,16 +565,37 @@ impl<'d> Cx<'_, '_> {
                 .unwrap_or(defaults::SHUTDOWN_GRACE),
             workers: self.uint(t, "workers", 0).unwrap_or(defaults::WORKERS),
             log,
+            access_log,
         }
     }
 
-    /// `[admin]` is not built yet: `config` has already said so; this checks its shape.
-    fn admin(&mut self, t: &Tbl<'d>) {
+    /// `[admin]`: every key defaulted. A Unix socket without `mode=` is made private
+    /// ([`defaults::ADMIN_SOCKET_MODE`]): whoever can connect can drain servers and
+    /// close connections.
+    fn admin(&mut self, t: &Tbl<'d>, seen: &mut Vec<Seen>) -> Admin {
         self.keys(t, &["listen", "max_connections", "idle_timeout"], &[]);
         let base = self.base;
-        let _ = self.parsed(t, "listen", "an address", |s| parse::listen_addr(s, base));
-        let _ = self.uint(t, "max_connections", 1);
-        let _ = self.timeout(t, "idle_timeout");
+        let listen = self
+            .parsed(t, "listen", "an address", |s| parse::listen_addr(s, base))
+            .map(|addr| match addr {
+                ListenAddr::Unix(mut u) => {
+                    u.mode.get_or_insert(defaults::ADMIN_SOCKET_MODE);
+                    ListenAddr::Unix(u)
+                }
+                tcp => tcp,
+            });
+        if let (Some(addr), Some(f)) = (&listen, t.field("listen")) {
+            self.check_listened_once(addr, &f.path, &f.span(), seen);
+        }
+        Admin {
+            listen,
+            max_connections: self
+                .uint(t, "max_connections", 1)
+                .unwrap_or(defaults::ADMIN_MAX_CONNECTIONS),
+            idle_timeout: self
+                .timeout(t, "idle_timeout")
+                .unwrap_or(defaults::ADMIN_IDLE_TIMEOUT),
+        }
     }
 
     fn upstream(&mut self, name: String, t: &Tbl<'d>) -> Upstream {
@@ -570,8 +613,9 @@ impl<'d> Cx<'_, '_> {
                 "sse_heartbeat",
                 "tcp_keepalive",
                 "health",
+                "on_demand",
             ],
-            &["on_demand"],
+            &[],
         );
         let base = self.base;
         let servers = self.string_list(
@@ -589,7 +633,7 @@ impl<'d> Cx<'_, '_> {
         }
         use crate::model::Balance as B;
         let balance = [("round_robin", B::RoundRobin), ("least_conn", B::LeastConn)];
-        let upstream = Upstream {
+        let mut upstream = Upstream {
             name,
             servers: servers
                 .unwrap_or_default()
@@ -620,32 +664,145 @@ impl<'d> Cx<'_, '_> {
                 .tcp_keepalive(t)
                 .unwrap_or(Some(defaults::TCP_KEEPALIVE)),
             health: self.table(t, "health").map(|h| self.health(&h)),
+            on_demand: None,
         };
 
-        // Not built yet (refused by `keys` above); its shape is still checked.
-        if let Some(o) = self.table(t, "on_demand") {
-            let keys = [
+        upstream.on_demand = self.table(t, "on_demand").and_then(|o| self.on_demand(&o));
+        if upstream.on_demand.is_some() && upstream.servers.len() > 1 {
+            if let Some(f) = t.field("servers") {
+                self.err(
+                    f.span(),
+                    &f.path,
+                    format!(
+                        "an on-demand upstream has exactly one server: the address its \
+                         command listens on; found {} servers",
+                        upstream.servers.len()
+                    ),
+                );
+            }
+        }
+        upstream
+    }
+
+    /// `[upstreams.NAME.on_demand]`: `command` is required, every other key defaulted.
+    /// `None` when `command` is missing or invalid (already reported).
+    fn on_demand(&mut self, o: &Tbl<'d>) -> Option<OnDemand> {
+        self.keys(
+            o,
+            &[
                 "command",
                 "env",
                 "cwd",
                 "ready_timeout",
                 "idle_stop",
                 "stop_timeout",
-            ];
-            self.keys(&o, &keys, &[]);
-            let _ = self.string_list(&o, "command", ("a string", "strings"), |_| Ok(()));
-            if let Some(env) = self.table(&o, "env") {
-                let vars: Vec<String> = env.inner.iter().map(|(k, _)| k.to_owned()).collect();
-                for var in vars {
-                    let _ = self.parsed(&env, &var, "a string", |_| Ok(()));
+            ],
+            &[],
+        );
+        let command = self.command(o);
+        let mut env = Vec::new();
+        if let Some(e) = self.table(o, "env") {
+            let vars: Vec<String> = e.inner.iter().map(|(k, _)| k.to_owned()).collect();
+            for var in vars {
+                if var.is_empty() || var.contains(['=', '\0']) {
+                    let span = e.inner.key(&var).and_then(|k| k.span());
+                    self.err(
+                        span,
+                        &e.key_path(&var),
+                        format!(
+                            "invalid environment variable name {var:?}: it must not be empty \
+                             or contain \"=\" or a NUL byte"
+                        ),
+                    );
+                    continue;
+                }
+                if let Some(value) = self.parsed(&e, &var, "a string", no_nul) {
+                    env.push((var, value));
                 }
             }
-            let _ = self.parsed(&o, "cwd", "a folder path", |_| Ok(()));
-            let _ = self.timeout(&o, "ready_timeout");
-            let _ = self.timeout(&o, "idle_stop");
-            let _ = self.timeout(&o, "stop_timeout");
         }
-        upstream
+        // The config file's folder; "." for the embedded quickstart (no file).
+        let base = match self.base.as_os_str().is_empty() {
+            true => Path::new("."),
+            false => self.base,
+        };
+        let cwd = self
+            .parsed(o, "cwd", "a folder path", |s| match s {
+                "" => Err(InvalidValue(
+                    "expected a folder path, found an empty string".into(),
+                )),
+                s => no_nul(s).map(|s| base.join(s)),
+            })
+            .unwrap_or_else(|| base.to_path_buf());
+        Some(OnDemand {
+            env,
+            cwd,
+            ready_timeout: self
+                .timeout(o, "ready_timeout")
+                .unwrap_or(defaults::ON_DEMAND_READY_TIMEOUT),
+            idle_stop: self
+                .timeout(o, "idle_stop")
+                .unwrap_or(defaults::ON_DEMAND_IDLE_STOP),
+            stop_timeout: self
+                .timeout(o, "stop_timeout")
+                .unwrap_or(defaults::ON_DEMAND_STOP_TIMEOUT),
+            command: command?,
+        })
+    }
+
+    /// `on_demand.command`: an array of strings, the program first (no shell: a
+    /// single string would leave open whether spaces split arguments).
+    fn command(&mut self, o: &Tbl<'d>) -> Option<Vec<String>> {
+        let what = r#"an array of strings like ["python3", "app.py"] (the program, then its arguments; no shell)"#;
+        let Some(f) = o.field("command") else {
+            self.missing(
+                o,
+                "command",
+                r#"the program to start and its arguments, e.g. command = ["python3", "app.py"]"#,
+            );
+            return None;
+        };
+        let Some(array) = f.item.as_array() else {
+            self.expected(&f, what);
+            return None;
+        };
+        if array.is_empty() {
+            self.err(
+                f.span(),
+                &f.path,
+                "expected at least the program, found an empty array",
+            );
+            return None;
+        }
+        let mut argv = Vec::new();
+        let mut ok = true;
+        for (i, v) in array.iter().enumerate() {
+            let path = format!("{}[{i}]", f.path);
+            match v.as_str() {
+                Some("") if i == 0 => {
+                    self.err(
+                        v.span(),
+                        &path,
+                        "expected the program, found an empty string",
+                    );
+                    ok = false;
+                }
+                Some(s) if s.contains('\0') => {
+                    self.err(v.span(), &path, "must not contain a NUL byte");
+                    ok = false;
+                }
+                Some(s) => argv.push(s.to_owned()),
+                None => {
+                    self.err(
+                        v.span(),
+                        &path,
+                        format!("expected a string, found {}", describe_value(v)),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(argv)
     }
 
     /// `[upstreams.NAME.health]`: present means active checks, every key defaulted.
@@ -951,7 +1108,13 @@ impl<'d> Cx<'_, '_> {
     ) {
         if let Some(other) = seen.iter().find(|s| overlaps(&s.addr, addr)) {
             let at = format!("{} ({})", other.path, self.sink.place(other.span.clone()));
-            let message = if other.addr == *addr {
+            // Two Unix sockets overlap only on the same path (their modes may differ).
+            let same = other.addr == *addr
+                || matches!(
+                    (&other.addr, addr),
+                    (ListenAddr::Unix(_), ListenAddr::Unix(_))
+                );
+            let message = if same {
                 format!("{addr} is listened on twice: also at {at}")
             } else {
                 format!(
@@ -968,6 +1131,14 @@ impl<'d> Cx<'_, '_> {
             path: path.to_owned(),
             span: span.clone(),
         });
+    }
+}
+
+/// A string the OS can take as an argument, variable or path.
+fn no_nul(s: &str) -> Result<String, InvalidValue> {
+    match s.contains('\0') {
+        true => Err(InvalidValue("must not contain a NUL byte".into())),
+        false => Ok(s.to_owned()),
     }
 }
 

@@ -68,12 +68,14 @@ enum Written {
 }
 
 const SERVER: &str = "## `[server]`";
+const ADMIN: &str = "## `[admin]`";
 const LISTENER: &str = "## `[listeners.NAME]`";
 const ROUTE: &str = "### `[[listeners.NAME.routes]]`";
 const TCP_LISTENER: &str = "### TCP listeners (`protocol = \"tcp\"`)";
 const UPSTREAM: &str = "## `[upstreams.NAME]`";
 const HEALTH: &str = "### `[upstreams.NAME.health]`";
 const PASSIVE: &str = "### Passive ejection";
+const ON_DEMAND: &str = "### `[upstreams.NAME.on_demand]`";
 const TIMERS: &str = "## Timers";
 const LIMITS: &str = "## Limits";
 
@@ -97,6 +99,45 @@ fn documented() -> Vec<(&'static str, Doc)> {
         (
             "LOG_FORMAT",
             Value(SERVER, "`log.format`", Written::Str(LOG_FORMAT.as_str())),
+        ),
+        (
+            "ACCESS_LOG_TO",
+            Value(
+                SERVER,
+                "`access_log.to`",
+                Written::Str(match ACCESS_LOG_TO {
+                    tidegate_config::AccessLogTo::Off => "off",
+                    _ => "not off",
+                }),
+            ),
+        ),
+        (
+            "ACCESS_LOG_FORMAT",
+            Value(
+                SERVER,
+                "`access_log.format`",
+                Written::Str(ACCESS_LOG_FORMAT.as_str()),
+            ),
+        ),
+        (
+            "ADMIN_MAX_CONNECTIONS",
+            Value(
+                ADMIN,
+                "`max_connections`",
+                Written::Int(ADMIN_MAX_CONNECTIONS as i64),
+            ),
+        ),
+        (
+            "ADMIN_IDLE_TIMEOUT",
+            Duration(ADMIN, "`idle_timeout`", ADMIN_IDLE_TIMEOUT),
+        ),
+        (
+            "ADMIN_SOCKET_MODE",
+            Mention(
+                ADMIN,
+                "`listen`",
+                format!("mode `{:04o}`", ADMIN_SOCKET_MODE),
+            ),
         ),
         (
             "HEADER_TIMEOUT",
@@ -231,6 +272,18 @@ fn documented() -> Vec<(&'static str, Doc)> {
             Duration(PASSIVE, "ejection time", PASSIVE_COOLDOWN),
         ),
         (
+            "ON_DEMAND_READY_TIMEOUT",
+            Duration(ON_DEMAND, "`ready_timeout`", ON_DEMAND_READY_TIMEOUT),
+        ),
+        (
+            "ON_DEMAND_IDLE_STOP",
+            Duration(ON_DEMAND, "`idle_stop`", ON_DEMAND_IDLE_STOP),
+        ),
+        (
+            "ON_DEMAND_STOP_TIMEOUT",
+            Duration(ON_DEMAND, "`stop_timeout`", ON_DEMAND_STOP_TIMEOUT),
+        ),
+        (
             "MAX_DURATION",
             Mention(
                 LIMITS,
@@ -296,6 +349,10 @@ fn the_timers_table_agrees_with_the_key_tables() {
         ("health `interval`", HEALTH_INTERVAL),
         ("health `timeout`", HEALTH_TIMEOUT),
         ("passive ejection", PASSIVE_COOLDOWN),
+        ("`[admin] idle_timeout`", ADMIN_IDLE_TIMEOUT),
+        ("on_demand `ready_timeout`", ON_DEMAND_READY_TIMEOUT),
+        ("on_demand `idle_stop`", ON_DEMAND_IDLE_STOP),
+        ("on_demand `stop_timeout`", ON_DEMAND_STOP_TIMEOUT),
         ("`[server] shutdown_grace`", SHUTDOWN_GRACE),
     ] {
         let line = section(&docs, TIMERS)

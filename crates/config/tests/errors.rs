@@ -88,7 +88,7 @@ fn unknown_keys_are_errors_that_list_the_allowed_keys() {
     );
     assert_error(
         &errors,
-        "tidegate.toml:7:2: logging: unknown key; allowed here: server, listeners, upstreams",
+        "tidegate.toml:7:2: logging: unknown key; allowed here: server, admin, listeners, upstreams",
     );
     // A near miss is named.
     let errors = self::errors(
@@ -100,45 +100,63 @@ fn unknown_keys_are_errors_that_list_the_allowed_keys() {
     );
 }
 
+// === on-demand upstreams ===
+
 #[test]
-fn keys_of_features_not_built_yet_are_refused_and_say_so() {
+fn on_demand_values_are_checked_and_every_error_reported() {
     let text = format!(
-        r#"[server]
-access_log = {{ to = "stdout" }}
-
-[admin]
-listen = "unix:admin.sock:mode=600"
-{LISTENER}
-[upstreams.lazy]
-servers = ["unix:/tmp/lazy.sock"]
-
-[upstreams.lazy.on_demand]
-command = ["python3", "app.py"]
+        r#"{LISTENER}[upstreams.app]
+servers = ["unix:/tmp/app.sock"]
+[upstreams.app.on_demand]
+command = "python3 app.py"
+env = {{ "A=B" = "x", OK = 1 }}
+cwd = ""
+ready_timeout = 5
+stop_timeout = "0s"
+idle_stp = "5m"
 "#
-    );
-    let errors = errors(&text);
-    for prefix in [
-        "tidegate.toml:2:1: server.access_log: access_log is not supported yet",
-        "tidegate.toml:4:2: admin: admin is not supported yet",
-        "tidegate.toml:15:17: upstreams.lazy.on_demand: on_demand is not supported yet",
-    ] {
-        assert_error(&errors, prefix);
-    }
-    assert_eq!(errors.len(), 3, "{errors:#?}");
-}
-
-#[test]
-fn values_under_not_yet_supported_keys_are_still_checked() {
-    let text = format!(
-        "{LISTENER}[upstreams.app]\nservers = [\"127.0.0.1:3000\"]\n[upstreams.app.on_demand]\nready_timeout = 5\nstop_timeout = \"0s\"\n"
     );
     assert_eq!(
         errors(&text),
         [
-            "tidegate.toml:8:16: upstreams.app.on_demand: on_demand is not supported yet",
-            r#"tidegate.toml:9:17: upstreams.app.on_demand.ready_timeout: expected a duration like "250ms", "10s" or "5m", found 5 (a duration is a string with a unit)"#,
-            r#"tidegate.toml:10:16: upstreams.app.on_demand.stop_timeout: must be more than zero, found "0s""#,
+            r#"tidegate.toml:9:11: upstreams.app.on_demand.command: expected an array of strings like ["python3", "app.py"] (the program, then its arguments; no shell), found "python3 app.py""#,
+            r#"tidegate.toml:10:9: upstreams.app.on_demand.env."A=B": invalid environment variable name "A=B": it must not be empty or contain "=" or a NUL byte"#,
+            "tidegate.toml:10:27: upstreams.app.on_demand.env.OK: expected a string, found 1",
+            "tidegate.toml:11:7: upstreams.app.on_demand.cwd: expected a folder path, found an empty string",
+            r#"tidegate.toml:12:17: upstreams.app.on_demand.ready_timeout: expected a duration like "250ms", "10s" or "5m", found 5 (a duration is a string with a unit)"#,
+            r#"tidegate.toml:13:16: upstreams.app.on_demand.stop_timeout: must be more than zero, found "0s""#,
+            r#"tidegate.toml:14:1: upstreams.app.on_demand.idle_stp: unknown key (did you mean "idle_stop"?); allowed here: command, env, cwd, ready_timeout, idle_stop, stop_timeout"#,
         ]
+    );
+}
+
+#[test]
+fn on_demand_needs_a_program_to_run() {
+    let text = format!(
+        "{LISTENER}[upstreams.a]\nservers = \"unix:/tmp/a.sock\"\non_demand = {{ idle_stop = \"1m\" }}\n\
+         [upstreams.b]\nservers = \"unix:/tmp/b.sock\"\non_demand = {{ command = [] }}\n\
+         [upstreams.c]\nservers = \"unix:/tmp/c.sock\"\non_demand = {{ command = [\"\", 7] }}\n"
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            r#"tidegate.toml:8:13: upstreams.a.on_demand.command: missing; the program to start and its arguments, e.g. command = ["python3", "app.py"]"#,
+            "tidegate.toml:11:25: upstreams.b.on_demand.command: expected at least the program, found an empty array",
+            "tidegate.toml:14:26: upstreams.c.on_demand.command[0]: expected the program, found an empty string",
+            "tidegate.toml:14:30: upstreams.c.on_demand.command[1]: expected a string, found 7",
+        ]
+    );
+}
+
+#[test]
+fn an_on_demand_upstream_has_exactly_one_server() {
+    let text = format!(
+        "{LISTENER}[upstreams.app]\nservers = [\"unix:/tmp/a.sock\", \"unix:/tmp/b.sock\"]\n\
+         [upstreams.app.on_demand]\ncommand = [\"app\"]\n"
+    );
+    assert_eq!(
+        errors(&text),
+        ["tidegate.toml:7:11: upstreams.app.servers: an on-demand upstream has exactly one server: the address its command listens on; found 2 servers"]
     );
 }
 

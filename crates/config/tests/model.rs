@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use tidegate_config::defaults;
 use tidegate_config::{
-    load_str, Balance, Config, Health, HostMatch, ListenAddr, Listener, Log, LogFormat, LogLevel,
-    Protocol, Route, RouteAction, Server, UnixListen, Upstream, UpstreamAddr,
+    load_str, AccessLog, AccessLogTo, Admin, Balance, Config, Health, HostMatch, ListenAddr,
+    Listener, Log, LogFormat, LogLevel, Protocol, Route, RouteAction, Server, UnixListen, Upstream,
+    UpstreamAddr,
 };
 
 #[test]
@@ -17,6 +18,12 @@ fn every_supported_key_reaches_the_model() {
 shutdown_grace = "0s"
 workers = 4
 log = { level = "debug", format = "json" }
+access_log = { to = "logs/access.log", format = "json" }
+
+[admin]
+listen = "unix:admin.sock:mode=660"
+max_connections = 3
+idle_timeout = "300ms"
 
 [listeners.zeta]
 listen = "[::1]:0"
@@ -67,6 +74,20 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 level: LogLevel::Debug,
                 format: LogFormat::Json,
             },
+            access_log: AccessLog {
+                to: AccessLogTo::File("/etc/tidegate/logs/access.log".into()),
+                format: LogFormat::Json,
+            },
+        },
+        admin: Admin {
+            listen: Some(ListenAddr::Unix(UnixListen {
+                path: "/etc/tidegate/admin.sock".into(),
+                mode: Some(0o660),
+                owner: None,
+                group: None,
+            })),
+            max_connections: 3,
+            idle_timeout: Duration::from_millis(300),
         },
         listeners: vec![
             Listener {
@@ -137,6 +158,7 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 sse_heartbeat: Some(defaults::SSE_HEARTBEAT),
                 tcp_keepalive: Some(defaults::TCP_KEEPALIVE),
                 health: None,
+                on_demand: None,
             },
             Upstream {
                 name: "b".into(),
@@ -163,6 +185,7 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                     rise: 1,
                     fall: 5,
                 }),
+                on_demand: None,
             },
         ],
     };

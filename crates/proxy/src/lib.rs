@@ -6,14 +6,19 @@
 //! process: the binary wires it (STYLE.md). [`Runtime`] is the one entry point: built
 //! from a validated config, it binds every address (or reports every failure), then
 //! [`Runtime::start`] runs the accept loops under a [`drain::Shutdown`].
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: the one exception is the `pre_exec` hook that sets
+// PR_SET_PDEATHSIG in an on-demand backend's child (`upstream::on_demand`).
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access_log;
 pub mod drain;
 pub mod endpoint;
 pub mod errno;
 pub mod http;
 pub mod listen;
+pub mod metrics;
+pub mod registry;
 pub mod serve;
 pub mod tcp;
 pub mod upstream;
@@ -23,12 +28,16 @@ use std::sync::Arc;
 use tidegate_config::{Config, Protocol};
 use tokio::sync::Semaphore;
 
+use access_log::AccessLog;
 use drain::Shutdown;
 use http::HttpListener;
 use listen::{ListenError, Listener, LocalAddr};
+use metrics::Metrics;
+use registry::Registry;
 use serve::Handler;
 use tcp::TunnelListener;
 use upstream::connect::Resolve;
+use upstream::on_demand::Children;
 use upstream::Upstream;
 
 /// Everything built from one config, with its sockets bound but not yet accepting.
@@ -37,6 +46,10 @@ pub struct Runtime {
     /// Upstreams by config order.
     pub upstreams: Vec<Arc<Upstream>>,
     listeners: Vec<BoundListener>,
+    /// Every live connection (client and upstream side).
+    registry: Arc<Registry>,
+    /// The Prometheus metrics over all of it.
+    metrics: Arc<Metrics>,
     /// Active health checks, started with the listeners.
     checks: upstream::health::Checks,
 }
@@ -58,19 +71,30 @@ impl Runtime {
             .iter()
             .map(|u| Arc::new(Upstream::new(u)))
             .collect();
+        let registry = Registry::new();
         let mut errors = Vec::new();
         let mut listeners = Vec::new();
+        let mut listener_metrics = Vec::new();
         for l in &config.listeners {
             let ctx = match l.protocol {
-                Protocol::Http => {
-                    Handler::Http(Arc::new(HttpListener::new(l, &upstreams, resolver.clone())))
-                }
+                Protocol::Http => Handler::Http(Arc::new(HttpListener::new(
+                    l,
+                    &upstreams,
+                    resolver.clone(),
+                    &registry,
+                ))),
                 // `None` only on a validator bug; logged, and the listener is left out.
-                Protocol::Tcp => match TunnelListener::new(l, &upstreams, resolver.clone()) {
-                    Some(t) => Handler::Tcp(Arc::new(t)),
-                    None => continue,
-                },
+                Protocol::Tcp => {
+                    match TunnelListener::new(l, &upstreams, resolver.clone(), &registry) {
+                        Some(t) => Handler::Tcp(Arc::new(t)),
+                        None => continue,
+                    }
+                }
             };
+            listener_metrics.push(match &ctx {
+                Handler::Http(h) => h.metrics().clone(),
+                Handler::Tcp(t) => t.metrics().clone(),
+            });
             let mut sockets = Vec::new();
             for addr in &l.listen {
                 match Listener::bind(addr, ctx.client_tcp()) {
@@ -87,7 +111,14 @@ impl Runtime {
             });
         }
         if errors.is_empty() {
+            let metrics = Arc::new(Metrics::new(
+                registry.clone(),
+                listener_metrics,
+                upstreams.clone(),
+            ));
             Ok(Runtime {
+                registry,
+                metrics,
                 checks: upstream::health::Checks::new(&upstreams, resolver),
                 upstreams,
                 listeners,
@@ -95,6 +126,48 @@ impl Runtime {
         } else {
             Err(errors)
         }
+    }
+
+    /// The on-demand backends, for the binary to stop when tidegate stops
+    /// ([`Children::stop_by`]). Take it before [`Runtime::start`].
+    pub fn children(&self) -> Children {
+        Children::new(&self.upstreams)
+    }
+
+    /// The connection registry: [`Registry::snapshot`] lists every live connection,
+    /// [`Registry::close`] closes one. Take it before [`Runtime::start`]; it stays valid
+    /// while connections live.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    /// The metrics: [`Metrics::encode`] renders the Prometheus text exposition. Take it
+    /// before [`Runtime::start`].
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// The Prometheus text exposition now (same as `self.metrics().encode()`).
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode()
+    }
+
+    /// Sends every HTTP listener's requests to `log` (see
+    /// [`AccessLog::start`]); call before [`Runtime::start`]. The log's dropped lines
+    /// are reported in the metrics.
+    pub fn set_access_log(&mut self, log: AccessLog) {
+        for l in &mut self.listeners {
+            if let Handler::Http(h) = &mut l.ctx {
+                match Arc::get_mut(h) {
+                    Some(h) => h.access_log = log.clone(),
+                    // Only `bind` has handed the listener out so far.
+                    None => {
+                        tracing::error!(listener = %h.name, "access log set after start; ignored")
+                    }
+                }
+            }
+        }
+        self.metrics.set_access_log(log);
     }
 
     /// Every bound address, as `(listener name, address)`, in config order.

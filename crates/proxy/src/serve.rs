@@ -17,7 +17,8 @@ use crate::drain::Shutdown;
 use crate::endpoint::{PeerAddr, Stream, TcpOptions};
 use crate::errno::describe_io_error;
 use crate::http::{serve_connection, HttpListener};
-use crate::listen::Listener;
+use crate::listen::{Listener, LocalAddr};
+use crate::registry::SockAddr;
 use crate::tcp::{serve_tunnel, TunnelListener};
 
 /// First pause after an accept error; doubles up to [`MAX_ACCEPT_BACKOFF`].
@@ -53,11 +54,20 @@ impl Handler {
         }
     }
 
-    /// Serves one accepted connection until it ends.
-    async fn serve(self, stream: Stream, peer: PeerAddr, shutdown: Shutdown) {
+    /// Serves one accepted connection until it ends. `listening` is the listening
+    /// socket's address (our end of an accepted Unix connection).
+    async fn serve(self, stream: Stream, peer: PeerAddr, listening: &SockAddr, shutdown: Shutdown) {
+        // Our end of a TCP connection, exactly (a wildcard listener accepts on many
+        // addresses): one getsockname per connection.
+        let local = match &stream {
+            Stream::Tcp(s) => s
+                .local_addr()
+                .map_or_else(|_| listening.clone(), SockAddr::Tcp),
+            Stream::Unix(_) => listening.clone(),
+        };
         match self {
-            Handler::Http(l) => serve_connection(l, stream, peer, shutdown).await,
-            Handler::Tcp(l) => serve_tunnel(l, stream, peer, shutdown).await,
+            Handler::Http(l) => serve_connection(l, stream, peer, local, shutdown).await,
+            Handler::Tcp(l) => serve_tunnel(l, stream, peer, local, shutdown).await,
         }
     }
 }
@@ -71,6 +81,10 @@ pub async fn accept_loop(
     shutdown: Shutdown,
 ) {
     let addr = listener.local_addr().to_string();
+    let listening = match listener.local_addr() {
+        LocalAddr::Tcp(a) => SockAddr::Tcp(*a),
+        LocalAddr::Unix(_) => SockAddr::Unix(Some(Arc::from(addr.as_str()))),
+    };
     let mut backoff = MIN_ACCEPT_BACKOFF;
     let mut paused = false;
     loop {
@@ -98,8 +112,9 @@ pub async fn accept_loop(
                 backoff = MIN_ACCEPT_BACKOFF;
                 let ctx = ctx.clone();
                 let sd = shutdown.clone();
+                let listening = listening.clone();
                 shutdown.tracker.spawn(async move {
-                    ctx.serve(stream, peer, sd).await;
+                    ctx.serve(stream, peer, &listening, sd).await;
                     drop(permit);
                 });
             }

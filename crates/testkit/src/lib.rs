@@ -51,6 +51,12 @@
 //! # Process observations — [`procfs`]
 //! [`close_wait_sockets`], [`vm_hwm_kib`], [`vm_rss_kib`], [`process_gone`].
 //!
+//! # On-demand backend — [`lazy_app::LazyApp`]
+//! A Python (stdlib) HTTP server on a Unix socket for tidegate to start itself, with an
+//! events file (start, listen, accept, SIGTERM, exit) and options to fail, start slowly,
+//! exit slowly or ignore SIGTERM. `require_python3()` fails with a message without
+//! python3.
+//!
 //! # The built binary — [`Tidegate`]
 //! `Tidegate::start(bin, toml)` runs `bin run --config DIR/tidegate.toml`, captures all
 //! log lines, and waits for readiness: one `listening listener=NAME address=ADDR` event
@@ -92,6 +98,7 @@ pub mod addr;
 mod backend;
 mod blackhole;
 mod client;
+pub mod lazy_app;
 mod process;
 pub mod procfs;
 pub mod tcp_echo;

@@ -23,6 +23,8 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Query and steer a running tidegate through its admin API.
+    Ctl(CtlArgs),
     /// Print the version.
     Version,
 }
@@ -36,4 +38,64 @@ pub struct RunArgs {
     /// [::1]:8080, unix:/tmp/tidegate.sock). Repeat for several addresses.
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<String>,
+    /// The admin API's address, instead of `[admin] listen` or the default socket
+    /// ($XDG_RUNTIME_DIR/tidegate/admin.sock, …): unix:PATH[:mode=600] or IP:PORT.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+}
+
+/// `tidegate ctl`: a thin client of the admin API (docs/admin-api.md).
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The admin API: unix:PATH, a socket path with a /, or IP:PORT. Default: the
+    /// `[admin] listen` of --config, else the default socket.
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub admin: Option<String>,
+    /// Find the admin API from this config file's `[admin] listen`.
+    #[arg(long, short, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Print the API's JSON as it comes, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Version, pid, uptime, state, listeners.
+    Status,
+    /// Every upstream server: state, health, connections, requests.
+    Upstreams,
+    /// Every live connection.
+    Conns,
+    /// Stop sending new requests to a server; exchanges in flight finish.
+    Drain {
+        /// UPSTREAM/INDEX, e.g. app/0.
+        #[arg(value_name = "UPSTREAM/INDEX")]
+        server: String,
+    },
+    /// Put a server back in rotation.
+    Ready {
+        /// UPSTREAM/INDEX, e.g. app/0.
+        #[arg(value_name = "UPSTREAM/INDEX")]
+        server: String,
+    },
+    /// Take a server out for maintenance: no requests, pooled connections closed.
+    Maint {
+        /// UPSTREAM/INDEX, e.g. app/0.
+        #[arg(value_name = "UPSTREAM/INDEX")]
+        server: String,
+    },
+    /// Close one connection now.
+    Kill {
+        /// The connection's id (from `ctl conns`).
+        id: u64,
+    },
+    /// Re-read the config file (nothing changes if it has errors).
+    Reload,
+    /// Who holds admin API slots.
+    Clients,
+    /// The Prometheus metrics.
+    Metrics,
 }

@@ -1,8 +1,11 @@
-//! The `tidegate` binary: `run`, `check`, `version`. The one place that reads the
-//! environment, installs signal handlers, raises limits and exits the process.
+//! The `tidegate` binary: `run`, `check`, `ctl`, `version`. The one place that reads
+//! the environment, installs signal handlers, raises limits and exits the process.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod cli;
+mod control;
+mod ctl;
 mod run;
 
 use std::process::ExitCode;
@@ -37,5 +40,6 @@ fn main() -> ExitCode {
             }
         },
         cli::Command::Run(args) => run::run(args),
+        cli::Command::Ctl(args) => ctl::run(args),
     }
 }

@@ -6,12 +6,16 @@
 //! - A second SIGTERM or SIGINT during the drain: close everything now.
 //! - SIGHUP: logged (reload comes later); tokio never restores a signal's default once
 //!   handled, so it must be caught for as long as the process runs.
+//! - On-demand backends: SIGTERM when the drain ends or at `shutdown_grace -
+//!   stop_timeout`, whichever is first (at once on SIGINT or a second signal), SIGKILL
+//!   `stop_timeout` later; the process exits only once they have exited.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tidegate_config::{Config, LogFormat};
+use tidegate_proxy::access_log::AccessLog;
 use tidegate_proxy::drain::Shutdown;
 use tidegate_proxy::upstream::connect::SystemResolver;
 use tidegate_proxy::Runtime;
@@ -23,7 +27,9 @@ use crate::cli::RunArgs;
 const CLOSE_BOUND: Duration = Duration::from_secs(1);
 
 pub fn run(args: RunArgs) -> ExitCode {
-    let config = match load(&args) {
+    let loaded = load(&args)
+        .and_then(|mut c| crate::admin::apply_override(&mut c, args.admin.as_deref()).map(|()| c));
+    let config = match loaded {
         Ok(c) => c,
         Err(msg) => {
             eprint!("{msg}");
@@ -133,7 +139,17 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
         .as_ref()
         .map_or_else(|| "<quickstart>".to_owned(), |p| p.display().to_string());
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %source, workers, pid = std::process::id(), "starting");
-    let runtime = match Runtime::bind(&config, Arc::new(SystemResolver)) {
+    // Opened before binding: an unwritable access log refuses the start like a bind
+    // failure does.
+    let access_log = match AccessLog::start(&config.server.access_log) {
+        Ok(log) => log,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("tidegate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut runtime = match Runtime::bind(&config, Arc::new(SystemResolver)) {
         Ok(r) => r,
         Err(errors) => {
             for e in &errors {
@@ -146,6 +162,26 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
     for (listener, address) in runtime.addresses() {
         tracing::info!(listener = %listener, address = %address, "listening");
     }
+    // The admin API: off the drain's tracker, so it answers during the drain and stops
+    // last. `control.rs` holds its view of the proxy.
+    let control = Arc::new(crate::control::Live::new(
+        &config,
+        &runtime.addresses(),
+        std::time::Instant::now(),
+        runtime.upstreams.clone(),
+        runtime.registry(),
+        runtime.metrics(),
+    ));
+    let admin = match crate::admin::start(&config, control.clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("tidegate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let children = runtime.children();
+    runtime.set_access_log(access_log.clone());
     let shutdown = Shutdown::new();
     let _upstreams = runtime.start(&shutdown);
     tracing::info!("ready");
@@ -157,8 +193,10 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
             _ = hup.recv() => tracing::warn!("SIGHUP received: config reload is not supported yet; nothing changed"),
         }
     };
+    control.set_draining();
     if fast {
         tracing::info!("SIGINT: closing every connection now");
+        children.stop_by(tokio::time::Instant::now());
         shutdown.abort();
     } else {
         let grace = config.server.shutdown_grace;
@@ -167,6 +205,9 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
             "SIGTERM: draining (listeners closed; in-flight requests may finish)"
         );
         shutdown.drain();
+        // On-demand backends: SIGTERM at `shutdown_grace - stop_timeout` (so they are
+        // gone when the grace ends), or as soon as the drain ends, whichever is first.
+        children.stop_by(tokio::time::Instant::now() + grace);
         tokio::select! {
             _ = shutdown.tracker.wait() => tracing::info!("drained"),
             _ = tokio::time::sleep(grace) => {
@@ -176,6 +217,7 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
             _ = term.recv() => { tracing::info!("second SIGTERM: closing every connection now"); shutdown.abort(); }
             _ = int.recv() => { tracing::info!("SIGINT during drain: closing every connection now"); shutdown.abort(); }
         }
+        children.stop_by(tokio::time::Instant::now());
     }
     // Closing is immediate once `hard` fires; the bound only guards against a bug.
     if tokio::time::timeout(CLOSE_BOUND, shutdown.tracker.wait())
@@ -187,6 +229,17 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
             "connections still open after the hard stop; exiting anyway"
         );
     }
+    // SIGKILL comes `stop_timeout` after SIGTERM; the bound only guards against a bug.
+    let bound = children.longest_stop_timeout() + CLOSE_BOUND;
+    if tokio::time::timeout(bound, children.wait_stopped())
+        .await
+        .is_err()
+    {
+        tracing::warn!(pids = ?children.pids(), "on-demand backends still running after SIGKILL; exiting anyway");
+    }
+    // The writer flushes within 50 ms of a line; this waits for the last lines.
+    let _ = tokio::task::spawn_blocking(move || access_log.flush(CLOSE_BOUND)).await;
+    admin.stop().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

@@ -12,8 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -21,6 +20,10 @@ use hyper::body::Incoming;
 use tokio::time::{sleep_until, Instant, Sleep};
 
 use super::clock::Clock;
+use super::HttpListener;
+use crate::access_log::Record;
+use crate::endpoint::PeerAddr;
+use crate::metrics::RouteMetrics;
 use crate::upstream::pool::Checkout;
 use crate::upstream::ActiveGuard;
 
@@ -146,19 +149,104 @@ impl Heartbeat {
 /// The comment line that keeps intermediaries' idle timers from cutting a stream.
 const HEARTBEAT: &[u8] = b":\n\n";
 
-/// Tells the connection's clock that the exchange ended, whichever way it ends.
+/// One exchange's record, from its request head to its end. Dropped with the response
+/// body (or with the request, if no response was made): it tells the connection's
+/// clock that the exchange ended, counts the request in its route's metrics and sends
+/// the access-log line. Small on purpose: it travels inside the request's futures and
+/// the response body, which are moved (copied) several times per request; what only the
+/// access log needs is boxed, and only when the log is on.
 #[derive(Debug)]
-pub struct ExchangeDone(pub Arc<Clock>);
+pub struct ExchangeDone {
+    clock: Arc<Clock>,
+    ctx: Arc<HttpListener>,
+    started: Instant,
+    /// The route's metrics; `None`: the listener's own (no upstream).
+    pub(crate) route: Option<Arc<RouteMetrics>>,
+    /// The response head's status once one is on its way; 0 until then.
+    pub(crate) status: u16,
+    /// Response body bytes handed to hyper.
+    body_bytes: u64,
+    /// Only when the access log is on: the line's record, filled in as the exchange
+    /// goes and sent as it is (one allocation per logged request).
+    log: Option<Box<Record>>,
+}
+
+impl ExchangeDone {
+    /// An exchange whose request head arrived `at` on the connection of `clock`.
+    pub(crate) fn start(
+        clock: Arc<Clock>,
+        ctx: Arc<HttpListener>,
+        at: Instant,
+        client: PeerAddr,
+        method: &http::Method,
+        uri: &http::Uri,
+    ) -> Self {
+        // Method and Uri clones share their bytes.
+        let log = ctx.access_log.is_on().then(|| {
+            Box::new(Record {
+                time: SystemTime::now(),
+                listener: ctx.metrics.name.clone(),
+                client,
+                method: method.clone(),
+                uri: uri.clone(),
+                status: None,
+                bytes_out: 0,
+                upstream: None,
+                upstream_peer: None,
+                total: Duration::ZERO,
+                connect: None,
+                head: None,
+            })
+        });
+        ExchangeDone {
+            clock,
+            ctx,
+            started: at,
+            route: None,
+            status: 0,
+            body_bytes: 0,
+            log,
+        }
+    }
+
+    /// The access log's fields, when the log is on (record them only then).
+    pub(crate) fn log_mut(&mut self) -> Option<&mut Record> {
+        self.log.as_deref_mut()
+    }
+
+    /// Time since the request head arrived.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
 
 impl Drop for ExchangeDone {
     fn drop(&mut self) {
-        self.0.response_finished();
+        let now = Instant::now();
+        let total = now.saturating_duration_since(self.started);
+        let status = (self.status != 0).then_some(self.status);
+        self.route
+            .as_ref()
+            .unwrap_or(&self.ctx.metrics.local)
+            .record(status, total);
+        if let Some(mut log) = self.log.take() {
+            log.status = status;
+            log.bytes_out = self.body_bytes;
+            log.total = total;
+            self.ctx.access_log.send(log);
+        }
+        self.clock.response_finished_at(now);
     }
 }
 
 // === impl ProxyBody ===
 
 impl ProxyBody {
+    /// The exchange this body ends, if any.
+    pub(crate) fn exchange_mut(&mut self) -> Option<&mut ExchangeDone> {
+        self._exchange.as_mut()
+    }
+
     /// A fixed body.
     pub fn full(data: impl Into<Bytes>, exchange: Option<ExchangeDone>) -> Self {
         let data = data.into();
@@ -295,10 +383,16 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match &mut this.kind {
+        let res = match &mut this.kind {
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Kind::Upstream(s) => s.poll_frame(cx),
+        };
+        if let (Poll::Ready(Some(Ok(frame))), Some(ex)) = (&res, &mut this._exchange) {
+            if let Some(data) = frame.data_ref() {
+                ex.body_bytes += data.len() as u64;
+            }
         }
+        res
     }
 
     fn is_end_stream(&self) -> bool {

@@ -5,16 +5,23 @@
 //! tidegate measures these itself: hyper's `header_read_timeout` needs a timer and also
 //! fires on idle keep-alive connections, so it can't tell the two phases apart
 //! (DESIGN.md §5, timers).
+//!
+//! The clock is also the connection's entry in the connection registry: it owns the
+//! [`Registration`], keeps its time base and last activity there (one set of atomics,
+//! not two), counts bytes and requests on it and keeps its state (`reading`,
+//! `waiting_upstream`, `streaming`, `idle`, `tunnel`) in step with the phases.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+use crate::registry::{Conn, ConnProtocol, ConnSide, ConnState, Registration};
 
 /// Where a client connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,15 +36,17 @@ pub enum Phase {
     Busy = 2,
 }
 
-/// Shared phase and activity of one connection. Times are milliseconds since `base`.
+/// Shared phase and activity of one connection. Times are milliseconds since the
+/// registry entry's start; the last activity is the entry's.
 #[derive(Debug)]
 pub struct Clock {
-    base: Instant,
+    entry: Registration,
     phase: AtomicU8,
     phase_since: AtomicU64,
-    last_io: AtomicU64,
     /// Milliseconds of silence allowed during an exchange; 0 = none set.
     exchange_idle: AtomicU64,
+    /// Upgraded: the connection is a tunnel now; request phases no longer apply.
+    tunnel: AtomicBool,
 }
 
 /// What the driver should do now.
@@ -50,19 +59,34 @@ pub enum Verdict {
 }
 
 impl Clock {
-    /// A new clock, idle since now.
+    /// A new clock, idle since now, for a connection in no registry.
     pub fn new() -> Arc<Self> {
+        Self::registered(Registration::detached(
+            ConnSide::Client,
+            ConnProtocol::Http1,
+            ConnState::Idle,
+        ))
+    }
+
+    /// A new clock, idle since now, for the registered connection `entry` (which it
+    /// keeps in the registry for as long as it lives).
+    pub fn registered(entry: Registration) -> Arc<Self> {
         Arc::new(Clock {
-            base: Instant::now(),
+            entry,
             phase: AtomicU8::new(Phase::Idle as u8),
             phase_since: AtomicU64::new(0),
-            last_io: AtomicU64::new(0),
             exchange_idle: AtomicU64::new(0),
+            tunnel: AtomicBool::new(false),
         })
     }
 
+    /// The connection's registry entry.
+    pub fn conn(&self) -> &Arc<Conn> {
+        self.entry.conn()
+    }
+
     fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64
+        self.entry.elapsed_ms()
     }
 
     /// The current phase.
@@ -74,29 +98,70 @@ impl Clock {
         }
     }
 
-    fn set(&self, phase: Phase) {
-        self.phase_since.store(self.now_ms(), Ordering::Relaxed);
-        self.phase.store(phase as u8, Ordering::Relaxed);
+    /// Milliseconds from the connection's start to `at`.
+    fn ms_at(&self, at: Instant) -> u64 {
+        u64::try_from(
+            at.saturating_duration_since(self.entry.started())
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX)
     }
 
-    /// Bytes arrived from the client.
-    fn on_read(&self) {
+    fn set_at(&self, phase: Phase, now_ms: u64) {
+        self.phase_since.store(now_ms, Ordering::Relaxed);
+        self.phase.store(phase as u8, Ordering::Relaxed);
+        self.entry.set_state(match phase {
+            Phase::Idle => ConnState::Idle,
+            Phase::Head => ConnState::Reading,
+            Phase::Busy => ConnState::WaitingUpstream,
+        });
+    }
+
+    /// `n` bytes arrived from the client.
+    fn on_read(&self, n: usize) {
         let now = self.now_ms();
-        self.last_io.store(now, Ordering::Relaxed);
-        if self.phase.load(Ordering::Relaxed) == Phase::Idle as u8 {
+        self.entry.on_read(n, now);
+        if self.phase.load(Ordering::Relaxed) == Phase::Idle as u8
+            && !self.tunnel.load(Ordering::Relaxed)
+        {
             self.phase_since.store(now, Ordering::Relaxed);
             self.phase.store(Phase::Head as u8, Ordering::Relaxed);
+            self.entry.set_state(ConnState::Reading);
         }
     }
 
-    fn on_write(&self) {
-        self.last_io.store(self.now_ms(), Ordering::Relaxed);
+    fn on_write(&self, n: usize) {
+        self.entry.on_write(n, self.now_ms());
     }
 
     /// A request head is complete and is being served.
     pub fn request_started(&self) {
+        self.request_started_at(Instant::now());
+    }
+
+    /// [`Clock::request_started`] with the time already read (one clock read serves
+    /// the phase and the exchange's record).
+    pub fn request_started_at(&self, now: Instant) {
         self.exchange_idle.store(0, Ordering::Relaxed);
-        self.set(Phase::Busy);
+        self.set_at(Phase::Busy, self.ms_at(now));
+        self.entry.add_request();
+    }
+
+    /// The response head is on its way to the client.
+    pub fn response_started(&self) {
+        if !self.tunnel.load(Ordering::Relaxed) {
+            self.entry.set_state(ConnState::Streaming);
+        }
+    }
+
+    /// The connection is upgraded (after a 101): a tunnel from now on, bounded by the
+    /// exchange's idle timer; the request phases no longer change.
+    pub fn enter_tunnel(&self) {
+        self.tunnel.store(true, Ordering::Relaxed);
+        self.phase_since.store(self.now_ms(), Ordering::Relaxed);
+        self.phase.store(Phase::Busy as u8, Ordering::Relaxed);
+        self.entry.set_state(ConnState::Tunnel);
+        self.entry.set_protocol(ConnProtocol::Websocket);
     }
 
     /// The exchange (proxied to an upstream) may be silent at most this long.
@@ -107,7 +172,19 @@ impl Clock {
 
     /// The response has been written (or abandoned).
     pub fn response_finished(&self) {
-        self.set(Phase::Idle);
+        self.response_finished_at(Instant::now());
+    }
+
+    /// [`Clock::response_finished`] with the time already read.
+    pub fn response_finished_at(&self, now: Instant) {
+        if self.tunnel.load(Ordering::Relaxed) {
+            return;
+        }
+        self.set_at(Phase::Idle, self.ms_at(now));
+        if self.entry.protocol() == ConnProtocol::Sse {
+            self.entry.set_protocol(ConnProtocol::Http1);
+        }
+        self.entry.unlink();
     }
 
     /// Decides whether a timer expired, given the listener's `idle` and `header` limits.
@@ -122,8 +199,8 @@ impl Clock {
                 // connection to Idle, whose deadline is at least this far away).
                 0 => now + ms(idle.min(header)),
                 limit => {
-                    self.last_io
-                        .load(Ordering::Relaxed)
+                    self.entry
+                        .last_io_ms()
                         .max(self.phase_since.load(Ordering::Relaxed))
                         + limit
                 }
@@ -140,7 +217,7 @@ impl Clock {
             Phase::Idle => deadline.min(now + ms(header)),
             _ => deadline,
         };
-        Verdict::WaitUntil(self.base + Duration::from_millis(deadline))
+        Verdict::WaitUntil(self.entry.started() + Duration::from_millis(deadline))
     }
 }
 
@@ -167,8 +244,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.clock.on_read();
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.clock.on_read(n);
         }
         res
     }
@@ -182,8 +260,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let res = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            this.clock.on_write();
+        if let Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                this.clock.on_write(n);
+            }
         }
         res
     }
@@ -195,8 +275,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let res = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            this.clock.on_write();
+        if let Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                this.clock.on_write(n);
+            }
         }
         res
     }
@@ -227,7 +309,7 @@ mod tests {
         assert!(t <= Instant::now() + HEAD);
         // A head starts 5 s later; at the next check it is held to its own deadline.
         tokio::time::advance(Duration::from_secs(5)).await;
-        c.on_read();
+        c.on_read(1);
         tokio::time::advance(Duration::from_secs(5)).await;
         assert!(matches!(c.verdict(IDLE, HEAD), Verdict::WaitUntil(_)));
         tokio::time::advance(Duration::from_secs(6)).await;
@@ -249,7 +331,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn started_head_expires_after_header_timeout() {
         let c = Clock::new();
-        c.on_read();
+        c.on_read(1);
         tokio::time::advance(Duration::from_secs(11)).await;
         assert_eq!(c.verdict(IDLE, HEAD), Verdict::Expired(Phase::Head));
     }
@@ -257,7 +339,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn busy_without_exchange_limit_never_expires_and_idle_restarts_after_response() {
         let c = Clock::new();
-        c.on_read();
+        c.on_read(1);
         c.request_started();
         tokio::time::advance(Duration::from_secs(600)).await;
         assert!(matches!(c.verdict(IDLE, HEAD), Verdict::WaitUntil(_)));
@@ -274,7 +356,7 @@ mod tests {
         c.request_started();
         c.set_exchange_idle(Duration::from_secs(5));
         tokio::time::advance(Duration::from_secs(4)).await;
-        c.on_write();
+        c.on_write(1);
         tokio::time::advance(Duration::from_secs(4)).await;
         assert!(matches!(c.verdict(IDLE, HEAD), Verdict::WaitUntil(_)));
         tokio::time::advance(Duration::from_secs(2)).await;

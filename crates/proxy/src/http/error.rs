@@ -41,13 +41,15 @@ impl Failure {
         }
     }
 
-    /// Getting a connection failed: 504 on timeout, 502 otherwise.
+    /// Getting a connection failed: 504 on timeout, 503 when an on-demand backend could
+    /// not be started, 502 otherwise.
     pub fn connect(e: &UpstreamError) -> Self {
         let status = match e {
             UpstreamError::Connect {
                 error: ConnectError::Timeout { .. },
                 ..
             } => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::OnDemand { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         };
         Failure {

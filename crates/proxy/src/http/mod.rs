@@ -2,8 +2,10 @@
 //! idle timers, drain), routing, and the proxy service.
 //!
 //! Invariants: a client connection's task ends when hyper's connection ends, a timer
-//! expires, or the hard shutdown fires — nothing else keeps it alive; dropping it closes
-//! the socket.
+//! expires, the hard shutdown fires or the connection is closed through the registry —
+//! nothing else keeps it alive; dropping it closes the socket. A connection is in the
+//! registry exactly while its [`Clock`] lives: the task, its service and the response
+//! bodies hold it (after an upgrade, the tunnel's task).
 
 pub mod body;
 pub mod clock;
@@ -20,8 +22,11 @@ use http::StatusCode;
 use hyper_util::rt::TokioIo;
 use tidegate_config::RouteAction;
 
+use crate::access_log::AccessLog;
 use crate::drain::Shutdown;
 use crate::endpoint::{PeerAddr, Stream, TcpOptions};
+use crate::metrics::{ListenerMetrics, RouteMetrics};
+use crate::registry::{ConnProtocol, ConnSide, ConnState, NewConn, Registry, SockAddr};
 use crate::upstream::connect::Resolve;
 use crate::upstream::Upstream;
 use clock::{Clock, Phase, Verdict, Watched};
@@ -40,6 +45,12 @@ pub struct HttpListener {
     pub client_tcp: TcpOptions,
     pub(crate) routes: Vec<(route::Matcher, Target)>,
     pub(crate) resolver: Arc<dyn Resolve>,
+    /// Where its connections (and the upstream connections they open) are listed.
+    pub(crate) registry: Arc<Registry>,
+    /// Its byte totals and requests that reached no upstream.
+    pub(crate) metrics: Arc<ListenerMetrics>,
+    /// One line per request, when on.
+    pub(crate) access_log: AccessLog,
 }
 
 impl std::fmt::Debug for HttpListener {
@@ -53,19 +64,28 @@ impl std::fmt::Debug for HttpListener {
 /// Where a route sends requests.
 #[derive(Debug)]
 pub(crate) enum Target {
-    Upstream(Arc<Upstream>),
-    Respond { status: StatusCode, body: Bytes },
+    /// Proxied; `metrics` is this listener's for that upstream, resolved once here.
+    Upstream {
+        upstream: Arc<Upstream>,
+        metrics: Arc<RouteMetrics>,
+    },
+    Respond {
+        status: StatusCode,
+        body: Bytes,
+    },
 }
 
 impl HttpListener {
     /// Builds the run-time listener; `upstreams` must hold every upstream its routes
     /// name (the config validator guarantees it; a missing one is skipped with an error
-    /// log rather than a panic).
+    /// log rather than a panic). Its connections are entered in `registry`.
     pub fn new(
         cfg: &tidegate_config::Listener,
         upstreams: &[Arc<Upstream>],
         resolver: Arc<dyn Resolve>,
+        registry: &Arc<Registry>,
     ) -> Self {
+        let mut metrics = ListenerMetrics::new(&cfg.name);
         let routes = cfg
             .routes
             .iter()
@@ -76,7 +96,10 @@ impl HttpListener {
                             tracing::error!(listener = %cfg.name, upstream = %name, "route names an unknown upstream; skipped");
                             return None;
                         };
-                        Target::Upstream(up.clone())
+                        Target::Upstream {
+                            upstream: up.clone(),
+                            metrics: metrics.route(&up.name),
+                        }
                     }
                     RouteAction::Respond { status, body } => Target::Respond {
                         status: StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
@@ -98,18 +121,44 @@ impl HttpListener {
             client_tcp,
             routes,
             resolver,
+            registry: registry.clone(),
+            metrics: Arc::new(metrics),
+            access_log: AccessLog::off(),
         }
+    }
+
+    /// Its metrics (byte totals, requests by route), for [`crate::metrics::Metrics`].
+    pub fn metrics(&self) -> &Arc<ListenerMetrics> {
+        &self.metrics
     }
 }
 
-/// Serves one client connection until it ends (see the module's invariants).
+/// Serves one client connection until it ends (see the module's invariants). `local`
+/// is our end of the socket.
 pub async fn serve_connection(
     ctx: Arc<HttpListener>,
     stream: Stream,
     peer: PeerAddr,
+    local: SockAddr,
     shutdown: Shutdown,
 ) {
-    let clock = Clock::new();
+    // A child of `hard`: one token to select on closes the connection at the end of
+    // the grace or when an operator closes it.
+    let close = shutdown.hard.child_token();
+    let clock = Clock::registered(ctx.registry.register(NewConn {
+        side: ConnSide::Client,
+        name: ctx.metrics.name.clone(),
+        peer: match peer {
+            PeerAddr::Tcp(a) => SockAddr::Tcp(a),
+            PeerAddr::Unix => SockAddr::Unix(None),
+        },
+        local,
+        protocol: ConnProtocol::Http1,
+        state: ConnState::Idle,
+        close: close.clone(),
+        server: None,
+        totals: Some(ctx.metrics.totals.clone()),
+    }));
     let io = TokioIo::new(Watched::new(stream, clock.clone()));
     let service = proxy::ConnService {
         ctx: ctx.clone(),
@@ -152,8 +201,12 @@ pub async fn serve_connection(
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = shutdown.hard.cancelled() => {
-                tracing::debug!(listener = %ctx.name, %peer, "closing client connection: shutdown grace ended");
+            _ = close.cancelled() => {
+                if shutdown.hard.is_cancelled() {
+                    tracing::debug!(listener = %ctx.name, %peer, "closing client connection: shutdown grace ended");
+                } else {
+                    tracing::info!(listener = %ctx.name, %peer, "closing client connection: closed by the operator");
+                }
                 break;
             }
             _ = tokio::time::sleep_until(wake) => {}

@@ -16,12 +16,13 @@ use hyper_util::rt::TokioIo;
 use tokio::time::timeout;
 
 use super::body::{ExchangeDone, Heartbeat, ProxyBody};
-use super::clock::{Clock, Phase, Verdict, Watched};
+use super::clock::{Clock, Phase, Verdict};
 use super::error::{text_response, Failure, Side};
 use super::headers::{self, FramingError};
 use super::{HttpListener, Target};
 use crate::drain::Shutdown;
 use crate::endpoint::PeerAddr;
+use crate::registry::{ConnProtocol, ConnState, Registry};
 use crate::upstream::body::RequestBody;
 use crate::upstream::health::Outcome;
 use crate::upstream::pool::Checkout;
@@ -44,15 +45,35 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = ResponseFuture;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        self.clock.request_started();
+        let now = tokio::time::Instant::now();
+        self.clock.request_started_at(now);
+        let done = ExchangeDone::start(
+            self.clock.clone(),
+            self.ctx.clone(),
+            now,
+            self.peer,
+            req.method(),
+            req.uri(),
+        );
         let this = self.clone();
-        Box::pin(async move { Ok(this.handle(req).await) })
+        Box::pin(async move {
+            let mut resp = this.handle(req, Some(done)).await;
+            let status = resp.status().as_u16();
+            if let Some(done) = resp.body_mut().exchange_mut() {
+                done.status = status;
+            }
+            this.clock.response_started();
+            Ok(resp)
+        })
     }
 }
 
 impl ConnService {
-    async fn handle(self, mut req: Request<Incoming>) -> Response<ProxyBody> {
-        let done = Some(ExchangeDone(self.clock.clone()));
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        done: Option<ExchangeDone>,
+    ) -> Response<ProxyBody> {
         if req.method() == Method::CONNECT {
             return Failure::client(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -111,8 +132,12 @@ impl ConnService {
                 Failure::client(StatusCode::NOT_FOUND, msg).into_response(done)
             }
             Some(Target::Respond { status, body }) => text_response(*status, body.clone(), done),
-            Some(Target::Upstream(up)) => {
-                let up = up.clone();
+            Some(Target::Upstream { upstream, metrics }) => {
+                let up = upstream.clone();
+                let mut done = done;
+                if let Some(d) = done.as_mut() {
+                    d.route = Some(metrics.clone());
+                }
                 self.forward(up, req, done).await
             }
         }
@@ -122,7 +147,7 @@ impl ConnService {
         &self,
         up: Arc<Upstream>,
         mut req: Request<Incoming>,
-        done: Option<ExchangeDone>,
+        mut done: Option<ExchangeDone>,
     ) -> Response<ProxyBody> {
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -161,19 +186,24 @@ impl ConnService {
                 req.headers_mut()
                     .insert(header::HOST, server.host_header.clone());
             }
+            let registry = &self.ctx.registry;
+            // Timings for the access log only: no clock read otherwise.
+            let connect_started = done
+                .as_mut()
+                .and_then(|d| d.log_mut().is_some().then(|| d.elapsed()));
             let got = if fresh {
                 server
-                    .connect(&up.name, &up.timeouts, &self.ctx.resolver, up.tcp)
+                    .connect(&up.name, &up.timeouts, &self.ctx.resolver, up.tcp, registry)
                     .await
             } else {
                 server
-                    .checkout(&up.name, &up.timeouts, &self.ctx.resolver, up.tcp)
+                    .checkout(&up.name, &up.timeouts, &self.ctx.resolver, up.tcp, registry)
                     .await
             };
             let mut conn = match got {
                 Ok(c) => c,
                 Err(e) => {
-                    server.health.record(Outcome::ConnectFailed);
+                    server.record(Outcome::ConnectFailed);
                     // Nothing was sent: the request may go to another server.
                     if tried.len() < up.retries {
                         tried.push(active.index());
@@ -188,6 +218,17 @@ impl ConnService {
                     return Failure::connect(&e).into_response(done);
                 }
             };
+            // The client connection shows where its exchange went; the record keeps it
+            // for the access log.
+            self.clock.conn().link(&up, active.index(), conn.entry());
+            if let (Some(d), Some(at)) = (done.as_mut(), connect_started) {
+                let now = d.elapsed();
+                if let Some(log) = d.log_mut() {
+                    log.connect = Some(now.saturating_sub(at));
+                    log.upstream = Some((up.clone(), active.index()));
+                    log.upstream_peer = conn.entry().and_then(|e| e.peer().tcp());
+                }
+            }
             let copy = (replayable && conn.reused && !fresh).then(|| {
                 (
                     req.method().clone(),
@@ -202,17 +243,26 @@ impl ConnService {
             };
             match timeout(up.timeouts.response, sender.try_send_request(req)).await {
                 Err(_) => {
-                    server.health.record(Outcome::ServerError);
+                    server.record(Outcome::ServerError);
                     let addr = server.addr.to_string();
                     return Failure::response_timeout(&up.name, &addr, up.timeouts.response)
                         .into_response(done);
                 }
                 Ok(Ok(resp)) => {
-                    server.health.record(if resp.status().is_server_error() {
+                    server.record(if resp.status().is_server_error() {
                         Outcome::ServerError
                     } else {
                         Outcome::Success
                     });
+                    if let Some(d) = done.as_mut() {
+                        let at = d.log_mut().is_some().then(|| d.elapsed());
+                        if let (Some(log), Some(at)) = (d.log_mut(), at) {
+                            log.head = Some(at);
+                        }
+                    }
+                    if let Some(e) = conn.entry() {
+                        e.set_state(ConnState::Streaming);
+                    }
                     break (resp, conn);
                 }
                 Ok(Err(mut e)) => {
@@ -239,7 +289,7 @@ impl ConnService {
                             continue;
                         }
                     }
-                    server.health.record(Outcome::ServerError);
+                    server.record(Outcome::ServerError);
                     let addr = server.addr.to_string();
                     return Failure::before_head(&up.name, &addr, e.error()).into_response(done);
                 }
@@ -261,25 +311,35 @@ impl ConnService {
             };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let idle = up.timeouts.idle;
-            let shutdown = self.shutdown.clone();
+            // From here the request phases no longer apply: the 101's end must not
+            // make the connection look idle.
+            self.clock.enter_tunnel();
             self.shutdown.tracker.spawn(tunnel(
                 client_upgrade,
                 upstream_upgrade,
                 conn,
+                active,
                 idle,
-                shutdown,
+                self.clock.clone(),
+                self.ctx.registry.clone(),
             ));
             let (mut parts, _) = resp.into_parts();
             headers::remove_hop_by_hop(&mut parts.headers, true);
-            drop(active);
             return Response::from_parts(parts, ProxyBody::full(bytes::Bytes::new(), done));
         }
 
         let (mut parts, body) = resp.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers, false);
+        let event_stream = is_event_stream(&parts.headers);
+        if event_stream {
+            self.clock.conn().set_protocol(ConnProtocol::Sse);
+            if let Some(e) = conn.entry() {
+                e.set_protocol(ConnProtocol::Sse);
+            }
+        }
         let heartbeat = up
             .sse_heartbeat
-            .filter(|_| is_open_event_stream(&parts.headers))
+            .filter(|_| event_stream && is_open_length(&parts.headers))
             .map(|period| Heartbeat::new(period, up.timeouts.idle));
         Response::from_parts(
             parts,
@@ -288,17 +348,20 @@ impl ConnService {
     }
 }
 
-/// A `text/event-stream` of open length whose bytes tidegate can see as they are: no
-/// Content-Length (a fixed-length body can't take extra bytes) and no Content-Encoding
-/// (a heartbeat inside a compressed stream would corrupt it).
-fn is_open_event_stream(headers: &http::HeaderMap) -> bool {
+/// A `text/event-stream` response (the connection shows protocol `sse` meanwhile).
+fn is_event_stream(headers: &http::HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
-        && !headers.contains_key(header::CONTENT_LENGTH)
-        && !headers.contains_key(header::CONTENT_ENCODING)
+}
+
+/// A body (of a `text/event-stream`) whose bytes tidegate can see as they are, with
+/// room for heartbeats: no Content-Length (a fixed-length body can't take extra bytes)
+/// and no Content-Encoding (a heartbeat inside a compressed stream would corrupt it).
+fn is_open_length(headers: &http::HeaderMap) -> bool {
+    !headers.contains_key(header::CONTENT_LENGTH) && !headers.contains_key(header::CONTENT_ENCODING)
 }
 
 /// RFC 9110 §9.2.2.
@@ -342,13 +405,19 @@ fn origin_form(uri: &Uri) -> Uri {
 }
 
 /// After a 101: bytes both ways until either side closes, the exchange's idle timer
-/// expires, or the drain's grace ends.
+/// expires, the drain's grace ends or the connection is closed through the registry.
+/// `clock` is the client connection's (its bytes are still counted by the `Watched`
+/// inside the upgraded stream); holding it keeps the connection in the registry.
 async fn tunnel(
     client: OnUpgrade,
     upstream: OnUpgrade,
     conn: Checkout,
+    // Held for the tunnel's life: `least_conn` counts it, and an on-demand backend is
+    // in use (never stopped under an open WebSocket).
+    _active: crate::upstream::ActiveGuard,
     idle: std::time::Duration,
-    shutdown: Shutdown,
+    clock: Arc<Clock>,
+    registry: Arc<Registry>,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
@@ -357,20 +426,27 @@ async fn tunnel(
             return;
         }
     };
+    let close = clock.conn().close_token().clone();
     // The upstream connection now belongs to the tunnel; it never returns to the pool.
+    // Its pool task ends with the upgrade, so the tunnel enters it anew, as the
+    // upstream end of this tunnel.
+    let _upstream_entry = conn.entry().map(|e| {
+        registry.register_mirror(
+            e.successor(ConnProtocol::Websocket, ConnState::Tunnel, close.clone()),
+            clock.conn(),
+        )
+    });
     drop(conn);
-    let clock = Clock::new();
-    clock.request_started();
     clock.set_exchange_idle(idle);
-    let mut client = Watched::new(TokioIo::new(client), clock.clone());
+    let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
     tokio::select! {
         res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match res {
             Ok((up, down)) => tracing::debug!(to_upstream = up, to_client = down, "tunnel closed"),
-            Err(e) => tracing::debug!(error = %crate::errno::describe_io_error(&e), "tunnel ended"),
+            Err(e) => tracing::debug!(error = %crate::errno::describe_io_error(&e), "tunnel closed"),
         },
         _ = expired(&clock, idle) => tracing::debug!("tunnel closed: idle_timeout"),
-        _ = shutdown.hard.cancelled() => tracing::debug!("tunnel closed: shutdown"),
+        _ = close.cancelled() => tracing::debug!("tunnel closed: shutdown or closed by the operator"),
     }
 }
 

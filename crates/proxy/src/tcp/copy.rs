@@ -155,7 +155,7 @@ where
     C: AsyncRead + AsyncWrite + PendingError + Unpin,
     U: AsyncRead + AsyncWrite + PendingError + Unpin,
 {
-    let mut pumps = Pumps::new(stats.started);
+    let mut pumps = Pumps::new(stats.started());
     // Bounded: each turn either returns or found the deadline moved (a byte moved since
     // the timer was set), which only happens while the tunnel makes progress.
     loop {
@@ -218,10 +218,10 @@ impl Pumps {
         let mut moved = false;
         let up = self
             .to_upstream
-            .poll(cx, client, upstream, &stats.bytes_in, &mut moved);
+            .poll(cx, client, upstream, stats.in_counter(), &mut moved);
         let down = self
             .to_client
-            .poll(cx, upstream, client, &stats.bytes_out, &mut moved);
+            .poll(cx, upstream, client, stats.out_counter(), &mut moved);
         if moved {
             self.last_activity = Instant::now();
             stats.touch(self.last_activity.saturating_duration_since(self.started));

@@ -15,14 +15,16 @@
 //!    cleanly, which is a lie. One log line per tunnel says how it ended.
 //!
 //! Invariants: a tunnel's sockets live exactly as long as its task, which runs on the
-//! drain tracker; nothing but the copy's end, the idle timer or the hard shutdown ends
-//! it — the graceful drain lets it run, since a tunnel has no request boundary at which
-//! to stop. The upstream server counts the tunnel as active (`least_conn`) while it
-//! lives.
+//! drain tracker; nothing but the copy's end, the idle timer, the hard shutdown or a
+//! close through the connection registry ends it — the graceful drain lets it run,
+//! since a tunnel has no request boundary at which to stop. The upstream server counts
+//! the tunnel as active (`least_conn`) while it lives. Both ends are in the connection
+//! registry while the task runs (client: `tcp`, `waiting_upstream` then `tunnel`;
+//! upstream: `tcp`, `tunnel`), sharing one close token.
 
 pub mod copy;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +33,10 @@ use tokio::time::Instant;
 use crate::drain::Shutdown;
 use crate::endpoint::{PeerAddr, Stream, TcpOptions};
 use crate::errno::describe_io_error;
+use crate::metrics::ListenerMetrics;
+use crate::registry::{
+    Conn, ConnProtocol, ConnSide, ConnState, NewConn, Registration, Registry, SockAddr,
+};
 use crate::upstream::connect::{Connected, Resolve};
 use crate::upstream::health::Outcome;
 use crate::upstream::{ActiveGuard, Upstream};
@@ -47,6 +53,8 @@ pub struct TunnelListener {
     /// Where every tunnel goes.
     pub upstream: Arc<Upstream>,
     resolver: Arc<dyn Resolve>,
+    registry: Arc<Registry>,
+    metrics: Arc<ListenerMetrics>,
 }
 
 impl std::fmt::Debug for TunnelListener {
@@ -68,6 +76,7 @@ impl TunnelListener {
         cfg: &tidegate_config::Listener,
         upstreams: &[Arc<Upstream>],
         resolver: Arc<dyn Resolve>,
+        registry: &Arc<Registry>,
     ) -> Option<Self> {
         let Some(name) = cfg.upstream.as_deref() else {
             tracing::error!(listener = %cfg.name, "TCP listener without an upstream; not listening");
@@ -86,60 +95,85 @@ impl TunnelListener {
             },
             upstream: upstream.clone(),
             resolver,
+            registry: registry.clone(),
+            metrics: Arc::new(ListenerMetrics::new(&cfg.name)),
         })
+    }
+
+    /// Its metrics (byte totals), for [`crate::metrics::Metrics`].
+    pub fn metrics(&self) -> &Arc<ListenerMetrics> {
+        &self.metrics
     }
 }
 
-/// A tunnel's counters, shared so that a connection registry can read them while the
-/// tunnel runs. "In" is from the client (toward the upstream), "out" toward the client.
+/// A tunnel's counters: its client connection's registry entry, which the copy loop
+/// updates as bytes move. "In" is from the client (toward the upstream), "out" toward
+/// the client.
 #[derive(Debug)]
 pub struct TunnelStats {
-    /// When the tunnel started (the client connection was accepted).
-    pub started: Instant,
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
-    /// Milliseconds from `started` to the last byte moved either way.
-    last_activity_ms: AtomicU64,
+    entry: Registration,
 }
 
 // === impl TunnelStats ===
 
 impl TunnelStats {
-    /// Counters of a tunnel starting now.
+    /// Counters of a tunnel starting now, in no registry.
     pub fn new() -> Self {
-        TunnelStats {
-            started: Instant::now(),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            last_activity_ms: AtomicU64::new(0),
-        }
+        Self::registered(Registration::detached(
+            ConnSide::Client,
+            ConnProtocol::Tcp,
+            ConnState::Tunnel,
+        ))
+    }
+
+    /// Counters kept on the registered client connection `entry`.
+    pub fn registered(entry: Registration) -> Self {
+        TunnelStats { entry }
+    }
+
+    /// The client connection's registry entry.
+    pub fn conn(&self) -> &Arc<Conn> {
+        self.entry.conn()
+    }
+
+    /// When the tunnel started (the client connection was accepted).
+    pub fn started(&self) -> Instant {
+        self.entry.started()
     }
 
     /// Bytes read from the client so far.
     pub fn bytes_in(&self) -> u64 {
-        self.bytes_in.load(Ordering::Relaxed)
+        self.entry.bytes_in()
     }
 
     /// Bytes read from the upstream (for the client) so far.
     pub fn bytes_out(&self) -> u64 {
-        self.bytes_out.load(Ordering::Relaxed)
+        self.entry.bytes_out()
+    }
+
+    pub(crate) fn in_counter(&self) -> &AtomicU64 {
+        &self.entry.bytes_in
+    }
+
+    pub(crate) fn out_counter(&self) -> &AtomicU64 {
+        &self.entry.bytes_out
     }
 
     /// How long the tunnel has existed.
     pub fn age(&self) -> Duration {
-        self.started.elapsed()
+        self.started().elapsed()
     }
 
     /// How long since a byte last moved either way (or since the start).
     pub fn idle(&self) -> Duration {
-        let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
+        let last = Duration::from_millis(self.entry.last_io_ms());
         self.age().saturating_sub(last)
     }
 
     /// Records activity `since_start` after the start.
     fn touch(&self, since_start: Duration) {
         let ms = u64::try_from(since_start.as_millis()).unwrap_or(u64::MAX);
-        self.last_activity_ms.store(ms, Ordering::Relaxed);
+        self.entry.touch(ms);
     }
 }
 
@@ -150,18 +184,36 @@ impl Default for TunnelStats {
 }
 
 /// Serves one client connection of a TCP listener until its tunnel ends (see the
-/// module's lifecycle).
+/// module's lifecycle). `local` is our end of the client socket.
 pub async fn serve_tunnel(
     ctx: Arc<TunnelListener>,
     mut client: Stream,
     peer: PeerAddr,
+    local: SockAddr,
     shutdown: Shutdown,
 ) {
-    let stats = TunnelStats::new();
+    // A child of `hard`: the copy selects on one token for the grace's end and for a
+    // close through the registry.
+    let close = shutdown.hard.child_token();
+    let stats = TunnelStats::registered(ctx.registry.register(NewConn {
+        side: ConnSide::Client,
+        name: ctx.metrics.name.clone(),
+        peer: match peer {
+            PeerAddr::Tcp(a) => SockAddr::Tcp(a),
+            PeerAddr::Unix => SockAddr::Unix(None),
+        },
+        local,
+        protocol: ConnProtocol::Tcp,
+        state: ConnState::WaitingUpstream,
+        close: close.clone(),
+        server: None,
+        totals: Some(ctx.metrics.totals.clone()),
+    }));
+    stats.conn().add_request();
     let connected = tokio::select! {
         c = connect(&ctx, peer) => c,
-        _ = shutdown.hard.cancelled() => {
-            tracing::debug!(listener = %ctx.name, %peer, "closing client connection: shutdown grace ended while connecting upstream");
+        _ = close.cancelled() => {
+            tracing::debug!(listener = %ctx.name, %peer, "closing client connection while connecting upstream: {}", closed_why(&shutdown));
             return;
         }
     };
@@ -169,6 +221,19 @@ pub async fn serve_tunnel(
     let Some((active, upstream)) = connected else {
         return;
     };
+    let upstream_entry = ctx.registry.register_mirror(
+        active.server().upstream_conn(
+            &upstream,
+            ConnProtocol::Tcp,
+            ConnState::Tunnel,
+            close.clone(),
+        ),
+        stats.conn(),
+    );
+    stats
+        .conn()
+        .link(&ctx.upstream, active.index(), Some(upstream_entry.conn()));
+    stats.conn().set_state(ConnState::Tunnel);
     let Connected {
         stream: mut upstream_stream,
         peer: upstream_addr,
@@ -186,7 +251,7 @@ pub async fn serve_tunnel(
         &mut client,
         &mut upstream_stream,
         ctx.idle_timeout,
-        &shutdown.hard,
+        &close,
         &stats,
     )
     .await;
@@ -199,7 +264,16 @@ pub async fn serve_tunnel(
         drop(client);
         drop(upstream_stream);
     }
-    log_end(&ctx, peer, &active, &address, &ending, &stats);
+    log_end(&ctx, peer, &active, &address, &ending, &stats, &shutdown);
+}
+
+/// Why a connection's close token fired: the grace ended, or an operator closed it.
+fn closed_why(shutdown: &Shutdown) -> &'static str {
+    if shutdown.hard.is_cancelled() {
+        "shutdown grace ended"
+    } else {
+        "closed by the operator"
+    }
 }
 
 /// Picks a server and connects, moving to another server on failure up to the
@@ -224,11 +298,11 @@ async fn connect(ctx: &TunnelListener, peer: PeerAddr) -> Option<(ActiveGuard, C
         {
             Ok(c) => {
                 // For a tunnel, an established connection is all the server can show.
-                server.health.record(Outcome::Success);
+                server.record(Outcome::Success);
                 return Some((active, c));
             }
             Err(e) => {
-                server.health.record(Outcome::ConnectFailed);
+                server.record(Outcome::ConnectFailed);
                 if tried.len() < up.retries {
                     tried.push(active.index());
                     if let Ok(next) = up.pick(&tried) {
@@ -269,6 +343,7 @@ fn log_end(
     address: &str,
     ending: &Ending,
     stats: &TunnelStats,
+    shutdown: &Shutdown,
 ) {
     let server = &active.server().addr;
     let upstream = &ctx.upstream.name;
@@ -298,7 +373,7 @@ fn log_end(
             ),
             None,
         ),
-        Ending::Shutdown => ("tunnel closed: shutdown grace ended".to_owned(), None),
+        Ending::Shutdown => (format!("tunnel closed: {}", closed_why(shutdown)), None),
     };
     match failed {
         Some((Side::Upstream, reason)) => {

@@ -570,6 +570,12 @@ impl Checks {
                 let Some(cfg) = server.health.settings().cloned() else {
                     continue;
                 };
+                if server.on_demand().is_some() {
+                    // A check would start the backend, or keep it from ever stopping.
+                    tracing::info!(upstream = %up.name, server = %server.addr,
+                        "no active health checks for an on-demand server");
+                    continue;
+                }
                 tokio::spawn(check_loop(
                     weak.clone(),
                     index,

@@ -7,16 +7,19 @@
 pub mod body;
 pub mod connect;
 pub mod health;
+pub mod on_demand;
 pub mod pool;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tidegate_config::{Balance, UpstreamAddr};
 
 use crate::endpoint::TcpOptions;
+use crate::metrics::{ConnectFailure, ServerStats};
+use crate::registry::{ConnProtocol, ConnSide, ConnState, NewConn, Registry, SockAddr};
 use connect::{ConnectError, Resolve};
 use pool::{Checkout, Pool};
 
@@ -55,8 +58,9 @@ pub struct Timeouts {
 pub struct Server {
     /// As configured.
     pub addr: UpstreamAddr,
-    /// Idle keep-alive connections.
-    pub pool: Pool,
+    /// Idle keep-alive connections (shared with an on-demand supervisor, which empties
+    /// the pool when its process is being stopped).
+    pub pool: Arc<Pool>,
     active: AtomicUsize,
     /// For a host name: the address that last connected, tried first next time.
     last_good: Mutex<Option<SocketAddr>>,
@@ -65,13 +69,66 @@ pub struct Server {
     /// `Host` for a request that came without one (HTTP/1.0): the server's address, or
     /// `localhost` for a Unix socket (as nginx's `$proxy_host`).
     pub host_header: http::HeaderValue,
+    /// `[on_demand]`: the process behind this server, started on demand.
+    on_demand: Option<Arc<on_demand::Supervisor>>,
+    /// Operator-set admin state (`ServerState as u8`).
+    state: AtomicU8,
+    /// Counters for the admin API and metrics.
+    pub(crate) stats: ServerStats,
+    /// For this server's registry entries, made once: upstream name, address as
+    /// configured, index in the upstream.
+    names: (Arc<str>, Arc<str>, usize),
 }
 
-/// Counts an exchange as active on its server while alive (for `least_conn`).
+/// A server's operator-set state (DESIGN.md §6: `ready | drain | maint`), separate
+/// from its health: a `ready` server still gets no requests while it is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ServerState {
+    /// In rotation.
+    Ready = 0,
+    /// No new requests; exchanges in flight (streams included) finish on the
+    /// connections they hold.
+    Drain = 1,
+    /// No requests; pooled connections are closed at once and none are kept.
+    Maint = 2,
+}
+
+impl ServerState {
+    /// Every state, in a stable order.
+    pub const ALL: [ServerState; 3] = [ServerState::Ready, ServerState::Drain, ServerState::Maint];
+
+    /// `ready`, `drain` or `maint`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Ready => "ready",
+            ServerState::Drain => "drain",
+            ServerState::Maint => "maint",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => ServerState::Drain,
+            2 => ServerState::Maint,
+            _ => ServerState::Ready,
+        }
+    }
+}
+
+impl std::fmt::Display for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Counts an exchange as active on its server while alive (for `least_conn`), and as
+/// using an on-demand backend (which is not stopped for idleness meanwhile).
 #[derive(Debug)]
 pub struct ActiveGuard {
     upstream: Arc<Upstream>,
     index: usize,
+    _usage: Option<on_demand::Usage>,
 }
 
 impl Drop for ActiveGuard {
@@ -109,13 +166,37 @@ impl Upstream {
             servers: cfg
                 .servers
                 .iter()
-                .map(|addr| Server {
-                    addr: addr.clone(),
-                    pool: Pool::new(cfg.keepalive, cfg.keepalive_timeout),
-                    active: AtomicUsize::new(0),
-                    last_good: Mutex::new(None),
-                    host_header: host_header(addr),
-                    health: health::ServerHealth::new(cfg.health.as_ref()).named(&cfg.name, addr),
+                .enumerate()
+                .map(|(index, addr)| {
+                    let pool = Arc::new(Pool::new(cfg.keepalive, cfg.keepalive_timeout));
+                    let health =
+                        health::ServerHealth::new(cfg.health.as_ref()).named(&cfg.name, addr);
+                    let on_demand = cfg.on_demand.as_ref().map(|od| {
+                        // No passive ejection: with its one server it would only turn a
+                        // precise failure into "no server available"; failed starts
+                        // have their own back-off.
+                        health.set_passive_limits(health::PassiveLimits {
+                            fails: u32::MAX,
+                            cooldown: Duration::ZERO,
+                        });
+                        on_demand::Supervisor::new(&cfg.name, addr, od, pool.clone())
+                    });
+                    Server {
+                        addr: addr.clone(),
+                        pool,
+                        active: AtomicUsize::new(0),
+                        last_good: Mutex::new(None),
+                        host_header: host_header(addr),
+                        health,
+                        on_demand,
+                        state: AtomicU8::new(ServerState::Ready as u8),
+                        stats: ServerStats::default(),
+                        names: (
+                            Arc::from(cfg.name.as_str()),
+                            Arc::from(addr.to_string()),
+                            index,
+                        ),
+                    }
                 })
                 .collect(),
             balance: cfg.balance,
@@ -143,7 +224,7 @@ impl Upstream {
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
         let candidates = (0..n)
             .map(|i| (start + i) % n)
-            .filter(|i| !tried.contains(i) && self.servers[*i].health.is_available());
+            .filter(|i| !tried.contains(i) && self.servers[*i].takes_new());
         let index = match self.balance {
             Balance::RoundRobin => candidates.into_iter().next(),
             Balance::LeastConn => {
@@ -156,14 +237,23 @@ impl Upstream {
                 servers: self
                     .servers
                     .iter()
-                    .map(|s| (s.addr.to_string(), s.health.describe()))
+                    .map(|s| {
+                        let state = match s.state() {
+                            ServerState::Ready => s.health.describe(),
+                            other => other.as_str().to_owned(),
+                        };
+                        (s.addr.to_string(), state)
+                    })
                     .collect(),
             });
         };
-        self.servers[index].active.fetch_add(1, Ordering::Relaxed);
+        let server = &self.servers[index];
+        server.active.fetch_add(1, Ordering::Relaxed);
+        server.stats.requests.fetch_add(1, Ordering::Relaxed);
         Ok(ActiveGuard {
             upstream: self.clone(),
             index,
+            _usage: server.on_demand.as_ref().map(|s| s.acquire()),
         })
     }
 }
@@ -196,47 +286,175 @@ impl Server {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// A pooled connection that is still open, or a new one.
+    /// The operator-set state.
+    pub fn state(&self) -> ServerState {
+        ServerState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Sets the operator's state and returns the previous one. `drain` and `maint`
+    /// take the server out of rotation at once; exchanges in flight keep the
+    /// connections they hold. `maint` also closes the idle pooled connections now and
+    /// keeps none until the server is `ready` or `drain` again.
+    pub fn set_state(&self, state: ServerState) -> ServerState {
+        let old = ServerState::from_u8(self.state.swap(state as u8, Ordering::Relaxed));
+        self.pool.set_keeping(state != ServerState::Maint);
+        if state == ServerState::Maint {
+            self.pool.clear();
+        }
+        if old != state {
+            tracing::info!(upstream = %self.names.0, server = %self.addr,
+                from = old.as_str(), to = state.as_str(), "server state changed");
+        }
+        old
+    }
+
+    /// May it get a new request now: `ready`, and neither down nor ejected?
+    pub fn takes_new(&self) -> bool {
+        self.state() == ServerState::Ready && self.health.is_available()
+    }
+
+    /// Exchanges (requests and tunnels) sent to it since start.
+    pub fn requests(&self) -> u64 {
+        self.stats.requests.load(Ordering::Relaxed)
+    }
+
+    /// Failed exchanges since start: connect failures, 5xx, failures before the
+    /// response head.
+    pub fn failures(&self) -> u64 {
+        self.stats.failures.load(Ordering::Relaxed)
+    }
+
+    /// Idle pooled connections now.
+    pub fn idle_pooled(&self) -> usize {
+        self.pool.idle_count()
+    }
+
+    /// This server's counters (connect failures by reason, pool reuse).
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+
+    /// Records what an exchange showed: counts a failure and feeds passive health.
+    pub fn record(&self, outcome: health::Outcome) {
+        if outcome != health::Outcome::Success {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.health.record(outcome);
+    }
+
+    /// The registry entry of a connection to this server.
+    pub(crate) fn upstream_conn(
+        &self,
+        c: &connect::Connected,
+        protocol: ConnProtocol,
+        state: ConnState,
+        close: tokio_util::sync::CancellationToken,
+    ) -> NewConn {
+        NewConn {
+            side: ConnSide::Upstream,
+            name: self.names.0.clone(),
+            peer: match c.peer {
+                Some(a) => SockAddr::Tcp(a),
+                None => SockAddr::Unix(Some(self.names.1.clone())),
+            },
+            local: match c.local {
+                Some(a) => SockAddr::Tcp(a),
+                None => SockAddr::Unix(None),
+            },
+            protocol,
+            state,
+            close,
+            server: Some((self.names.2, self.names.1.clone())),
+            totals: None,
+        }
+    }
+
+    /// The on-demand supervisor of this server, if it is one.
+    pub fn on_demand(&self) -> Option<&Arc<on_demand::Supervisor>> {
+        self.on_demand.as_ref()
+    }
+
+    /// The on-demand backend's state, pid and uptime (`None`: not on demand).
+    pub fn on_demand_snapshot(&self) -> Option<on_demand::OnDemandSnapshot> {
+        self.on_demand.as_ref().map(|s| s.snapshot())
+    }
+
+    /// For an on-demand server: starts it, or waits for it, until it accepts.
+    async fn ensure_ready(
+        &self,
+        upstream: &str,
+        resolver: &Arc<dyn Resolve>,
+    ) -> Result<(), UpstreamError> {
+        let Some(supervisor) = &self.on_demand else {
+            return Ok(());
+        };
+        supervisor
+            .ensure_ready(resolver)
+            .await
+            .map_err(|error| UpstreamError::OnDemand {
+                upstream: upstream.to_owned(),
+                server: self.addr.to_string(),
+                error,
+            })
+    }
+
+    /// A pooled connection that is still open, or a new one (entered in `registry`).
+    /// An on-demand server is started first (or waited for).
     pub async fn checkout(
         &self,
         upstream: &str,
         timeouts: &Timeouts,
         resolver: &Arc<dyn Resolve>,
         tcp: TcpOptions,
+        registry: &Arc<Registry>,
     ) -> Result<Checkout, UpstreamError> {
+        self.ensure_ready(upstream, resolver).await?;
         while let Some(mut c) = self.pool.take() {
             if c.ready().await.is_ok() {
+                self.stats.checkout(true);
                 return Ok(c);
             }
         }
-        self.connect(upstream, timeouts, resolver, tcp).await
+        self.connect(upstream, timeouts, resolver, tcp, registry)
+            .await
     }
 
-    /// Opens a new connection (never from the pool).
+    /// Opens a new connection (never from the pool), entered in `registry` as an
+    /// upstream connection for as long as it lives.
     pub async fn connect(
         &self,
         upstream: &str,
         timeouts: &Timeouts,
         resolver: &Arc<dyn Resolve>,
         tcp: TcpOptions,
+        registry: &Arc<Registry>,
     ) -> Result<Checkout, UpstreamError> {
         let connected = self
             .connect_stream(upstream, timeouts, resolver, tcp)
             .await?;
-        self.pool
-            .handshake(connected.stream, connected.peer, connected.local)
+        let entry = registry.register(self.upstream_conn(
+            &connected,
+            ConnProtocol::Http1,
+            ConnState::WaitingUpstream,
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        let checkout = self
+            .pool
+            .handshake(connected.stream, entry)
             .await
             .map_err(|e| UpstreamError::Handshake {
                 upstream: upstream.to_owned(),
                 server: self.addr.to_string(),
                 error: e,
-            })
+            })?;
+        self.stats.checkout(false);
+        Ok(checkout)
     }
 
     /// Opens a new connected stream to this server, for a caller that speaks over it
     /// itself (a TCP-mode tunnel): a Unix socket, an IP, or a host name through all its
     /// addresses (Happy Eyeballs, the last address that worked first). `tcp` applies to
-    /// TCP sockets only.
+    /// TCP sockets only. An on-demand server is started first (or waited for).
     pub async fn connect_stream(
         &self,
         upstream: &str,
@@ -244,19 +462,25 @@ impl Server {
         resolver: &Arc<dyn Resolve>,
         tcp: TcpOptions,
     ) -> Result<connect::Connected, UpstreamError> {
+        self.ensure_ready(upstream, resolver).await?;
         let fail = |error| UpstreamError::Connect {
             upstream: upstream.to_owned(),
             server: self.addr.to_string(),
             error,
         };
-        match &self.addr {
+        let res = match &self.addr {
             UpstreamAddr::Unix(path) => connect::connect_unix(path, timeouts.connect).await,
             UpstreamAddr::Ip(addr) => connect::connect_tcp(&[*addr], timeouts.connect, tcp).await,
             UpstreamAddr::Host { host, port } => {
                 let started = tokio::time::Instant::now();
-                let addrs = connect::resolve(resolver, host, *port, timeouts.connect)
-                    .await
-                    .map_err(fail)?;
+                let addrs = match connect::resolve(resolver, host, *port, timeouts.connect).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let e = fail(e);
+                        self.stats.connect_failed(ConnectFailure::of(&e));
+                        return Err(e);
+                    }
+                };
                 let last = *lock(&self.last_good);
                 let ordered = connect::order_addresses(addrs, last);
                 let left = timeouts.connect.saturating_sub(started.elapsed());
@@ -276,7 +500,11 @@ impl Server {
                 res
             }
         }
-        .map_err(fail)
+        .map_err(fail);
+        if let Err(e) = &res {
+            self.stats.connect_failed(ConnectFailure::of(e));
+        }
+        res
     }
 
     /// For a host name: the address in use (last that connected).
@@ -307,6 +535,16 @@ pub enum UpstreamError {
         server: String,
         /// hyper's error.
         error: hyper::Error,
+    },
+    /// An on-demand backend could not be started (or tidegate is stopping). 503.
+    #[error("upstream {upstream} ({server}): {error}")]
+    OnDemand {
+        /// Upstream name.
+        upstream: String,
+        /// Server address as configured.
+        server: String,
+        /// Why.
+        error: on_demand::OnDemandError,
     },
 }
 

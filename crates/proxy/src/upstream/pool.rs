@@ -9,9 +9,12 @@
 //!   them, and for at most `idle_timeout` (the task closes it then).
 //! - A [`Checkout`] that is dropped without [`Checkout::release`] closes its connection:
 //!   a half-read response, a cancelled request or an upgrade never returns to the pool.
+//! - Every connection is in the connection registry while its task runs (the task owns
+//!   the [`Registration`]); the entry's close token is the connection's `kill`, so
+//!   closing it from the registry closes it like the pool does.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -23,8 +26,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::Stream;
-
-static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+use crate::registry::{Conn, ConnProtocol, ConnState, Metered, Registration};
 
 /// One upstream server's idle connections.
 #[derive(Debug)]
@@ -37,6 +39,9 @@ struct PoolInner {
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// False while the server is in `maint`: a released connection is closed, not
+    /// kept.
+    keeping: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -49,7 +54,9 @@ struct Idle {
 #[derive(Debug)]
 struct ConnCtl {
     id: u64,
-    /// Cancelled to close the connection now.
+    /// Its registry entry (state, counters, addresses).
+    entry: Arc<Conn>,
+    /// Cancelled to close the connection now (the registry entry's close token).
     kill: CancellationToken,
     /// `Some(deadline)` while idle in the pool; the task closes the connection then.
     idle_until: watch::Sender<Option<Instant>>,
@@ -79,6 +86,7 @@ impl Pool {
                 idle: Mutex::new(Vec::with_capacity(max_idle.min(64))),
                 max_idle,
                 idle_timeout,
+                keeping: AtomicBool::new(true),
             }),
         }
     }
@@ -98,6 +106,8 @@ impl Pool {
                 continue;
             }
             entry.ctl.idle_until.send_replace(None);
+            entry.ctl.entry.set_state(ConnState::WaitingUpstream);
+            entry.ctl.entry.add_request();
             return Some(Checkout {
                 conn: Some(entry),
                 pool: Arc::downgrade(&self.inner),
@@ -109,20 +119,21 @@ impl Pool {
         None
     }
 
-    /// Hands a freshly connected stream to hyper and starts the connection's task.
-    pub async fn handshake(
-        &self,
-        stream: Stream,
-        peer: Option<SocketAddr>,
-        local: Option<SocketAddr>,
-    ) -> hyper::Result<Checkout> {
+    /// Hands a freshly connected stream to hyper and starts the connection's task,
+    /// which keeps `entry` (the connection's registration) until the connection ends.
+    pub async fn handshake(&self, stream: Stream, entry: Registration) -> hyper::Result<Checkout> {
+        let peer = entry.peer().tcp();
+        let local = entry.local().tcp();
+        let io = TokioIo::new(Metered::new(stream, entry.conn().clone()));
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake::<_, RequestBody>(TokioIo::new(stream))
+            .handshake::<_, RequestBody>(io)
             .await?;
         let (idle_until, idle_rx) = watch::channel(None);
+        entry.add_request();
         let ctl = Arc::new(ConnCtl {
-            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
-            kill: CancellationToken::new(),
+            id: entry.id(),
+            entry: entry.conn().clone(),
+            kill: entry.close_token().clone(),
             idle_until,
         });
         tokio::spawn(drive(
@@ -130,6 +141,7 @@ impl Pool {
             ctl.clone(),
             idle_rx,
             Arc::downgrade(&self.inner),
+            entry,
         ));
         Ok(Checkout {
             conn: Some(Idle { sender, ctl }),
@@ -138,6 +150,12 @@ impl Pool {
             peer,
             local,
         })
+    }
+
+    /// Whether released connections are kept (`false` while the server is in
+    /// `maint`: each is closed instead).
+    pub fn set_keeping(&self, keep: bool) {
+        self.inner.keeping.store(keep, Ordering::Relaxed);
     }
 
     /// Closes every idle connection (maintenance, shutdown).
@@ -149,12 +167,13 @@ impl Pool {
 }
 
 /// Runs one upstream connection until it ends, is killed, or sits idle in the pool for
-/// longer than the pool's `idle_timeout`.
+/// longer than the pool's `idle_timeout`. `_entry` keeps it in the registry meanwhile.
 async fn drive(
     conn: impl std::future::Future<Output = hyper::Result<()>>,
     ctl: Arc<ConnCtl>,
     mut idle_rx: watch::Receiver<Option<Instant>>,
     pool: Weak<PoolInner>,
+    _entry: Registration,
 ) {
     tokio::pin!(conn);
     loop {
@@ -166,7 +185,10 @@ async fn drive(
                 }
                 break;
             }
-            _ = ctl.kill.cancelled() => break,
+            _ = ctl.kill.cancelled() => {
+                tracing::debug!(conn = ctl.id, "closing upstream connection (closed by tidegate)");
+                break;
+            }
             changed = idle_rx.changed() => if changed.is_err() { break },
             _ = sleep_until(until.unwrap_or_else(Instant::now)), if until.is_some() => {
                 tracing::debug!(conn = ctl.id, "closing idle pooled upstream connection (keepalive_timeout)");
@@ -174,6 +196,7 @@ async fn drive(
             }
         }
     }
+    ctl.entry.set_state(ConnState::Closing);
     if let Some(pool) = pool.upgrade() {
         lock(&pool.idle).retain(|e| e.ctl.id != ctl.id);
     }
@@ -186,6 +209,11 @@ impl Checkout {
     /// consumes the checkout, so callers always get `Some`.
     pub fn sender(&mut self) -> Option<&mut SendRequest<RequestBody>> {
         self.conn.as_mut().map(|c| &mut c.sender)
+    }
+
+    /// The connection's registry entry (`None` only after `release`).
+    pub fn entry(&self) -> Option<&Arc<Conn>> {
+        self.conn.as_ref().map(|c| &c.ctl.entry)
     }
 
     /// Waits until the connection can take a request; an error means it is closed.
@@ -205,11 +233,16 @@ impl Checkout {
             return;
         };
         let mut idle = lock(&pool.idle);
-        if conn.sender.is_closed() || idle.len() >= pool.max_idle {
+        if conn.sender.is_closed()
+            || idle.len() >= pool.max_idle
+            || !pool.keeping.load(Ordering::Relaxed)
+        {
             drop(idle);
             conn.ctl.kill.cancel();
             return;
         }
+        conn.ctl.entry.set_state(ConnState::Idle);
+        conn.ctl.entry.set_protocol(ConnProtocol::Http1);
         conn.ctl
             .idle_until
             .send_replace(Some(Instant::now() + pool.idle_timeout));

@@ -5,8 +5,11 @@ use std::io::Write;
 use std::sync::Arc;
 
 use tidegate_config::Config;
+use tidegate_proxy::access_log::AccessLog;
 use tidegate_proxy::drain::Shutdown;
 use tidegate_proxy::listen::LocalAddr;
+use tidegate_proxy::metrics::Metrics;
+use tidegate_proxy::registry::Registry;
 use tidegate_proxy::upstream::connect::{Resolve, SystemResolver};
 use tidegate_proxy::upstream::Upstream;
 use tidegate_proxy::Runtime;
@@ -18,6 +21,12 @@ pub struct Proxy {
     pub addr: Addr,
     pub upstreams: Vec<Arc<Upstream>>,
     pub shutdown: Shutdown,
+    /// Every listening address, as `(listener name, address)`.
+    pub addresses: Vec<(String, Addr)>,
+    /// The connection registry.
+    pub registry: Arc<Registry>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Drop for Proxy {
@@ -55,18 +64,45 @@ pub fn start(config: &Config) -> anyhow::Result<Proxy> {
 
 /// Binds and starts `config` with `resolver`.
 pub fn start_with(config: &Config, resolver: impl Resolve) -> anyhow::Result<Proxy> {
-    let runtime =
-        Runtime::bind(config, Arc::new(resolver)).map_err(|e| anyhow::anyhow!("bind: {e:?}"))?;
-    let addr = match &runtime.addresses()[0].1 {
-        LocalAddr::Tcp(a) => Addr::Tcp(*a),
-        LocalAddr::Unix(p) => Addr::Unix(p.clone()),
-    };
+    start_full(config, Arc::new(resolver), AccessLog::off())
+}
+
+/// Binds and starts `config` with the system resolver, logging requests to `log`.
+pub fn start_logged(config: &Config, log: AccessLog) -> anyhow::Result<Proxy> {
+    start_full(config, Arc::new(SystemResolver), log)
+}
+
+fn start_full(
+    config: &Config,
+    resolver: Arc<dyn Resolve>,
+    log: AccessLog,
+) -> anyhow::Result<Proxy> {
+    let mut runtime =
+        Runtime::bind(config, resolver).map_err(|e| anyhow::anyhow!("bind: {e:?}"))?;
+    runtime.set_access_log(log);
+    let addresses: Vec<(String, Addr)> = runtime
+        .addresses()
+        .into_iter()
+        .map(|(name, a)| {
+            let a = match a {
+                LocalAddr::Tcp(a) => Addr::Tcp(a),
+                LocalAddr::Unix(p) => Addr::Unix(p),
+            };
+            (name, a)
+        })
+        .collect();
+    let addr = addresses[0].1.clone();
+    let registry = runtime.registry();
+    let metrics = runtime.metrics();
     let shutdown = Shutdown::new();
     let upstreams = runtime.start(&shutdown);
     Ok(Proxy {
         addr,
         upstreams,
         shutdown,
+        addresses,
+        registry,
+        metrics,
     })
 }
 

@@ -1,0 +1,257 @@
+//! The admin API's routes as a plain function: method, path and body in, [`Answer`]
+//! out. No sockets, so every route and every error is tested without a server.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::api::{AdminBusy, AdminClientView, Closed, ErrorBody, SetState};
+use crate::{Control, ControlError};
+
+/// `Content-Type` of every JSON answer.
+pub const JSON: &str = "application/json";
+/// `Content-Type` of `GET /metrics`: the Prometheus text exposition format.
+pub const METRICS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// One answer of the admin API, before it is written to a socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// The body: JSON (pretty-printed, ending with a newline) or the metrics text.
+    pub body: Vec<u8>,
+    /// For a `405`: the methods the path allows (`Allow` header).
+    pub allow: Option<&'static str>,
+}
+
+// === impl Answer ===
+
+impl Answer {
+    /// A JSON answer.
+    pub fn json(status: u16, value: &impl Serialize) -> Answer {
+        let body = match serde_json::to_vec_pretty(value) {
+            Ok(mut body) => {
+                body.push(b'\n');
+                body
+            }
+            // Only a map with non-string keys fails, and the API has none.
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode an admin answer (a bug)");
+                return Answer::error(500, "cannot encode the answer (a bug)", None);
+            }
+        };
+        Answer {
+            status,
+            content_type: JSON,
+            body,
+            allow: None,
+        }
+    }
+
+    /// An error answer: `{"error": message, "detail": detail}`.
+    pub fn error(
+        status: u16,
+        message: impl Into<String>,
+        detail: Option<serde_json::Value>,
+    ) -> Answer {
+        let body = ErrorBody {
+            error: message.into(),
+            detail,
+        };
+        let mut body = serde_json::to_vec_pretty(&body).unwrap_or_else(|_| b"{}".to_vec());
+        body.push(b'\n');
+        Answer {
+            status,
+            content_type: JSON,
+            body,
+            allow: None,
+        }
+    }
+
+    /// The `503` a new client gets when every slot is held.
+    pub fn busy(busy: &AdminBusy) -> Answer {
+        let message = format!(
+            "admin API busy: {} of {} client slots are held; the oldest client has been \
+             connected {} and idle {} (a client idle for {} is closed); try again shortly",
+            busy.clients,
+            busy.max_connections,
+            secs(busy.oldest_age_s),
+            secs(busy.oldest_idle_s),
+            secs(busy.idle_timeout_s),
+        );
+        Answer::error(503, message, serde_json::to_value(busy).ok())
+    }
+
+    fn method_not_allowed(method: &str, path: &str, allow: &'static str) -> Answer {
+        let detail = serde_json::json!({ "allow": allow.split(", ").collect::<Vec<_>>() });
+        Answer {
+            allow: Some(allow),
+            ..Answer::error(
+                405,
+                format!("{method} is not allowed on {path}; use {allow}"),
+                Some(detail),
+            )
+        }
+    }
+
+    fn control_error(e: ControlError) -> Answer {
+        match e {
+            ControlError::NotFound(m) => Answer::error(404, m, None),
+            ControlError::BadRequest(m) => Answer::error(400, m, None),
+            ControlError::Invalid { message, errors } => {
+                Answer::error(422, message, Some(serde_json::json!(errors)))
+            }
+            ControlError::NotImplemented(m) => Answer::error(501, m, None),
+        }
+    }
+}
+
+/// `4.2s`, `120ms`, `3m04s`: a duration in seconds for a message.
+fn secs(s: f64) -> String {
+    if s < 1.0 {
+        format!("{}ms", (s * 1000.0).round() as u64)
+    } else if s < 60.0 {
+        let tenths = (s * 10.0).round() as u64;
+        match tenths % 10 {
+            0 => format!("{}s", tenths / 10),
+            t => format!("{}.{t}s", tenths / 10),
+        }
+    } else {
+        let whole = s.round() as u64;
+        let mut out = String::new();
+        let _ = write!(out, "{}m{:02}s", whole / 60, whole % 60);
+        out
+    }
+}
+
+/// The largest request body accepted (a `SetState` is a few dozen bytes).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Answers one request. `clients` lists the admin clients (for
+/// `GET /v1/admin-clients`); `body` is the whole request body.
+///
+/// A `HEAD` is answered like a `GET` (hyper leaves the body out).
+pub fn handle(
+    control: &dyn Control,
+    clients: &dyn Fn() -> Vec<AdminClientView>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Answer {
+    let method = if method == "HEAD" { "GET" } else { method };
+    let segments: Vec<&str> = match path.strip_prefix('/') {
+        Some(rest) => rest.split('/').collect(),
+        None => return not_found(path),
+    };
+    let allowed = |allow: &'static str| -> Option<Answer> {
+        if allow.split(", ").any(|m| m == method) {
+            None
+        } else {
+            Some(Answer::method_not_allowed(method, path, allow))
+        }
+    };
+    match segments.as_slice() {
+        ["v1", "status"] => allowed("GET").unwrap_or_else(|| Answer::json(200, &control.status())),
+        ["v1", "upstreams"] => {
+            allowed("GET").unwrap_or_else(|| Answer::json(200, &control.upstreams()))
+        }
+        ["v1", "upstreams", upstream, "servers", index, "state"] => {
+            if let Some(no) = allowed("POST") {
+                return no;
+            }
+            let Ok(index) = index.parse::<usize>() else {
+                return Answer::error(
+                    404,
+                    format!("upstream {upstream:?} has no server {index:?}: an index is a whole number (the server's position in `servers`, from 0)"),
+                    None,
+                );
+            };
+            let set: SetState = match serde_json::from_slice(body) {
+                Ok(s) => s,
+                Err(e) => {
+                    return Answer::error(
+                        400,
+                        format!(
+                            r#"bad request body: {e}; expected {{"state": "ready" | "drain" | "maint"}}"#
+                        ),
+                        None,
+                    )
+                }
+            };
+            match control.set_server_state(upstream, index, set.state) {
+                Ok(server) => Answer::json(200, &server),
+                Err(e) => Answer::control_error(e),
+            }
+        }
+        ["v1", "connections"] => {
+            allowed("GET").unwrap_or_else(|| Answer::json(200, &control.connections()))
+        }
+        ["v1", "connections", id] => {
+            if let Some(no) = allowed("DELETE") {
+                return no;
+            }
+            let Ok(id) = id.parse::<u64>() else {
+                return Answer::error(
+                    404,
+                    format!("no connection {id:?}: a connection id is a whole number"),
+                    None,
+                );
+            };
+            match control.close_connection(id) {
+                Ok(()) => Answer::json(200, &Closed { closed: id }),
+                Err(e) => Answer::control_error(e),
+            }
+        }
+        ["v1", "admin-clients"] => allowed("GET").unwrap_or_else(|| Answer::json(200, &clients())),
+        ["v1", "reload"] => {
+            if let Some(no) = allowed("POST") {
+                return no;
+            }
+            match control.reload() {
+                Ok(view) => Answer::json(200, &view),
+                Err(e) => Answer::control_error(e),
+            }
+        }
+        ["metrics"] => allowed("GET").unwrap_or_else(|| Answer {
+            status: 200,
+            content_type: METRICS,
+            body: control.metrics().into_bytes(),
+            allow: None,
+        }),
+        _ => not_found(path),
+    }
+}
+
+fn not_found(path: &str) -> Answer {
+    Answer::error(
+        404,
+        format!("no such endpoint: {path}"),
+        Some(serde_json::json!({
+            "endpoints": [
+                "GET /v1/status",
+                "GET /v1/upstreams",
+                "POST /v1/upstreams/{name}/servers/{index}/state",
+                "GET /v1/connections",
+                "DELETE /v1/connections/{id}",
+                "GET /v1/admin-clients",
+                "POST /v1/reload",
+                "GET /metrics",
+            ]
+        })),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_read_like_an_operator_writes_them() {
+        assert_eq!(secs(0.0421), "42ms");
+        assert_eq!(secs(4.26), "4.3s");
+        assert_eq!(secs(10.0), "10s");
+        assert_eq!(secs(184.0), "3m04s");
+    }
+}

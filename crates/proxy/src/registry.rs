@@ -1,0 +1,970 @@
+//! The connection registry: every client connection (HTTP and TCP tunnels) and every
+//! upstream connection (pooled or in use) while it lives, with its state, counters and
+//! a way to close it now (DESIGN.md §2 principle 1, §6 `GET /v1/connections`).
+//!
+//! A connection enters through [`Registry::register`], which hands back a
+//! [`Registration`]; dropping the registration removes the entry. Whoever owns the
+//! connection's sockets owns the registration (the HTTP connection's [`Clock`], a
+//! tunnel's [`TunnelStats`], an upstream connection's pool task), so an entry lives
+//! exactly as long as its connection's task.
+//!
+//! Hot-path cost: one registration per connection (an allocation and one lock of one
+//! shard out of [`SHARDS`]); per read or write, a relaxed store of the last-activity time
+//! and a relaxed add to a byte counter on the connection's own entry (the HTTP
+//! [`Clock`] keeps its timers on the same entry instead of a second set of atomics);
+//! per request, a few relaxed stores and one uncontended lock to link the client
+//! connection to the upstream connection it uses (no allocation: the link holds an
+//! `Arc<Upstream>`, a server index and the upstream connection's entry, which knows its
+//! own addresses). [`Registry::snapshot`] allocates; nothing else does.
+//!
+//! The vocabulary (`client | upstream`, `http1 | sse | websocket | tcp`,
+//! `reading | waiting_upstream | streaming | tunnel | idle | closing`) is DESIGN.md §6's;
+//! the binary turns [`ConnSnapshot`]s into the admin API's views.
+//!
+//! [`Clock`]: crate::http::clock::Clock
+//! [`TunnelStats`]: crate::tcp::TunnelStats
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::upstream::Upstream;
+
+/// Shards of the registry's map. Registration and removal lock one shard, picked by
+/// id; consecutive ids land on different shards, so connections accepted at once on
+/// different workers rarely meet on a lock.
+pub const SHARDS: usize = 32;
+
+/// Connection ids, unique in the process (across registries, so across reloads).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Which side of tidegate a connection is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnSide {
+    /// Accepted by a listener.
+    Client,
+    /// Opened to an upstream server.
+    Upstream,
+}
+
+impl ConnSide {
+    /// `client` or `upstream`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnSide::Client => "client",
+            ConnSide::Upstream => "upstream",
+        }
+    }
+}
+
+/// What a connection carries now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ConnProtocol {
+    /// HTTP/1.x.
+    Http1 = 0,
+    /// HTTP/1.1 streaming a `text/event-stream` response now.
+    Sse = 1,
+    /// Upgraded (WebSocket): bytes both ways.
+    Websocket = 2,
+    /// A TCP-mode tunnel.
+    Tcp = 3,
+}
+
+impl ConnProtocol {
+    /// Every protocol, in a stable order (for metrics).
+    pub const ALL: [ConnProtocol; 4] = [
+        ConnProtocol::Http1,
+        ConnProtocol::Sse,
+        ConnProtocol::Websocket,
+        ConnProtocol::Tcp,
+    ];
+
+    /// `http1 | sse | websocket | tcp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnProtocol::Http1 => "http1",
+            ConnProtocol::Sse => "sse",
+            ConnProtocol::Websocket => "websocket",
+            ConnProtocol::Tcp => "tcp",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => ConnProtocol::Sse,
+            2 => ConnProtocol::Websocket,
+            3 => ConnProtocol::Tcp,
+            _ => ConnProtocol::Http1,
+        }
+    }
+}
+
+/// Where a connection is in its life (DESIGN.md §2 principle 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ConnState {
+    /// A request head is arriving.
+    Reading = 0,
+    /// Waiting for the upstream: connecting, or the request sent and no response head
+    /// yet (an upstream connection: checked out for a request).
+    WaitingUpstream = 1,
+    /// A response is being sent.
+    Streaming = 2,
+    /// Bytes both ways (TCP mode, upgraded).
+    Tunnel = 3,
+    /// Between requests (keep-alive), or idle in the pool.
+    Idle = 4,
+    /// Being closed.
+    Closing = 5,
+}
+
+impl ConnState {
+    /// Every state, in a stable order (for metrics).
+    pub const ALL: [ConnState; 6] = [
+        ConnState::Reading,
+        ConnState::WaitingUpstream,
+        ConnState::Streaming,
+        ConnState::Tunnel,
+        ConnState::Idle,
+        ConnState::Closing,
+    ];
+
+    /// `reading | waiting_upstream | streaming | tunnel | idle | closing`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnState::Reading => "reading",
+            ConnState::WaitingUpstream => "waiting_upstream",
+            ConnState::Streaming => "streaming",
+            ConnState::Tunnel => "tunnel",
+            ConnState::Idle => "idle",
+            ConnState::Closing => "closing",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => ConnState::Reading,
+            1 => ConnState::WaitingUpstream,
+            2 => ConnState::Streaming,
+            3 => ConnState::Tunnel,
+            5 => ConnState::Closing,
+            _ => ConnState::Idle,
+        }
+    }
+}
+
+/// One end of a registered connection's socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SockAddr {
+    /// A TCP socket address.
+    Tcp(SocketAddr),
+    /// A Unix socket: its path as tidegate writes it (`unix:/run/x.sock`) when it has
+    /// one; an accepted client's end has none (`unix`).
+    Unix(Option<Arc<str>>),
+}
+
+impl fmt::Display for SockAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SockAddr::Tcp(a) => write!(f, "{a}"),
+            SockAddr::Unix(Some(p)) => f.write_str(p),
+            SockAddr::Unix(None) => f.write_str("unix"),
+        }
+    }
+}
+
+impl SockAddr {
+    /// The TCP address, if it is one.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            SockAddr::Tcp(a) => Some(*a),
+            SockAddr::Unix(_) => None,
+        }
+    }
+}
+
+/// Bytes moved by the connections of one listener that have closed; the live ones are
+/// added at scrape time (see `metrics`), so nothing shared is touched per byte.
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+}
+
+/// What a new entry is.
+#[derive(Debug)]
+pub struct NewConn {
+    /// Client or upstream.
+    pub side: ConnSide,
+    /// Listener name (client side) or upstream name (upstream side).
+    pub name: Arc<str>,
+    /// The other end.
+    pub peer: SockAddr,
+    /// Our end.
+    pub local: SockAddr,
+    /// The protocol it starts with.
+    pub protocol: ConnProtocol,
+    /// The state it starts in.
+    pub state: ConnState,
+    /// Cancelled to close the connection now; the connection's task selects on it.
+    pub close: CancellationToken,
+    /// Upstream side: the server (index in its upstream, address as configured).
+    pub server: Option<(usize, Arc<str>)>,
+    /// Where its bytes are added when it closes (client side: its listener's totals).
+    pub totals: Option<Arc<Totals>>,
+}
+
+/// One registered connection. Counters are relaxed atomics written by the connection's
+/// own task and read by snapshots.
+pub struct Conn {
+    id: u64,
+    side: ConnSide,
+    name: Arc<str>,
+    peer: SockAddr,
+    local: SockAddr,
+    server: Option<(usize, Arc<str>)>,
+    started: Instant,
+    /// Milliseconds from `started` to the last byte either way.
+    last_io: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    requests: AtomicU64,
+    state: AtomicU8,
+    protocol: AtomicU8,
+    close: CancellationToken,
+    /// Client side: the upstream of the current exchange.
+    link: Mutex<Option<Link>>,
+    /// The client end of a tunnel whose bytes this (upstream) end shares, swapped: one
+    /// pump moves both, so only one set of counters is kept.
+    mirror: Option<Arc<Conn>>,
+    totals: Option<Arc<Totals>>,
+}
+
+/// The upstream side of a client connection's current exchange.
+#[derive(Debug)]
+struct Link {
+    upstream: Arc<Upstream>,
+    server: usize,
+    /// The upstream connection in use (`None` while connecting).
+    conn: Option<Arc<Conn>>,
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("id", &self.id)
+            .field("side", &self.side)
+            .field("name", &self.name)
+            .field("peer", &self.peer)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Conn ===
+
+impl Conn {
+    fn new(id: u64, c: NewConn, mirror: Option<Arc<Conn>>) -> Self {
+        Conn {
+            id,
+            side: c.side,
+            name: c.name,
+            peer: c.peer,
+            local: c.local,
+            server: c.server,
+            started: Instant::now(),
+            last_io: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            state: AtomicU8::new(c.state as u8),
+            protocol: AtomicU8::new(c.protocol as u8),
+            close: c.close,
+            link: Mutex::new(None),
+            mirror,
+            totals: c.totals,
+        }
+    }
+
+    /// Unique in the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Client or upstream.
+    pub fn side(&self) -> ConnSide {
+        self.side
+    }
+
+    /// Listener or upstream name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The other end.
+    pub fn peer(&self) -> &SockAddr {
+        &self.peer
+    }
+
+    /// Our end.
+    pub fn local(&self) -> &SockAddr {
+        &self.local
+    }
+
+    /// Upstream side: the server's index in its upstream.
+    pub fn server_index(&self) -> Option<usize> {
+        self.server.as_ref().map(|(i, _)| *i)
+    }
+
+    /// When it was registered.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Milliseconds since it was registered.
+    pub fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Milliseconds from the start to the last byte either way.
+    pub fn last_io_ms(&self) -> u64 {
+        match &self.mirror {
+            Some(m) => m.last_io_ms(),
+            None => self.last_io.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Records activity at `at_ms` (milliseconds since the start).
+    pub(crate) fn touch(&self, at_ms: u64) {
+        self.last_io.store(at_ms, Ordering::Relaxed);
+    }
+
+    /// `n` bytes read from the peer at `at_ms`.
+    pub(crate) fn on_read(&self, n: usize, at_ms: u64) {
+        self.last_io.store(at_ms, Ordering::Relaxed);
+        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// `n` bytes written to the peer at `at_ms`.
+    pub(crate) fn on_write(&self, n: usize, at_ms: u64) {
+        self.last_io.store(at_ms, Ordering::Relaxed);
+        self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// `n` bytes written to the peer; the last activity is left as it is.
+    pub(crate) fn count_write(&self, n: usize) {
+        self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes read from the peer.
+    pub fn bytes_in(&self) -> u64 {
+        match &self.mirror {
+            Some(m) => m.bytes_out(),
+            None => self.bytes_in.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Bytes written to the peer.
+    pub fn bytes_out(&self) -> u64 {
+        match &self.mirror {
+            Some(m) => m.bytes_in(),
+            None => self.bytes_out.load(Ordering::Relaxed),
+        }
+    }
+
+    /// One more request (or tunnel) on this connection.
+    pub(crate) fn add_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests served (a tunnel counts 1).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ConnState {
+        ConnState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Moves to `state`. A connection being closed stays `closing`.
+    pub(crate) fn set_state(&self, state: ConnState) {
+        if self.state.load(Ordering::Relaxed) != ConnState::Closing as u8 {
+            self.state.store(state as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// The current protocol.
+    pub fn protocol(&self) -> ConnProtocol {
+        ConnProtocol::from_u8(self.protocol.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_protocol(&self, p: ConnProtocol) {
+        self.protocol.store(p as u8, Ordering::Relaxed);
+    }
+
+    /// Cancelled when the connection must close now (an operator's `close`, or — for
+    /// connections whose token is a child of the drain's `hard` — the end of the grace).
+    pub fn close_token(&self) -> &CancellationToken {
+        &self.close
+    }
+
+    /// Asks the connection's task to close it now.
+    pub fn close(&self) {
+        self.set_state(ConnState::Closing);
+        self.close.cancel();
+    }
+
+    /// A new entry for the same socket in a new role (an upstream connection that
+    /// leaves its pool to become a tunnel's upstream end).
+    pub(crate) fn successor(
+        &self,
+        protocol: ConnProtocol,
+        state: ConnState,
+        close: CancellationToken,
+    ) -> NewConn {
+        NewConn {
+            side: self.side,
+            name: self.name.clone(),
+            peer: self.peer.clone(),
+            local: self.local.clone(),
+            protocol,
+            state,
+            close,
+            server: self.server.clone(),
+            totals: None,
+        }
+    }
+
+    /// Client side: the current exchange goes to `upstream`'s server `server`, over
+    /// `conn` (`None` while connecting). No allocation: reference counts only.
+    pub(crate) fn link(&self, upstream: &Arc<Upstream>, server: usize, conn: Option<&Arc<Conn>>) {
+        *lock(&self.link) = Some(Link {
+            upstream: upstream.clone(),
+            server,
+            conn: conn.cloned(),
+        });
+    }
+
+    /// The exchange ended: no upstream side any more.
+    pub(crate) fn unlink(&self) {
+        let old = lock(&self.link).take();
+        // Dropped outside the lock.
+        drop(old);
+    }
+
+    fn upstream_view(&self) -> Option<UpstreamSnapshot> {
+        match self.side {
+            ConnSide::Upstream => {
+                let (index, server) = self.server.clone()?;
+                Some(UpstreamSnapshot {
+                    name: self.name.to_string(),
+                    server: server.to_string(),
+                    index,
+                    local: self.local.tcp().map(|a| a.to_string()),
+                    peer: self.peer.tcp().map(|a| a.to_string()),
+                })
+            }
+            ConnSide::Client => {
+                let link = lock(&self.link);
+                let link = link.as_ref()?;
+                let server = link.upstream.servers.get(link.server)?;
+                let (local, peer) = match &link.conn {
+                    Some(c) => (
+                        c.local.tcp().map(|a| a.to_string()),
+                        c.peer.tcp().map(|a| a.to_string()),
+                    ),
+                    None => (None, None),
+                };
+                Some(UpstreamSnapshot {
+                    name: link.upstream.name.clone(),
+                    server: server.addr.to_string(),
+                    index: link.server,
+                    local,
+                    peer,
+                })
+            }
+        }
+    }
+
+    /// A copy of the entry, for the admin API.
+    pub fn snapshot(&self) -> ConnSnapshot {
+        let age_ms = self.elapsed_ms();
+        ConnSnapshot {
+            id: self.id,
+            side: self.side,
+            listener: self.name.to_string(),
+            protocol: self.protocol(),
+            peer: self.peer.to_string(),
+            local: self.local.to_string(),
+            state: self.state(),
+            age: Duration::from_millis(age_ms),
+            idle: Duration::from_millis(age_ms.saturating_sub(self.last_io_ms())),
+            bytes_in: self.bytes_in(),
+            bytes_out: self.bytes_out(),
+            requests: self.requests(),
+            upstream: self.upstream_view(),
+        }
+    }
+}
+
+/// A registered connection at one moment (plain values; the binary turns it into the
+/// admin API's `ConnectionView`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnSnapshot {
+    /// Unique while the process runs.
+    pub id: u64,
+    /// Client or upstream.
+    pub side: ConnSide,
+    /// Listener name (client side) or upstream name (upstream side).
+    pub listener: String,
+    /// `http1 | sse | websocket | tcp`.
+    pub protocol: ConnProtocol,
+    /// The other end (`unix` for a Unix-socket client; the server's socket address or
+    /// `unix:PATH` for an upstream connection).
+    pub peer: String,
+    /// Our end (`unix:PATH` for a Unix listener; `unix` for our end of a connection to
+    /// a Unix upstream).
+    pub local: String,
+    /// `reading | waiting_upstream | streaming | tunnel | idle | closing`.
+    pub state: ConnState,
+    /// Since registered (accepted or connected), at millisecond resolution.
+    pub age: Duration,
+    /// Since the last byte either way.
+    pub idle: Duration,
+    /// Bytes read from the peer.
+    pub bytes_in: u64,
+    /// Bytes written to the peer.
+    pub bytes_out: u64,
+    /// Requests served (a tunnel counts 1; an upstream connection: requests sent).
+    pub requests: u64,
+    /// Client side: the upstream side of the current exchange, if any. Upstream side:
+    /// the connection's own upstream and server.
+    pub upstream: Option<UpstreamSnapshot>,
+}
+
+/// The upstream end of an exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSnapshot {
+    /// Upstream name.
+    pub name: String,
+    /// Server address as configured.
+    pub server: String,
+    /// Server index in the upstream.
+    pub index: usize,
+    /// Our address on the upstream socket (`None` for a Unix socket, or while
+    /// connecting).
+    pub local: Option<String>,
+    /// The upstream socket's peer address (`None` for a Unix socket, or while
+    /// connecting).
+    pub peer: Option<String>,
+}
+
+/// Every live connection of one runtime.
+pub struct Registry {
+    shards: Box<[Mutex<Shard>]>,
+}
+
+/// One shard of the registry's map.
+type Shard = HashMap<u64, Arc<Conn>, IdHash>;
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// A registered connection; dropping it removes the entry. Derefs to the [`Conn`].
+pub struct Registration {
+    conn: Arc<Conn>,
+    registry: Option<Arc<Registry>>,
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.conn.fmt(f)
+    }
+}
+
+// === impl Registry ===
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Registry {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
+        })
+    }
+
+    fn shard(&self, id: u64) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[(id % SHARDS as u64) as usize])
+    }
+
+    /// Enters a connection; it stays until the returned registration drops.
+    pub fn register(self: &Arc<Self>, new: NewConn) -> Registration {
+        self.insert(new, None)
+    }
+
+    /// Enters the upstream end of a tunnel whose client end is `client`: one pump moves
+    /// both, so its counters are `client`'s, swapped.
+    pub fn register_mirror(self: &Arc<Self>, new: NewConn, client: &Arc<Conn>) -> Registration {
+        self.insert(new, Some(client.clone()))
+    }
+
+    fn insert(self: &Arc<Self>, new: NewConn, mirror: Option<Arc<Conn>>) -> Registration {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn::new(id, new, mirror));
+        self.shard(id).insert(id, conn.clone());
+        Registration {
+            conn,
+            registry: Some(self.clone()),
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        let removed = self.shard(id).remove(&id);
+        debug_assert!(removed.is_some(), "connection {id} registered once");
+        drop(removed);
+    }
+
+    /// How many connections are registered.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    /// True when no connection is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f` with every registered connection (one shard locked at a time; `f` must
+    /// not register or drop registrations).
+    pub fn for_each(&self, mut f: impl FnMut(&Conn)) {
+        for shard in self.shards.iter() {
+            for conn in lock(shard).values() {
+                f(conn);
+            }
+        }
+    }
+
+    /// Every registered connection, by id.
+    pub fn snapshot(&self) -> Vec<ConnSnapshot> {
+        // Entries are copied out shard by shard and snapshotted without a shard lock
+        // held (a client's snapshot locks its link, which may name another entry).
+        let mut conns: Vec<Arc<Conn>> = Vec::with_capacity(self.len());
+        for shard in self.shards.iter() {
+            conns.extend(lock(shard).values().cloned());
+        }
+        let mut out: Vec<ConnSnapshot> = conns.iter().map(|c| c.snapshot()).collect();
+        out.sort_by_key(|c| c.id);
+        out
+    }
+
+    /// One connection, if registered.
+    pub fn get(&self, id: u64) -> Option<ConnSnapshot> {
+        let conn = self.shard(id).get(&id).cloned();
+        conn.map(|c| c.snapshot())
+    }
+
+    /// Closes connection `id` now: its task is told through the entry's token. `false`
+    /// when no such connection is registered.
+    pub fn close(&self, id: u64) -> bool {
+        let conn = self.shard(id).get(&id).cloned();
+        match conn {
+            Some(c) => {
+                tracing::info!(id, side = c.side.as_str(), name = %c.name, peer = %c.peer, "closing connection on request");
+                c.close();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+// === impl Registration ===
+
+impl Registration {
+    /// An entry in no registry, for connections nobody lists (tests, a listener's own
+    /// checks); it behaves like a registered one otherwise.
+    pub fn detached(side: ConnSide, protocol: ConnProtocol, state: ConnState) -> Self {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let new = NewConn {
+            side,
+            name: Arc::from(""),
+            peer: SockAddr::Unix(None),
+            local: SockAddr::Unix(None),
+            protocol,
+            state,
+            close: CancellationToken::new(),
+            server: None,
+            totals: None,
+        };
+        Registration {
+            conn: Arc::new(Conn::new(id, new, None)),
+            registry: None,
+        }
+    }
+
+    /// The entry, shared (to link a client connection to this upstream connection).
+    pub fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
+}
+
+impl std::ops::Deref for Registration {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(r) = &self.registry {
+            r.remove(self.conn.id);
+        }
+        // After the removal: a scrape in between counts the bytes in neither place,
+        // which the metrics' monotonic clamp absorbs; counting them twice would not be.
+        if let Some(t) = &self.conn.totals {
+            t.bytes_in
+                .fetch_add(self.conn.bytes_in(), Ordering::Relaxed);
+            t.bytes_out
+                .fetch_add(self.conn.bytes_out(), Ordering::Relaxed);
+        }
+        // An exchange link may hold an upstream connection's entry; let it go now.
+        self.conn.unlink();
+    }
+}
+
+/// A stream that counts its bytes and last activity on a registered connection
+/// (upstream connections; client connections count through their `Clock`). Only reads
+/// update the last activity: on an upstream connection a read (the response) follows
+/// every write (the request), and a clock read costs more than the byte count.
+#[derive(Debug)]
+pub struct Metered<T> {
+    inner: T,
+    conn: Arc<Conn>,
+}
+
+impl<T> Metered<T> {
+    /// Wraps `inner`, counting on `conn`.
+    pub fn new(inner: T, conn: Arc<Conn>) -> Self {
+        Metered { inner, conn }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.conn.on_read(n, this.conn.elapsed_ms());
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            this.conn.count_write(n);
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = res {
+            this.conn.count_write(n);
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Ids are sequential: a multiplicative hash spreads them over the table's buckets
+/// (SipHash would be wasted on them).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdHash = BuildHasherDefault<IdHasher>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing here can panic while holding a lock in a way that leaves a map
+    // inconsistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(name: &str) -> NewConn {
+        NewConn {
+            side: ConnSide::Client,
+            name: Arc::from(name),
+            peer: SockAddr::Tcp("127.0.0.1:5000".parse().unwrap()),
+            local: SockAddr::Tcp("127.0.0.1:8080".parse().unwrap()),
+            protocol: ConnProtocol::Http1,
+            state: ConnState::Idle,
+            close: CancellationToken::new(),
+            server: None,
+            totals: Some(Arc::new(Totals::default())),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_registration_is_listed_until_dropped() {
+        let r = Registry::new();
+        let a = r.register(client("web"));
+        let b = r.register(client("api"));
+        assert_eq!(r.len(), 2);
+        let ids: Vec<u64> = r.snapshot().iter().map(|c| c.id).collect();
+        assert_eq!(ids, vec![a.id(), b.id()]);
+        drop(a);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.snapshot()[0].listener, "api");
+        drop(b);
+        assert!(r.is_empty());
+    }
+
+    #[tokio::test]
+    async fn snapshot_shows_counters_state_and_addresses() {
+        let r = Registry::new();
+        let c = r.register(client("web"));
+        c.on_read(100, 0);
+        c.on_write(250, 0);
+        c.add_request();
+        c.set_state(ConnState::Streaming);
+        c.set_protocol(ConnProtocol::Sse);
+        let s = r.get(c.id()).unwrap();
+        assert_eq!(
+            (s.bytes_in, s.bytes_out, s.requests),
+            (100, 250, 1),
+            "{s:?}"
+        );
+        assert_eq!(s.state, ConnState::Streaming);
+        assert_eq!(s.protocol, ConnProtocol::Sse);
+        assert_eq!(s.side, ConnSide::Client);
+        assert_eq!(s.peer, "127.0.0.1:5000");
+        assert_eq!(s.local, "127.0.0.1:8080");
+        assert_eq!(s.upstream, None);
+    }
+
+    #[tokio::test]
+    async fn closed_connections_bytes_go_to_their_totals() {
+        let r = Registry::new();
+        let new = client("web");
+        let totals = new.totals.clone().unwrap();
+        let c = r.register(new);
+        c.on_read(7, 0);
+        c.on_write(9, 0);
+        drop(c);
+        assert_eq!(totals.bytes_in.load(Ordering::Relaxed), 7);
+        assert_eq!(totals.bytes_out.load(Ordering::Relaxed), 9);
+    }
+
+    #[tokio::test]
+    async fn close_cancels_the_token_and_marks_closing() {
+        let r = Registry::new();
+        let c = r.register(client("web"));
+        let token = c.close_token().clone();
+        assert!(!token.is_cancelled());
+        assert!(r.close(c.id()));
+        assert!(token.is_cancelled());
+        assert_eq!(r.get(c.id()).unwrap().state, ConnState::Closing);
+        // Closing sticks: the connection's own transitions don't undo it.
+        c.set_state(ConnState::Idle);
+        assert_eq!(c.state(), ConnState::Closing);
+        drop(c);
+        assert!(!r.close(12345678), "an unknown id");
+    }
+
+    #[tokio::test]
+    async fn a_mirror_shows_its_client_counters_swapped() {
+        let r = Registry::new();
+        let c = r.register(client("tcp"));
+        let mut up = client("rabbit");
+        up.side = ConnSide::Upstream;
+        up.server = Some((0, Arc::from("127.0.0.1:5672")));
+        let u = r.register_mirror(up, c.conn());
+        c.on_read(3, 0);
+        c.on_write(5, 0);
+        let s = r.get(u.id()).unwrap();
+        assert_eq!((s.bytes_in, s.bytes_out), (5, 3));
+        let side = s.upstream.unwrap();
+        assert_eq!(
+            (side.name.as_str(), side.server.as_str(), side.index),
+            ("rabbit", "127.0.0.1:5672", 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn ids_are_unique_across_registries() {
+        let (r1, r2) = (Registry::new(), Registry::new());
+        let a = r1.register(client("a"));
+        let b = r2.register(client("b"));
+        assert_ne!(a.id(), b.id());
+    }
+}

@@ -1,0 +1,150 @@
+//! The admin API's wiring (DESIGN.md §6): which socket — `run --admin`, `[admin]
+//! listen`, or the default computed from the environment — binding it, and running the
+//! server beside the data plane. `run` and `ctl` both resolve the default here, so they
+//! agree on it.
+//!
+//! The environment (`XDG_RUNTIME_DIR`, the user id) is read here, in the binary, and
+//! passed to `tidegate_admin::path`; library crates never read it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidegate_admin::client::AdminAddr;
+use tidegate_admin::server::{self, Limits};
+use tidegate_admin::Control;
+use tidegate_config::{defaults, Config, ListenAddr, UnixListen};
+use tidegate_proxy::endpoint::TcpOptions;
+use tidegate_proxy::listen::{ListenError, Listener};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long stopping the admin server may take (it closes everything at once; the
+/// bound only guards against a bug).
+const STOP_BOUND: Duration = Duration::from_secs(1);
+
+/// The default admin socket for this process: `$XDG_RUNTIME_DIR/tidegate/admin.sock`,
+/// else `/run/tidegate/admin.sock` for root, else `/tmp/tidegate-$UID/admin.sock`.
+pub fn default_socket() -> PathBuf {
+    let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+    tidegate_admin::path::default_socket(runtime_dir.as_deref(), uid())
+}
+
+fn uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// `run --admin ADDR`: replaces `[admin] listen`. A Unix socket without `mode=` gets
+/// mode 0600, as in the config.
+pub fn apply_override(config: &mut Config, admin: Option<&str>) -> Result<(), String> {
+    let Some(a) = admin else {
+        return Ok(());
+    };
+    let base = std::env::current_dir().unwrap_or_default();
+    let addr = tidegate_config::parse::listen_addr(a, &base)
+        .map_err(|e| format!("tidegate: --admin {a}: {e}\n"))?;
+    config.admin.listen = Some(private(addr));
+    Ok(())
+}
+
+fn private(addr: ListenAddr) -> ListenAddr {
+    match addr {
+        ListenAddr::Unix(mut u) => {
+            u.mode.get_or_insert(defaults::ADMIN_SOCKET_MODE);
+            ListenAddr::Unix(u)
+        }
+        tcp => tcp,
+    }
+}
+
+/// Where `tidegate ctl` finds the admin API of `config` (its `[admin] listen`, else the
+/// default socket).
+pub fn client_addr(config: &Config) -> AdminAddr {
+    match &config.admin.listen {
+        Some(a) => AdminAddr::from(a),
+        None => AdminAddr::Unix(default_socket()),
+    }
+}
+
+/// The running admin server.
+pub struct AdminServer {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Binds the admin socket of `config`, logs `listening listener=admin address=…`, and
+/// serves it with `control` until [`AdminServer::stop`]. Must run inside the runtime.
+pub fn start(config: &Config, control: Arc<dyn Control>) -> Result<AdminServer, String> {
+    let (addr, default) = match &config.admin.listen {
+        Some(a) => (a.clone(), false),
+        None => {
+            let path = default_socket();
+            tidegate_admin::path::prepare_default_dir(&path, uid())
+                .map_err(|e| format!("cannot create the default admin socket: {e}"))?;
+            let addr = ListenAddr::Unix(UnixListen {
+                path,
+                mode: Some(defaults::ADMIN_SOCKET_MODE),
+                owner: None,
+                group: None,
+            });
+            (addr, true)
+        }
+    };
+    let listener =
+        Listener::bind(&addr, TcpOptions::default()).map_err(|e| bind_error(e, default))?;
+    if let ListenAddr::Tcp(a) = &addr {
+        warn_if_not_loopback(*a);
+    }
+    tracing::info!(listener = %"admin", address = %listener.local_addr(), "listening");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(server::serve(
+        listener,
+        control,
+        Limits::from(&config.admin),
+        stop.clone(),
+    ));
+    Ok(AdminServer { stop, task })
+}
+
+/// Says what to do about a socket another process holds: with the default path that is
+/// usually a second tidegate, which needs its own admin socket.
+fn bind_error(e: ListenError, default: bool) -> String {
+    match (&e, default) {
+        (ListenError::SocketInUse { addr }, true) => format!(
+            "cannot listen on {addr}, the default admin socket: another tidegate is \
+             listening on it; give this one its own with `[admin] listen = \"unix:PATH\"` \
+             in the config (or `run --admin ADDR`)"
+        ),
+        (ListenError::SocketInUse { addr }, false) => format!(
+            "cannot listen on {addr} ([admin] listen): another process is listening on \
+             this socket; stop it, or set another `[admin] listen`"
+        ),
+        (_, true) => {
+            format!("{e} (the default admin socket; set `[admin] listen` to choose another)")
+        }
+        (_, false) => format!("{e} ([admin] listen)"),
+    }
+}
+
+fn warn_if_not_loopback(a: SocketAddr) {
+    if !a.ip().is_loopback() {
+        tracing::warn!(
+            address = %a,
+            "the admin API has no authentication and listens on a non-loopback address: \
+             anyone who can reach it can drain servers and close connections"
+        );
+    }
+}
+
+// === impl AdminServer ===
+
+impl AdminServer {
+    /// Closes the admin socket (removing its file) and every admin connection.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        if tokio::time::timeout(STOP_BOUND, self.task).await.is_err() {
+            tracing::warn!("the admin server did not stop in time; exiting anyway");
+        }
+    }
+}

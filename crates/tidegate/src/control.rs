@@ -1,0 +1,275 @@
+//! The admin API's view of the running proxy: the binary's [`Control`] over the data
+//! plane's registry, upstreams and metrics. This is the one place that turns data-plane
+//! types into the admin wire types (the proxy crate never depends on the admin crate).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tidegate_admin::{
+    ConnProtocol, ConnSide, ConnState, ConnectionView, Control, ControlError, Health, ListenerView,
+    OnDemandState, OnDemandView, ProcessState, ReloadView, ServerState, ServerView, Status,
+    UpstreamSide, UpstreamView,
+};
+use tidegate_config::Config;
+use tidegate_proxy::listen::LocalAddr;
+use tidegate_proxy::metrics::Metrics;
+use tidegate_proxy::registry::{self, Registry};
+use tidegate_proxy::upstream::{self, health::HealthState, on_demand, Upstream};
+
+/// What `POST /v1/reload` answers until hot reload exists.
+pub const RELOAD_NOT_BUILT: &str =
+    "config reload is not supported yet; restart tidegate to apply a new config";
+
+/// The running proxy, as the admin API sees it.
+pub struct Live {
+    started: Instant,
+    draining: AtomicBool,
+    config: String,
+    listeners: Vec<ListenerView>,
+    upstreams: Vec<Arc<Upstream>>,
+    /// `balance` of each upstream, by position (the data plane keeps it private).
+    balances: Vec<String>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Live ===
+
+impl Live {
+    /// `addresses` are the bound `(listener, address)` pairs, real ports included;
+    /// `upstreams`, `registry` and `metrics` come from the runtime before it starts.
+    pub fn new(
+        config: &Config,
+        addresses: &[(String, LocalAddr)],
+        started: Instant,
+        upstreams: Vec<Arc<Upstream>>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| ListenerView {
+                name: l.name.clone(),
+                protocol: l.protocol.as_str().to_owned(),
+                addresses: addresses
+                    .iter()
+                    .filter(|(name, _)| *name == l.name)
+                    .map(|(_, a)| a.to_string())
+                    .collect(),
+                connections: 0,
+                max_connections: l.max_connections as u64,
+            })
+            .collect();
+        let balances = upstreams
+            .iter()
+            .map(|u| {
+                config
+                    .upstream(&u.name)
+                    .map_or("round_robin", |c| c.balance.as_str())
+                    .to_owned()
+            })
+            .collect();
+        Live {
+            started,
+            draining: AtomicBool::new(false),
+            upstreams,
+            balances,
+            registry,
+            metrics,
+            config: config.source.as_ref().map_or_else(
+                || tidegate_config::QUICKSTART_NAME.to_owned(),
+                |p| p.display().to_string(),
+            ),
+            listeners,
+        }
+    }
+
+    /// SIGTERM or SIGINT: `/v1/status` says `draining` from now on.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Control for Live {
+    fn status(&self) -> Status {
+        let clients: Vec<registry::ConnSnapshot> = self
+            .registry
+            .snapshot()
+            .into_iter()
+            .filter(|c| c.side == registry::ConnSide::Client)
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            state: if self.draining.load(Ordering::Relaxed) {
+                ProcessState::Draining
+            } else {
+                ProcessState::Running
+            },
+            config: self.config.clone(),
+            connections: clients.len() as u64,
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| ListenerView {
+                    connections: clients.iter().filter(|c| c.listener == l.name).count() as u64,
+                    ..l.clone()
+                })
+                .collect(),
+        }
+    }
+
+    fn upstreams(&self) -> Vec<UpstreamView> {
+        self.upstreams
+            .iter()
+            .zip(&self.balances)
+            .map(|(u, balance)| UpstreamView {
+                name: u.name.clone(),
+                balance: balance.clone(),
+                servers: (0..u.servers.len()).map(|i| server_view(u, i)).collect(),
+            })
+            .collect()
+    }
+
+    fn set_server_state(
+        &self,
+        upstream: &str,
+        index: usize,
+        state: ServerState,
+    ) -> Result<ServerView, ControlError> {
+        let up = self
+            .upstreams
+            .iter()
+            .find(|u| u.name == upstream)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
+                ControlError::NotFound(format!(
+                    "no upstream named {upstream:?}; defined: {}",
+                    names.join(", ")
+                ))
+            })?;
+        let server = up.servers.get(index).ok_or_else(|| {
+            ControlError::NotFound(format!(
+                "upstream {upstream} has {} server(s) (index 0 to {}); no index {index}",
+                up.servers.len(),
+                up.servers.len().saturating_sub(1)
+            ))
+        })?;
+        let previous = server.set_state(match state {
+            ServerState::Ready => upstream::ServerState::Ready,
+            ServerState::Drain => upstream::ServerState::Drain,
+            ServerState::Maint => upstream::ServerState::Maint,
+        });
+        tracing::info!(upstream, index, server = %server.addr, from = ?previous, to = ?state,
+            "server state changed through the admin API");
+        Ok(server_view(up, index))
+    }
+
+    fn connections(&self) -> Vec<ConnectionView> {
+        self.registry
+            .snapshot()
+            .into_iter()
+            .map(|c| ConnectionView {
+                id: c.id,
+                side: match c.side {
+                    registry::ConnSide::Client => ConnSide::Client,
+                    registry::ConnSide::Upstream => ConnSide::Upstream,
+                },
+                listener: c.listener,
+                protocol: match c.protocol {
+                    registry::ConnProtocol::Http1 => ConnProtocol::Http1,
+                    registry::ConnProtocol::Sse => ConnProtocol::Sse,
+                    registry::ConnProtocol::Websocket => ConnProtocol::Websocket,
+                    registry::ConnProtocol::Tcp => ConnProtocol::Tcp,
+                },
+                peer: c.peer,
+                local: c.local,
+                state: match c.state {
+                    registry::ConnState::Reading => ConnState::Reading,
+                    registry::ConnState::WaitingUpstream => ConnState::WaitingUpstream,
+                    registry::ConnState::Streaming => ConnState::Streaming,
+                    registry::ConnState::Tunnel => ConnState::Tunnel,
+                    registry::ConnState::Idle => ConnState::Idle,
+                    registry::ConnState::Closing => ConnState::Closing,
+                },
+                age_s: c.age.as_secs_f64(),
+                idle_s: c.idle.as_secs_f64(),
+                bytes_in: c.bytes_in,
+                bytes_out: c.bytes_out,
+                requests: c.requests,
+                upstream: c.upstream.map(|u| UpstreamSide {
+                    name: u.name,
+                    server: u.server,
+                    local: u.local,
+                    peer: u.peer,
+                }),
+            })
+            .collect()
+    }
+
+    fn close_connection(&self, id: u64) -> Result<(), ControlError> {
+        if self.registry.close(id) {
+            tracing::info!(id, "connection closed through the admin API");
+            Ok(())
+        } else {
+            Err(ControlError::NotFound(format!("no connection {id}")))
+        }
+    }
+
+    fn reload(&self) -> Result<ReloadView, ControlError> {
+        Err(ControlError::NotImplemented(RELOAD_NOT_BUILT.to_owned()))
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics.encode()
+    }
+}
+
+/// One server as the admin API shows it.
+fn server_view(up: &Upstream, index: usize) -> ServerView {
+    let s = &up.servers[index];
+    let health = s.health.snapshot();
+    ServerView {
+        index,
+        address: s.addr.to_string(),
+        resolved: s.resolved().map(|a| a.to_string()),
+        state: match s.state() {
+            upstream::ServerState::Ready => ServerState::Ready,
+            upstream::ServerState::Drain => ServerState::Drain,
+            upstream::ServerState::Maint => ServerState::Maint,
+        },
+        health: match health.state {
+            HealthState::Up => Health::Up,
+            HealthState::Down => Health::Down,
+            HealthState::Unknown => Health::Unknown,
+        },
+        health_detail: s.health.describe(),
+        available: s.takes_new(),
+        active: s.active() as u64,
+        idle_pooled: s.idle_pooled() as u64,
+        requests: s.requests(),
+        failures: s.failures(),
+        on_demand: s.on_demand_snapshot().map(|o| OnDemandView {
+            state: match o.state {
+                on_demand::OnDemandState::Stopped => OnDemandState::Stopped,
+                on_demand::OnDemandState::Starting => OnDemandState::Starting,
+                on_demand::OnDemandState::Ready => OnDemandState::Ready,
+                on_demand::OnDemandState::Stopping => OnDemandState::Stopping,
+                on_demand::OnDemandState::Failed => OnDemandState::Failed,
+            },
+            pid: o.pid,
+            uptime_s: o.uptime.map(|d| d.as_secs_f64()),
+        }),
+    }
+}
