@@ -14,14 +14,13 @@
 //!   closing it from the registry closes it like the pool does.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::body::RequestBody;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -58,8 +57,30 @@ struct ConnCtl {
     entry: Arc<Conn>,
     /// Cancelled to close the connection now (the registry entry's close token).
     kill: CancellationToken,
-    /// `Some(deadline)` while idle in the pool; the task closes the connection then.
-    idle_until: watch::Sender<Option<Instant>>,
+    /// When the connection went idle in the pool, in milliseconds since `base` plus one;
+    /// [`IN_USE`] while checked out. Written under the pool's lock. Read by the task when
+    /// its timer fires: a stamp rather than a channel, so checkout and release wake
+    /// nobody (two task wake-ups per request saved on the hot path).
+    idle_since: AtomicU64,
+    base: Instant,
+}
+
+/// `ConnCtl::idle_since` of a connection in use.
+const IN_USE: u64 = 0;
+
+impl ConnCtl {
+    fn mark_idle(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.idle_since.store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// When an idle connection's `keepalive_timeout` ends; `None` while in use.
+    fn idle_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
+        match self.idle_since.load(Ordering::Relaxed) {
+            IN_USE => None,
+            since => Some(self.base + Duration::from_millis(since - 1) + idle_timeout),
+        }
+    }
 }
 
 /// A connection taken from the pool or freshly opened, in use by one exchange.
@@ -105,7 +126,7 @@ impl Pool {
                 entry.ctl.kill.cancel();
                 continue;
             }
-            entry.ctl.idle_until.send_replace(None);
+            entry.ctl.idle_since.store(IN_USE, Ordering::Relaxed);
             entry.ctl.entry.set_state(ConnState::WaitingUpstream);
             entry.ctl.entry.add_request();
             return Some(Checkout {
@@ -128,18 +149,18 @@ impl Pool {
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake::<_, RequestBody>(io)
             .await?;
-        let (idle_until, idle_rx) = watch::channel(None);
         entry.add_request();
         let ctl = Arc::new(ConnCtl {
             id: entry.id(),
             entry: entry.conn().clone(),
             kill: entry.close_token().clone(),
-            idle_until,
+            idle_since: AtomicU64::new(IN_USE),
+            base: Instant::now(),
         });
         tokio::spawn(drive(
             conn.with_upgrades(),
             ctl.clone(),
-            idle_rx,
+            self.inner.idle_timeout,
             Arc::downgrade(&self.inner),
             entry,
         ));
@@ -171,13 +192,14 @@ impl Pool {
 async fn drive(
     conn: impl std::future::Future<Output = hyper::Result<()>>,
     ctl: Arc<ConnCtl>,
-    mut idle_rx: watch::Receiver<Option<Instant>>,
+    idle_timeout: Duration,
     pool: Weak<PoolInner>,
     _entry: Registration,
 ) {
     tokio::pin!(conn);
+    // Looked at every `idle_timeout` while in use; while idle, at the exact deadline.
+    let mut check_at = Instant::now() + idle_timeout;
     loop {
-        let until = *idle_rx.borrow_and_update();
         tokio::select! {
             res = &mut conn => {
                 if let Err(e) = res {
@@ -189,10 +211,35 @@ async fn drive(
                 tracing::debug!(conn = ctl.id, "closing upstream connection (closed by tidegate)");
                 break;
             }
-            changed = idle_rx.changed() => if changed.is_err() { break },
-            _ = sleep_until(until.unwrap_or_else(Instant::now)), if until.is_some() => {
-                tracing::debug!(conn = ctl.id, "closing idle pooled upstream connection (keepalive_timeout)");
-                break;
+            _ = sleep_until(check_at) => {
+                let now = Instant::now();
+                match ctl.idle_deadline(idle_timeout) {
+                    None => check_at = now + idle_timeout,
+                    Some(deadline) if deadline > now => check_at = deadline,
+                    Some(_) => {
+                        // Expired: take it out of the pool under the lock, unless a
+                        // checkout just took it (then it is in use again).
+                        let taken = match pool.upgrade() {
+                            Some(pool) => {
+                                let mut idle = lock(&pool.idle);
+                                match idle.iter().position(|e| e.ctl.id == ctl.id) {
+                                    Some(pos) if ctl.idle_deadline(idle_timeout).is_some_and(|d| d <= now) => {
+                                        idle.remove(pos);
+                                        false
+                                    }
+                                    _ => true,
+                                }
+                            }
+                            None => false,
+                        };
+                        if taken {
+                            check_at = now + idle_timeout;
+                            continue;
+                        }
+                        tracing::debug!(conn = ctl.id, "closing idle pooled upstream connection (keepalive_timeout)");
+                        break;
+                    }
+                }
             }
         }
     }
@@ -243,9 +290,7 @@ impl Checkout {
         }
         conn.ctl.entry.set_state(ConnState::Idle);
         conn.ctl.entry.set_protocol(ConnProtocol::Http1);
-        conn.ctl
-            .idle_until
-            .send_replace(Some(Instant::now() + pool.idle_timeout));
+        conn.ctl.mark_idle();
         idle.push(conn);
     }
 }
