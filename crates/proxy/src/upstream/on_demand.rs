@@ -904,6 +904,13 @@ impl Supervisor {
                 )
             }
         };
+        // The leader may exit before the rest of its group (a shell running the app as
+        // its child): they got the same SIGTERM and get the rest of `stop_timeout` to
+        // finish, as the leader did. Only then is what is left swept with SIGKILL.
+        let deadline = started + self.stop_timeout;
+        while Instant::now() < deadline && group_has_live_members(proc.pid) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         proc.sweep();
         how
     }
@@ -967,6 +974,33 @@ fn human(d: Duration) -> String {
     } else {
         format!("{}ms", ms.max(u128::from(!d.is_zero())))
     }
+}
+
+/// Whether any process of the group `pgid` is still running (a zombie counts as gone:
+/// orphans are not always reaped, PID 1 here does not). Reads `/proc`; if it can't, asks
+/// the kernel whether the group exists at all.
+fn group_has_live_members(pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return killpg(self::pgid(pgid), None).is_ok();
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .any(|stat| {
+            // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next();
+            let pgrp = fields.nth(1);
+            state.is_some_and(|s| s != "Z" && s != "X")
+                && pgrp.and_then(|p| p.parse::<u32>().ok()) == Some(pgid)
+        })
 }
 
 /// `status 3`, or `signal 9 (SIGKILL)`.
