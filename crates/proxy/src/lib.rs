@@ -18,6 +18,7 @@ pub mod errno;
 pub mod http;
 pub mod listen;
 pub mod metrics;
+pub mod observed;
 pub mod registry;
 pub mod serve;
 pub mod tcp;

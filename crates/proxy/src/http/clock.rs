@@ -11,14 +11,10 @@
 //! not two), counts bytes and requests on it and keeps its state (`reading`,
 //! `waiting_upstream`, `streaming`, `idle`, `tunnel`) in step with the phases.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::registry::{Conn, ConnProtocol, ConnSide, ConnState, Registration};
@@ -221,78 +217,15 @@ impl Clock {
     }
 }
 
-/// A stream that reports its reads and writes to a [`Clock`].
-#[derive(Debug)]
-pub struct Watched<T> {
-    inner: T,
-    clock: Arc<Clock>,
-}
+/// A client stream that reports its reads and writes to its [`Clock`].
+pub type Watched<T> = crate::observed::Observed<T, Clock>;
 
-impl<T> Watched<T> {
-    /// Wraps `inner`.
-    pub fn new(inner: T, clock: Arc<Clock>) -> Self {
-        Watched { inner, clock }
+impl crate::observed::IoObserver for Clock {
+    fn read(&self, n: usize) {
+        self.on_read(n);
     }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            this.clock.on_read(n);
-        }
-        res
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = res {
-            if n > 0 {
-                this.clock.on_write(n);
-            }
-        }
-        res
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let res = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = res {
-            if n > 0 {
-                this.clock.on_write(n);
-            }
-        }
-        res
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    fn wrote(&self, n: usize) {
+        self.on_write(n);
     }
 }
 
