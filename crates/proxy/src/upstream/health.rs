@@ -34,7 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::connect::{self, ConnectError, Connected, Resolve};
+use super::connect::{ConnectError, Resolve};
 use super::{Server, Upstream};
 use crate::endpoint::{Stream, TcpOptions};
 use crate::errno::describe_io_error;
@@ -612,7 +612,7 @@ async fn check_loop(
         let result = tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            r = check(server, &cfg, &resolver) => r,
+            r = check(&up.name, server, &cfg, &resolver) => r,
         };
         if let Err(reason) = &result {
             tracing::debug!(upstream = %up.name, server = %server.addr, %reason, "health check failed");
@@ -624,12 +624,21 @@ async fn check_loop(
 /// One check of one server within `cfg.timeout`: an HTTP `GET path` that must answer
 /// 2xx or 3xx when `path` is set, else a connect. `Err` says why it failed.
 pub async fn check(
+    upstream: &str,
     server: &Server,
     cfg: &Health,
     resolver: &Arc<dyn Resolve>,
 ) -> Result<(), String> {
     let started = Instant::now();
-    let connected = connect_fresh(server, cfg.timeout, resolver)
+    // A new connection, never from the pool: a check must not take a pooled connection
+    // from a request, nor keep one alive. Its socket lives for one exchange, so
+    // keepalive probes would never fire.
+    let tcp = TcpOptions {
+        nodelay: true,
+        keepalive: None,
+    };
+    let connected = server
+        .dial(upstream, cfg.timeout, resolver, tcp)
         .await
         .map_err(|e| describe_connect_error(&e))?;
     let Some(path) = &cfg.path else {
@@ -643,32 +652,6 @@ pub async fn check(
             "GET {path}: no response head within {}ms",
             cfg.timeout.as_millis()
         )),
-    }
-}
-
-/// A new connection to `server`, never from the pool: a check must not take a pooled
-/// connection from a request, nor keep one alive.
-async fn connect_fresh(
-    server: &Server,
-    limit: Duration,
-    resolver: &Arc<dyn Resolve>,
-) -> Result<Connected, ConnectError> {
-    // A check's socket lives for one exchange: keepalive probes would never fire.
-    let tcp = TcpOptions {
-        nodelay: true,
-        keepalive: None,
-    };
-    match &server.addr {
-        UpstreamAddr::Unix(path) => connect::connect_unix(path, limit).await,
-        UpstreamAddr::Ip(addr) => connect::connect_tcp(&[*addr], limit, tcp).await,
-        UpstreamAddr::Host { host, port } => {
-            let started = Instant::now();
-            let addrs = connect::resolve(resolver, host, *port, limit).await?;
-            // The address requests use first, so the check tests what traffic uses.
-            let ordered = connect::order_addresses(addrs, server.resolved());
-            let left = limit.saturating_sub(started.elapsed());
-            connect::connect_tcp(&ordered, left, tcp).await
-        }
     }
 }
 

@@ -468,27 +468,40 @@ impl Server {
             server: self.addr.to_string(),
             error,
         };
-        let res = match &self.addr {
-            UpstreamAddr::Unix(path) => connect::connect_unix(path, timeouts.connect).await,
-            UpstreamAddr::Ip(addr) => connect::connect_tcp(&[*addr], timeouts.connect, tcp).await,
+        let res = self
+            .dial(upstream, timeouts.connect, resolver, tcp)
+            .await
+            .map_err(fail);
+        if let Err(e) = &res {
+            self.stats.connect_failed(ConnectFailure::of(e));
+        }
+        res
+    }
+
+    /// Connects to this server's address within `limit`: a Unix socket, an IP, or a
+    /// host name through all its addresses (Happy Eyeballs, the last address that
+    /// worked first; a change of address is remembered and logged). Shared by requests,
+    /// tunnels and health checks, so a check tests what traffic uses.
+    pub async fn dial(
+        &self,
+        upstream: &str,
+        limit: Duration,
+        resolver: &Arc<dyn Resolve>,
+        tcp: TcpOptions,
+    ) -> Result<connect::Connected, ConnectError> {
+        match &self.addr {
+            UpstreamAddr::Unix(path) => connect::connect_unix(path, limit).await,
+            UpstreamAddr::Ip(addr) => connect::connect_tcp(&[*addr], limit, tcp).await,
             UpstreamAddr::Host { host, port } => {
                 let started = tokio::time::Instant::now();
-                let addrs = match connect::resolve(resolver, host, *port, timeouts.connect).await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        let e = fail(e);
-                        self.stats.connect_failed(ConnectFailure::of(&e));
-                        return Err(e);
-                    }
-                };
+                let addrs = connect::resolve(resolver, host, *port, limit).await?;
                 let last = *lock(&self.last_good);
                 let ordered = connect::order_addresses(addrs, last);
-                let left = timeouts.connect.saturating_sub(started.elapsed());
+                let left = limit.saturating_sub(started.elapsed());
                 let res = connect::connect_tcp(&ordered, left, tcp).await;
                 if let Ok(c) = &res {
                     if c.peer != last {
-                        let mut slot = lock(&self.last_good);
-                        *slot = c.peer;
+                        *lock(&self.last_good) = c.peer;
                         tracing::info!(
                             upstream,
                             server = %self.addr,
@@ -500,11 +513,6 @@ impl Server {
                 res
             }
         }
-        .map_err(fail);
-        if let Err(e) = &res {
-            self.stats.connect_failed(ConnectFailure::of(e));
-        }
-        res
     }
 
     /// For a host name: the address in use (last that connected).
