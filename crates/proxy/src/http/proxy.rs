@@ -155,7 +155,7 @@ impl ConnService {
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
         let host = parts.headers.get(header::HOST).cloned();
         headers::set_forwarded(&mut parts.headers, self.peer.ip(), host.as_ref());
-        parts.uri = origin_form(&parts.uri);
+        to_origin_form(&mut parts.uri);
         parts.version = Version::HTTP_11;
         let mut active = match up.pick(&[]) {
             Ok(a) => a,
@@ -393,15 +393,17 @@ fn closed_before_response(e: &hyper::Error) -> bool {
     false
 }
 
-fn origin_form(uri: &Uri) -> Uri {
+/// Absolute-form → origin-form, in place; an origin-form target (nearly every request)
+/// is left untouched.
+fn to_origin_form(uri: &mut Uri) {
     if uri.scheme().is_none() && uri.authority().is_none() {
-        return uri.clone();
+        return;
     }
     let pq = uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::from(pq)
+    *uri = Uri::from(pq);
 }
 
 /// After a 101: bytes both ways until either side closes, the exchange's idle timer
