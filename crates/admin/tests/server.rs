@@ -7,7 +7,6 @@
 //! a prerequisite of one test (it fails with a message when curl is missing).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -350,39 +349,9 @@ fn check_busy(body: &[u8], clients: u64) -> anyhow::Result<AdminBusy> {
     Ok(busy)
 }
 
-/// `curl --unix-socket PATH http://admin/URL_PATH`: (exit status ok, status, body).
+/// `curl --unix-socket PATH http://admin/URL_PATH`: (status, body).
 async fn curl(path: &Path, url_path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
-    let out = tokio::process::Command::new("curl")
-        .args(["-sS", "--max-time", "2", "--unix-socket"])
-        .arg(path)
-        .args(["-w", "\n%{http_code}"])
-        .arg(format!("http://admin{url_path}"))
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await;
-    let out = match out {
-        Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "this test needs curl (the admin API must work with `curl --unix-socket`), and \
-             curl is not installed: install it (apt-get install -y curl)"
-        ),
-        Err(e) => return Err(e).context("run curl"),
-    };
-    ensure!(
-        out.status.success(),
-        "curl failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut stdout = out.stdout;
-    let pos = stdout
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .context("no status line from curl -w")?;
-    let code = std::str::from_utf8(&stdout[pos + 1..])?.trim().parse()?;
-    stdout.truncate(pos);
-    Ok((code, stdout))
+    tidegate_testkit::curl_unix(path, "GET", url_path).await
 }
 
 /// Polls `GET /v1/status` until it answers 200 (at most `within`).

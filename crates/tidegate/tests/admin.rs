@@ -76,32 +76,8 @@ fn stderr(o: &Output) -> String {
 
 /// `curl --unix-socket PATH http://admin/URL_PATH`: (status, body).
 async fn curl(path: &Path, method: &str, url_path: &str) -> anyhow::Result<(u16, String)> {
-    let out = tokio::process::Command::new("curl")
-        .args(["-sS", "--max-time", "2", "-X", method, "--unix-socket"])
-        .arg(path)
-        .args(["-w", "\n%{http_code}"])
-        .arg(format!("http://admin{url_path}"))
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await;
-    let out = match out {
-        Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "this test needs curl (the admin API must work with `curl --unix-socket`), and \
-             curl is not installed: install it (apt-get install -y curl)"
-        ),
-        Err(e) => return Err(e).context("run curl"),
-    };
-    ensure!(
-        out.status.success(),
-        "curl failed ({}): {}",
-        out.status,
-        stderr(&out)
-    );
-    let text = stdout(&out);
-    let (body, code) = text.rsplit_once('\n').context("no status from curl -w")?;
-    Ok((code.trim().parse()?, body.to_owned()))
+    let (status, body) = tidegate_testkit::curl_unix(path, method, url_path).await?;
+    Ok((status, String::from_utf8(body)?))
 }
 
 // === where it listens ===
