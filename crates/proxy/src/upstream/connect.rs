@@ -115,6 +115,23 @@ pub enum ConnectError {
     },
 }
 
+impl ConnectError {
+    /// The failure as told after the server has been named (`upstream app
+    /// (127.0.0.1:9): …`): an attempt on the server's own address doesn't repeat it.
+    /// The addresses a host name resolved to are still listed.
+    pub fn describe(&self, server: &str) -> String {
+        match self {
+            ConnectError::Failed(attempts) if attempts.len() == 1 && attempts[0].0 == server => {
+                describe_io_error(&attempts[0].1)
+            }
+            ConnectError::Timeout { limit, tried } if tried.len() == 1 && tried[0] == server => {
+                format!("no connection within {}ms", limit.as_millis())
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 fn describe_attempts(errors: &[(String, io::Error)]) -> String {
     match errors {
         [] => "no address to connect to".to_owned(),
@@ -349,6 +366,33 @@ mod tests {
             sock.tcp_keepalive_retries().unwrap(),
             defaults::TCP_KEEPALIVE_PROBES
         );
+    }
+
+    #[test]
+    fn describe_does_not_repeat_the_servers_own_address() {
+        let refused = || io::Error::from_raw_os_error(nix::libc::ECONNREFUSED);
+        let one = ConnectError::Failed(vec![("127.0.0.1:9".into(), refused())]);
+        assert_eq!(
+            one.describe("127.0.0.1:9"),
+            "connection refused (ECONNREFUSED)"
+        );
+        // A host name: the address it resolved to is worth telling.
+        assert_eq!(
+            one.describe("localhost:9"),
+            "connection refused (ECONNREFUSED) (127.0.0.1:9)"
+        );
+        let two = ConnectError::Failed(vec![
+            ("[::1]:9".into(), refused()),
+            ("127.0.0.1:9".into(), refused()),
+        ]);
+        assert!(two
+            .describe("localhost:9")
+            .contains("[::1]:9: connection refused"));
+        let slow = ConnectError::Timeout {
+            limit: Duration::from_millis(300),
+            tried: vec!["127.0.0.1:9".into()],
+        };
+        assert_eq!(slow.describe("127.0.0.1:9"), "no connection within 300ms");
     }
 
     #[tokio::test]

@@ -34,7 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::connect::{ConnectError, Resolve};
+use super::connect::Resolve;
 use super::{Server, Upstream};
 use crate::endpoint::{Stream, TcpOptions};
 use crate::errno::describe_io_error;
@@ -640,7 +640,7 @@ pub async fn check(
     let connected = server
         .dial(upstream, cfg.timeout, resolver, tcp)
         .await
-        .map_err(|e| describe_connect_error(&e))?;
+        .map_err(|e| e.describe(&server.addr.to_string()))?;
     let Some(path) = &cfg.path else {
         return Ok(());
     };
@@ -652,17 +652,6 @@ pub async fn check(
             "GET {path}: no response head within {}ms",
             cfg.timeout.as_millis()
         )),
-    }
-}
-
-/// The server's address is in the 503 line already: with one address, only the errno.
-fn describe_connect_error(e: &ConnectError) -> String {
-    match e {
-        ConnectError::Failed(attempts) if attempts.len() == 1 => describe_io_error(&attempts[0].1),
-        ConnectError::Timeout { limit, .. } => {
-            format!("no connection within {}ms", limit.as_millis())
-        }
-        other => other.to_string(),
     }
 }
 

@@ -525,7 +525,7 @@ impl Server {
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// Connect failed or timed out.
-    #[error("upstream {upstream} ({server}): {error}")]
+    #[error("upstream {upstream} ({server}): {}", error.describe(server))]
     Connect {
         /// Upstream name.
         upstream: String,
