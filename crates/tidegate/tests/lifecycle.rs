@@ -101,15 +101,18 @@ fn short_tempdir() -> anyhow::Result<tempfile::TempDir> {
     Ok(tempfile::Builder::new().prefix("tgl").tempdir_in("/tmp")?)
 }
 
-/// Whether `err` (anywhere in its chain) is a refused connect: ECONNREFUSED, or ENOENT
-/// for a Unix socket whose file is gone.
+/// Whether `err` (anywhere in its chain) is a refused connect: ECONNREFUSED, ENOENT for a
+/// Unix socket whose file is gone, or ECONNRESET: a connect whose handshake completed into
+/// the listen backlog just as the listener closed is reset by the kernel (seen on CI).
 fn is_refused(err: &anyhow::Error) -> bool {
     err.chain()
         .filter_map(|c| c.downcast_ref::<io::Error>())
         .any(|e| {
             matches!(
                 e.kind(),
-                io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::NotFound
+                    | io::ErrorKind::ConnectionReset
             )
         })
 }
