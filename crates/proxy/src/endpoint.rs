@@ -103,6 +103,17 @@ pub enum Stream {
 
 // === impl Stream ===
 
+impl Stream {
+    /// Resolves when the socket has something to read (bytes, EOF or an error); reads
+    /// nothing, so a parked connection needs no buffer while it waits.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.readable().await,
+            Stream::Unix(s) => s.readable().await,
+        }
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -15,6 +15,13 @@ pub trait IoObserver: Send + Sync {
     fn read(&self, n: usize);
     /// `n` (> 0) bytes were written to the peer.
     fn wrote(&self, n: usize);
+    /// A read was attempted (whatever came of it). Client connections count these to
+    /// tell whether hyper touched the socket while being parked.
+    fn read_attempted(&self) {}
+    /// A write was attempted: bytes may sit unflushed until [`IoObserver::flushed`].
+    fn write_attempted(&self) {}
+    /// A flush completed: everything written so far has reached the socket.
+    fn flushed(&self) {}
 }
 
 /// A stream that reports its reads and writes to `O`.
@@ -29,6 +36,11 @@ impl<T, O> Observed<T, O> {
     pub fn new(inner: T, observer: Arc<O>) -> Self {
         Observed { inner, observer }
     }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
 }
 
 impl<T: AsyncRead + Unpin, O: IoObserver> AsyncRead for Observed<T, O> {
@@ -38,6 +50,7 @@ impl<T: AsyncRead + Unpin, O: IoObserver> AsyncRead for Observed<T, O> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.observer.read_attempted();
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
@@ -55,6 +68,7 @@ impl<T: AsyncWrite + Unpin, O: IoObserver> AsyncWrite for Observed<T, O> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.observer.write_attempted();
         let res = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
             if n > 0 {
@@ -70,6 +84,7 @@ impl<T: AsyncWrite + Unpin, O: IoObserver> AsyncWrite for Observed<T, O> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.observer.write_attempted();
         let res = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = res {
             if n > 0 {
@@ -84,7 +99,12 @@ impl<T: AsyncWrite + Unpin, O: IoObserver> AsyncWrite for Observed<T, O> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = res {
+            this.observer.flushed();
+        }
+        res
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

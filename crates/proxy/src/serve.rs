@@ -11,7 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use futures_util::FutureExt as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::drain::Shutdown;
 use crate::endpoint::{PeerAddr, Stream, TcpOptions};
@@ -54,9 +55,17 @@ impl Handler {
         }
     }
 
-    /// Serves one accepted connection until it ends. `listening` is the listening
-    /// socket's address (our end of an accepted Unix connection).
-    async fn serve(self, stream: Stream, peer: PeerAddr, listening: &SockAddr, shutdown: Shutdown) {
+    /// Spawns the task that serves one accepted connection until it ends, holding
+    /// `permit` meanwhile. `listening` is the listening socket's address (our end of an
+    /// accepted Unix connection).
+    fn spawn(
+        &self,
+        stream: Stream,
+        peer: PeerAddr,
+        listening: &SockAddr,
+        shutdown: &Shutdown,
+        permit: OwnedSemaphorePermit,
+    ) {
         // Our end of a TCP connection, exactly (a wildcard listener accepts on many
         // addresses): one getsockname per connection.
         let local = match &stream {
@@ -65,9 +74,22 @@ impl Handler {
                 .map_or_else(|_| listening.clone(), SockAddr::Tcp),
             Stream::Unix(_) => listening.clone(),
         };
+        // Each protocol's future is spawned as it is (not inside one future that could
+        // be either, which would be as large as both): an idle connection costs little
+        // more than its task.
+        let sd = shutdown.clone();
+        let release = move |()| drop(permit);
         match self {
-            Handler::Http(l) => serve_connection(l, stream, peer, local, shutdown).await,
-            Handler::Tcp(l) => serve_tunnel(l, stream, peer, local, shutdown).await,
+            Handler::Http(l) => {
+                shutdown
+                    .tracker
+                    .spawn(serve_connection(l.clone(), stream, peer, local, sd).map(release));
+            }
+            Handler::Tcp(l) => {
+                shutdown
+                    .tracker
+                    .spawn(serve_tunnel(l.clone(), stream, peer, local, sd).map(release));
+            }
         }
     }
 }
@@ -110,13 +132,7 @@ pub async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = MIN_ACCEPT_BACKOFF;
-                let ctx = ctx.clone();
-                let sd = shutdown.clone();
-                let listening = listening.clone();
-                shutdown.tracker.spawn(async move {
-                    ctx.serve(stream, peer, &listening, sd).await;
-                    drop(permit);
-                });
+                ctx.spawn(stream, peer, &listening, &shutdown, permit);
             }
             Err(e) => {
                 tracing::warn!(listener = %ctx.name(), address = %addr, error = %describe_io_error(&e),

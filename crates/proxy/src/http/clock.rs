@@ -11,8 +11,8 @@
 //! not two), counts bytes and requests on it and keeps its state (`reading`,
 //! `waiting_upstream`, `streaming`, `idle`, `tunnel`) in step with the phases.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -43,7 +43,24 @@ pub struct Clock {
     exchange_idle: AtomicU64,
     /// Upgraded: the connection is a tunnel now; request phases no longer apply.
     tunnel: AtomicBool,
+    /// Bytes may have been written and not flushed since (hyper still holds data).
+    unflushed: AtomicBool,
+    /// Whether the current exchange leaves the connection reusable: 0, or [`CLOSES`]
+    /// and/or [`BODY_OPEN`].
+    reuse: AtomicU8,
+    /// Reads attempted on the socket (wrapping): a park attempt that read touched a
+    /// request body, not an idle connection.
+    reads: AtomicU32,
+    /// After a 101 from the upstream: its side of the tunnel, for the connection's
+    /// driver to join with the client's socket once hyper hands it back.
+    upgrade: Mutex<Option<Box<super::proxy::Upgrade>>>,
 }
+
+/// The exchange's request or response ends the connection (`Connection: close`,
+/// HTTP/1.0 without keep-alive, an error answer that closes).
+const CLOSES: u8 = 1;
+/// The request's body has not been read to its end: the socket is inside a message.
+const BODY_OPEN: u8 = 2;
 
 /// What the driver should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +90,10 @@ impl Clock {
             phase_since: AtomicU64::new(0),
             exchange_idle: AtomicU64::new(0),
             tunnel: AtomicBool::new(false),
+            unflushed: AtomicBool::new(false),
+            reuse: AtomicU8::new(0),
+            reads: AtomicU32::new(0),
+            upgrade: Mutex::new(None),
         })
     }
 
@@ -160,6 +181,56 @@ impl Clock {
         self.entry.set_protocol(ConnProtocol::Websocket);
     }
 
+    /// Keeps the upstream side of an upgrade for the connection's driver.
+    pub(crate) fn stash_upgrade(&self, up: super::proxy::Upgrade) {
+        if let Ok(mut slot) = self.upgrade.lock() {
+            *slot = Some(Box::new(up));
+        }
+    }
+
+    /// The upstream side of an upgrade, if the last response was a 101.
+    pub(crate) fn take_upgrade(&self) -> Option<Box<super::proxy::Upgrade>> {
+        self.upgrade.lock().ok().and_then(|mut slot| slot.take())
+    }
+
+    /// A request head arrived: whether it (`closes`) ends the connection after its
+    /// response, and whether it has a body still to read.
+    pub fn exchange_begins(&self, closes: bool, body_open: bool) {
+        let bits = if closes { CLOSES } else { 0 } | if body_open { BODY_OPEN } else { 0 };
+        self.reuse.store(bits, Ordering::Relaxed);
+    }
+
+    /// The response ends the connection.
+    pub fn response_closes(&self) {
+        self.reuse.fetch_or(CLOSES, Ordering::Relaxed);
+    }
+
+    /// Whether the connection is idle in hyper's eyes too: no request in progress, the
+    /// last exchange kept the connection alive and read its request to the end, the
+    /// last response flushed to the socket, not a tunnel. The driver still checks that
+    /// hyper finds itself idle (see `serve_connection`).
+    pub fn parkable(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) == Phase::Idle as u8
+            && self.reuse.load(Ordering::Relaxed) == 0
+            && !self.unflushed.load(Ordering::Relaxed)
+            && !self.tunnel.load(Ordering::Relaxed)
+    }
+
+    /// Reads attempted so far (wrapping), to compare before and after a park attempt.
+    pub fn reads(&self) -> u32 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of a request head were put back in front of the socket (a pipelined
+    /// request hyper had read part of): the head has started, `header_timeout` applies.
+    pub fn head_started(&self) {
+        if self.phase.load(Ordering::Relaxed) == Phase::Idle as u8
+            && !self.tunnel.load(Ordering::Relaxed)
+        {
+            self.set_at(Phase::Head, self.now_ms());
+        }
+    }
+
     /// The exchange (proxied to an upstream) may be silent at most this long.
     pub fn set_exchange_idle(&self, limit: Duration) {
         self.exchange_idle
@@ -217,6 +288,12 @@ impl Clock {
     }
 }
 
+impl crate::upstream::body::BodyEnd for Clock {
+    fn body_ended(&self) {
+        self.reuse.fetch_and(!BODY_OPEN, Ordering::Relaxed);
+    }
+}
+
 /// A client stream that reports its reads and writes to its [`Clock`].
 pub type Watched<T> = crate::observed::Observed<T, Clock>;
 
@@ -226,6 +303,18 @@ impl crate::observed::IoObserver for Clock {
     }
     fn wrote(&self, n: usize) {
         self.on_write(n);
+    }
+    // Only the connection's own task does I/O, so plain load + store (no locked
+    // read-modify-write) is enough for these.
+    fn read_attempted(&self) {
+        let n = self.reads.load(Ordering::Relaxed);
+        self.reads.store(n.wrapping_add(1), Ordering::Relaxed);
+    }
+    fn write_attempted(&self) {
+        self.unflushed.store(true, Ordering::Relaxed);
+    }
+    fn flushed(&self) {
+        self.unflushed.store(false, Ordering::Relaxed);
     }
 }
 

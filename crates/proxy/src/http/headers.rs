@@ -29,6 +29,17 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
 }
 
+/// Whether a request of `version` with these headers ends its connection after its
+/// response, as hyper decides it (RFC 9112 §9.3): HTTP/1.1 unless `Connection: close`,
+/// HTTP/1.0 only with `Connection: keep-alive`.
+pub fn request_closes(headers: &HeaderMap, version: http::Version) -> bool {
+    if version == http::Version::HTTP_11 {
+        headers.contains_key(header::CONNECTION) && connection_has(headers, "close")
+    } else {
+        version != http::Version::HTTP_10 || !connection_has(headers, "keep-alive")
+    }
+}
+
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
@@ -152,6 +163,26 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn request_closes_follows_the_version_and_connection() {
+        use http::Version;
+        assert!(!request_closes(&map(&[]), Version::HTTP_11));
+        assert!(request_closes(
+            &map(&[("connection", "Close")]),
+            Version::HTTP_11
+        ));
+        assert!(request_closes(
+            &map(&[("connection", "te, close")]),
+            Version::HTTP_11
+        ));
+        assert!(request_closes(&map(&[]), Version::HTTP_10));
+        assert!(!request_closes(
+            &map(&[("connection", "keep-alive")]),
+            Version::HTTP_10
+        ));
+        assert!(request_closes(&map(&[]), Version::HTTP_09));
     }
 
     #[test]

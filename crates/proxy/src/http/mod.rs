@@ -5,20 +5,33 @@
 //! expires, the hard shutdown fires or the connection is closed through the registry —
 //! nothing else keeps it alive; dropping it closes the socket. A connection is in the
 //! registry exactly while its [`Clock`] lives: the task, its service and the response
-//! bodies hold it (after an upgrade, the tunnel's task).
+//! bodies hold it.
+//!
+//! An idle keep-alive connection is *parked*: hyper's connection (with its 8 KiB read
+//! and 8 KiB write buffers) is dropped and the task waits for the socket to become
+//! readable, then serves it with a new one. Parking happens only when hyper itself
+//! finds the connection idle (so never inside a message), and whatever hyper had read
+//! ahead is put back in front of the socket ([`rewind::Rewind`]). An upgraded
+//! connection's tunnel runs in the same task, on the socket hyper hands back.
 
 pub mod body;
 pub mod clock;
 pub mod error;
 pub mod headers;
 mod proxy;
+pub mod rewind;
 pub mod route;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use http::StatusCode;
+use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tidegate_config::RouteAction;
 
@@ -30,6 +43,7 @@ use crate::registry::{ConnProtocol, ConnSide, ConnState, NewConn, Registry, Sock
 use crate::upstream::connect::Resolve;
 use crate::upstream::Upstream;
 use clock::{Clock, Phase, Verdict, Watched};
+use rewind::Rewind;
 
 /// An HTTP listener at run time: its limits and routes (shared by all its addresses).
 pub struct HttpListener {
@@ -51,7 +65,16 @@ pub struct HttpListener {
     pub(crate) metrics: Arc<ListenerMetrics>,
     /// One line per request, when on.
     pub(crate) access_log: AccessLog,
+    /// hyper's settings for each connection (built once).
+    builder: http1::Builder,
 }
+
+/// A client socket as hyper sees it: counted by its [`Clock`], with bytes read ahead
+/// put back in front after a park or an upgrade.
+pub(crate) type ClientIo = Rewind<Watched<Stream>>;
+
+/// hyper's connection over a client socket.
+type HyperConn = http1::Connection<TokioIo<ClientIo>, proxy::ConnService>;
 
 impl std::fmt::Debug for HttpListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,6 +136,15 @@ impl HttpListener {
             nodelay: true,
             keepalive: cfg.tcp_keepalive,
         };
+        let mut builder = http1::Builder::new();
+        builder
+            .keep_alive(true)
+            // A client's FIN ends the connection: a proxy can't tell a half-close from a
+            // client that went away, and must not leave CLOSE_WAIT sockets behind.
+            .half_close(false)
+            // tidegate's own clock times heads (see `clock`).
+            .header_read_timeout(None)
+            .max_header_size(cfg.max_header_size);
         HttpListener {
             name: cfg.name.clone(),
             header_timeout: cfg.header_timeout,
@@ -124,6 +156,7 @@ impl HttpListener {
             registry: registry.clone(),
             metrics: Arc::new(metrics),
             access_log: AccessLog::off(),
+            builder,
         }
     }
 
@@ -159,57 +192,225 @@ pub async fn serve_connection(
         server: None,
         totals: Some(ctx.metrics.totals.clone()),
     }));
-    let io = TokioIo::new(Watched::new(stream, clock.clone()));
-    let service = proxy::ConnService {
+    let mut io: ClientIo = Rewind::new(Watched::new(stream, clock.clone()));
+    let mut service = proxy::ConnService {
         ctx: ctx.clone(),
         peer,
         clock: clock.clone(),
-        shutdown: shutdown.clone(),
     };
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .keep_alive(true)
-        // A client's FIN ends the connection: a proxy can't tell a half-close from a
-        // client that went away, and must not leave CLOSE_WAIT sockets behind.
-        .half_close(false)
-        .header_read_timeout(None)
-        .max_header_size(ctx.max_header_size);
-    let conn = builder.serve_connection(io, service).with_upgrades();
-    tokio::pin!(conn);
-    let mut draining = false;
+    let driver = Driver {
+        ctx: &ctx,
+        clock: &clock,
+        shutdown: &shutdown,
+        close: &close,
+        peer,
+    };
+    // Bounded: every turn either waits for the client (bounded by the timers) or
+    // serves at least one readable event.
     loop {
-        let wake = match clock.verdict(ctx.idle_timeout, ctx.header_timeout) {
-            Verdict::WaitUntil(t) => t,
-            Verdict::Expired(phase) => {
-                let why = match phase {
-                    Phase::Idle => "idle_timeout (keep-alive)",
-                    Phase::Head => "header_timeout: request head not complete",
-                    Phase::Busy => "idle_timeout of the upstream exchange: no byte either way",
-                };
-                tracing::debug!(listener = %ctx.name, %peer, "closing client connection: {why}");
-                break;
+        // Parked: nothing of hyper's is held while the client is quiet. Bytes put back
+        // (a pipelined request hyper had started to read) are served at once.
+        if !io.has_prefix() && !driver.park(io.get_ref().get_ref()).await {
+            return;
+        }
+        // Boxed: the task keeps only what a parked connection needs between requests.
+        let conn = Box::new(ctx.builder.serve_connection(TokioIo::new(io), service));
+        match driver.serve(conn).await {
+            Served::Closed => return,
+            Served::Parked(parts) => {
+                io = parts.io.into_inner();
+                service = parts.service;
+                if !parts.read_buf.is_empty() {
+                    io.put_back(parts.read_buf);
+                    clock.head_started();
+                }
             }
+            Served::Upgraded(parts, upgrade) => {
+                let mut io = parts.io.into_inner();
+                io.put_back(parts.read_buf);
+                // Boxed for the same reason as hyper's connection.
+                Box::pin(proxy::tunnel(
+                    io,
+                    upgrade,
+                    clock.clone(),
+                    ctx.registry.clone(),
+                ))
+                .await;
+                return;
+            }
+        }
+    }
+}
+
+/// How a turn of serving ended.
+enum Served {
+    /// The connection is done (closed by hyper, a timer, the drain or an operator).
+    Closed,
+    /// hyper found the connection idle and handed it back.
+    Parked(http1::Parts<TokioIo<ClientIo>, proxy::ConnService>),
+    /// A 101 went out: the socket belongs to the tunnel now.
+    Upgraded(
+        http1::Parts<TokioIo<ClientIo>, proxy::ConnService>,
+        Box<proxy::Upgrade>,
+    ),
+}
+
+/// What one client connection's turns share.
+struct Driver<'a> {
+    ctx: &'a HttpListener,
+    clock: &'a Arc<Clock>,
+    shutdown: &'a Shutdown,
+    close: &'a tokio_util::sync::CancellationToken,
+    peer: PeerAddr,
+}
+
+impl Driver<'_> {
+    /// Waits, holding no buffer, until `stream` is readable (true) or the connection
+    /// should close (false): `idle_timeout`, the drain (an idle connection closes at
+    /// once), the end of the grace or an operator.
+    async fn park(&self, stream: &Stream) -> bool {
+        loop {
+            if self.shutdown.graceful.is_cancelled() {
+                tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing idle client connection: draining");
+                return false;
+            }
+            let wake = match self
+                .clock
+                .verdict(self.ctx.idle_timeout, self.ctx.header_timeout)
+            {
+                Verdict::WaitUntil(t) => t,
+                Verdict::Expired(phase) => {
+                    self.expired(phase);
+                    return false;
+                }
+            };
+            tokio::select! {
+                res = stream.readable() => {
+                    // An error is hyper's to find (and report) when it reads.
+                    let _ = res;
+                    return true;
+                }
+                _ = self.shutdown.graceful.cancelled() => {}
+                _ = self.close.cancelled() => {
+                    self.closed();
+                    return false;
+                }
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Drives hyper's connection until it ends, parks or upgrades, enforcing the
+    /// clock's timers, the drain and `close`.
+    async fn serve(&self, mut conn: Box<HyperConn>) -> Served {
+        let mut draining = self.shutdown.graceful.is_cancelled();
+        if draining {
+            Pin::new(&mut *conn).graceful_shutdown();
+        }
+        // One park attempt per turn: a failed one has turned keep-alive off.
+        let mut may_park = !draining;
+        loop {
+            let wake = match self
+                .clock
+                .verdict(self.ctx.idle_timeout, self.ctx.header_timeout)
+            {
+                Verdict::WaitUntil(t) => t,
+                Verdict::Expired(phase) => {
+                    self.expired(phase);
+                    return Served::Closed;
+                }
+            };
+            let step = tokio::select! {
+                step = Turn { conn: &mut conn, clock: self.clock, may_park: &mut may_park } => step,
+                _ = self.shutdown.graceful.cancelled(), if !draining => {
+                    draining = true;
+                    may_park = false;
+                    Pin::new(&mut *conn).graceful_shutdown();
+                    continue;
+                }
+                _ = self.close.cancelled() => {
+                    self.closed();
+                    return Served::Closed;
+                }
+                _ = tokio::time::sleep_until(wake) => continue,
+            };
+            return match step {
+                Step::Ended(res) => {
+                    if let Err(e) = res {
+                        tracing::debug!(listener = %self.ctx.name, peer = %self.peer, error = %e, "client connection ended with an error");
+                        return Served::Closed;
+                    }
+                    match self.clock.take_upgrade() {
+                        Some(up) => Served::Upgraded(conn.into_parts(), up),
+                        None => Served::Closed,
+                    }
+                }
+                Step::Parked => Served::Parked(conn.into_parts()),
+            };
+        }
+    }
+
+    fn expired(&self, phase: Phase) {
+        let why = match phase {
+            Phase::Idle => "idle_timeout (keep-alive)",
+            Phase::Head => "header_timeout: request head not complete",
+            Phase::Busy => "idle_timeout of the upstream exchange: no byte either way",
         };
-        tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(listener = %ctx.name, %peer, error = %e, "client connection ended with an error");
-                }
-                break;
-            }
-            _ = shutdown.graceful.cancelled(), if !draining => {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = close.cancelled() => {
-                if shutdown.hard.is_cancelled() {
-                    tracing::debug!(listener = %ctx.name, %peer, "closing client connection: shutdown grace ended");
-                } else {
-                    tracing::info!(listener = %ctx.name, %peer, "closing client connection: closed by the operator");
-                }
-                break;
-            }
-            _ = tokio::time::sleep_until(wake) => {}
+        tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing client connection: {why}");
+    }
+
+    fn closed(&self) {
+        if self.shutdown.hard.is_cancelled() {
+            tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing client connection: shutdown grace ended");
+        } else {
+            tracing::info!(listener = %self.ctx.name, peer = %self.peer, "closing client connection: closed by the operator");
+        }
+    }
+}
+
+/// What a poll of hyper's connection came to.
+enum Step {
+    /// hyper's connection finished (after an upgrade too: see [`Served::Upgraded`]).
+    Ended(hyper::Result<()>),
+    /// hyper found itself idle and stopped without shutting the socket down.
+    Parked,
+}
+
+/// One poll of hyper's connection, parking it when it is idle.
+///
+/// Parking asks hyper for a graceful shutdown and polls it once without shutting the
+/// socket down. hyper finishes at once, touching nothing, only if it was idle; if it
+/// still has a message to finish (a request body not read to its end, say), keep-alive
+/// is now off and the connection closes after that message, as hyper would close it
+/// anyway in the cases where this happens. A park poll that read from the socket
+/// finished a request body, not an idle connection: that connection is closed, never
+/// served again (the next bytes could be the rest of a body).
+struct Turn<'a> {
+    conn: &'a mut Box<HyperConn>,
+    clock: &'a Clock,
+    may_park: &'a mut bool,
+}
+
+impl Future for Turn<'_> {
+    type Output = Step;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Step> {
+        let this = self.get_mut();
+        let conn = &mut **this.conn;
+        if let Poll::Ready(res) = Pin::new(&mut *conn).poll(cx) {
+            return Poll::Ready(Step::Ended(res));
+        }
+        if !*this.may_park || !this.clock.parkable() {
+            return Poll::Pending;
+        }
+        *this.may_park = false;
+        let reads = this.clock.reads();
+        Pin::new(&mut *conn).graceful_shutdown();
+        match conn.poll_without_shutdown(cx) {
+            Poll::Ready(Ok(())) if this.clock.reads() == reads => Poll::Ready(Step::Parked),
+            Poll::Ready(Ok(())) => Poll::Ready(Step::Ended(Ok(()))),
+            Poll::Ready(Err(e)) => Poll::Ready(Step::Ended(Err(e))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }

@@ -20,7 +20,6 @@ use super::clock::{Clock, Phase, Verdict};
 use super::error::{text_response, Failure, Side};
 use super::headers::{self, FramingError};
 use super::{HttpListener, Target};
-use crate::drain::Shutdown;
 use crate::endpoint::PeerAddr;
 use crate::registry::{ConnProtocol, ConnState, Registry};
 use crate::upstream::body::RequestBody;
@@ -34,7 +33,6 @@ pub struct ConnService {
     pub(crate) ctx: Arc<HttpListener>,
     pub(crate) peer: PeerAddr,
     pub(crate) clock: Arc<Clock>,
-    pub(crate) shutdown: Shutdown,
 }
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
@@ -47,6 +45,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let now = tokio::time::Instant::now();
         self.clock.request_started_at(now);
+        let version = req.version();
+        self.clock.exchange_begins(
+            headers::request_closes(req.headers(), version),
+            !req.body().is_end_stream(),
+        );
         let done = ExchangeDone::start(
             self.clock.clone(),
             self.ctx.clone(),
@@ -58,6 +61,14 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let this = self.clone();
         Box::pin(async move {
             let mut resp = this.handle(req, Some(done)).await;
+            // tidegate's own answers carry `Connection` only to close; hyper closes
+            // an HTTP/1.0 keep-alive connection after a body of unknown length.
+            if resp.headers().contains_key(header::CONNECTION)
+                || (version != Version::HTTP_11
+                    && !resp.headers().contains_key(header::CONTENT_LENGTH))
+            {
+                this.clock.response_closes();
+            }
             let status = resp.status().as_u16();
             if let Some(done) = resp.body_mut().exchange_mut() {
                 done.status = status;
@@ -146,11 +157,10 @@ impl ConnService {
     async fn forward(
         &self,
         up: Arc<Upstream>,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         mut done: Option<ExchangeDone>,
     ) -> Response<ProxyBody> {
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
         let host = parts.headers.get(header::HOST).cloned();
@@ -171,7 +181,11 @@ impl ConnService {
         // HTTP/1.0 without Host: the upstream speaks HTTP/1.1, which requires one; it is
         // the server's address, so it changes if the request moves to another server.
         let host_from_server = !parts.headers.contains_key(header::HOST);
-        let mut req = Request::from_parts(parts, RequestBody::Client(body));
+        // Told when the body has been read to its end: only then may the connection be
+        // parked after the response.
+        let end = (!body.is_end_stream())
+            .then(|| self.clock.clone() as Arc<dyn crate::upstream::body::BodyEnd>);
+        let mut req = Request::from_parts(parts, RequestBody::Client { body, end });
         // DESIGN.md §5, retries: a bodiless idempotent request may be sent again once
         // when a reused connection closes before any response byte (the upstream's idle
         // close raced our request).
@@ -297,7 +311,7 @@ impl ConnService {
         };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_upgrade) = client_upgrade else {
+            if !upgrade {
                 let addr = active.server().addr.to_string();
                 return Failure {
                     status: StatusCode::BAD_GATEWAY,
@@ -308,21 +322,17 @@ impl ConnService {
                     side: Side::Upstream,
                 }
                 .into_response(done);
-            };
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let idle = up.timeouts.idle;
+            }
             // From here the request phases no longer apply: the 101's end must not
-            // make the connection look idle.
+            // make the connection look idle. The driver joins the two sides once hyper
+            // has written the 101 and handed the client's socket back.
             self.clock.enter_tunnel();
-            self.shutdown.tracker.spawn(tunnel(
-                client_upgrade,
-                upstream_upgrade,
+            self.clock.stash_upgrade(Upgrade {
+                upstream: hyper::upgrade::on(&mut resp),
                 conn,
                 active,
-                idle,
-                self.clock.clone(),
-                self.ctx.registry.clone(),
-            ));
+                idle: up.timeouts.idle,
+            });
             let (mut parts, _) = resp.into_parts();
             headers::remove_hop_by_hop(&mut parts.headers, true);
             return Response::from_parts(parts, ProxyBody::full(bytes::Bytes::new(), done));
@@ -406,23 +416,44 @@ fn to_origin_form(uri: &mut Uri) {
     *uri = Uri::from(pq);
 }
 
-/// After a 101: bytes both ways until either side closes, the exchange's idle timer
-/// expires, the drain's grace ends or the connection is closed through the registry.
-/// `clock` is the client connection's (its bytes are still counted by the `Watched`
-/// inside the upgraded stream); holding it keeps the connection in the registry.
-async fn tunnel(
-    client: OnUpgrade,
+/// The upstream side of an upgraded exchange, kept by the client connection's
+/// [`Clock`] until hyper has written the 101 and handed the client's socket back.
+pub(crate) struct Upgrade {
     upstream: OnUpgrade,
     conn: Checkout,
     // Held for the tunnel's life: `least_conn` counts it, and an on-demand backend is
     // in use (never stopped under an open WebSocket).
-    _active: crate::upstream::ActiveGuard,
+    active: crate::upstream::ActiveGuard,
     idle: std::time::Duration,
+}
+
+impl std::fmt::Debug for Upgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgrade")
+            .field("idle", &self.idle)
+            .finish_non_exhaustive()
+    }
+}
+
+/// After a 101: bytes both ways between `client` (the client's socket, with whatever
+/// it sent after its request put back in front) and the upstream, until either side
+/// closes, the exchange's idle timer expires, the drain's grace ends or the connection
+/// is closed through the registry. `clock` is the client connection's (the `Watched`
+/// inside `client` still counts its bytes); holding it keeps the connection listed.
+pub(crate) async fn tunnel(
+    mut client: super::ClientIo,
+    upgrade: Box<Upgrade>,
     clock: Arc<Clock>,
     registry: Arc<Registry>,
 ) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
+    let Upgrade {
+        upstream,
+        conn,
+        active: _active,
+        idle,
+    } = *upgrade;
+    let upstream = match upstream.await {
+        Ok(u) => u,
         Err(e) => {
             tracing::debug!(error = %e, "upgrade did not complete");
             return;
@@ -440,7 +471,6 @@ async fn tunnel(
     });
     drop(conn);
     clock.set_exchange_idle(idle);
-    let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
     tokio::select! {
         res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match res {

@@ -1,0 +1,114 @@
+//! A client stream with bytes already read put back in front of it.
+//!
+//! A parked keep-alive connection (see [`super::serve_connection`]) hands hyper's read
+//! buffer back when it stops serving; a pipelined request or the first bytes after an
+//! upgrade may sit in it. They are read again from here before the socket.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// `inner`, read after `prefix`.
+#[derive(Debug)]
+pub struct Rewind<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    /// `inner` with nothing put back.
+    pub fn new(inner: T) -> Self {
+        Rewind {
+            prefix: Bytes::new(),
+            inner,
+        }
+    }
+
+    /// Puts `bytes` back: they are read before anything else. Replaces what was put
+    /// back before (the caller hands back hyper's whole buffer, which includes it).
+    pub fn put_back(&mut self, bytes: Bytes) {
+        self.prefix = bytes;
+    }
+
+    /// Whether bytes put back are still unread.
+    pub fn has_prefix(&self) -> bool {
+        !self.prefix.is_empty()
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn put_back_bytes_come_first_then_the_stream() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut r = Rewind::new(a);
+        r.put_back(Bytes::from_static(b"GET / HT"));
+        assert!(r.has_prefix());
+        b.write_all(b"TP/1.1\r\n").await.unwrap();
+        let mut got = [0u8; 5];
+        r.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET /");
+        let mut rest = [0u8; 11];
+        r.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b" HTTP/1.1\r\n");
+        assert!(!r.has_prefix());
+    }
+}
