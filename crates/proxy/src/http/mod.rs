@@ -168,13 +168,16 @@ impl HttpListener {
 
 /// Serves one client connection until it ends (see the module's invariants). `local`
 /// is our end of the socket.
-pub async fn serve_connection(
+///
+/// Not an `async fn`: the connection is set up here, and the future returned keeps
+/// only what a parked connection needs (an `async fn` would also keep its arguments).
+pub fn serve_connection(
     ctx: Arc<HttpListener>,
     stream: Stream,
     peer: PeerAddr,
     local: SockAddr,
     shutdown: Shutdown,
-) {
+) -> impl Future<Output = ()> + Send {
     // A child of `hard`: one token to select on closes the connection at the end of
     // the grace or when an operator closes it.
     let close = shutdown.hard.child_token();
@@ -192,54 +195,15 @@ pub async fn serve_connection(
         server: None,
         totals: Some(ctx.metrics.totals.clone()),
     }));
-    let mut io: ClientIo = Rewind::new(Watched::new(stream, clock.clone()));
-    let mut service = proxy::ConnService {
-        ctx: ctx.clone(),
-        peer,
-        clock: clock.clone(),
-    };
+    let io: ClientIo = Rewind::new(Watched::new(stream, clock.clone()));
     let driver = Driver {
-        ctx: &ctx,
-        clock: &clock,
-        shutdown: &shutdown,
-        close: &close,
+        ctx,
+        clock,
+        shutdown,
+        close,
         peer,
     };
-    // Bounded: every turn either waits for the client (bounded by the timers) or
-    // serves at least one readable event.
-    loop {
-        // Parked: nothing of hyper's is held while the client is quiet. Bytes put back
-        // (a pipelined request hyper had started to read) are served at once.
-        if !io.has_prefix() && !driver.park(io.get_ref().get_ref()).await {
-            return;
-        }
-        // Boxed: the task keeps only what a parked connection needs between requests.
-        let conn = Box::new(ctx.builder.serve_connection(TokioIo::new(io), service));
-        match driver.serve(conn).await {
-            Served::Closed => return,
-            Served::Parked(parts) => {
-                io = parts.io.into_inner();
-                service = parts.service;
-                if !parts.read_buf.is_empty() {
-                    io.put_back(parts.read_buf);
-                    clock.head_started();
-                }
-            }
-            Served::Upgraded(parts, upgrade) => {
-                let mut io = parts.io.into_inner();
-                io.put_back(parts.read_buf);
-                // Boxed for the same reason as hyper's connection.
-                Box::pin(proxy::tunnel(
-                    io,
-                    upgrade,
-                    clock.clone(),
-                    ctx.registry.clone(),
-                ))
-                .await;
-                return;
-            }
-        }
-    }
+    driver.run(io)
 }
 
 /// How a turn of serving ended.
@@ -255,16 +219,54 @@ enum Served {
     ),
 }
 
-/// What one client connection's turns share.
-struct Driver<'a> {
-    ctx: &'a HttpListener,
-    clock: &'a Arc<Clock>,
-    shutdown: &'a Shutdown,
-    close: &'a tokio_util::sync::CancellationToken,
+/// One client connection: what its turns of parking and serving share.
+struct Driver {
+    ctx: Arc<HttpListener>,
+    clock: Arc<Clock>,
+    shutdown: Shutdown,
+    close: tokio_util::sync::CancellationToken,
     peer: PeerAddr,
 }
 
-impl Driver<'_> {
+impl Driver {
+    /// Parks and serves `io` in turn until the connection ends.
+    async fn run(self, mut io: ClientIo) {
+        // Bounded: every turn either waits for the client (bounded by the timers) or
+        // serves at least one readable event.
+        loop {
+            // Parked: nothing of hyper's is held while the client is quiet. Bytes put
+            // back (a pipelined request hyper had started to read) are served at once.
+            if !io.has_prefix() && !self.park(io.get_ref().get_ref()).await {
+                return;
+            }
+            let service = proxy::ConnService {
+                ctx: self.ctx.clone(),
+                peer: self.peer,
+                clock: self.clock.clone(),
+            };
+            // Boxed: the task keeps only what a parked connection needs.
+            let conn = Box::new(self.ctx.builder.serve_connection(TokioIo::new(io), service));
+            match self.serve(conn).await {
+                Served::Closed => return,
+                Served::Parked(parts) => {
+                    io = parts.io.into_inner();
+                    if !parts.read_buf.is_empty() {
+                        io.put_back(parts.read_buf);
+                        self.clock.head_started();
+                    }
+                }
+                Served::Upgraded(parts, upgrade) => {
+                    let mut io = parts.io.into_inner();
+                    io.put_back(parts.read_buf);
+                    let registry = self.ctx.registry.clone();
+                    // Boxed for the same reason as hyper's connection.
+                    Box::pin(proxy::tunnel(io, upgrade, self.clock, registry)).await;
+                    return;
+                }
+            }
+        }
+    }
+
     /// Waits, holding no buffer, until `stream` is readable (true) or the connection
     /// should close (false): `idle_timeout`, the drain (an idle connection closes at
     /// once), the end of the grace or an operator.
@@ -321,7 +323,7 @@ impl Driver<'_> {
                 }
             };
             let step = tokio::select! {
-                step = Turn { conn: &mut conn, clock: self.clock, may_park: &mut may_park } => step,
+                step = Turn { conn: &mut conn, clock: &self.clock, may_park: &mut may_park } => step,
                 _ = self.shutdown.graceful.cancelled(), if !draining => {
                     draining = true;
                     may_park = false;
