@@ -216,6 +216,16 @@ impl Clock {
             && !self.tunnel.load(Ordering::Relaxed)
     }
 
+    /// When a [`Clock::parkable`] connection will have been idle for `after`; `None`
+    /// when it is not parkable.
+    pub fn park_due(&self, after: Duration) -> Option<Instant> {
+        if !self.parkable() {
+            return None;
+        }
+        let since = self.phase_since.load(Ordering::Relaxed);
+        Some(self.entry.started() + Duration::from_millis(since) + after)
+    }
+
     /// Reads attempted so far (wrapping), to compare before and after a park attempt.
     pub fn reads(&self) -> u32 {
         self.reads.load(Ordering::Relaxed)

@@ -7,9 +7,9 @@
 //! registry exactly while its [`Clock`] lives: the task, its service and the response
 //! bodies hold it.
 //!
-//! An idle keep-alive connection is *parked*: hyper's connection (with its 8 KiB read
-//! and 8 KiB write buffers) is dropped and the task waits for the socket to become
-//! readable, then serves it with a new one. Parking happens only when hyper itself
+//! An idle keep-alive connection is *parked* once it has been idle for [`PARK_AFTER`]:
+//! hyper's connection (with its 8 KiB read and 8 KiB write buffers) is dropped and the
+//! task waits for the socket to become readable, then serves it with a new one. Parking happens only when hyper itself
 //! finds the connection idle (so never inside a message), and whatever hyper had read
 //! ahead is put back in front of the socket ([`rewind::Rewind`]). An upgraded
 //! connection's tunnel runs in the same task, on the socket hyper hands back.
@@ -34,6 +34,7 @@ use http::StatusCode;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tidegate_config::RouteAction;
+use tokio::time::Instant;
 
 use crate::access_log::AccessLog;
 use crate::drain::Shutdown;
@@ -311,6 +312,8 @@ impl Driver {
         }
         // One park attempt per turn: a failed one has turned keep-alive off.
         let mut may_park = !draining;
+        // When the park timer is set to fire (see `Turn`).
+        let mut park_at: Option<Instant> = None;
         loop {
             let wake = match self
                 .clock
@@ -322,8 +325,15 @@ impl Driver {
                     return Served::Closed;
                 }
             };
+            let wake = park_at.map_or(wake, |t| wake.min(t));
+            let turn = Turn {
+                conn: &mut conn,
+                clock: &self.clock,
+                may_park: &mut may_park,
+                park_at: &mut park_at,
+            };
             let step = tokio::select! {
-                step = Turn { conn: &mut conn, clock: &self.clock, may_park: &mut may_park } => step,
+                step = turn => step,
                 _ = self.shutdown.graceful.cancelled(), if !draining => {
                     draining = true;
                     may_park = false;
@@ -334,7 +344,12 @@ impl Driver {
                     self.closed();
                     return Served::Closed;
                 }
-                _ = tokio::time::sleep_until(wake) => continue,
+                _ = tokio::time::sleep_until(wake) => {
+                    // Whichever timer it was, the next turn sets the park timer again
+                    // if it is still needed.
+                    park_at = None;
+                    continue;
+                }
             };
             return match step {
                 Step::Ended(res) => {
@@ -348,6 +363,7 @@ impl Driver {
                     }
                 }
                 Step::Parked => Served::Parked(conn.into_parts()),
+                Step::SetParkTimer => continue,
             };
         }
     }
@@ -376,7 +392,16 @@ enum Step {
     Ended(hyper::Result<()>),
     /// hyper found itself idle and stopped without shutting the socket down.
     Parked,
+    /// The connection went idle: the driver sets the park timer (`park_at`).
+    SetParkTimer,
 }
+
+/// How long a connection stays idle before it is parked. Parking costs a few thousand
+/// instructions (hyper's connection and buffers are dropped and built again), so a
+/// client that sends its next request at once keeps its connection as it is; one that
+/// goes quiet (a browser between pages, 10,000 idle keep-alive clients) gives its
+/// buffers back within this.
+const PARK_AFTER: Duration = Duration::from_millis(20);
 
 /// One poll of hyper's connection, parking it when it is idle.
 ///
@@ -391,6 +416,9 @@ struct Turn<'a> {
     conn: &'a mut Box<HyperConn>,
     clock: &'a Clock,
     may_park: &'a mut bool,
+    /// The park timer: set (by the driver, on [`Step::SetParkTimer`]) to when the idle
+    /// connection is due to park; `None` when it is not set.
+    park_at: &'a mut Option<Instant>,
 }
 
 impl Future for Turn<'_> {
@@ -402,7 +430,20 @@ impl Future for Turn<'_> {
         if let Poll::Ready(res) = Pin::new(&mut *conn).poll(cx) {
             return Poll::Ready(Step::Ended(res));
         }
-        if !*this.may_park || !this.clock.parkable() {
+        if !*this.may_park {
+            return Poll::Pending;
+        }
+        // A connection that went idle is parked only once it has stayed idle for
+        // `PARK_AFTER`; until then the park timer wakes the driver. One timer at a time:
+        // a client that keeps sending resets nothing per request.
+        let Some(due) = this.clock.park_due(PARK_AFTER) else {
+            return Poll::Pending;
+        };
+        if due > Instant::now() {
+            if this.park_at.is_none() {
+                *this.park_at = Some(due);
+                return Poll::Ready(Step::SetParkTimer);
+            }
             return Poll::Pending;
         }
         *this.may_park = false;
