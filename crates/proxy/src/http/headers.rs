@@ -52,6 +52,15 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers, including those named by `Connection`. With `upgrade`,
 /// keeps `Upgrade` and sets `Connection: upgrade` (DESIGN.md §7).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of these: one pass over the names (compared, not hashed)
+    // spares seven hashed removals per message.
+    if !upgrade
+        && !headers
+            .keys()
+            .any(|n| HOP_BY_HOP.contains(n) || n == PROXY_CONNECTION)
+    {
+        return;
+    }
     // Names listed in Connection are removed too; collecting them is rare work (most
     // requests carry only "keep-alive" or nothing there).
     let listed: Vec<HeaderName> = headers
@@ -122,10 +131,16 @@ pub fn check_framing(headers: &HeaderMap, http11: bool) -> Result<(), FramingErr
 /// and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    client_ip: Option<std::net::IpAddr>,
+    client_ip: Option<&HeaderValue>,
     host: Option<&HeaderValue>,
 ) {
     if let Some(ip) = client_ip {
+        if !headers.contains_key(&X_FORWARDED_FOR) {
+            // The usual case: the client's address alone, formatted once per connection.
+            headers.insert(X_FORWARDED_FOR, ip.clone());
+            return set_proto_and_host(headers, host);
+        }
+        let ip = ip.to_str().unwrap_or_default();
         let mut value = String::new();
         for v in headers.get_all(&X_FORWARDED_FOR).iter() {
             if let Ok(s) = v.to_str() {
@@ -138,12 +153,20 @@ pub fn set_forwarded(
         if !value.is_empty() {
             value.push_str(", ");
         }
-        use std::fmt::Write;
-        let _ = write!(value, "{ip}");
+        value.push_str(ip);
         if let Ok(v) = HeaderValue::try_from(value) {
             headers.insert(X_FORWARDED_FOR, v);
         }
     }
+    set_proto_and_host(headers, host);
+}
+
+/// The client's address as an `X-Forwarded-For` element (`None` for a Unix socket).
+pub fn forwarded_for(ip: Option<std::net::IpAddr>) -> Option<HeaderValue> {
+    ip.and_then(|ip| HeaderValue::try_from(ip.to_string()).ok())
+}
+
+fn set_proto_and_host(headers: &mut HeaderMap, host: Option<&HeaderValue>) {
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     if let Some(h) = host {
         headers.insert(X_FORWARDED_HOST, h.clone());
@@ -250,10 +273,16 @@ mod tests {
             ("x-forwarded-for", "10.0.0.2"),
         ]);
         let host = HeaderValue::from_static("example.com");
-        set_forwarded(&mut h, Some("127.0.0.1".parse().unwrap()), Some(&host));
+        let ip = forwarded_for(Some("127.0.0.1".parse().unwrap()));
+        set_forwarded(&mut h, ip.as_ref(), Some(&host));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, ip.as_ref(), None);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("x-forwarded-host"));
         let mut h = HeaderMap::new();
         set_forwarded(&mut h, None, None);
         assert!(!h.contains_key("x-forwarded-for"));

@@ -240,10 +240,12 @@ impl Driver {
             if !io.has_prefix() && !self.park(io.get_ref().get_ref()).await {
                 return;
             }
+            // Built for each turn (a parked connection keeps none of it).
             let service = proxy::ConnService {
                 ctx: self.ctx.clone(),
                 peer: self.peer,
                 clock: self.clock.clone(),
+                forwarded_for: headers::forwarded_for(self.peer.ip()),
             };
             // Boxed: the task keeps only what a parked connection needs.
             let conn = Box::new(self.ctx.builder.serve_connection(TokioIo::new(io), service));

@@ -33,6 +33,8 @@ pub struct ConnService {
     pub(crate) ctx: Arc<HttpListener>,
     pub(crate) peer: PeerAddr,
     pub(crate) clock: Arc<Clock>,
+    /// The peer's address as an `X-Forwarded-For` element, formatted once.
+    pub(crate) forwarded_for: Option<HeaderValue>,
 }
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
@@ -164,7 +166,11 @@ impl ConnService {
         let (mut parts, body) = req.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
         let host = parts.headers.get(header::HOST).cloned();
-        headers::set_forwarded(&mut parts.headers, self.peer.ip(), host.as_ref());
+        headers::set_forwarded(
+            &mut parts.headers,
+            self.forwarded_for.as_ref(),
+            host.as_ref(),
+        );
         to_origin_form(&mut parts.uri);
         parts.version = Version::HTTP_11;
         let mut active = match up.pick(&[]) {
