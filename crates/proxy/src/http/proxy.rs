@@ -212,9 +212,16 @@ impl ConnService {
                 .as_mut()
                 .and_then(|d| d.log_mut().is_some().then(|| d.elapsed()));
             let got = if fresh {
-                server
-                    .connect(&up.name, &up.timeouts, &self.ctx.resolver, up.tcp, registry)
-                    .await
+                // Boxed: a retry's path, kept out of every request's future (see
+                // `Server::checkout`).
+                Box::pin(server.connect(
+                    &up.name,
+                    &up.timeouts,
+                    &self.ctx.resolver,
+                    up.tcp,
+                    registry,
+                ))
+                .await
             } else {
                 server
                     .checkout(&up.name, &up.timeouts, &self.ctx.resolver, up.tcp, registry)

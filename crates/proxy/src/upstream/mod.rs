@@ -408,15 +408,19 @@ impl Server {
         tcp: TcpOptions,
         registry: &Arc<Registry>,
     ) -> Result<Checkout, UpstreamError> {
-        self.ensure_ready(upstream, resolver).await?;
+        // The cold paths (starting an on-demand server, opening a connection) are boxed:
+        // inline, their futures would make every request's future as large as theirs,
+        // and it is moved (copied) several times per request.
+        if self.on_demand.is_some() {
+            Box::pin(self.ensure_ready(upstream, resolver)).await?;
+        }
         while let Some(mut c) = self.pool.take() {
             if c.ready().await.is_ok() {
                 self.stats.checkout(true);
                 return Ok(c);
             }
         }
-        self.connect(upstream, timeouts, resolver, tcp, registry)
-            .await
+        Box::pin(self.connect(upstream, timeouts, resolver, tcp, registry)).await
     }
 
     /// Opens a new connection (never from the pool), entered in `registry` as an
