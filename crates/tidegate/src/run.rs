@@ -42,8 +42,16 @@ pub fn run(args: RunArgs) -> ExitCode {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+    // One worker: the current-thread scheduler (no work-stealing bookkeeping, no
+    // cross-thread wake-ups between a connection's tasks); more: the multi-thread one.
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let rt = match builder
         .thread_name("tidegate-worker")
         .enable_all()
         .build()
