@@ -51,11 +51,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         b.worker_threads(workers);
         b
     };
-    let rt = match builder
-        .thread_name("tidegate-worker")
-        .enable_all()
-        .build()
-    {
+    let rt = match builder.thread_name("tidegate-worker").enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tidegate: cannot start the runtime: {e}");
