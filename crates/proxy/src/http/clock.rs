@@ -138,13 +138,7 @@ impl Clock {
     fn on_read(&self, n: usize) {
         let now = self.now_ms();
         self.entry.on_read(n, now);
-        if self.phase.load(Ordering::Relaxed) == Phase::Idle as u8
-            && !self.tunnel.load(Ordering::Relaxed)
-        {
-            self.phase_since.store(now, Ordering::Relaxed);
-            self.phase.store(Phase::Head as u8, Ordering::Relaxed);
-            self.entry.set_state(ConnState::Reading);
-        }
+        self.head_started_at(now);
     }
 
     fn on_write(&self, n: usize) {
@@ -234,10 +228,15 @@ impl Clock {
     /// Bytes of a request head were put back in front of the socket (a pipelined
     /// request hyper had read part of): the head has started, `header_timeout` applies.
     pub fn head_started(&self) {
+        self.head_started_at(self.now_ms());
+    }
+
+    /// An idle connection (not a tunnel) starts a head at `now_ms`.
+    fn head_started_at(&self, now_ms: u64) {
         if self.phase.load(Ordering::Relaxed) == Phase::Idle as u8
             && !self.tunnel.load(Ordering::Relaxed)
         {
-            self.set_at(Phase::Head, self.now_ms());
+            self.set_at(Phase::Head, now_ms);
         }
     }
 

@@ -279,15 +279,8 @@ impl Driver {
                 tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing idle client connection: draining");
                 return false;
             }
-            let wake = match self
-                .clock
-                .verdict(self.ctx.idle_timeout, self.ctx.header_timeout)
-            {
-                Verdict::WaitUntil(t) => t,
-                Verdict::Expired(phase) => {
-                    self.expired(phase);
-                    return false;
-                }
+            let Some(wake) = self.next_check() else {
+                return false;
             };
             tokio::select! {
                 res = stream.readable() => {
@@ -317,15 +310,8 @@ impl Driver {
         // When the park timer is set to fire (see `Turn`).
         let mut park_at: Option<Instant> = None;
         loop {
-            let wake = match self
-                .clock
-                .verdict(self.ctx.idle_timeout, self.ctx.header_timeout)
-            {
-                Verdict::WaitUntil(t) => t,
-                Verdict::Expired(phase) => {
-                    self.expired(phase);
-                    return Served::Closed;
-                }
+            let Some(wake) = self.next_check() else {
+                return Served::Closed;
             };
             let wake = park_at.map_or(wake, |t| wake.min(t));
             let turn = Turn {
@@ -370,13 +356,23 @@ impl Driver {
         }
     }
 
-    fn expired(&self, phase: Phase) {
+    /// When the clock's timers must be looked at again; `None` (logged) when one has
+    /// expired and the connection is to close.
+    fn next_check(&self) -> Option<Instant> {
+        let phase = match self
+            .clock
+            .verdict(self.ctx.idle_timeout, self.ctx.header_timeout)
+        {
+            Verdict::WaitUntil(t) => return Some(t),
+            Verdict::Expired(phase) => phase,
+        };
         let why = match phase {
             Phase::Idle => "idle_timeout (keep-alive)",
             Phase::Head => "header_timeout: request head not complete",
             Phase::Busy => "idle_timeout of the upstream exchange: no byte either way",
         };
         tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing client connection: {why}");
+        None
     }
 
     fn closed(&self) {
