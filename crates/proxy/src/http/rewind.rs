@@ -8,7 +8,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// `inner`, read after `prefix`.
@@ -27,10 +27,18 @@ impl<T> Rewind<T> {
         }
     }
 
-    /// Puts `bytes` back: they are read before anything else. Replaces what was put
-    /// back before (the caller hands back hyper's whole buffer, which includes it).
+    /// Puts `bytes` back: they are read before anything else, then whatever was put
+    /// back before and is still unread (hyper may stop reading, at an upgrade, before
+    /// it has taken all of it), then the stream.
     pub fn put_back(&mut self, bytes: Bytes) {
-        self.prefix = bytes;
+        if self.prefix.is_empty() {
+            self.prefix = bytes;
+        } else if !bytes.is_empty() {
+            let mut joined = BytesMut::with_capacity(bytes.len() + self.prefix.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.prefix);
+            self.prefix = joined.freeze();
+        }
     }
 
     /// Whether bytes put back are still unread.
@@ -110,5 +118,21 @@ mod tests {
         r.read_exact(&mut rest).await.unwrap();
         assert_eq!(&rest, b" HTTP/1.1\r\n");
         assert!(!r.has_prefix());
+    }
+
+    #[tokio::test]
+    async fn bytes_put_back_go_before_what_is_still_unread() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut r = Rewind::new(a);
+        r.put_back(Bytes::from_static(b"0123456789"));
+        let mut got = [0u8; 4];
+        r.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"0123");
+        // hyper hands back "ab" (read earlier, not consumed) while "456789" is unread.
+        r.put_back(Bytes::from_static(b"ab"));
+        b.write_all(b"!").await.unwrap();
+        let mut all = [0u8; 9];
+        r.read_exact(&mut all).await.unwrap();
+        assert_eq!(&all, b"ab456789!");
     }
 }
