@@ -269,3 +269,32 @@ async fn idle_keep_alive_connections_hold_no_buffers() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The drain closes an idle connection at once, parked or not, and tidegate exits
+/// without waiting for `shutdown_grace`.
+#[tokio::test]
+async fn sigterm_closes_a_parked_connection_at_once() -> anyhow::Result<()> {
+    let app = Backend::start(Bind::Tcp4, |_| Reply::text(200, "ok"))?;
+    let toml = config(app.addr(), "").replace(
+        "[server]\nworkers = 1",
+        "[server]\nworkers = 1\nshutdown_grace = \"10s\"",
+    );
+    let mut tg = Tidegate::start(bin(), &toml).await?;
+    let mut c = connect(&tg.addr("web")?).await?;
+    c.send(get("/").as_bytes()).await?;
+    assert_eq!(c.read_response(T).await?.status, 200);
+    // Quiet for longer than the park delay (20 ms).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sent = Instant::now();
+    tg.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let (rest, end) = c.read_to_end(T).await?;
+    ensure!(end == End::Eof && rest.is_empty(), "{end:?} {rest:?}");
+    let status = tg.wait_exit(T).await?;
+    ensure!(status.code() == Some(0), "exit {status:?}");
+    ensure!(
+        sent.elapsed() < Duration::from_secs(3),
+        "exit took {:?} after SIGTERM; an idle connection must not hold the drain",
+        sent.elapsed()
+    );
+    Ok(())
+}
