@@ -17,6 +17,7 @@ pub mod endpoint;
 pub mod errno;
 pub mod http;
 pub mod listen;
+pub mod listener_stats;
 pub mod metrics;
 pub mod observed;
 pub mod registry;

@@ -13,9 +13,9 @@
 //! and a relaxed add to a byte counter on the connection's own entry (the HTTP
 //! [`Clock`] keeps its timers on the same entry instead of a second set of atomics);
 //! per request, a few relaxed stores and one uncontended lock to link the client
-//! connection to the upstream connection it uses (no allocation: the link holds an
-//! `Arc<Upstream>`, a server index and the upstream connection's entry, which knows its
-//! own addresses). [`Registry::snapshot`] allocates; nothing else does.
+//! connection to the upstream connection it uses (no allocation: the link holds the
+//! server's [`ServerId`] and the upstream connection's entry, which knows its own
+//! addresses). [`Registry::snapshot`] allocates; nothing else does.
 //!
 //! The vocabulary (`client | upstream`, `http1 | sse | websocket | tcp`,
 //! `reading | waiting_upstream | streaming | tunnel | idle | closing`) is DESIGN.md §6's;
@@ -34,8 +34,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-use crate::upstream::Upstream;
 
 /// Shards of the registry's map. Registration and removal lock one shard, picked by
 /// id; consecutive ids land on different shards, so connections accepted at once on
@@ -191,6 +189,20 @@ impl SockAddr {
     }
 }
 
+/// An upstream server as registry entries and access-log lines name it: made once per
+/// server and shared by reference count, so linking a request to it allocates nothing.
+/// Names, not the upstream itself: what lists connections needs no way back to the
+/// balancer and its pools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerId {
+    /// The upstream's name.
+    pub upstream: Arc<str>,
+    /// The server's address as configured.
+    pub addr: Arc<str>,
+    /// The server's index in its upstream.
+    pub index: usize,
+}
+
 /// Bytes moved by the connections of one listener that have closed; the live ones are
 /// added at scrape time (see `metrics`), so nothing shared is touched per byte.
 #[derive(Debug, Default)]
@@ -251,8 +263,7 @@ pub struct Conn {
 /// The upstream side of a client connection's current exchange.
 #[derive(Debug)]
 struct Link {
-    upstream: Arc<Upstream>,
-    server: usize,
+    server: ServerId,
     /// The upstream connection in use (`None` while connecting).
     conn: Option<Arc<Conn>>,
 }
@@ -444,12 +455,11 @@ impl Conn {
         }
     }
 
-    /// Client side: the current exchange goes to `upstream`'s server `server`, over
-    /// `conn` (`None` while connecting). No allocation: reference counts only.
-    pub(crate) fn link(&self, upstream: &Arc<Upstream>, server: usize, conn: Option<&Arc<Conn>>) {
+    /// Client side: the current exchange goes to `server`, over `conn` (`None` while
+    /// connecting). No allocation: reference counts only.
+    pub(crate) fn link(&self, server: &ServerId, conn: Option<&Arc<Conn>>) {
         *lock(&self.link) = Some(Link {
-            upstream: upstream.clone(),
-            server,
+            server: server.clone(),
             conn: conn.cloned(),
         });
     }
@@ -476,7 +486,6 @@ impl Conn {
             ConnSide::Client => {
                 let link = lock(&self.link);
                 let link = link.as_ref()?;
-                let server = link.upstream.servers.get(link.server)?;
                 let (local, peer) = match &link.conn {
                     Some(c) => (
                         c.local.tcp().map(|a| a.to_string()),
@@ -485,9 +494,9 @@ impl Conn {
                     None => (None, None),
                 };
                 Some(UpstreamSnapshot {
-                    name: link.upstream.name.clone(),
-                    server: server.addr.to_string(),
-                    index: link.server,
+                    name: link.server.upstream.to_string(),
+                    server: link.server.addr.to_string(),
+                    index: link.server.index,
                     local,
                     peer,
                 })

@@ -23,7 +23,7 @@ use super::clock::Clock;
 use super::HttpListener;
 use crate::access_log::Record;
 use crate::endpoint::PeerAddr;
-use crate::metrics::RouteMetrics;
+use crate::listener_stats::RouteMetrics;
 use crate::upstream::pool::Checkout;
 use crate::upstream::ActiveGuard;
 

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use crate::access_log::AccessLog;
 use crate::drain::Shutdown;
 use crate::endpoint::{PeerAddr, Stream, TcpOptions};
-use crate::metrics::{ListenerMetrics, RouteMetrics};
+use crate::listener_stats::{ListenerMetrics, RouteMetrics};
 use crate::registry::{ConnProtocol, ConnSide, ConnState, NewConn, Registry, SockAddr};
 use crate::upstream::connect::Resolve;
 use crate::upstream::Upstream;

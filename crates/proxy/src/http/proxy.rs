@@ -247,12 +247,12 @@ impl ConnService {
             };
             // The client connection shows where its exchange went; the record keeps it
             // for the access log.
-            self.clock.conn().link(&up, active.index(), conn.entry());
+            self.clock.conn().link(active.server().id(), conn.entry());
             if let (Some(d), Some(at)) = (done.as_mut(), connect_started) {
                 let now = d.elapsed();
                 if let Some(log) = d.log_mut() {
                     log.connect = Some(now.saturating_sub(at));
-                    log.upstream = Some((up.clone(), active.index()));
+                    log.upstream = Some(active.server().id().clone());
                     log.upstream_peer = conn.entry().and_then(|e| e.peer().tcp());
                 }
             }

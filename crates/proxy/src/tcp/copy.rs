@@ -19,12 +19,15 @@
 //!   again or the idle timer fires. While a direction is so blocked its source's pending
 //!   error (`SO_ERROR`) is checked every [`BLOCKED_ERROR_CHECK`], so such a reset still
 //!   ends the tunnel within a second (DESIGN.md §2.1).
+//!
+//! The tunnel's counters ([`TunnelStats`]) live here, beside the pump that moves them.
 
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,8 +35,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep, sleep_until, Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::TunnelStats;
 use crate::endpoint::Stream;
+use crate::registry::{Conn, ConnProtocol, ConnSide, ConnState, Registration};
 
 /// Buffer of one direction. 16 KiB is HAProxy's default `tune.bufsize`: big enough that
 /// a bulk transfer moves in few system calls, small enough that 10,000 tunnels hold
@@ -43,6 +46,81 @@ pub const BUF_SIZE: usize = 16 * 1024;
 /// How often the source of a blocked direction is checked for a pending error. Half of
 /// DESIGN.md's one-second bound on noticing that a peer went away.
 pub const BLOCKED_ERROR_CHECK: Duration = Duration::from_millis(500);
+
+/// A tunnel's counters: its client connection's registry entry, which the copy loop
+/// updates as bytes move. "In" is from the client (toward the upstream), "out" toward
+/// the client.
+#[derive(Debug)]
+pub struct TunnelStats {
+    entry: Registration,
+}
+
+impl TunnelStats {
+    /// Counters of a tunnel starting now, in no registry.
+    pub fn new() -> Self {
+        Self::registered(Registration::detached(
+            ConnSide::Client,
+            ConnProtocol::Tcp,
+            ConnState::Tunnel,
+        ))
+    }
+
+    /// Counters kept on the registered client connection `entry`.
+    pub fn registered(entry: Registration) -> Self {
+        TunnelStats { entry }
+    }
+
+    /// The client connection's registry entry.
+    pub fn conn(&self) -> &Arc<Conn> {
+        self.entry.conn()
+    }
+
+    /// When the tunnel started (the client connection was accepted).
+    pub fn started(&self) -> Instant {
+        self.entry.started()
+    }
+
+    /// Bytes read from the client so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.entry.bytes_in()
+    }
+
+    /// Bytes read from the upstream (for the client) so far.
+    pub fn bytes_out(&self) -> u64 {
+        self.entry.bytes_out()
+    }
+
+    pub(crate) fn in_counter(&self) -> &AtomicU64 {
+        &self.entry.bytes_in
+    }
+
+    pub(crate) fn out_counter(&self) -> &AtomicU64 {
+        &self.entry.bytes_out
+    }
+
+    /// How long the tunnel has existed.
+    pub fn age(&self) -> Duration {
+        self.started().elapsed()
+    }
+
+    /// How long since a byte last moved either way (or since the start).
+    pub fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.entry.last_io_ms());
+        self.age().saturating_sub(last)
+    }
+
+    /// Records activity `since_start` after the start.
+    fn touch(&self, since_start: Duration) {
+        let ms = u64::try_from(since_start.as_millis()).unwrap_or(u64::MAX);
+        self.entry.touch(ms);
+    }
+}
+
+impl Default for TunnelStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// A socket whose pending error (`SO_ERROR`: a reset that arrived, a keepalive
 /// timeout) can be taken without reading the data queued before it.

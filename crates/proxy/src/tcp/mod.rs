@@ -24,22 +24,18 @@
 
 pub mod copy;
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use crate::drain::Shutdown;
 use crate::endpoint::{PeerAddr, Stream, TcpOptions};
 use crate::errno::describe_io_error;
-use crate::metrics::ListenerMetrics;
-use crate::registry::{
-    Conn, ConnProtocol, ConnSide, ConnState, NewConn, Registration, Registry, SockAddr,
-};
+use crate::listener_stats::ListenerMetrics;
+use crate::registry::{ConnProtocol, ConnSide, ConnState, NewConn, Registry, SockAddr};
 use crate::upstream::connect::{Connected, Resolve};
 use crate::upstream::health::Outcome;
 use crate::upstream::{ActiveGuard, Upstream};
+pub use copy::TunnelStats;
 use copy::{Ending, Side};
 
 /// A TCP-mode listener at run time (shared by all its addresses).
@@ -106,83 +102,6 @@ impl TunnelListener {
     }
 }
 
-/// A tunnel's counters: its client connection's registry entry, which the copy loop
-/// updates as bytes move. "In" is from the client (toward the upstream), "out" toward
-/// the client.
-#[derive(Debug)]
-pub struct TunnelStats {
-    entry: Registration,
-}
-
-// === impl TunnelStats ===
-
-impl TunnelStats {
-    /// Counters of a tunnel starting now, in no registry.
-    pub fn new() -> Self {
-        Self::registered(Registration::detached(
-            ConnSide::Client,
-            ConnProtocol::Tcp,
-            ConnState::Tunnel,
-        ))
-    }
-
-    /// Counters kept on the registered client connection `entry`.
-    pub fn registered(entry: Registration) -> Self {
-        TunnelStats { entry }
-    }
-
-    /// The client connection's registry entry.
-    pub fn conn(&self) -> &Arc<Conn> {
-        self.entry.conn()
-    }
-
-    /// When the tunnel started (the client connection was accepted).
-    pub fn started(&self) -> Instant {
-        self.entry.started()
-    }
-
-    /// Bytes read from the client so far.
-    pub fn bytes_in(&self) -> u64 {
-        self.entry.bytes_in()
-    }
-
-    /// Bytes read from the upstream (for the client) so far.
-    pub fn bytes_out(&self) -> u64 {
-        self.entry.bytes_out()
-    }
-
-    pub(crate) fn in_counter(&self) -> &AtomicU64 {
-        &self.entry.bytes_in
-    }
-
-    pub(crate) fn out_counter(&self) -> &AtomicU64 {
-        &self.entry.bytes_out
-    }
-
-    /// How long the tunnel has existed.
-    pub fn age(&self) -> Duration {
-        self.started().elapsed()
-    }
-
-    /// How long since a byte last moved either way (or since the start).
-    pub fn idle(&self) -> Duration {
-        let last = Duration::from_millis(self.entry.last_io_ms());
-        self.age().saturating_sub(last)
-    }
-
-    /// Records activity `since_start` after the start.
-    fn touch(&self, since_start: Duration) {
-        let ms = u64::try_from(since_start.as_millis()).unwrap_or(u64::MAX);
-        self.entry.touch(ms);
-    }
-}
-
-impl Default for TunnelStats {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// Serves one client connection of a TCP listener until its tunnel ends (see the
 /// module's lifecycle). `local` is our end of the client socket.
 pub async fn serve_tunnel(
@@ -232,7 +151,7 @@ pub async fn serve_tunnel(
     );
     stats
         .conn()
-        .link(&ctx.upstream, active.index(), Some(upstream_entry.conn()));
+        .link(active.server().id(), Some(upstream_entry.conn()));
     stats.conn().set_state(ConnState::Tunnel);
     let Connected {
         stream: mut upstream_stream,

@@ -68,7 +68,6 @@ use tokio::time::{sleep_until, Instant};
 
 use super::connect::{self, Resolve};
 use super::pool::Pool;
-use super::Upstream;
 use crate::endpoint::TcpOptions;
 use crate::errno::{describe_errno, describe_io_error};
 
@@ -1235,15 +1234,9 @@ pub struct Children {
 }
 
 impl Children {
-    /// The on-demand servers of these upstreams.
-    pub fn new(upstreams: &[Arc<Upstream>]) -> Children {
-        Children {
-            supervisors: upstreams
-                .iter()
-                .flat_map(|u| u.servers.iter())
-                .filter_map(|s| s.on_demand().cloned())
-                .collect(),
-        }
+    /// These supervisors (`Children::new` collects those of a runtime's upstreams).
+    pub fn of(supervisors: Vec<Arc<Supervisor>>) -> Children {
+        Children { supervisors }
     }
 
     /// No on-demand server at all.
