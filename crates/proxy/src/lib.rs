@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod observed;
 pub mod registry;
 pub mod serve;
+pub mod side;
 pub mod tcp;
 pub mod upstream;
 

@@ -45,7 +45,8 @@ use prometheus_client::metrics::MetricType;
 
 use crate::access_log::AccessLog;
 use crate::listener_stats::{ListenerMetrics, STATUS_CLASSES};
-use crate::registry::{ConnSide, ConnState, Registry};
+use crate::registry::{ConnState, Registry};
+use crate::side::Side;
 use crate::upstream::health::HealthState;
 use crate::upstream::stats::ConnectFailure;
 use crate::upstream::{Server, ServerState, Upstream};
@@ -251,14 +252,14 @@ impl Collector for Sources {
         self.conns.for_each(|c| {
             let state = c.state() as usize;
             match c.side() {
-                ConnSide::Client => {
+                Side::Client => {
                     if let Some(&i) = listener_index.get(c.name()) {
                         client_states[i][state] += 1;
                         live_bytes[i][0] += c.bytes_in();
                         live_bytes[i][1] += c.bytes_out();
                     }
                 }
-                ConnSide::Upstream => {
+                Side::Upstream => {
                     let Some(&u) = upstream_index.get(c.name()) else {
                         return;
                     };

@@ -35,6 +35,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::side::Side;
+
 /// Shards of the registry's map. Registration and removal lock one shard, picked by
 /// id; consecutive ids land on different shards, so connections accepted at once on
 /// different workers rarely meet on a lock.
@@ -42,25 +44,6 @@ pub const SHARDS: usize = 32;
 
 /// Connection ids, unique in the process (across registries, so across reloads).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-/// Which side of tidegate a connection is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ConnSide {
-    /// Accepted by a listener.
-    Client,
-    /// Opened to an upstream server.
-    Upstream,
-}
-
-impl ConnSide {
-    /// `client` or `upstream`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnSide::Client => "client",
-            ConnSide::Upstream => "upstream",
-        }
-    }
-}
 
 /// What a connection carries now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -215,7 +198,7 @@ pub struct Totals {
 #[derive(Debug)]
 pub struct NewConn {
     /// Client or upstream.
-    pub side: ConnSide,
+    pub side: Side,
     /// Listener name (client side) or upstream name (upstream side).
     pub name: Arc<str>,
     /// The other end.
@@ -238,7 +221,7 @@ pub struct NewConn {
 /// own task and read by snapshots.
 pub struct Conn {
     id: u64,
-    side: ConnSide,
+    side: Side,
     name: Arc<str>,
     peer: SockAddr,
     local: SockAddr,
@@ -311,7 +294,7 @@ impl Conn {
     }
 
     /// Client or upstream.
-    pub fn side(&self) -> ConnSide {
+    pub fn side(&self) -> Side {
         self.side
     }
 
@@ -473,7 +456,7 @@ impl Conn {
 
     fn upstream_view(&self) -> Option<UpstreamSnapshot> {
         match self.side {
-            ConnSide::Upstream => {
+            Side::Upstream => {
                 let (index, server) = self.server.clone()?;
                 Some(UpstreamSnapshot {
                     name: self.name.to_string(),
@@ -483,7 +466,7 @@ impl Conn {
                     peer: self.peer.tcp().map(|a| a.to_string()),
                 })
             }
-            ConnSide::Client => {
+            Side::Client => {
                 let link = lock(&self.link);
                 let link = link.as_ref()?;
                 let (local, peer) = match &link.conn {
@@ -532,7 +515,7 @@ pub struct ConnSnapshot {
     /// Unique while the process runs.
     pub id: u64,
     /// Client or upstream.
-    pub side: ConnSide,
+    pub side: Side,
     /// Listener name (client side) or upstream name (upstream side).
     pub listener: String,
     /// `http1 | sse | websocket | tcp`.
@@ -707,7 +690,7 @@ impl Registry {
 impl Registration {
     /// An entry in no registry, for connections nobody lists (tests, a listener's own
     /// checks); it behaves like a registered one otherwise.
-    pub fn detached(side: ConnSide, protocol: ConnProtocol, state: ConnState) -> Self {
+    pub fn detached(side: Side, protocol: ConnProtocol, state: ConnState) -> Self {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let new = NewConn {
             side,
@@ -808,7 +791,7 @@ mod tests {
 
     fn client(name: &str) -> NewConn {
         NewConn {
-            side: ConnSide::Client,
+            side: Side::Client,
             name: Arc::from(name),
             peer: SockAddr::Tcp("127.0.0.1:5000".parse().unwrap()),
             local: SockAddr::Tcp("127.0.0.1:8080".parse().unwrap()),
@@ -852,7 +835,7 @@ mod tests {
         );
         assert_eq!(s.state, ConnState::Streaming);
         assert_eq!(s.protocol, ConnProtocol::Sse);
-        assert_eq!(s.side, ConnSide::Client);
+        assert_eq!(s.side, Side::Client);
         assert_eq!(s.peer, "127.0.0.1:5000");
         assert_eq!(s.local, "127.0.0.1:8080");
         assert_eq!(s.upstream, None);
@@ -892,7 +875,7 @@ mod tests {
         let r = Registry::new();
         let c = r.register(client("tcp"));
         let mut up = client("rabbit");
-        up.side = ConnSide::Upstream;
+        up.side = Side::Upstream;
         up.server = Some((0, Arc::from("127.0.0.1:5672")));
         let u = r.register_mirror(up, c.conn());
         c.on_read(3, 0);

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::registry::{Conn, ConnProtocol, ConnSide, ConnState, Registration};
+use crate::registry::{Conn, ConnProtocol, ConnState, Registration};
+use crate::side::Side;
 
 /// Where a client connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +76,7 @@ impl Clock {
     /// A new clock, idle since now, for a connection in no registry.
     pub fn new() -> Arc<Self> {
         Self::registered(Registration::detached(
-            ConnSide::Client,
+            Side::Client,
             ConnProtocol::Http1,
             ConnState::Idle,
         ))

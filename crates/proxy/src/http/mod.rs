@@ -40,7 +40,8 @@ use crate::access_log::AccessLog;
 use crate::drain::Shutdown;
 use crate::endpoint::{PeerAddr, Stream, TcpOptions};
 use crate::listener_stats::{ListenerMetrics, RouteMetrics};
-use crate::registry::{ConnProtocol, ConnSide, ConnState, NewConn, Registry, SockAddr};
+use crate::registry::{ConnProtocol, ConnState, NewConn, Registry, SockAddr};
+use crate::side::Side;
 use crate::upstream::connect::Resolve;
 use crate::upstream::Upstream;
 use clock::{Clock, Phase, Verdict, Watched};
@@ -183,7 +184,7 @@ pub fn serve_connection(
     // the grace or when an operator closes it.
     let close = shutdown.hard.child_token();
     let clock = Clock::registered(ctx.registry.register(NewConn {
-        side: ConnSide::Client,
+        side: Side::Client,
         name: ctx.metrics.name.clone(),
         peer: match peer {
             PeerAddr::Tcp(a) => SockAddr::Tcp(a),

@@ -22,7 +22,6 @@
 //!
 //! The tunnel's counters ([`TunnelStats`]) live here, beside the pump that moves them.
 
-use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
@@ -36,7 +35,8 @@ use tokio::time::{sleep, sleep_until, Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::Stream;
-use crate::registry::{Conn, ConnProtocol, ConnSide, ConnState, Registration};
+use crate::registry::{Conn, ConnProtocol, ConnState, Registration};
+use crate::side::Side;
 
 /// Buffer of one direction. 16 KiB is HAProxy's default `tune.bufsize`: big enough that
 /// a bulk transfer moves in few system calls, small enough that 10,000 tunnels hold
@@ -59,7 +59,7 @@ impl TunnelStats {
     /// Counters of a tunnel starting now, in no registry.
     pub fn new() -> Self {
         Self::registered(Registration::detached(
-            ConnSide::Client,
+            Side::Client,
             ConnProtocol::Tcp,
             ConnState::Tunnel,
         ))
@@ -135,39 +135,6 @@ impl PendingError for Stream {
             Stream::Tcp(s) => s.take_error(),
             Stream::Unix(s) => s.take_error(),
         }
-    }
-}
-
-/// One end of a tunnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The accepted connection.
-    Client,
-    /// The connection tidegate opened to the upstream server.
-    Upstream,
-}
-
-impl Side {
-    /// The other end.
-    pub fn other(self) -> Side {
-        match self {
-            Side::Client => Side::Upstream,
-            Side::Upstream => Side::Client,
-        }
-    }
-
-    /// `client` or `upstream`, for logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Client => "client",
-            Side::Upstream => "upstream",
-        }
-    }
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -31,12 +31,13 @@ use crate::drain::Shutdown;
 use crate::endpoint::{PeerAddr, Stream, TcpOptions};
 use crate::errno::describe_io_error;
 use crate::listener_stats::ListenerMetrics;
-use crate::registry::{ConnProtocol, ConnSide, ConnState, NewConn, Registry, SockAddr};
+use crate::registry::{ConnProtocol, ConnState, NewConn, Registry, SockAddr};
+use crate::side::Side;
 use crate::upstream::connect::{Connected, Resolve};
 use crate::upstream::health::Outcome;
 use crate::upstream::{ActiveGuard, Upstream};
+use copy::Ending;
 pub use copy::TunnelStats;
-use copy::{Ending, Side};
 
 /// A TCP-mode listener at run time (shared by all its addresses).
 pub struct TunnelListener {
@@ -115,7 +116,7 @@ pub async fn serve_tunnel(
     // close through the registry.
     let close = shutdown.hard.child_token();
     let stats = TunnelStats::registered(ctx.registry.register(NewConn {
-        side: ConnSide::Client,
+        side: Side::Client,
         name: ctx.metrics.name.clone(),
         peer: match peer {
             PeerAddr::Tcp(a) => SockAddr::Tcp(a),

@@ -19,7 +19,8 @@ use std::time::Duration;
 use tidegate_config::{Balance, UpstreamAddr};
 
 use crate::endpoint::TcpOptions;
-use crate::registry::{ConnProtocol, ConnSide, ConnState, NewConn, Registry, ServerId, SockAddr};
+use crate::registry::{ConnProtocol, ConnState, NewConn, Registry, ServerId, SockAddr};
+use crate::side::Side;
 use connect::{ConnectError, Resolve};
 use pool::{Checkout, Pool};
 use stats::{ConnectFailure, ServerStats};
@@ -367,7 +368,7 @@ impl Server {
         close: tokio_util::sync::CancellationToken,
     ) -> NewConn {
         NewConn {
-            side: ConnSide::Upstream,
+            side: Side::Upstream,
             name: self.id.upstream.clone(),
             peer: match c.peer {
                 Some(a) => SockAddr::Tcp(a),
