@@ -35,6 +35,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::observed::IoObserver;
 use crate::side::Side;
 
 /// Shards of the registry's map. Registration and removal lock one shard, picked by
@@ -741,13 +742,11 @@ impl Drop for Registration {
     }
 }
 
-/// A stream that counts its bytes and last activity on a registered connection
+/// An `Observed<T, Conn>` counts its bytes and last activity on a registered connection
 /// (upstream connections; client connections count through their `Clock`). Only reads
 /// update the last activity: on an upstream connection a read (the response) follows
 /// every write (the request), and a clock read costs more than the byte count.
-pub type Metered<T> = crate::observed::Observed<T, Conn>;
-
-impl crate::observed::IoObserver for Conn {
+impl IoObserver for Conn {
     fn read(&self, n: usize) {
         self.on_read(n, self.elapsed_ms());
     }
