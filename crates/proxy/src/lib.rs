@@ -37,7 +37,7 @@ use http::HttpListener;
 use listen::{ListenError, Listener, LocalAddr};
 use metrics::Metrics;
 use registry::Registry;
-use serve::Handler;
+use serve::ListenerKind;
 use tcp::TunnelListener;
 use upstream::connect::Resolve;
 use upstream::on_demand::Children;
@@ -59,7 +59,7 @@ pub struct Runtime {
 
 #[derive(Debug)]
 struct BoundListener {
-    ctx: Handler,
+    ctx: ListenerKind,
     sockets: Vec<Listener>,
     limit: Arc<Semaphore>,
 }
@@ -80,7 +80,7 @@ impl Runtime {
         let mut listener_metrics = Vec::new();
         for l in &config.listeners {
             let ctx = match l.protocol {
-                Protocol::Http => Handler::Http(Arc::new(HttpListener::new(
+                Protocol::Http => ListenerKind::Http(Arc::new(HttpListener::new(
                     l,
                     &upstreams,
                     resolver.clone(),
@@ -89,14 +89,14 @@ impl Runtime {
                 // `None` only on a validator bug; logged, and the listener is left out.
                 Protocol::Tcp => {
                     match TunnelListener::new(l, &upstreams, resolver.clone(), &registry) {
-                        Some(t) => Handler::Tcp(Arc::new(t)),
+                        Some(t) => ListenerKind::Tcp(Arc::new(t)),
                         None => continue,
                     }
                 }
             };
             listener_metrics.push(match &ctx {
-                Handler::Http(h) => h.metrics().clone(),
-                Handler::Tcp(t) => t.metrics().clone(),
+                ListenerKind::Http(h) => h.metrics().clone(),
+                ListenerKind::Tcp(t) => t.metrics().clone(),
             });
             let mut sockets = Vec::new();
             for addr in &l.listen {
@@ -160,7 +160,7 @@ impl Runtime {
     /// are reported in the metrics.
     pub fn set_access_log(&mut self, log: AccessLog) {
         for l in &mut self.listeners {
-            if let Handler::Http(h) = &mut l.ctx {
+            if let ListenerKind::Http(h) = &mut l.ctx {
                 match Arc::get_mut(h) {
                     Some(h) => h.access_log = log.clone(),
                     // Only `bind` has handed the listener out so far.
