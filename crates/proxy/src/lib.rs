@@ -7,7 +7,8 @@
 //! from a validated config, it binds every address (or reports every failure), then
 //! [`Runtime::start`] runs the accept loops under a [`drain::Shutdown`].
 // `deny`, not `forbid`: the one exception is the `pre_exec` hook that sets
-// PR_SET_PDEATHSIG in an on-demand backend's child (`upstream::on_demand`).
+// PR_SET_PDEATHSIG in an on-demand backend's child, alone in
+// `upstream::on_demand::spawner`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
