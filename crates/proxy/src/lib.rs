@@ -55,7 +55,7 @@ pub struct Runtime {
     /// The Prometheus metrics over all of it.
     metrics: Arc<Metrics>,
     /// Active health checks, started with the listeners.
-    checks: upstream::health::Checks,
+    checks: upstream::health::checker::Checks,
 }
 
 #[derive(Debug)]
@@ -123,7 +123,7 @@ impl Runtime {
             Ok(Runtime {
                 registry,
                 metrics,
-                checks: upstream::health::Checks::new(&upstreams, resolver),
+                checks: upstream::health::checker::Checks::new(&upstreams, resolver),
                 upstreams,
                 listeners,
             })
