@@ -1,8 +1,8 @@
 //! Counters of the listeners, bumped while serving: each HTTP route's requests by status
 //! class and its duration histogram ([`RouteMetrics`], resolved when the listener is
 //! built, so nothing is looked up by label per request), and each listener's byte totals
-//! ([`ListenerMetrics`]). The Prometheus exposition (`crate::metrics`) reads them at
-//! scrape time; nothing here knows it.
+//! ([`ListenerMetrics`]). The Prometheus exposition (the `metrics` module) reads
+//! them at scrape time; nothing here knows it.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

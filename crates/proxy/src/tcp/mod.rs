@@ -97,7 +97,7 @@ impl TunnelListener {
         })
     }
 
-    /// Its metrics (byte totals), for [`crate::metrics::Metrics`].
+    /// Its counters (byte totals), read by the metrics exposition.
     pub fn metrics(&self) -> &Arc<ListenerMetrics> {
         &self.metrics
     }
