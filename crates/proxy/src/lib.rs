@@ -15,6 +15,7 @@ pub mod access_log;
 pub mod drain;
 pub mod endpoint;
 pub mod errno;
+pub mod failure;
 pub mod http;
 pub mod listen;
 pub mod metrics;

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use crate::drain::Shutdown;
 use crate::endpoint::{PeerAddr, Stream, TcpOptions};
 use crate::errno::describe_io_error;
+use crate::failure::{Retry, UpstreamFailure};
 use crate::metrics::ListenerMetrics;
 use crate::registry::{
     Conn, ConnProtocol, ConnSide, ConnState, NewConn, Registration, Registry, SockAddr,
@@ -302,8 +303,10 @@ async fn connect(ctx: &TunnelListener, peer: PeerAddr) -> Option<(ActiveGuard, C
                 return Some((active, c));
             }
             Err(e) => {
-                server.record(Outcome::ConnectFailed);
-                if tried.len() < up.retries {
+                let failure = UpstreamFailure::Connect(e);
+                failure.record_on(server);
+                let e = failure.message(&up.name, &server.addr.to_string());
+                if failure.retry() == Retry::AnotherServer && tried.len() < up.retries {
                     tried.push(active.index());
                     if let Ok(next) = up.pick(&tried) {
                         tracing::warn!(listener = %ctx.name, %peer, error = %e,

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tidegate_config::{Balance, UpstreamAddr};
 
 use crate::endpoint::TcpOptions;
-use crate::metrics::{ConnectFailure, ServerStats};
+use crate::metrics::ServerStats;
 use crate::registry::{ConnProtocol, ConnSide, ConnState, NewConn, Registry, SockAddr};
 use connect::{ConnectError, Resolve};
 use pool::{Checkout, Pool};
@@ -472,14 +472,11 @@ impl Server {
             server: self.addr.to_string(),
             error,
         };
-        let res = self
-            .dial(upstream, timeouts.connect, resolver, tcp)
+        // A failure is counted by whoever gives up on this server (see
+        // `crate::failure::UpstreamFailure::record_on`).
+        self.dial(upstream, timeouts.connect, resolver, tcp)
             .await
-            .map_err(fail);
-        if let Err(e) = &res {
-            self.stats.connect_failed(ConnectFailure::of(e));
-        }
-        res
+            .map_err(fail)
     }
 
     /// Connects to this server's address within `limit`: a Unix socket, an IP, or a
