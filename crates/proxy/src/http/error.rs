@@ -1,5 +1,5 @@
 //! Failures of an exchange, classified once: the class picks the status, the log level
-//! and the one-line text body (DESIGN.md §5, "Failures and status codes").
+//! and the one-line text body (docs/design.md, "Failures and status codes").
 
 use std::error::Error as StdError;
 use std::io;

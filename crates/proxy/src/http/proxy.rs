@@ -192,7 +192,7 @@ impl ConnService {
         let end = (!body.is_end_stream())
             .then(|| self.clock.clone() as Arc<dyn crate::upstream::body::BodyEnd>);
         let mut req = Request::from_parts(parts, RequestBody::Client { body, end });
-        // DESIGN.md §5, retries: a bodiless idempotent request may be sent again once
+        // Retries (docs/design.md): a bodiless idempotent request may be sent again once
         // when a reused connection closes before any response byte (the upstream's idle
         // close raced our request).
         let replayable = is_idempotent(req.method()) && req.body().is_end_stream();
