@@ -4,7 +4,7 @@
 //!
 //! tidegate measures these itself: hyper's `header_read_timeout` needs a timer and also
 //! fires on idle keep-alive connections, so it can't tell the two phases apart
-//! (DESIGN.md §5, timers).
+//! (docs/design.md, "Library facts").
 //!
 //! The [`ClientConn`] is also the connection's entry in the connection registry: it owns the
 //! [`Registration`], keeps its time base and last activity there (one set of atomics,

@@ -30,7 +30,8 @@ struct Outgoing {
     /// the server's address, so it changes if the request moves to another server.
     host_from_server: bool,
     /// A bodiless idempotent request, which may be sent again once when a reused
-    /// connection closes before any response byte (docs/design.md, "Retries").
+    /// connection closes before any response byte (docs/design.md, "Failures and status
+    /// codes", what may be sent twice).
     replayable: bool,
 }
 

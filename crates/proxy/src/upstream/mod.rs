@@ -80,7 +80,7 @@ pub struct Server {
     names: (Arc<str>, Arc<str>, usize),
 }
 
-/// A server's operator-set state (DESIGN.md §6: `ready | drain | maint`), separate
+/// A server's operator-set state (`ready | drain | maint`, docs/design.md), separate
 /// from its health: a `ready` server still gets no requests while it is down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
