@@ -3,7 +3,7 @@
 //! it all.
 //!
 //! This crate never reads the environment, installs signal handlers or exits the
-//! process: the binary wires it (STYLE.md). [`Runtime`] is the one entry point: built
+//! process: the binary wires it (docs/design.md). [`Runtime`] is the one entry point: built
 //! from a validated config, it binds every address (or reports every failure), then
 //! [`Runtime::start`] runs the accept loops under a [`drain::Shutdown`].
 // `deny`, not `forbid`: the one exception is the `pre_exec` hook that sets
@@ -16,6 +16,7 @@ pub mod access_log;
 pub mod drain;
 pub mod endpoint;
 pub mod errno;
+pub mod failure;
 pub mod http;
 pub mod listen;
 pub mod listener_stats;

@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN.md §6 `GET /metrics`), encoded with `prometheus-client`
+//! Prometheus metrics (`GET /metrics`, docs/admin-api.md), encoded with `prometheus-client`
 //! and served in the Prometheus text format 0.0.4 ([`Metrics::encode`]).
 //!
 //! Hot path: nothing is looked up by label while serving. Every counter lives in the
@@ -13,7 +13,7 @@
 //! Values that are a picture of the present (connections by state, health, admin state,
 //! pooled connections) are computed at scrape time from the registry and the servers.
 //!
-//! Families (all prefixed `tidegate_`; labels use DESIGN.md §6's one vocabulary):
+//! Families (all prefixed `tidegate_`; labels use docs/design.md's "Vocabulary of states"):
 //! - `requests_total{listener, upstream, class}`: HTTP requests by status class
 //!   `1xx`…`5xx`, or `error` when no response head was sent (the client left first).
 //!   `upstream` is `""` for requests that reached no upstream (fixed responses, 404s).

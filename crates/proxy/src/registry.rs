@@ -1,6 +1,6 @@
 //! The connection registry: every client connection (HTTP and TCP tunnels) and every
 //! upstream connection (pooled or in use) while it lives, with its state, counters and
-//! a way to close it now (DESIGN.md §2 principle 1, §6 `GET /v1/connections`).
+//! a way to close it now (docs/design.md, "Principles" 1; `GET /v1/connections`).
 //!
 //! A connection enters through [`Registry::register`], which hands back a
 //! [`Registration`]; dropping the registration removes the entry. Whoever owns the
@@ -18,7 +18,7 @@
 //! addresses). [`Registry::snapshot`] allocates; nothing else does.
 //!
 //! The vocabulary (`client | upstream`, `http1 | sse | websocket | tcp`,
-//! `reading | waiting_upstream | streaming | tunnel | idle | closing`) is DESIGN.md §6's;
+//! `reading | waiting_upstream | streaming | tunnel | idle | closing`) is docs/design.md's;
 //! the binary turns [`ConnSnapshot`]s into the admin API's views.
 //!
 //! [`Clock`]: crate::http::clock::Clock
@@ -89,7 +89,7 @@ impl ConnProtocol {
     }
 }
 
-/// Where a connection is in its life (DESIGN.md §2 principle 5).
+/// Where a connection is in its life (docs/design.md, "Vocabulary of states").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum ConnState {

@@ -1,7 +1,7 @@
 //! The accept loop, one for every listening socket of every kind (HTTP and TCP mode):
 //! `max_connections`, back-off on accept errors, and the drain. What a connection
 //! becomes depends on the [`ListenerKind`]; everything around it is the same for all
-//! (STYLE.md: one accept loop, one drain token).
+//! (docs/design.md, "House rules": one accept loop, one drain).
 //!
 //! Invariants: a connection task holds one permit of its listener's semaphore for its
 //! whole life, so at `max_connections` accepting pauses until one ends; the listening

@@ -18,7 +18,7 @@
 //!   source, so a reset from that source would not be seen until the destination reads
 //!   again or the idle timer fires. While a direction is so blocked its source's pending
 //!   error (`SO_ERROR`) is checked every [`BLOCKED_ERROR_CHECK`], so such a reset still
-//!   ends the tunnel within a second (DESIGN.md §2.1).
+//!   ends the tunnel within a second (docs/design.md, "Principles" 1).
 //!
 //! The tunnel's counters ([`TunnelStats`]) live here, beside the pump that moves them.
 
@@ -44,7 +44,7 @@ use crate::side::Side;
 pub const BUF_SIZE: usize = 16 * 1024;
 
 /// How often the source of a blocked direction is checked for a pending error. Half of
-/// DESIGN.md's one-second bound on noticing that a peer went away.
+/// the one-second bound on noticing that a peer went away (docs/design.md, "Principles" 1).
 pub const BLOCKED_ERROR_CHECK: Duration = Duration::from_millis(500);
 
 /// A tunnel's counters: its client connection's registry entry, which the copy loop

@@ -10,9 +10,10 @@
 //! 2. Copy ([`copy`]): both directions through bounded buffers, half-close aware, under
 //!    the listener's `idle_timeout` and the hard shutdown.
 //! 3. End: a clean end, the idle timeout and the hard shutdown close both sockets
-//!    normally (the client sees end of stream); an I/O error on one socket (a reset,
-//!    DESIGN.md F4) resets the other at once — a FIN would tell it the stream ended
-//!    cleanly, which is a lie. One log line per tunnel says how it ended.
+//!    normally (the client sees end of stream); an I/O error on one socket (a reset)
+//!    resets the other at once — a FIN would tell it the stream ended cleanly, which is a
+//!    lie (docs/design.md, "Resets are passed on, never hidden"). One log line per tunnel
+//!    says how it ended.
 //!
 //! Invariants: a tunnel's sockets live exactly as long as its task, which runs on the
 //! drain tracker; nothing but the copy's end, the idle timer, the hard shutdown or a
@@ -30,6 +31,7 @@ use std::time::Duration;
 use crate::drain::Shutdown;
 use crate::endpoint::{PeerAddr, Stream, TcpOptions};
 use crate::errno::describe_io_error;
+use crate::failure::{Retry, UpstreamFailure};
 use crate::listener_stats::ListenerMetrics;
 use crate::registry::{ConnProtocol, ConnState, NewConn, Registry, SockAddr};
 use crate::side::Side;
@@ -222,8 +224,10 @@ async fn connect(ctx: &TunnelListener, peer: PeerAddr) -> Option<(ActiveGuard, C
                 return Some((active, c));
             }
             Err(e) => {
-                server.record(Outcome::ConnectFailed);
-                if tried.len() < up.retries {
+                let failure = UpstreamFailure::Connect(e);
+                failure.record_on(server);
+                let e = failure.message(&up.name, &server.addr.to_string());
+                if failure.retry() == Retry::AnotherServer && tried.len() < up.retries {
                     tried.push(active.index());
                     if let Ok(next) = up.pick(&tried) {
                         tracing::warn!(listener = %ctx.name, %peer, error = %e,
@@ -254,8 +258,8 @@ fn reset(stream: Stream, listener: &str, peer: PeerAddr) {
 }
 
 /// The one line per tunnel end. An upstream's reset or error is logged at info (it is
-/// what an operator chasing F4 looks for); every other end, a client's reset included,
-/// is expected and logged at debug (STYLE.md, "Errors").
+/// what an operator chasing a hidden reset looks for); every other end, a client's reset
+/// included, is expected and logged at debug (docs/design.md, "House rules").
 fn log_end(
     ctx: &TunnelListener,
     peer: PeerAddr,

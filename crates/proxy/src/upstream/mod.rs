@@ -23,7 +23,7 @@ use crate::registry::{ConnProtocol, ConnState, NewConn, Registry, ServerId, Sock
 use crate::side::Side;
 use connect::{ConnectError, Resolve};
 use pool::{Checkout, Pool};
-use stats::{ConnectFailure, ServerStats};
+use stats::ServerStats;
 
 /// One upstream at run time.
 #[derive(Debug)]
@@ -81,7 +81,7 @@ pub struct Server {
     id: ServerId,
 }
 
-/// A server's operator-set state (DESIGN.md §6: `ready | drain | maint`), separate
+/// A server's operator-set state (`ready | drain | maint`, docs/design.md), separate
 /// from its health: a `ready` server still gets no requests while it is down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -494,11 +494,11 @@ impl Server {
             server: self.addr.to_string(),
             error,
         };
-        let res = self.dial(upstream, timeouts.connect, resolver, tcp).await;
-        if let Err(e) = &res {
-            self.stats.connect_failed(ConnectFailure::of(e));
-        }
-        res.map_err(fail)
+        // A failure is counted by whoever gives up on this server (see
+        // `crate::failure::UpstreamFailure::record_on`).
+        self.dial(upstream, timeouts.connect, resolver, tcp)
+            .await
+            .map_err(fail)
     }
 
     /// Connects to this server's address within `limit`: a Unix socket, an IP, or a

@@ -5,8 +5,8 @@
 
 use std::fmt;
 
-/// The active-check verdict on a server (DESIGN.md §6: server health
-/// `up | down | unknown`).
+/// The active-check verdict on a server: its health `up | down | unknown` (docs/design.md,
+/// "Vocabulary of states").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HealthState {
     /// No verdict yet (or no active checks configured). Gets traffic.

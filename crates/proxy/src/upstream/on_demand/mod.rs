@@ -1,4 +1,4 @@
-//! On-demand backends (DESIGN.md F2, `[upstreams.NAME.on_demand]`): an upstream server
+//! On-demand backends (docs/on-demand.md, `[upstreams.NAME.on_demand]`): an upstream server
 //! that is a command tidegate runs itself. It is stopped until its first request,
 //! started once however many requests arrive together (single flight, as hyper-util's
 //! `client/pool/singleton.rs`), and stopped when nothing has used it for `idle_stop`.
@@ -26,8 +26,8 @@
 //! - Connections are made only in `ready`: [`Supervisor::ensure_ready`] returns `Ok`
 //!   only then, and `ready → stopping` is taken under the same lock, either with no
 //!   exchange in use (idle) or at shutdown. So nothing ever connects to a process that
-//!   is being stopped (the F2 failure); a request that arrives meanwhile waits for the
-//!   exit, then for a new start.
+//!   is being stopped (docs/design.md, "Nothing connects to a stopping backend"); a
+//!   request that arrives meanwhile waits for the exit, then for a new start.
 //! - Every exchange holds a [`Usage`] from `Upstream::pick` until its `ActiveGuard`
 //!   drops (the response body's end, a tunnel's end), so `idle_stop` counts from the end
 //!   of the last exchange and an exchange in flight is never cut by an idle stop.
@@ -71,7 +71,7 @@ pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const WAIT_SLACK: Duration = Duration::from_secs(2);
 
 /// An on-demand backend's state, as the admin API, metrics and logs name it
-/// (DESIGN.md §6: `stopped | starting | ready | stopping | failed`).
+/// (`stopped | starting | ready | stopping | failed`; docs/design.md, "Vocabulary of states").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OnDemandState {
     /// No process; the next request starts one.
