@@ -4,14 +4,14 @@
 //!
 //! A connection enters through [`Registry::register`], which hands back a
 //! [`Registration`]; dropping the registration removes the entry. Whoever owns the
-//! connection's sockets owns the registration (the HTTP connection's [`Clock`], a
+//! connection's sockets owns the registration (the HTTP connection's [`ClientConn`], a
 //! tunnel's [`TunnelStats`], an upstream connection's pool task), so an entry lives
 //! exactly as long as its connection's task.
 //!
 //! Hot-path cost: one registration per connection (an allocation and one lock of one
 //! shard out of [`SHARDS`]); per read or write, a relaxed store of the last-activity time
 //! and a relaxed add to a byte counter on the connection's own entry (the HTTP
-//! [`Clock`] keeps its timers on the same entry instead of a second set of atomics);
+//! [`ClientConn`] keeps its timers on the same entry instead of a second set of atomics);
 //! per request, a few relaxed stores and one uncontended lock to link the client
 //! connection to the upstream connection it uses (no allocation: the link holds the
 //! server's [`ServerId`] and the upstream connection's entry, which knows its own
@@ -21,7 +21,7 @@
 //! `reading | waiting_upstream | streaming | tunnel | idle | closing`) is docs/design.md's;
 //! the binary turns [`ConnSnapshot`]s into the admin API's views.
 //!
-//! [`Clock`]: crate::http::clock::Clock
+//! [`ClientConn`]: crate::http::client_conn::ClientConn
 //! [`TunnelStats`]: crate::tcp::TunnelStats
 
 use std::collections::HashMap;
@@ -743,7 +743,7 @@ impl Drop for Registration {
 }
 
 /// An `Observed<T, Conn>` counts its bytes and last activity on a registered connection
-/// (upstream connections; client connections count through their `Clock`). Only reads
+/// (upstream connections; client connections count through their `ClientConn`). Only reads
 /// update the last activity: on an upstream connection a read (the response) follows
 /// every write (the request), and a clock read costs more than the byte count.
 impl IoObserver for Conn {
