@@ -22,6 +22,7 @@ pub mod headers;
 pub mod rewind;
 pub mod route;
 mod service;
+mod tunnel;
 mod upgrade;
 
 use std::sync::Arc;
@@ -267,7 +268,7 @@ impl Driver {
                     io.put_back(parts.read_buf);
                     let registry = self.ctx.registry.clone();
                     // Boxed for the same reason as hyper's connection.
-                    Box::pin(upgrade::tunnel(io, upgrade, self.client, registry)).await;
+                    Box::pin(tunnel::tunnel(io, upgrade, self.client, registry)).await;
                     return;
                 }
             }
