@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use tokio::time::{sleep_until, Instant, Sleep};
 
 use super::client_conn::ClientConn;
-use super::HttpListener;
+use super::listener::HttpListener;
 use crate::access_log::Record;
 use crate::endpoint::PeerAddr;
 use crate::listener_stats::RouteMetrics;

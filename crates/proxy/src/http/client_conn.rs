@@ -17,6 +17,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::rewind::Rewind;
+use crate::endpoint::Stream;
+use crate::observed::Observed;
 use crate::registry::{Conn, ConnProtocol, ConnState, Registration};
 use crate::side::Side;
 
@@ -303,6 +306,10 @@ impl crate::upstream::body::BodyEnd for ClientConn {
         self.reuse.fetch_and(!BODY_OPEN, Ordering::Relaxed);
     }
 }
+
+/// A client socket as hyper sees it: counted by its [`ClientConn`], with bytes read ahead
+/// put back in front after a park or an upgrade.
+pub(crate) type ClientIo = Rewind<Observed<Stream, ClientConn>>;
 
 // A client stream reports its reads and writes to its `ClientConn` through
 // `Observed<_, ClientConn>`.

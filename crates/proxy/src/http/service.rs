@@ -15,7 +15,7 @@ use super::body::{ExchangeDone, ProxyBody};
 use super::client_conn::ClientConn;
 use super::failure::{text_response, Failure};
 use super::headers::{self, FramingError};
-use super::{HttpListener, Target};
+use super::listener::{HttpListener, Target};
 use crate::endpoint::PeerAddr;
 
 /// The hyper service of one client connection.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
 
-use super::client_conn::{ClientConn, Phase, Verdict};
+use super::client_conn::{ClientConn, ClientIo, Phase, Verdict};
 use super::upgrade::Upgrade;
 use crate::registry::{ConnProtocol, ConnState, Registry};
 
@@ -15,7 +15,7 @@ use crate::registry::{ConnProtocol, ConnState, Registry};
 /// is closed through the registry. `client` is the client connection's state (the `Observed`
 /// inside `socket` still counts its bytes); holding it keeps the connection listed.
 pub(crate) async fn tunnel(
-    mut socket: super::ClientIo,
+    mut socket: ClientIo,
     upgrade: Box<Upgrade>,
     client: Arc<ClientConn>,
     registry: Arc<Registry>,

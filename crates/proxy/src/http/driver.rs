@@ -1,0 +1,313 @@
+//! The connection driver: one task per client connection, tidegate's own header and
+//! idle timers, parking of idle keep-alive connections, the drain, and the tunnel
+//! after a 101 (see the invariants of [`super`]).
+
+use super::client_conn::{ClientConn, ClientIo, Phase, Verdict};
+use super::headers;
+use super::listener::HttpListener;
+use super::rewind::Rewind;
+use crate::drain::Shutdown;
+use crate::endpoint::{PeerAddr, Stream};
+use crate::observed::Observed;
+use crate::registry::{ConnProtocol, ConnState, NewConn, SockAddr};
+use crate::side::Side;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// hyper's connection over a client socket.
+type HyperConn = http1::Connection<TokioIo<ClientIo>, super::service::ConnService>;
+
+/// Serves one client connection until it ends (see the module's invariants). `local`
+/// is our end of the socket.
+///
+/// Not an `async fn`: the connection is set up here, and the future returned keeps
+/// only what a parked connection needs (an `async fn` would also keep its arguments).
+pub fn serve_connection(
+    ctx: Arc<HttpListener>,
+    stream: Stream,
+    peer: PeerAddr,
+    local: SockAddr,
+    shutdown: Shutdown,
+) -> impl Future<Output = ()> + Send {
+    // A child of `hard`: one token to select on closes the connection at the end of
+    // the grace or when an operator closes it.
+    let close = shutdown.hard.child_token();
+    let client = ClientConn::registered(ctx.registry.register(NewConn {
+        side: Side::Client,
+        name: ctx.metrics.name.clone(),
+        peer: match peer {
+            PeerAddr::Tcp(a) => SockAddr::Tcp(a),
+            PeerAddr::Unix => SockAddr::Unix(None),
+        },
+        local,
+        protocol: ConnProtocol::Http1,
+        state: ConnState::Idle,
+        close: close.clone(),
+        server: None,
+        totals: Some(ctx.metrics.totals.clone()),
+    }));
+    let io: ClientIo = Rewind::new(Observed::new(stream, client.clone()));
+    let driver = Driver {
+        ctx,
+        client,
+        shutdown,
+        close,
+        peer,
+    };
+    driver.run(io)
+}
+
+/// How a turn of serving ended.
+enum Served {
+    /// The connection is done (closed by hyper, a timer, the drain or an operator).
+    Closed,
+    /// hyper found the connection idle and handed it back.
+    Parked(http1::Parts<TokioIo<ClientIo>, super::service::ConnService>),
+    /// A 101 went out: the socket belongs to the tunnel now.
+    Upgraded(
+        http1::Parts<TokioIo<ClientIo>, super::service::ConnService>,
+        Box<super::upgrade::Upgrade>,
+    ),
+}
+
+/// One client connection: what its turns of parking and serving share.
+struct Driver {
+    ctx: Arc<HttpListener>,
+    client: Arc<ClientConn>,
+    shutdown: Shutdown,
+    close: tokio_util::sync::CancellationToken,
+    peer: PeerAddr,
+}
+
+impl Driver {
+    /// Parks and serves `io` in turn until the connection ends.
+    async fn run(self, mut io: ClientIo) {
+        // Bounded: every turn either waits for the client (bounded by the timers) or
+        // serves at least one readable event.
+        loop {
+            // Parked: nothing of hyper's is held while the client is quiet. Bytes put
+            // back (a pipelined request hyper had started to read) are served at once.
+            if !io.has_prefix() && !self.park(io.get_ref().get_ref()).await {
+                return;
+            }
+            // Built for each turn (a parked connection keeps none of it).
+            let service = super::service::ConnService {
+                ctx: self.ctx.clone(),
+                peer: self.peer,
+                client: self.client.clone(),
+                forwarded_for: headers::forwarded_for(self.peer.ip()),
+            };
+            // Boxed: the task keeps only what a parked connection needs.
+            let conn = Box::new(self.ctx.builder.serve_connection(TokioIo::new(io), service));
+            match self.serve(conn).await {
+                Served::Closed => return,
+                Served::Parked(parts) => {
+                    io = parts.io.into_inner();
+                    if !parts.read_buf.is_empty() {
+                        io.put_back(parts.read_buf);
+                        self.client.head_started();
+                    }
+                }
+                Served::Upgraded(parts, upgrade) => {
+                    let mut io = parts.io.into_inner();
+                    io.put_back(parts.read_buf);
+                    let registry = self.ctx.registry.clone();
+                    // Boxed for the same reason as hyper's connection.
+                    Box::pin(super::tunnel::tunnel(io, upgrade, self.client, registry)).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits, holding no buffer, until `stream` is readable (true) or the connection
+    /// should close (false): `idle_timeout`, the drain (an idle connection closes at
+    /// once), the end of the grace or an operator.
+    async fn park(&self, stream: &Stream) -> bool {
+        loop {
+            if self.shutdown.graceful.is_cancelled() {
+                tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing idle client connection: draining");
+                return false;
+            }
+            let Some(wake) = self.next_check() else {
+                return false;
+            };
+            tokio::select! {
+                res = stream.readable() => {
+                    // An error is hyper's to find (and report) when it reads.
+                    let _ = res;
+                    return true;
+                }
+                _ = self.shutdown.graceful.cancelled() => {}
+                _ = self.close.cancelled() => {
+                    self.closed();
+                    return false;
+                }
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Drives hyper's connection until it ends, parks or upgrades, enforcing the
+    /// connection's timers, the drain and `close`.
+    async fn serve(&self, mut conn: Box<HyperConn>) -> Served {
+        let mut draining = self.shutdown.graceful.is_cancelled();
+        if draining {
+            Pin::new(&mut *conn).graceful_shutdown();
+        }
+        // One park attempt per turn: a failed one has turned keep-alive off.
+        let mut may_park = !draining;
+        // When the park timer is set to fire (see `Turn`).
+        let mut park_at: Option<Instant> = None;
+        loop {
+            let Some(wake) = self.next_check() else {
+                return Served::Closed;
+            };
+            let wake = park_at.map_or(wake, |t| wake.min(t));
+            let turn = Turn {
+                conn: &mut conn,
+                client: &self.client,
+                may_park: &mut may_park,
+                park_at: &mut park_at,
+            };
+            let step = tokio::select! {
+                step = turn => step,
+                _ = self.shutdown.graceful.cancelled(), if !draining => {
+                    draining = true;
+                    may_park = false;
+                    Pin::new(&mut *conn).graceful_shutdown();
+                    continue;
+                }
+                _ = self.close.cancelled() => {
+                    self.closed();
+                    return Served::Closed;
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    // Whichever timer it was, the next turn sets the park timer again
+                    // if it is still needed.
+                    park_at = None;
+                    continue;
+                }
+            };
+            return match step {
+                Step::Ended(res) => {
+                    if let Err(e) = res {
+                        tracing::debug!(listener = %self.ctx.name, peer = %self.peer, error = %e, "client connection ended with an error");
+                        return Served::Closed;
+                    }
+                    match self.client.take_upgrade() {
+                        Some(up) => Served::Upgraded(conn.into_parts(), up),
+                        None => Served::Closed,
+                    }
+                }
+                Step::Parked => Served::Parked(conn.into_parts()),
+                Step::SetParkTimer => continue,
+            };
+        }
+    }
+
+    /// When the connection's timers must be looked at again; `None` (logged) when one has
+    /// expired and the connection is to close.
+    fn next_check(&self) -> Option<Instant> {
+        let phase = match self
+            .client
+            .verdict(self.ctx.idle_timeout, self.ctx.header_timeout)
+        {
+            Verdict::WaitUntil(t) => return Some(t),
+            Verdict::Expired(phase) => phase,
+        };
+        let why = match phase {
+            Phase::Idle => "idle_timeout (keep-alive)",
+            Phase::Head => "header_timeout: request head not complete",
+            Phase::Busy => "idle_timeout of the upstream exchange: no byte either way",
+        };
+        tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing client connection: {why}");
+        None
+    }
+
+    fn closed(&self) {
+        if self.shutdown.hard.is_cancelled() {
+            tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing client connection: shutdown grace ended");
+        } else {
+            tracing::info!(listener = %self.ctx.name, peer = %self.peer, "closing client connection: closed by the operator");
+        }
+    }
+}
+
+/// What a poll of hyper's connection came to.
+enum Step {
+    /// hyper's connection finished (after an upgrade too: see [`Served::Upgraded`]).
+    Ended(hyper::Result<()>),
+    /// hyper found itself idle and stopped without shutting the socket down.
+    Parked,
+    /// The connection went idle: the driver sets the park timer (`park_at`).
+    SetParkTimer,
+}
+
+/// How long a connection stays idle before it is parked. Parking costs a few thousand
+/// instructions (hyper's connection and buffers are dropped and built again), so a
+/// client that sends its next request at once keeps its connection as it is; one that
+/// goes quiet (a browser between pages, 10,000 idle keep-alive clients) gives its
+/// buffers back within this.
+const PARK_AFTER: Duration = Duration::from_millis(20);
+
+/// One poll of hyper's connection, parking it when it is idle.
+///
+/// Parking asks hyper for a graceful shutdown and polls it once without shutting the
+/// socket down. hyper finishes at once, touching nothing, only if it was idle; if it
+/// still has a message to finish (a request body not read to its end, say), keep-alive
+/// is now off and the connection closes after that message, as hyper would close it
+/// anyway in the cases where this happens. A park poll that read from the socket
+/// finished a request body, not an idle connection: that connection is closed, never
+/// served again (the next bytes could be the rest of a body).
+struct Turn<'a> {
+    conn: &'a mut Box<HyperConn>,
+    client: &'a ClientConn,
+    may_park: &'a mut bool,
+    /// The park timer: set (by the driver, on [`Step::SetParkTimer`]) to when the idle
+    /// connection is due to park; `None` when it is not set.
+    park_at: &'a mut Option<Instant>,
+}
+
+impl Future for Turn<'_> {
+    type Output = Step;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Step> {
+        let this = self.get_mut();
+        let conn = &mut **this.conn;
+        if let Poll::Ready(res) = Pin::new(&mut *conn).poll(cx) {
+            return Poll::Ready(Step::Ended(res));
+        }
+        if !*this.may_park {
+            return Poll::Pending;
+        }
+        // A connection that went idle is parked only once it has stayed idle for
+        // `PARK_AFTER`; until then the park timer wakes the driver. One timer at a time:
+        // a client that keeps sending resets nothing per request.
+        let Some(due) = this.client.park_due(PARK_AFTER) else {
+            return Poll::Pending;
+        };
+        if due > Instant::now() {
+            if this.park_at.is_none() {
+                *this.park_at = Some(due);
+                return Poll::Ready(Step::SetParkTimer);
+            }
+            return Poll::Pending;
+        }
+        *this.may_park = false;
+        let reads = this.client.reads();
+        Pin::new(&mut *conn).graceful_shutdown();
+        match conn.poll_without_shutdown(cx) {
+            Poll::Ready(Ok(())) if this.client.reads() == reads => Poll::Ready(Step::Parked),
+            Poll::Ready(Ok(())) => Poll::Ready(Step::Ended(Ok(()))),
+            Poll::Ready(Err(e)) => Poll::Ready(Step::Ended(Err(e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

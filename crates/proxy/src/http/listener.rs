@@ -1,0 +1,128 @@
+//! An HTTP listener at run time: its limits, its routes and where requests go.
+
+use crate::access_log::AccessLog;
+use crate::endpoint::TcpOptions;
+use crate::listener_stats::{ListenerMetrics, RouteMetrics};
+use crate::registry::Registry;
+use crate::upstream::connect::Resolve;
+use crate::upstream::Upstream;
+use bytes::Bytes;
+use http::StatusCode;
+use hyper::server::conn::http1;
+use std::sync::Arc;
+use std::time::Duration;
+use tidegate_config::RouteAction;
+
+/// An HTTP listener at run time: its limits and routes (shared by all its addresses).
+pub struct HttpListener {
+    /// The config name.
+    pub name: String,
+    /// From a request's first byte to its complete head.
+    pub header_timeout: Duration,
+    /// Keep-alive: no byte since the last response.
+    pub idle_timeout: Duration,
+    /// Request line + headers; over it hyper answers 431.
+    pub max_header_size: usize,
+    /// Options of accepted TCP sockets.
+    pub client_tcp: TcpOptions,
+    pub(crate) routes: Vec<(super::route::Matcher, Target)>,
+    pub(crate) resolver: Arc<dyn Resolve>,
+    /// Where its connections (and the upstream connections they open) are listed.
+    pub(crate) registry: Arc<Registry>,
+    /// Its byte totals and requests that reached no upstream.
+    pub(crate) metrics: Arc<ListenerMetrics>,
+    /// One line per request, when on.
+    pub(crate) access_log: AccessLog,
+    /// hyper's settings for each connection (built once).
+    pub(super) builder: http1::Builder,
+}
+
+impl std::fmt::Debug for HttpListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpListener")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a route sends requests.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// Proxied; `metrics` is this listener's for that upstream, resolved once here.
+    Upstream {
+        upstream: Arc<Upstream>,
+        metrics: Arc<RouteMetrics>,
+    },
+    Respond {
+        status: StatusCode,
+        body: Bytes,
+    },
+}
+
+impl HttpListener {
+    /// Builds the run-time listener; `upstreams` must hold every upstream its routes
+    /// name (the config validator guarantees it; a missing one is skipped with an error
+    /// log rather than a panic). Its connections are entered in `registry`.
+    pub fn new(
+        cfg: &tidegate_config::Listener,
+        upstreams: &[Arc<Upstream>],
+        resolver: Arc<dyn Resolve>,
+        registry: &Arc<Registry>,
+    ) -> Self {
+        let mut metrics = ListenerMetrics::new(&cfg.name);
+        let routes = cfg
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let target = match &r.action {
+                    RouteAction::Upstream(name) => {
+                        let Some(up) = upstreams.iter().find(|u| &u.name == name) else {
+                            tracing::error!(listener = %cfg.name, upstream = %name, "route names an unknown upstream; skipped");
+                            return None;
+                        };
+                        Target::Upstream {
+                            upstream: up.clone(),
+                            metrics: metrics.route(&up.name),
+                        }
+                    }
+                    RouteAction::Respond { status, body } => Target::Respond {
+                        status: StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
+                        body: Bytes::from(body.clone()),
+                    },
+                };
+                Some((super::route::Matcher::new(r.host.clone(), r.path.clone()), target))
+            })
+            .collect();
+        let client_tcp = TcpOptions {
+            nodelay: true,
+            keepalive: cfg.tcp_keepalive,
+        };
+        let mut builder = http1::Builder::new();
+        builder
+            .keep_alive(true)
+            // A client's FIN ends the connection: a proxy can't tell a half-close from a
+            // client that went away, and must not leave CLOSE_WAIT sockets behind.
+            .half_close(false)
+            // tidegate's own timers time heads (see `client_conn`).
+            .header_read_timeout(None)
+            .max_header_size(cfg.max_header_size);
+        HttpListener {
+            name: cfg.name.clone(),
+            header_timeout: cfg.header_timeout,
+            idle_timeout: cfg.idle_timeout,
+            max_header_size: cfg.max_header_size,
+            client_tcp,
+            routes,
+            resolver,
+            registry: registry.clone(),
+            metrics: Arc::new(metrics),
+            access_log: AccessLog::off(),
+            builder,
+        }
+    }
+
+    /// Its metrics (byte totals, requests by route), for [`crate::metrics::Metrics`].
+    pub fn metrics(&self) -> &Arc<ListenerMetrics> {
+        &self.metrics
+    }
+}
