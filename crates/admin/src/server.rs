@@ -4,7 +4,7 @@
 //!
 //! Invariants, and how they are kept:
 //! - **At most `max_connections` clients are served at once.** Each holds a slot for
-//!   its whole life ([`slots::Slot`], taken before its task starts, freed on drop).
+//!   its whole life (`slots::Slot`, taken before its task starts, freed on drop).
 //! - **A slot is always freed in bounded time.** A client that sends no byte for
 //!   `idle_timeout` is closed, and every request (head and body) must arrive within
 //!   `idle_timeout` of its first byte, so neither a silent client nor a slow trickle
