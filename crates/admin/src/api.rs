@@ -123,8 +123,8 @@ pub struct OnDemandView {
     pub uptime_s: Option<f64>,
 }
 
-/// On-demand backend state (DESIGN.md §6): stopped → starting → ready → stopping →
-/// stopped, or failed.
+/// On-demand backend state (docs/design.md, "Vocabulary of states"): stopped →
+/// starting → ready → stopping → stopped, or failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnDemandState {
@@ -259,8 +259,8 @@ pub struct AdminClientView {
     pub requests: u64,
 }
 
-/// `detail` of the `503` a new admin client gets when every slot is held (DESIGN.md
-/// F3): who holds the slots, and how soon one frees up.
+/// `detail` of the `503` a new admin client gets when every slot is held: who holds the
+/// slots, and how soon one frees up (docs/design.md, "The admin API cannot be locked out").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdminBusy {
     /// Clients holding slots.

@@ -1,12 +1,12 @@
-//! tidegate's admin API (DESIGN.md §6): HTTP/1.1 with JSON bodies on a local socket.
+//! tidegate's admin API (docs/admin-api.md): HTTP/1.1 with JSON bodies on a local socket.
 //!
 //! - [`api`]: the wire types, shared by the server and `tidegate ctl`. The one
 //!   vocabulary of states lives here (`ready | drain | maint`, `up | down | unknown`, …).
 //! - [`Control`]: what the server asks of the running proxy. The binary implements it
 //!   over the data plane; this crate never touches the data plane itself.
 //! - [`server`]: the HTTP/1.1 server, built so that leaking clients cannot lock
-//!   operators out (DESIGN.md F3): a connection cap, idle and request deadlines, and a
-//!   clear `503` when full.
+//!   operators out: a connection cap, idle and request deadlines, and a clear `503`
+//!   when full (docs/design.md, "The admin API cannot be locked out").
 //! - [`client`]: a minimal client for `tidegate ctl` and tests.
 //! - [`path`]: the default socket (`$XDG_RUNTIME_DIR/tidegate/admin.sock`, …), shared
 //!   by the server and the client sides.

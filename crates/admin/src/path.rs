@@ -1,4 +1,4 @@
-//! Where the admin socket is when the config does not say (DESIGN.md §6), shared by the
+//! Where the admin socket is when the config does not say (docs/admin-api.md), shared by the
 //! server side (`tidegate run`) and the client side (`tidegate ctl`) so that both pick
 //! the same file:
 //!

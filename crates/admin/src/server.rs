@@ -1,6 +1,6 @@
 //! The admin server: HTTP/1.1 with JSON on the admin listener, built so that it cannot
-//! be exhausted (DESIGN.md F3 — a master's admin socket with 10 slots and no timeout was
-//! locked by clients that leaked connections).
+//! be exhausted (docs/design.md, "The admin API cannot be locked out": a master's admin
+//! socket with 10 slots and no timeout was locked by clients that leaked connections).
 //!
 //! Invariants, and how they are kept:
 //! - **At most `max_connections` clients are served at once.** Each holds a slot for

@@ -1,4 +1,4 @@
-//! Address syntax (DESIGN.md §4): `127.0.0.1:8080`, `[::1]:8080`, `localhost:6080`,
+//! Address syntax (docs/design.md): `127.0.0.1:8080`, `[::1]:8080`, `localhost:6080`,
 //! `unix:/run/app.sock:mode=660:owner=www-data:group=www-data`.
 
 use std::fmt;

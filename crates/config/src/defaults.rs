@@ -11,8 +11,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const WORKERS: usize = 0;
 
 /// `[admin] max_connections`: admin clients served at once; one more gets a 503 that
-/// names who holds the slots (DESIGN.md F3: a leaking client must not lock operators
-/// out, so the cap is small and every slot is bounded by [`ADMIN_IDLE_TIMEOUT`]).
+/// names who holds the slots (a leaking client must not lock operators out, so the cap
+/// is small and every slot is bounded by [`ADMIN_IDLE_TIMEOUT`]; docs/design.md).
 pub const ADMIN_MAX_CONNECTIONS: usize = 16;
 /// `[admin] idle_timeout`: an admin client that sends no byte for this long is closed,
 /// and a request (head and body) must arrive within it.

@@ -56,7 +56,7 @@ pub struct AccessLog {
     pub format: LogFormat,
 }
 
-/// `[admin]`: the admin API's listener (DESIGN.md §6).
+/// `[admin]`: the admin API's listener (docs/design.md, "Admin API contract").
 #[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     /// `listen`; `None` = the default socket, which depends on the environment

@@ -132,7 +132,7 @@ pub fn format_size(n: usize) -> String {
     }
 }
 
-/// A listener address (DESIGN.md §4): an IP address and port (`127.0.0.1:8080`,
+/// A listener address (docs/design.md, "Address syntax"): an IP address and port (`127.0.0.1:8080`,
 /// `[::1]:8080`, `0.0.0.0:80`; port 0 = any free port), or
 /// `unix:PATH[:mode=660][:owner=NAME|UID][:group=NAME|GID]`. A relative `PATH` is
 /// resolved against `base` (the config file's folder); owner and group names are looked

@@ -1,5 +1,5 @@
-//! The validator: walks the spanned TOML document against the whole schema of DESIGN.md
-//! §5, records every error with its position and key path, and builds the typed model.
+//! The validator: walks the spanned TOML document against the whole schema (docs/config.md),
+//! records every error with its position and key path, and builds the typed model.
 //!
 //! Each section is one function; leaf values go through a few helpers (`timeout`,
 //! `uint`, `size`, `choice`, `parsed`, …) that return `None` for an absent or invalid

@@ -1,10 +1,10 @@
 //! Typed endpoints: a connection is either TCP or Unix, and socket options that only
 //! make sense on TCP (`TCP_NODELAY`, TCP keepalive) exist only on the TCP type.
 //!
-//! This is failure F1 of DESIGN.md made impossible: a network library that set
-//! `TCP_NODELAY` on a Unix socket got `EOPNOTSUPP` and the error cascaded. Here the
-//! option is a method of [`TcpOptions`], which is applied to a [`tokio::net::TcpStream`]
-//! only; there is nothing to call on a Unix stream:
+//! This makes the failure of docs/design.md, "Unix sockets are not TCP", impossible: a
+//! network library that set `TCP_NODELAY` on a Unix socket got `EOPNOTSUPP` and the
+//! error cascaded. Here the option is a method of [`TcpOptions`], which is applied to a
+//! [`tokio::net::TcpStream`] only; there is nothing to call on a Unix stream:
 //!
 //! ```compile_fail,E0308
 //! use tidegate_net::endpoint::TcpOptions;

@@ -1,6 +1,6 @@
 //! Operator-facing descriptions of OS errors: `connection refused (ECONNREFUSED)`.
 //!
-//! STYLE.md: "speak like an operator … errno names and meanings in messages". The
+//! docs/design.md, "House rules": errors speak like an operator, errno name and meaning. The
 //! standard library prints `Connection refused (os error 111)`; the number means nothing
 //! to someone reading a log at 3 a.m., the name is what they search for. Listeners use
 //! this for bind errors, the HTTP proxy for upstream connect errors.

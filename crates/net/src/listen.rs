@@ -5,10 +5,10 @@
 //! - TCP: `SO_REUSEADDR` (a restart is not refused because of `TIME_WAIT`),
 //!   `IPV6_V6ONLY` on IPv6 sockets (so `[::]:80` and `0.0.0.0:80` can both be listened
 //!   on), the backlog, and [`TcpOptions`] on every accepted connection.
-//! - Unix (DESIGN.md §7, failure F1): the socket file is never reachable with looser
-//!   permissions than configured, a stale file is replaced only when it is a socket
-//!   nobody listens on, and on drop the file is removed only if it is still ours. See
-//!   the `unix` submodule for how.
+//! - Unix (docs/design.md, "Unix sockets are not TCP"): the socket file is never
+//!   reachable with looser permissions than configured, a stale file is replaced only
+//!   when it is a socket nobody listens on, and on drop the file is removed only if it
+//!   is still ours. See the `unix` submodule for how.
 //!
 //! Boundaries: this module binds and accepts. It does not loop, back off or count
 //! connections — the accept loop does, and it gets every accept error unchanged so that

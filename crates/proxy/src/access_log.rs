@@ -27,7 +27,7 @@ use http::{Method, Uri};
 use tidegate_config::{AccessLogTo, LogFormat};
 
 use crate::endpoint::PeerAddr;
-use crate::upstream::Upstream;
+use crate::registry::ServerId;
 
 /// Lines waiting for the writer. At 100k requests/s this is ~80 ms of slack, enough
 /// to ride out a disk hiccup; beyond it lines are dropped, not the proxy slowed.
@@ -91,8 +91,8 @@ pub struct Record {
     pub status: Option<u16>,
     /// Response body bytes handed to the client connection.
     pub bytes_out: u64,
-    /// The upstream and server index the request went to, if any.
-    pub upstream: Option<(Arc<Upstream>, usize)>,
+    /// The upstream server the request went to, if any.
+    pub upstream: Option<ServerId>,
     /// The upstream socket's address (TCP); `None` for a Unix socket (the server's
     /// configured path is logged).
     pub upstream_peer: Option<SocketAddr>,
@@ -295,13 +295,12 @@ fn report_write_error(failing: &mut bool, e: &io::Error) {
 
 /// The upstream name and the address used, if the request reached an upstream.
 fn upstream_fields(rec: &Record) -> Option<(&str, String)> {
-    let (up, index) = rec.upstream.as_ref()?;
-    let addr = match (rec.upstream_peer, up.servers.get(*index)) {
-        (Some(peer), _) => peer.to_string(),
-        (None, Some(server)) => server.addr.to_string(),
-        (None, None) => String::new(),
+    let server = rec.upstream.as_ref()?;
+    let addr = match rec.upstream_peer {
+        Some(peer) => peer.to_string(),
+        None => server.addr.to_string(),
     };
-    Some((&up.name, addr))
+    Some((&server.upstream, addr))
 }
 
 fn millis(d: Duration) -> f64 {

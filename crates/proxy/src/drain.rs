@@ -1,5 +1,5 @@
-//! One drain signal for every connection kind (STYLE.md: hyper-util's graceful helper
-//! only knows hyper connections).
+//! One drain signal for every connection kind (docs/design.md, "House rules"; hyper-util's
+//! graceful helper only knows hyper connections).
 //!
 //! Invariants: every connection task is spawned on [`Shutdown::tracker`], so the binary
 //! can wait for all of them; `graceful` is cancelled first (stop accepting, finish

@@ -3,11 +3,12 @@
 //! it all.
 //!
 //! This crate never reads the environment, installs signal handlers or exits the
-//! process: the binary wires it (STYLE.md). [`Runtime`] is the one entry point: built
+//! process: the binary wires it (docs/design.md). [`Runtime`] is the one entry point: built
 //! from a validated config, it binds every address (or reports every failure), then
 //! [`Runtime::start`] runs the accept loops under a [`drain::Shutdown`].
 // `deny`, not `forbid`: the one exception is the `pre_exec` hook that sets
-// PR_SET_PDEATHSIG in an on-demand backend's child (`upstream::on_demand`).
+// PR_SET_PDEATHSIG in an on-demand backend's child, alone in
+// `upstream::on_demand::spawner`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -17,11 +18,14 @@ pub use tidegate_net::{endpoint, errno, listen};
 
 pub mod access_log;
 pub mod drain;
+pub mod failure;
 pub mod http;
+pub mod listener_stats;
 pub mod metrics;
 pub mod observed;
 pub mod registry;
 pub mod serve;
+pub mod side;
 pub mod tcp;
 pub mod upstream;
 
@@ -36,7 +40,7 @@ use http::HttpListener;
 use listen::{ListenError, Listener, LocalAddr};
 use metrics::Metrics;
 use registry::Registry;
-use serve::Handler;
+use serve::ListenerKind;
 use tcp::TunnelListener;
 use upstream::connect::Resolve;
 use upstream::on_demand::Children;
@@ -53,12 +57,12 @@ pub struct Runtime {
     /// The Prometheus metrics over all of it.
     metrics: Arc<Metrics>,
     /// Active health checks, started with the listeners.
-    checks: upstream::health::Checks,
+    checks: upstream::health::checker::Checks,
 }
 
 #[derive(Debug)]
 struct BoundListener {
-    ctx: Handler,
+    ctx: ListenerKind,
     sockets: Vec<Listener>,
     limit: Arc<Semaphore>,
 }
@@ -79,7 +83,7 @@ impl Runtime {
         let mut listener_metrics = Vec::new();
         for l in &config.listeners {
             let ctx = match l.protocol {
-                Protocol::Http => Handler::Http(Arc::new(HttpListener::new(
+                Protocol::Http => ListenerKind::Http(Arc::new(HttpListener::new(
                     l,
                     &upstreams,
                     resolver.clone(),
@@ -88,14 +92,14 @@ impl Runtime {
                 // `None` only on a validator bug; logged, and the listener is left out.
                 Protocol::Tcp => {
                     match TunnelListener::new(l, &upstreams, resolver.clone(), &registry) {
-                        Some(t) => Handler::Tcp(Arc::new(t)),
+                        Some(t) => ListenerKind::Tcp(Arc::new(t)),
                         None => continue,
                     }
                 }
             };
             listener_metrics.push(match &ctx {
-                Handler::Http(h) => h.metrics().clone(),
-                Handler::Tcp(t) => t.metrics().clone(),
+                ListenerKind::Http(h) => h.metrics().clone(),
+                ListenerKind::Tcp(t) => t.metrics().clone(),
             });
             let mut sockets = Vec::new();
             for addr in &l.listen {
@@ -121,7 +125,7 @@ impl Runtime {
             Ok(Runtime {
                 registry,
                 metrics,
-                checks: upstream::health::Checks::new(&upstreams, resolver),
+                checks: upstream::health::checker::Checks::new(&upstreams, resolver),
                 upstreams,
                 listeners,
             })
@@ -159,7 +163,7 @@ impl Runtime {
     /// are reported in the metrics.
     pub fn set_access_log(&mut self, log: AccessLog) {
         for l in &mut self.listeners {
-            if let Handler::Http(h) = &mut l.ctx {
+            if let ListenerKind::Http(h) = &mut l.ctx {
                 match Arc::get_mut(h) {
                     Some(h) => h.access_log = log.clone(),
                     // Only `bind` has handed the listener out so far.

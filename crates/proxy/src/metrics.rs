@@ -1,14 +1,19 @@
-//! Prometheus metrics (DESIGN.md §6 `GET /metrics`), encoded with `prometheus-client`
+//! Prometheus metrics (`GET /metrics`, docs/admin-api.md), encoded with `prometheus-client`
 //! and served in the Prometheus text format 0.0.4 ([`Metrics::encode`]).
 //!
 //! Hot path: nothing is looked up by label while serving. Every counter lives in the
 //! struct that owns it — a route's request counters and duration histogram in the
 //! route's [`RouteMetrics`] (resolved when the runtime is built), a server's counters in
 //! its [`ServerStats`] — and one [`Collector`] walks those structs at scrape time.
+//! Nothing else in the crate imports this module: the counters live next to what they
+//! count, and this is the one reader that turns them into the exposition.
+//!
+//! [`RouteMetrics`]: crate::listener_stats::RouteMetrics
+//! [`ServerStats`]: crate::upstream::stats::ServerStats
 //! Values that are a picture of the present (connections by state, health, admin state,
 //! pooled connections) are computed at scrape time from the registry and the servers.
 //!
-//! Families (all prefixed `tidegate_`; labels use DESIGN.md §6's one vocabulary):
+//! Families (all prefixed `tidegate_`; labels use docs/design.md's "Vocabulary of states"):
 //! - `requests_total{listener, upstream, class}`: HTTP requests by status class
 //!   `1xx`…`5xx`, or `error` when no response head was sent (the client left first).
 //!   `upstream` is `""` for requests that reached no upstream (fixed responses, 404s).
@@ -29,228 +34,22 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 
 use crate::access_log::AccessLog;
-use crate::registry::{ConnSide, ConnState, Registry, Totals};
-use crate::upstream::connect::ConnectError;
+use crate::listener_stats::{ListenerMetrics, STATUS_CLASSES};
+use crate::registry::{ConnState, Registry};
+use crate::side::Side;
 use crate::upstream::health::HealthState;
-use crate::upstream::{ServerState, Upstream, UpstreamError};
-
-/// Status classes of `tidegate_requests_total`, by index (see [`RouteMetrics::record`]).
-pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
-
-/// Buckets of `tidegate_request_duration_seconds`: 1 ms to a minute (a proxied
-/// request spans both; SSE streams and long polls fall in `+Inf`).
-pub const DURATION_BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
-];
-
-// === RouteMetrics ===
-
-/// Request counters and the duration histogram of one (listener, upstream) pair,
-/// shared by every route of the listener to that upstream.
-pub struct RouteMetrics {
-    upstream: Arc<str>,
-    requests: [AtomicU64; 6],
-    duration: Histogram,
-}
-
-impl fmt::Debug for RouteMetrics {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RouteMetrics")
-            .field("upstream", &self.upstream)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RouteMetrics {
-    /// Metrics of requests sent to `upstream` (`""`: to no upstream).
-    pub fn new(upstream: &str) -> Arc<Self> {
-        Arc::new(RouteMetrics {
-            upstream: Arc::from(upstream),
-            requests: Default::default(),
-            duration: Histogram::new(DURATION_BUCKETS),
-        })
-    }
-
-    /// One request ended: `status` of the response head sent (`None`: none was sent),
-    /// `took` from its head to its end.
-    pub fn record(&self, status: Option<u16>, took: Duration) {
-        let class = match status {
-            Some(s @ 100..=599) => usize::from(s / 100 - 1),
-            _ => 5,
-        };
-        self.requests[class].fetch_add(1, Ordering::Relaxed);
-        self.duration.observe(took.as_secs_f64());
-    }
-
-    /// Requests counted in `class` (an index into [`STATUS_CLASSES`]).
-    pub fn requests(&self, class: usize) -> u64 {
-        self.requests
-            .get(class)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-}
-
-// === ListenerMetrics ===
-
-/// What a listener contributes: its byte totals and (HTTP) its routes' metrics.
-#[derive(Debug)]
-pub struct ListenerMetrics {
-    pub(crate) name: Arc<str>,
-    /// Bytes of its closed connections (live ones are added at scrape time).
-    pub(crate) totals: Arc<Totals>,
-    /// Requests that reached no upstream (fixed responses, 404s, refused requests).
-    pub(crate) local: Arc<RouteMetrics>,
-    /// One per upstream its routes name.
-    routes: Vec<Arc<RouteMetrics>>,
-    /// The highest byte counts reported, so the counters never go back (see
-    /// `Registration`'s drop: a closing connection's bytes may be in neither the live
-    /// sum nor the totals for an instant).
-    reported: [AtomicU64; 2],
-}
-
-impl ListenerMetrics {
-    /// A listener called `name` with no routes yet.
-    pub fn new(name: &str) -> Self {
-        ListenerMetrics {
-            name: Arc::from(name),
-            totals: Arc::new(Totals::default()),
-            local: RouteMetrics::new(""),
-            routes: Vec::new(),
-            reported: Default::default(),
-        }
-    }
-
-    /// The metrics of requests to `upstream`, shared by all routes that name it.
-    pub(crate) fn route(&mut self, upstream: &str) -> Arc<RouteMetrics> {
-        if let Some(r) = self.routes.iter().find(|r| &*r.upstream == upstream) {
-            return r.clone();
-        }
-        let r = RouteMetrics::new(upstream);
-        self.routes.push(r.clone());
-        r
-    }
-}
-
-// === ServerStats ===
-
-/// Why a connect failed, as a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
-pub enum ConnectFailure {
-    /// ECONNREFUSED, or a Unix socket path with nothing at it.
-    Refused = 0,
-    /// `connect_timeout` passed.
-    Timeout = 1,
-    /// ENETUNREACH, EHOSTUNREACH.
-    Unreachable = 2,
-    /// The host name did not resolve.
-    Resolve = 3,
-    /// Anything else.
-    Other = 4,
-}
-
-impl ConnectFailure {
-    /// Every reason, by index.
-    pub const ALL: [ConnectFailure; 5] = [
-        ConnectFailure::Refused,
-        ConnectFailure::Timeout,
-        ConnectFailure::Unreachable,
-        ConnectFailure::Resolve,
-        ConnectFailure::Other,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnectFailure::Refused => "refused",
-            ConnectFailure::Timeout => "timeout",
-            ConnectFailure::Unreachable => "unreachable",
-            ConnectFailure::Resolve => "resolve",
-            ConnectFailure::Other => "other",
-        }
-    }
-
-    /// Classifies a connect error (for several addresses: by the last one tried, the
-    /// one whose error the operator sees last).
-    pub fn of(e: &UpstreamError) -> Self {
-        let UpstreamError::Connect { error, .. } = e else {
-            return ConnectFailure::Other;
-        };
-        match error {
-            ConnectError::Timeout { .. } => ConnectFailure::Timeout,
-            ConnectError::Resolve { .. } => ConnectFailure::Resolve,
-            ConnectError::Failed(attempts) => match attempts.last() {
-                Some((_, io)) => Self::of_io(io),
-                None => ConnectFailure::Other,
-            },
-        }
-    }
-
-    fn of_io(e: &std::io::Error) -> Self {
-        use std::io::ErrorKind as K;
-        match e.kind() {
-            K::ConnectionRefused | K::NotFound => ConnectFailure::Refused,
-            K::TimedOut => ConnectFailure::Timeout,
-            K::HostUnreachable | K::NetworkUnreachable => ConnectFailure::Unreachable,
-            _ => ConnectFailure::Other,
-        }
-    }
-}
-
-/// One server's counters; relaxed atomics bumped where the event happens.
-#[derive(Debug, Default)]
-pub struct ServerStats {
-    /// Exchanges (requests and tunnels) sent to it.
-    pub(crate) requests: AtomicU64,
-    /// Failed exchanges: connect failures, 5xx, failures before the response head.
-    pub(crate) failures: AtomicU64,
-    connect_failures: [AtomicU64; 5],
-    pool_reused: AtomicU64,
-    pool_new: AtomicU64,
-}
-
-impl ServerStats {
-    /// A connect failed.
-    pub(crate) fn connect_failed(&self, why: ConnectFailure) {
-        self.connect_failures[why as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A request got a connection: `reused` from the pool, or new.
-    pub(crate) fn checkout(&self, reused: bool) {
-        let c = if reused {
-            &self.pool_reused
-        } else {
-            &self.pool_new
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Connect failures for `why`.
-    pub fn connect_failures(&self, why: ConnectFailure) -> u64 {
-        self.connect_failures[why as usize].load(Ordering::Relaxed)
-    }
-
-    /// Requests that got a pooled connection (`true`) or a new one.
-    pub fn checkouts(&self, reused: bool) -> u64 {
-        if reused {
-            self.pool_reused.load(Ordering::Relaxed)
-        } else {
-            self.pool_new.load(Ordering::Relaxed)
-        }
-    }
-}
+use crate::upstream::stats::ConnectFailure;
+use crate::upstream::{Server, ServerState, Upstream};
 
 // === Metrics ===
 
@@ -453,14 +252,14 @@ impl Collector for Sources {
         self.conns.for_each(|c| {
             let state = c.state() as usize;
             match c.side() {
-                ConnSide::Client => {
+                Side::Client => {
                     if let Some(&i) = listener_index.get(c.name()) {
                         client_states[i][state] += 1;
                         live_bytes[i][0] += c.bytes_in();
                         live_bytes[i][1] += c.bytes_out();
                     }
                 }
-                ConnSide::Upstream => {
+                Side::Upstream => {
                     let Some(&u) = upstream_index.get(c.name()) else {
                         return;
                     };
@@ -510,7 +309,7 @@ impl Collector for Sources {
         struct Row<'a> {
             upstream: &'a str,
             addr: String,
-            server: &'a crate::upstream::Server,
+            server: &'a Server,
             u: usize,
             i: usize,
         }
@@ -734,23 +533,5 @@ mod tests {
             "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total{x=\"1\"} 2\n\
              # HELP g A gauge.\n# TYPE g gauge\ng 1\n"
         );
-    }
-
-    #[test]
-    fn status_classes_by_hundreds_and_error_without_a_status() {
-        let r = RouteMetrics::new("app");
-        for s in [
-            Some(101),
-            Some(200),
-            Some(204),
-            Some(404),
-            Some(503),
-            None,
-            Some(999),
-        ] {
-            r.record(s, Duration::from_millis(1));
-        }
-        let counts: Vec<u64> = (0..6).map(|i| r.requests(i)).collect();
-        assert_eq!(counts, [1, 2, 0, 1, 1, 2]);
     }
 }

@@ -1,6 +1,6 @@
 //! One I/O wrapper that tells an observer how many bytes moved each way. Client
-//! connections report to their `http::clock::Clock` (phases, idle timers, counters),
-//! upstream connections to their registry entry (counters only).
+//! connections report to their `http::client_conn::ClientConn` (phases, idle timers,
+//! counters), upstream connections to their registry entry (counters only).
 
 use std::io;
 use std::pin::Pin;

@@ -1,27 +1,27 @@
 //! The connection registry: every client connection (HTTP and TCP tunnels) and every
 //! upstream connection (pooled or in use) while it lives, with its state, counters and
-//! a way to close it now (DESIGN.md §2 principle 1, §6 `GET /v1/connections`).
+//! a way to close it now (docs/design.md, "Principles" 1; `GET /v1/connections`).
 //!
 //! A connection enters through [`Registry::register`], which hands back a
 //! [`Registration`]; dropping the registration removes the entry. Whoever owns the
-//! connection's sockets owns the registration (the HTTP connection's [`Clock`], a
+//! connection's sockets owns the registration (the HTTP connection's [`ClientConn`], a
 //! tunnel's [`TunnelStats`], an upstream connection's pool task), so an entry lives
 //! exactly as long as its connection's task.
 //!
 //! Hot-path cost: one registration per connection (an allocation and one lock of one
 //! shard out of [`SHARDS`]); per read or write, a relaxed store of the last-activity time
 //! and a relaxed add to a byte counter on the connection's own entry (the HTTP
-//! [`Clock`] keeps its timers on the same entry instead of a second set of atomics);
+//! [`ClientConn`] keeps its timers on the same entry instead of a second set of atomics);
 //! per request, a few relaxed stores and one uncontended lock to link the client
-//! connection to the upstream connection it uses (no allocation: the link holds an
-//! `Arc<Upstream>`, a server index and the upstream connection's entry, which knows its
-//! own addresses). [`Registry::snapshot`] allocates; nothing else does.
+//! connection to the upstream connection it uses (no allocation: the link holds the
+//! server's [`ServerId`] and the upstream connection's entry, which knows its own
+//! addresses). [`Registry::snapshot`] allocates; nothing else does.
 //!
 //! The vocabulary (`client | upstream`, `http1 | sse | websocket | tcp`,
-//! `reading | waiting_upstream | streaming | tunnel | idle | closing`) is DESIGN.md §6's;
+//! `reading | waiting_upstream | streaming | tunnel | idle | closing`) is docs/design.md's;
 //! the binary turns [`ConnSnapshot`]s into the admin API's views.
 //!
-//! [`Clock`]: crate::http::clock::Clock
+//! [`ClientConn`]: crate::http::client_conn::ClientConn
 //! [`TunnelStats`]: crate::tcp::TunnelStats
 
 use std::collections::HashMap;
@@ -35,7 +35,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::upstream::Upstream;
+use crate::observed::IoObserver;
+use crate::side::Side;
 
 /// Shards of the registry's map. Registration and removal lock one shard, picked by
 /// id; consecutive ids land on different shards, so connections accepted at once on
@@ -44,25 +45,6 @@ pub const SHARDS: usize = 32;
 
 /// Connection ids, unique in the process (across registries, so across reloads).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-/// Which side of tidegate a connection is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ConnSide {
-    /// Accepted by a listener.
-    Client,
-    /// Opened to an upstream server.
-    Upstream,
-}
-
-impl ConnSide {
-    /// `client` or `upstream`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnSide::Client => "client",
-            ConnSide::Upstream => "upstream",
-        }
-    }
-}
 
 /// What a connection carries now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,7 +89,7 @@ impl ConnProtocol {
     }
 }
 
-/// Where a connection is in its life (DESIGN.md §2 principle 5).
+/// Where a connection is in its life (docs/design.md, "Vocabulary of states").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum ConnState {
@@ -191,6 +173,20 @@ impl SockAddr {
     }
 }
 
+/// An upstream server as registry entries and access-log lines name it: made once per
+/// server and shared by reference count, so linking a request to it allocates nothing.
+/// Names, not the upstream itself: what lists connections needs no way back to the
+/// balancer and its pools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerId {
+    /// The upstream's name.
+    pub upstream: Arc<str>,
+    /// The server's address as configured.
+    pub addr: Arc<str>,
+    /// The server's index in its upstream.
+    pub index: usize,
+}
+
 /// Bytes moved by the connections of one listener that have closed; the live ones are
 /// added at scrape time (see `metrics`), so nothing shared is touched per byte.
 #[derive(Debug, Default)]
@@ -203,7 +199,7 @@ pub struct Totals {
 #[derive(Debug)]
 pub struct NewConn {
     /// Client or upstream.
-    pub side: ConnSide,
+    pub side: Side,
     /// Listener name (client side) or upstream name (upstream side).
     pub name: Arc<str>,
     /// The other end.
@@ -226,7 +222,7 @@ pub struct NewConn {
 /// own task and read by snapshots.
 pub struct Conn {
     id: u64,
-    side: ConnSide,
+    side: Side,
     name: Arc<str>,
     peer: SockAddr,
     local: SockAddr,
@@ -251,8 +247,7 @@ pub struct Conn {
 /// The upstream side of a client connection's current exchange.
 #[derive(Debug)]
 struct Link {
-    upstream: Arc<Upstream>,
-    server: usize,
+    server: ServerId,
     /// The upstream connection in use (`None` while connecting).
     conn: Option<Arc<Conn>>,
 }
@@ -300,7 +295,7 @@ impl Conn {
     }
 
     /// Client or upstream.
-    pub fn side(&self) -> ConnSide {
+    pub fn side(&self) -> Side {
         self.side
     }
 
@@ -444,12 +439,11 @@ impl Conn {
         }
     }
 
-    /// Client side: the current exchange goes to `upstream`'s server `server`, over
-    /// `conn` (`None` while connecting). No allocation: reference counts only.
-    pub(crate) fn link(&self, upstream: &Arc<Upstream>, server: usize, conn: Option<&Arc<Conn>>) {
+    /// Client side: the current exchange goes to `server`, over `conn` (`None` while
+    /// connecting). No allocation: reference counts only.
+    pub(crate) fn link(&self, server: &ServerId, conn: Option<&Arc<Conn>>) {
         *lock(&self.link) = Some(Link {
-            upstream: upstream.clone(),
-            server,
+            server: server.clone(),
             conn: conn.cloned(),
         });
     }
@@ -463,7 +457,7 @@ impl Conn {
 
     fn upstream_view(&self) -> Option<UpstreamSnapshot> {
         match self.side {
-            ConnSide::Upstream => {
+            Side::Upstream => {
                 let (index, server) = self.server.clone()?;
                 Some(UpstreamSnapshot {
                     name: self.name.to_string(),
@@ -473,10 +467,9 @@ impl Conn {
                     peer: self.peer.tcp().map(|a| a.to_string()),
                 })
             }
-            ConnSide::Client => {
+            Side::Client => {
                 let link = lock(&self.link);
                 let link = link.as_ref()?;
-                let server = link.upstream.servers.get(link.server)?;
                 let (local, peer) = match &link.conn {
                     Some(c) => (
                         c.local.tcp().map(|a| a.to_string()),
@@ -485,9 +478,9 @@ impl Conn {
                     None => (None, None),
                 };
                 Some(UpstreamSnapshot {
-                    name: link.upstream.name.clone(),
-                    server: server.addr.to_string(),
-                    index: link.server,
+                    name: link.server.upstream.to_string(),
+                    server: link.server.addr.to_string(),
+                    index: link.server.index,
                     local,
                     peer,
                 })
@@ -523,7 +516,7 @@ pub struct ConnSnapshot {
     /// Unique while the process runs.
     pub id: u64,
     /// Client or upstream.
-    pub side: ConnSide,
+    pub side: Side,
     /// Listener name (client side) or upstream name (upstream side).
     pub listener: String,
     /// `http1 | sse | websocket | tcp`.
@@ -698,7 +691,7 @@ impl Registry {
 impl Registration {
     /// An entry in no registry, for connections nobody lists (tests, a listener's own
     /// checks); it behaves like a registered one otherwise.
-    pub fn detached(side: ConnSide, protocol: ConnProtocol, state: ConnState) -> Self {
+    pub fn detached(side: Side, protocol: ConnProtocol, state: ConnState) -> Self {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let new = NewConn {
             side,
@@ -749,13 +742,11 @@ impl Drop for Registration {
     }
 }
 
-/// A stream that counts its bytes and last activity on a registered connection
-/// (upstream connections; client connections count through their `Clock`). Only reads
+/// An `Observed<T, Conn>` counts its bytes and last activity on a registered connection
+/// (upstream connections; client connections count through their `ClientConn`). Only reads
 /// update the last activity: on an upstream connection a read (the response) follows
 /// every write (the request), and a clock read costs more than the byte count.
-pub type Metered<T> = crate::observed::Observed<T, Conn>;
-
-impl crate::observed::IoObserver for Conn {
+impl IoObserver for Conn {
     fn read(&self, n: usize) {
         self.on_read(n, self.elapsed_ms());
     }
@@ -799,7 +790,7 @@ mod tests {
 
     fn client(name: &str) -> NewConn {
         NewConn {
-            side: ConnSide::Client,
+            side: Side::Client,
             name: Arc::from(name),
             peer: SockAddr::Tcp("127.0.0.1:5000".parse().unwrap()),
             local: SockAddr::Tcp("127.0.0.1:8080".parse().unwrap()),
@@ -843,7 +834,7 @@ mod tests {
         );
         assert_eq!(s.state, ConnState::Streaming);
         assert_eq!(s.protocol, ConnProtocol::Sse);
-        assert_eq!(s.side, ConnSide::Client);
+        assert_eq!(s.side, Side::Client);
         assert_eq!(s.peer, "127.0.0.1:5000");
         assert_eq!(s.local, "127.0.0.1:8080");
         assert_eq!(s.upstream, None);
@@ -883,7 +874,7 @@ mod tests {
         let r = Registry::new();
         let c = r.register(client("tcp"));
         let mut up = client("rabbit");
-        up.side = ConnSide::Upstream;
+        up.side = Side::Upstream;
         up.server = Some((0, Arc::from("127.0.0.1:5672")));
         let u = r.register_mirror(up, c.conn());
         c.on_read(3, 0);

@@ -1,7 +1,7 @@
 //! The accept loop, one for every listening socket of every kind (HTTP and TCP mode):
 //! `max_connections`, back-off on accept errors, and the drain. What a connection
-//! becomes is the [`Handler`]'s business; everything around it is the same for all
-//! (STYLE.md: one accept loop, one drain token).
+//! becomes depends on the [`ListenerKind`]; everything around it is the same for all
+//! (docs/design.md, "House rules": one accept loop, one drain).
 //!
 //! Invariants: a connection task holds one permit of its listener's semaphore for its
 //! whole life, so at `max_connections` accepting pauses until one ends; the listening
@@ -27,31 +27,31 @@ const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 /// Longest pause after repeated accept errors (EMFILE must not spin a core).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// What a listener does with an accepted connection, by its `protocol`.
+/// A listener by its `protocol`: what it does with an accepted connection.
 #[derive(Debug, Clone)]
-pub enum Handler {
+pub enum ListenerKind {
     /// `protocol = "http"`: hyper, routes, the HTTP proxy.
     Http(Arc<HttpListener>),
     /// `protocol = "tcp"`: a tunnel to the listener's upstream.
     Tcp(Arc<TunnelListener>),
 }
 
-// === impl Handler ===
+// === impl ListenerKind ===
 
-impl Handler {
+impl ListenerKind {
     /// The listener's config name.
     pub fn name(&self) -> &str {
         match self {
-            Handler::Http(l) => &l.name,
-            Handler::Tcp(l) => &l.name,
+            ListenerKind::Http(l) => &l.name,
+            ListenerKind::Tcp(l) => &l.name,
         }
     }
 
     /// Options for the listener's accepted TCP sockets.
     pub fn client_tcp(&self) -> TcpOptions {
         match self {
-            Handler::Http(l) => l.client_tcp,
-            Handler::Tcp(l) => l.client_tcp,
+            ListenerKind::Http(l) => l.client_tcp,
+            ListenerKind::Tcp(l) => l.client_tcp,
         }
     }
 
@@ -80,12 +80,12 @@ impl Handler {
         let sd = shutdown.clone();
         let release = move |()| drop(permit);
         match self {
-            Handler::Http(l) => {
+            ListenerKind::Http(l) => {
                 shutdown
                     .tracker
                     .spawn(serve_connection(l.clone(), stream, peer, local, sd).map(release));
             }
-            Handler::Tcp(l) => {
+            ListenerKind::Tcp(l) => {
                 shutdown
                     .tracker
                     .spawn(serve_tunnel(l.clone(), stream, peer, local, sd).map(release));
@@ -98,7 +98,7 @@ impl Handler {
 /// `ctx` in its own task on the drain tracker.
 pub async fn accept_loop(
     listener: Listener,
-    ctx: Handler,
+    ctx: ListenerKind,
     limit: Arc<Semaphore>,
     shutdown: Shutdown,
 ) {

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use common::Proxy;
 use tidegate_config::{AccessLogTo, Config, LogFormat};
 use tidegate_proxy::access_log::AccessLog;
-use tidegate_proxy::registry::{ConnProtocol, ConnSide, ConnSnapshot, ConnState};
+use tidegate_proxy::registry::{ConnProtocol, ConnSnapshot, ConnState};
+use tidegate_proxy::side::Side;
 use tidegate_proxy::upstream::ServerState;
 use tidegate_testkit::{
     connect, get, Addr, Backend, Bind, End, RawConn, Reply, SseThen, TcpBackend,
@@ -48,7 +49,7 @@ fn client_entry(proxy: &Proxy, c: &RawConn) -> Option<ConnSnapshot> {
         .registry
         .snapshot()
         .into_iter()
-        .find(|s| s.side == ConnSide::Client && s.peer == me)
+        .find(|s| s.side == Side::Client && s.peer == me)
 }
 
 fn upstream_entries(proxy: &Proxy) -> Vec<ConnSnapshot> {
@@ -56,7 +57,7 @@ fn upstream_entries(proxy: &Proxy) -> Vec<ConnSnapshot> {
         .registry
         .snapshot()
         .into_iter()
-        .filter(|s| s.side == ConnSide::Upstream)
+        .filter(|s| s.side == Side::Upstream)
         .collect()
 }
 

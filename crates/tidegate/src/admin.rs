@@ -1,4 +1,4 @@
-//! The admin API's wiring (DESIGN.md §6): which socket — `run --admin`, `[admin]
+//! The admin API's wiring (docs/admin-api.md): which socket — `run --admin`, `[admin]
 //! listen`, or the default computed from the environment — binding it, and running the
 //! server beside the data plane. `run` and `ctl` both resolve the default here, so they
 //! agree on it.

@@ -15,6 +15,7 @@ use tidegate_config::Config;
 use tidegate_proxy::listen::LocalAddr;
 use tidegate_proxy::metrics::Metrics;
 use tidegate_proxy::registry::{self, Registry};
+use tidegate_proxy::side::Side;
 use tidegate_proxy::upstream::{self, health::HealthState, on_demand, Upstream};
 
 /// What `POST /v1/reload` answers until hot reload exists.
@@ -106,7 +107,7 @@ impl Control for Live {
             .registry
             .snapshot()
             .into_iter()
-            .filter(|c| c.side == registry::ConnSide::Client)
+            .filter(|c| c.side == Side::Client)
             .collect();
         Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -183,8 +184,8 @@ impl Control for Live {
             .map(|c| ConnectionView {
                 id: c.id,
                 side: match c.side {
-                    registry::ConnSide::Client => ConnSide::Client,
-                    registry::ConnSide::Upstream => ConnSide::Upstream,
+                    Side::Client => ConnSide::Client,
+                    Side::Upstream => ConnSide::Upstream,
                 },
                 listener: c.listener,
                 protocol: match c.protocol {

@@ -1,4 +1,4 @@
-//! `tidegate ctl`: a thin client of the admin API (DESIGN.md §6, docs/admin-api.md).
+//! `tidegate ctl`: a thin client of the admin API (docs/admin-api.md).
 //! One request per command, human tables by default, the API's own JSON with `--json`.
 //!
 //! The socket is `--admin ADDR`, else `[admin] listen` of `--config FILE`, else the

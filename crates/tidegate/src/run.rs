@@ -1,5 +1,5 @@
 //! `tidegate run`: load the config, set up logging and limits, bind, serve, and end on
-//! signals (DESIGN.md §7):
+//! signals (docs/design.md, "Library facts"):
 //! - SIGTERM: stop listening at once, close idle connections, let in-flight exchanges
 //!   finish until `shutdown_grace`, close the rest, exit 0.
 //! - SIGINT: skip the drain: close everything now, remove socket files, exit 0.

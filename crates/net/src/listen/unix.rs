@@ -1,4 +1,4 @@
-//! Unix listening sockets (DESIGN.md §7, failure F1).
+//! Unix listening sockets (docs/design.md, "Unix sockets are not TCP" and "Library facts").
 //!
 //! Invariants, and how they are kept:
 //! - **Never reachable with looser permissions than configured.** The socket is bound

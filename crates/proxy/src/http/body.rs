@@ -19,11 +19,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{sleep_until, Instant, Sleep};
 
-use super::clock::Clock;
+use super::client_conn::ClientConn;
 use super::HttpListener;
 use crate::access_log::Record;
 use crate::endpoint::PeerAddr;
-use crate::metrics::RouteMetrics;
+use crate::listener_stats::RouteMetrics;
 use crate::upstream::pool::Checkout;
 use crate::upstream::ActiveGuard;
 
@@ -34,7 +34,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug)]
 pub struct ProxyBody {
     kind: Kind,
-    /// Marks the exchange finished on the client connection's clock when dropped.
+    /// Marks the exchange finished on the client connection's shared state ([`ClientConn`]) when dropped.
     _exchange: Option<ExchangeDone>,
 }
 
@@ -54,7 +54,7 @@ struct Streaming {
 
 /// SSE heartbeats: `:\n\n` toward the client when a `text/event-stream` has been
 /// silent for `period`, only at an event boundary (never inside an event). Heartbeats
-/// are writes toward the client, so they would keep the connection's idle clock happy;
+/// are writes toward the client, so they would keep the connection's idle timer happy;
 /// the upstream's own silence is therefore bounded here, by `upstream_idle`.
 #[derive(Debug)]
 pub struct Heartbeat {
@@ -150,14 +150,14 @@ impl Heartbeat {
 const HEARTBEAT: &[u8] = b":\n\n";
 
 /// One exchange's record, from its request head to its end. Dropped with the response
-/// body (or with the request, if no response was made): it tells the connection's
-/// clock that the exchange ended, counts the request in its route's metrics and sends
+/// body (or with the request, if no response was made): it tells the
+/// client connection that the exchange ended, counts the request in its route's metrics and sends
 /// the access-log line. Small on purpose: it travels inside the request's futures and
 /// the response body, which are moved (copied) several times per request; what only the
 /// access log needs is boxed, and only when the log is on.
 #[derive(Debug)]
 pub struct ExchangeDone {
-    clock: Arc<Clock>,
+    client: Arc<ClientConn>,
     ctx: Arc<HttpListener>,
     started: Instant,
     /// The route's metrics; `None`: the listener's own (no upstream).
@@ -172,12 +172,12 @@ pub struct ExchangeDone {
 }
 
 impl ExchangeDone {
-    /// An exchange whose request head arrived `at` on the connection of `clock`.
+    /// An exchange whose request head arrived `at` on the connection of `client`.
     pub(crate) fn start(
-        clock: Arc<Clock>,
+        client: Arc<ClientConn>,
         ctx: Arc<HttpListener>,
         at: Instant,
-        client: PeerAddr,
+        peer: PeerAddr,
         method: &http::Method,
         uri: &http::Uri,
     ) -> Self {
@@ -186,7 +186,7 @@ impl ExchangeDone {
             Box::new(Record {
                 time: SystemTime::now(),
                 listener: ctx.metrics.name.clone(),
-                client,
+                client: peer,
                 method: method.clone(),
                 uri: uri.clone(),
                 status: None,
@@ -199,7 +199,7 @@ impl ExchangeDone {
             })
         });
         ExchangeDone {
-            clock,
+            client,
             ctx,
             started: at,
             route: None,
@@ -235,7 +235,7 @@ impl Drop for ExchangeDone {
             log.total = total;
             self.ctx.access_log.send(log);
         }
-        self.clock.response_finished_at(now);
+        self.client.response_finished_at(now);
     }
 }
 

@@ -1,5 +1,5 @@
 //! Header rules for a proxy: hop-by-hop removal (RFC 9110 §7.6.1), `X-Forwarded-*`, and
-//! the framing checks hyper leaves to us (DESIGN.md §7).
+//! the framing checks hyper leaves to us (docs/design.md, "Library facts").
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -50,7 +50,7 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Removes hop-by-hop headers, including those named by `Connection`. With `upgrade`,
-/// keeps `Upgrade` and sets `Connection: upgrade` (DESIGN.md §7).
+/// keeps `Upgrade` and sets `Connection: upgrade` (docs/design.md, "Library facts").
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // Most messages carry none of these: one pass over the names (compared, not hashed)
     // spares seven hashed removals per message.

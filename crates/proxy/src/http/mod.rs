@@ -4,7 +4,7 @@
 //! Invariants: a client connection's task ends when hyper's connection ends, a timer
 //! expires, the hard shutdown fires or the connection is closed through the registry —
 //! nothing else keeps it alive; dropping it closes the socket. A connection is in the
-//! registry exactly while its [`Clock`] lives: the task, its service and the response
+//! registry exactly while its [`ClientConn`] lives: the task, its service and the response
 //! bodies hold it.
 //!
 //! An idle keep-alive connection is *parked* once it has been idle for [`PARK_AFTER`]:
@@ -15,12 +15,14 @@
 //! connection's tunnel runs in the same task, on the socket hyper hands back.
 
 pub mod body;
-pub mod clock;
-pub mod error;
+pub mod client_conn;
+pub mod failure;
+mod forward;
 pub mod headers;
-mod proxy;
 pub mod rewind;
 pub mod route;
+mod service;
+mod upgrade;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,11 +41,13 @@ use tokio::time::Instant;
 use crate::access_log::AccessLog;
 use crate::drain::Shutdown;
 use crate::endpoint::{PeerAddr, Stream, TcpOptions};
-use crate::metrics::{ListenerMetrics, RouteMetrics};
-use crate::registry::{ConnProtocol, ConnSide, ConnState, NewConn, Registry, SockAddr};
+use crate::listener_stats::{ListenerMetrics, RouteMetrics};
+use crate::observed::Observed;
+use crate::registry::{ConnProtocol, ConnState, NewConn, Registry, SockAddr};
+use crate::side::Side;
 use crate::upstream::connect::Resolve;
 use crate::upstream::Upstream;
-use clock::{Clock, Phase, Verdict, Watched};
+use client_conn::{ClientConn, Phase, Verdict};
 use rewind::Rewind;
 
 /// An HTTP listener at run time: its limits and routes (shared by all its addresses).
@@ -70,12 +74,12 @@ pub struct HttpListener {
     builder: http1::Builder,
 }
 
-/// A client socket as hyper sees it: counted by its [`Clock`], with bytes read ahead
+/// A client socket as hyper sees it: counted by its [`ClientConn`], with bytes read ahead
 /// put back in front after a park or an upgrade.
-pub(crate) type ClientIo = Rewind<Watched<Stream>>;
+pub(crate) type ClientIo = Rewind<Observed<Stream, ClientConn>>;
 
 /// hyper's connection over a client socket.
-type HyperConn = http1::Connection<TokioIo<ClientIo>, proxy::ConnService>;
+type HyperConn = http1::Connection<TokioIo<ClientIo>, service::ConnService>;
 
 impl std::fmt::Debug for HttpListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -143,7 +147,7 @@ impl HttpListener {
             // A client's FIN ends the connection: a proxy can't tell a half-close from a
             // client that went away, and must not leave CLOSE_WAIT sockets behind.
             .half_close(false)
-            // tidegate's own clock times heads (see `clock`).
+            // tidegate's own timers time heads (see `client_conn`).
             .header_read_timeout(None)
             .max_header_size(cfg.max_header_size);
         HttpListener {
@@ -182,8 +186,8 @@ pub fn serve_connection(
     // A child of `hard`: one token to select on closes the connection at the end of
     // the grace or when an operator closes it.
     let close = shutdown.hard.child_token();
-    let clock = Clock::registered(ctx.registry.register(NewConn {
-        side: ConnSide::Client,
+    let client = ClientConn::registered(ctx.registry.register(NewConn {
+        side: Side::Client,
         name: ctx.metrics.name.clone(),
         peer: match peer {
             PeerAddr::Tcp(a) => SockAddr::Tcp(a),
@@ -196,10 +200,10 @@ pub fn serve_connection(
         server: None,
         totals: Some(ctx.metrics.totals.clone()),
     }));
-    let io: ClientIo = Rewind::new(Watched::new(stream, clock.clone()));
+    let io: ClientIo = Rewind::new(Observed::new(stream, client.clone()));
     let driver = Driver {
         ctx,
-        clock,
+        client,
         shutdown,
         close,
         peer,
@@ -212,18 +216,18 @@ enum Served {
     /// The connection is done (closed by hyper, a timer, the drain or an operator).
     Closed,
     /// hyper found the connection idle and handed it back.
-    Parked(http1::Parts<TokioIo<ClientIo>, proxy::ConnService>),
+    Parked(http1::Parts<TokioIo<ClientIo>, service::ConnService>),
     /// A 101 went out: the socket belongs to the tunnel now.
     Upgraded(
-        http1::Parts<TokioIo<ClientIo>, proxy::ConnService>,
-        Box<proxy::Upgrade>,
+        http1::Parts<TokioIo<ClientIo>, service::ConnService>,
+        Box<upgrade::Upgrade>,
     ),
 }
 
 /// One client connection: what its turns of parking and serving share.
 struct Driver {
     ctx: Arc<HttpListener>,
-    clock: Arc<Clock>,
+    client: Arc<ClientConn>,
     shutdown: Shutdown,
     close: tokio_util::sync::CancellationToken,
     peer: PeerAddr,
@@ -241,10 +245,10 @@ impl Driver {
                 return;
             }
             // Built for each turn (a parked connection keeps none of it).
-            let service = proxy::ConnService {
+            let service = service::ConnService {
                 ctx: self.ctx.clone(),
                 peer: self.peer,
-                clock: self.clock.clone(),
+                client: self.client.clone(),
                 forwarded_for: headers::forwarded_for(self.peer.ip()),
             };
             // Boxed: the task keeps only what a parked connection needs.
@@ -255,7 +259,7 @@ impl Driver {
                     io = parts.io.into_inner();
                     if !parts.read_buf.is_empty() {
                         io.put_back(parts.read_buf);
-                        self.clock.head_started();
+                        self.client.head_started();
                     }
                 }
                 Served::Upgraded(parts, upgrade) => {
@@ -263,7 +267,7 @@ impl Driver {
                     io.put_back(parts.read_buf);
                     let registry = self.ctx.registry.clone();
                     // Boxed for the same reason as hyper's connection.
-                    Box::pin(proxy::tunnel(io, upgrade, self.clock, registry)).await;
+                    Box::pin(upgrade::tunnel(io, upgrade, self.client, registry)).await;
                     return;
                 }
             }
@@ -299,7 +303,7 @@ impl Driver {
     }
 
     /// Drives hyper's connection until it ends, parks or upgrades, enforcing the
-    /// clock's timers, the drain and `close`.
+    /// connection's timers, the drain and `close`.
     async fn serve(&self, mut conn: Box<HyperConn>) -> Served {
         let mut draining = self.shutdown.graceful.is_cancelled();
         if draining {
@@ -316,7 +320,7 @@ impl Driver {
             let wake = park_at.map_or(wake, |t| wake.min(t));
             let turn = Turn {
                 conn: &mut conn,
-                clock: &self.clock,
+                client: &self.client,
                 may_park: &mut may_park,
                 park_at: &mut park_at,
             };
@@ -345,7 +349,7 @@ impl Driver {
                         tracing::debug!(listener = %self.ctx.name, peer = %self.peer, error = %e, "client connection ended with an error");
                         return Served::Closed;
                     }
-                    match self.clock.take_upgrade() {
+                    match self.client.take_upgrade() {
                         Some(up) => Served::Upgraded(conn.into_parts(), up),
                         None => Served::Closed,
                     }
@@ -356,11 +360,11 @@ impl Driver {
         }
     }
 
-    /// When the clock's timers must be looked at again; `None` (logged) when one has
+    /// When the connection's timers must be looked at again; `None` (logged) when one has
     /// expired and the connection is to close.
     fn next_check(&self) -> Option<Instant> {
         let phase = match self
-            .clock
+            .client
             .verdict(self.ctx.idle_timeout, self.ctx.header_timeout)
         {
             Verdict::WaitUntil(t) => return Some(t),
@@ -412,7 +416,7 @@ const PARK_AFTER: Duration = Duration::from_millis(20);
 /// served again (the next bytes could be the rest of a body).
 struct Turn<'a> {
     conn: &'a mut Box<HyperConn>,
-    clock: &'a Clock,
+    client: &'a ClientConn,
     may_park: &'a mut bool,
     /// The park timer: set (by the driver, on [`Step::SetParkTimer`]) to when the idle
     /// connection is due to park; `None` when it is not set.
@@ -434,7 +438,7 @@ impl Future for Turn<'_> {
         // A connection that went idle is parked only once it has stayed idle for
         // `PARK_AFTER`; until then the park timer wakes the driver. One timer at a time:
         // a client that keeps sending resets nothing per request.
-        let Some(due) = this.clock.park_due(PARK_AFTER) else {
+        let Some(due) = this.client.park_due(PARK_AFTER) else {
             return Poll::Pending;
         };
         if due > Instant::now() {
@@ -445,10 +449,10 @@ impl Future for Turn<'_> {
             return Poll::Pending;
         }
         *this.may_park = false;
-        let reads = this.clock.reads();
+        let reads = this.client.reads();
         Pin::new(&mut *conn).graceful_shutdown();
         match conn.poll_without_shutdown(cx) {
-            Poll::Ready(Ok(())) if this.clock.reads() == reads => Poll::Ready(Step::Parked),
+            Poll::Ready(Ok(())) if this.client.reads() == reads => Poll::Ready(Step::Parked),
             Poll::Ready(Ok(())) => Poll::Ready(Step::Ended(Ok(()))),
             Poll::Ready(Err(e)) => Poll::Ready(Step::Ended(Err(e))),
             Poll::Pending => Poll::Pending,

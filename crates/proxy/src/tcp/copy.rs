@@ -18,13 +18,15 @@
 //!   source, so a reset from that source would not be seen until the destination reads
 //!   again or the idle timer fires. While a direction is so blocked its source's pending
 //!   error (`SO_ERROR`) is checked every [`BLOCKED_ERROR_CHECK`], so such a reset still
-//!   ends the tunnel within a second (DESIGN.md §2.1).
+//!   ends the tunnel within a second (docs/design.md, "Principles" 1).
+//!
+//! The tunnel's counters ([`TunnelStats`]) live here, beside the pump that moves them.
 
-use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,8 +34,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep, sleep_until, Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::TunnelStats;
 use crate::endpoint::Stream;
+use crate::registry::{Conn, ConnProtocol, ConnState, Registration};
+use crate::side::Side;
 
 /// Buffer of one direction. 16 KiB is HAProxy's default `tune.bufsize`: big enough that
 /// a bulk transfer moves in few system calls, small enough that 10,000 tunnels hold
@@ -41,8 +44,83 @@ use crate::endpoint::Stream;
 pub const BUF_SIZE: usize = 16 * 1024;
 
 /// How often the source of a blocked direction is checked for a pending error. Half of
-/// DESIGN.md's one-second bound on noticing that a peer went away.
+/// the one-second bound on noticing that a peer went away (docs/design.md, "Principles" 1).
 pub const BLOCKED_ERROR_CHECK: Duration = Duration::from_millis(500);
+
+/// A tunnel's counters: its client connection's registry entry, which the copy loop
+/// updates as bytes move. "In" is from the client (toward the upstream), "out" toward
+/// the client.
+#[derive(Debug)]
+pub struct TunnelStats {
+    entry: Registration,
+}
+
+impl TunnelStats {
+    /// Counters of a tunnel starting now, in no registry.
+    pub fn new() -> Self {
+        Self::registered(Registration::detached(
+            Side::Client,
+            ConnProtocol::Tcp,
+            ConnState::Tunnel,
+        ))
+    }
+
+    /// Counters kept on the registered client connection `entry`.
+    pub fn registered(entry: Registration) -> Self {
+        TunnelStats { entry }
+    }
+
+    /// The client connection's registry entry.
+    pub fn conn(&self) -> &Arc<Conn> {
+        self.entry.conn()
+    }
+
+    /// When the tunnel started (the client connection was accepted).
+    pub fn started(&self) -> Instant {
+        self.entry.started()
+    }
+
+    /// Bytes read from the client so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.entry.bytes_in()
+    }
+
+    /// Bytes read from the upstream (for the client) so far.
+    pub fn bytes_out(&self) -> u64 {
+        self.entry.bytes_out()
+    }
+
+    pub(crate) fn in_counter(&self) -> &AtomicU64 {
+        &self.entry.bytes_in
+    }
+
+    pub(crate) fn out_counter(&self) -> &AtomicU64 {
+        &self.entry.bytes_out
+    }
+
+    /// How long the tunnel has existed.
+    pub fn age(&self) -> Duration {
+        self.started().elapsed()
+    }
+
+    /// How long since a byte last moved either way (or since the start).
+    pub fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.entry.last_io_ms());
+        self.age().saturating_sub(last)
+    }
+
+    /// Records activity `since_start` after the start.
+    fn touch(&self, since_start: Duration) {
+        let ms = u64::try_from(since_start.as_millis()).unwrap_or(u64::MAX);
+        self.entry.touch(ms);
+    }
+}
+
+impl Default for TunnelStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// A socket whose pending error (`SO_ERROR`: a reset that arrived, a keepalive
 /// timeout) can be taken without reading the data queued before it.
@@ -57,39 +135,6 @@ impl PendingError for Stream {
             Stream::Tcp(s) => s.take_error(),
             Stream::Unix(s) => s.take_error(),
         }
-    }
-}
-
-/// One end of a tunnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The accepted connection.
-    Client,
-    /// The connection tidegate opened to the upstream server.
-    Upstream,
-}
-
-impl Side {
-    /// The other end.
-    pub fn other(self) -> Side {
-        match self {
-            Side::Client => Side::Upstream,
-            Side::Upstream => Side::Client,
-        }
-    }
-
-    /// `client` or `upstream`, for logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Client => "client",
-            Side::Upstream => "upstream",
-        }
-    }
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -10,9 +10,10 @@
 //! 2. Copy ([`copy`]): both directions through bounded buffers, half-close aware, under
 //!    the listener's `idle_timeout` and the hard shutdown.
 //! 3. End: a clean end, the idle timeout and the hard shutdown close both sockets
-//!    normally (the client sees end of stream); an I/O error on one socket (a reset,
-//!    DESIGN.md F4) resets the other at once — a FIN would tell it the stream ended
-//!    cleanly, which is a lie. One log line per tunnel says how it ended.
+//!    normally (the client sees end of stream); an I/O error on one socket (a reset)
+//!    resets the other at once — a FIN would tell it the stream ended cleanly, which is a
+//!    lie (docs/design.md, "Resets are passed on, never hidden"). One log line per tunnel
+//!    says how it ended.
 //!
 //! Invariants: a tunnel's sockets live exactly as long as its task, which runs on the
 //! drain tracker; nothing but the copy's end, the idle timer, the hard shutdown or a
@@ -24,23 +25,21 @@
 
 pub mod copy;
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use crate::drain::Shutdown;
 use crate::endpoint::{PeerAddr, Stream, TcpOptions};
 use crate::errno::describe_io_error;
-use crate::metrics::ListenerMetrics;
-use crate::registry::{
-    Conn, ConnProtocol, ConnSide, ConnState, NewConn, Registration, Registry, SockAddr,
-};
+use crate::failure::{Retry, UpstreamFailure};
+use crate::listener_stats::ListenerMetrics;
+use crate::registry::{ConnProtocol, ConnState, NewConn, Registry, SockAddr};
+use crate::side::Side;
 use crate::upstream::connect::{Connected, Resolve};
 use crate::upstream::health::Outcome;
 use crate::upstream::{ActiveGuard, Upstream};
-use copy::{Ending, Side};
+use copy::Ending;
+pub use copy::TunnelStats;
 
 /// A TCP-mode listener at run time (shared by all its addresses).
 pub struct TunnelListener {
@@ -100,86 +99,9 @@ impl TunnelListener {
         })
     }
 
-    /// Its metrics (byte totals), for [`crate::metrics::Metrics`].
+    /// Its counters (byte totals), read by the metrics exposition.
     pub fn metrics(&self) -> &Arc<ListenerMetrics> {
         &self.metrics
-    }
-}
-
-/// A tunnel's counters: its client connection's registry entry, which the copy loop
-/// updates as bytes move. "In" is from the client (toward the upstream), "out" toward
-/// the client.
-#[derive(Debug)]
-pub struct TunnelStats {
-    entry: Registration,
-}
-
-// === impl TunnelStats ===
-
-impl TunnelStats {
-    /// Counters of a tunnel starting now, in no registry.
-    pub fn new() -> Self {
-        Self::registered(Registration::detached(
-            ConnSide::Client,
-            ConnProtocol::Tcp,
-            ConnState::Tunnel,
-        ))
-    }
-
-    /// Counters kept on the registered client connection `entry`.
-    pub fn registered(entry: Registration) -> Self {
-        TunnelStats { entry }
-    }
-
-    /// The client connection's registry entry.
-    pub fn conn(&self) -> &Arc<Conn> {
-        self.entry.conn()
-    }
-
-    /// When the tunnel started (the client connection was accepted).
-    pub fn started(&self) -> Instant {
-        self.entry.started()
-    }
-
-    /// Bytes read from the client so far.
-    pub fn bytes_in(&self) -> u64 {
-        self.entry.bytes_in()
-    }
-
-    /// Bytes read from the upstream (for the client) so far.
-    pub fn bytes_out(&self) -> u64 {
-        self.entry.bytes_out()
-    }
-
-    pub(crate) fn in_counter(&self) -> &AtomicU64 {
-        &self.entry.bytes_in
-    }
-
-    pub(crate) fn out_counter(&self) -> &AtomicU64 {
-        &self.entry.bytes_out
-    }
-
-    /// How long the tunnel has existed.
-    pub fn age(&self) -> Duration {
-        self.started().elapsed()
-    }
-
-    /// How long since a byte last moved either way (or since the start).
-    pub fn idle(&self) -> Duration {
-        let last = Duration::from_millis(self.entry.last_io_ms());
-        self.age().saturating_sub(last)
-    }
-
-    /// Records activity `since_start` after the start.
-    fn touch(&self, since_start: Duration) {
-        let ms = u64::try_from(since_start.as_millis()).unwrap_or(u64::MAX);
-        self.entry.touch(ms);
-    }
-}
-
-impl Default for TunnelStats {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -196,7 +118,7 @@ pub async fn serve_tunnel(
     // close through the registry.
     let close = shutdown.hard.child_token();
     let stats = TunnelStats::registered(ctx.registry.register(NewConn {
-        side: ConnSide::Client,
+        side: Side::Client,
         name: ctx.metrics.name.clone(),
         peer: match peer {
             PeerAddr::Tcp(a) => SockAddr::Tcp(a),
@@ -232,7 +154,7 @@ pub async fn serve_tunnel(
     );
     stats
         .conn()
-        .link(&ctx.upstream, active.index(), Some(upstream_entry.conn()));
+        .link(active.server().id(), Some(upstream_entry.conn()));
     stats.conn().set_state(ConnState::Tunnel);
     let Connected {
         stream: mut upstream_stream,
@@ -302,8 +224,10 @@ async fn connect(ctx: &TunnelListener, peer: PeerAddr) -> Option<(ActiveGuard, C
                 return Some((active, c));
             }
             Err(e) => {
-                server.record(Outcome::ConnectFailed);
-                if tried.len() < up.retries {
+                let failure = UpstreamFailure::Connect(e);
+                failure.record_on(server);
+                let e = failure.message(&up.name, &server.addr.to_string());
+                if failure.retry() == Retry::AnotherServer && tried.len() < up.retries {
                     tried.push(active.index());
                     if let Ok(next) = up.pick(&tried) {
                         tracing::warn!(listener = %ctx.name, %peer, error = %e,
@@ -334,8 +258,8 @@ fn reset(stream: Stream, listener: &str, peer: PeerAddr) {
 }
 
 /// The one line per tunnel end. An upstream's reset or error is logged at info (it is
-/// what an operator chasing F4 looks for); every other end, a client's reset included,
-/// is expected and logged at debug (STYLE.md, "Errors").
+/// what an operator chasing a hidden reset looks for); every other end, a client's reset
+/// included, is expected and logged at debug (docs/design.md, "House rules").
 fn log_end(
     ctx: &TunnelListener,
     peer: PeerAddr,

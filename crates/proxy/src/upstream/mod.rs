@@ -9,6 +9,7 @@ pub mod connect;
 pub mod health;
 pub mod on_demand;
 pub mod pool;
+pub mod stats;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -18,10 +19,11 @@ use std::time::Duration;
 use tidegate_config::{Balance, UpstreamAddr};
 
 use crate::endpoint::TcpOptions;
-use crate::metrics::{ConnectFailure, ServerStats};
-use crate::registry::{ConnProtocol, ConnSide, ConnState, NewConn, Registry, SockAddr};
+use crate::registry::{ConnProtocol, ConnState, NewConn, Registry, ServerId, SockAddr};
+use crate::side::Side;
 use connect::{ConnectError, Resolve};
 use pool::{Checkout, Pool};
+use stats::ServerStats;
 
 /// One upstream at run time.
 #[derive(Debug)]
@@ -75,12 +77,11 @@ pub struct Server {
     state: AtomicU8,
     /// Counters for the admin API and metrics.
     pub(crate) stats: ServerStats,
-    /// For this server's registry entries, made once: upstream name, address as
-    /// configured, index in the upstream.
-    names: (Arc<str>, Arc<str>, usize),
+    /// For this server's registry entries and access-log lines, made once.
+    id: ServerId,
 }
 
-/// A server's operator-set state (DESIGN.md §6: `ready | drain | maint`), separate
+/// A server's operator-set state (`ready | drain | maint`, docs/design.md), separate
 /// from its health: a `ready` server still gets no requests while it is down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -191,11 +192,11 @@ impl Upstream {
                         on_demand,
                         state: AtomicU8::new(ServerState::Ready as u8),
                         stats: ServerStats::default(),
-                        names: (
-                            Arc::from(cfg.name.as_str()),
-                            Arc::from(addr.to_string()),
+                        id: ServerId {
+                            upstream: Arc::from(cfg.name.as_str()),
+                            addr: Arc::from(addr.to_string()),
                             index,
-                        ),
+                        },
                     }
                 })
                 .collect(),
@@ -278,6 +279,22 @@ impl std::fmt::Display for Unavailable {
     }
 }
 
+// === Children ===
+
+// Here, not in `on_demand`: the supervisors know nothing of the upstreams that hold them.
+impl on_demand::Children {
+    /// The on-demand servers of these upstreams.
+    pub fn new(upstreams: &[Arc<Upstream>]) -> on_demand::Children {
+        on_demand::Children::of(
+            upstreams
+                .iter()
+                .flat_map(|u| u.servers.iter())
+                .filter_map(|s| s.on_demand().cloned())
+                .collect(),
+        )
+    }
+}
+
 // === impl Server ===
 
 impl Server {
@@ -302,7 +319,7 @@ impl Server {
             self.pool.clear();
         }
         if old != state {
-            tracing::info!(upstream = %self.names.0, server = %self.addr,
+            tracing::info!(upstream = %self.id.upstream, server = %self.addr,
                 from = old.as_str(), to = state.as_str(), "server state changed");
         }
         old
@@ -351,11 +368,11 @@ impl Server {
         close: tokio_util::sync::CancellationToken,
     ) -> NewConn {
         NewConn {
-            side: ConnSide::Upstream,
-            name: self.names.0.clone(),
+            side: Side::Upstream,
+            name: self.id.upstream.clone(),
             peer: match c.peer {
                 Some(a) => SockAddr::Tcp(a),
-                None => SockAddr::Unix(Some(self.names.1.clone())),
+                None => SockAddr::Unix(Some(self.id.addr.clone())),
             },
             local: match c.local {
                 Some(a) => SockAddr::Tcp(a),
@@ -364,9 +381,14 @@ impl Server {
             protocol,
             state,
             close,
-            server: Some((self.names.2, self.names.1.clone())),
+            server: Some((self.id.index, self.id.addr.clone())),
             totals: None,
         }
+    }
+
+    /// How registry entries and access-log lines name this server.
+    pub fn id(&self) -> &ServerId {
+        &self.id
     }
 
     /// The on-demand supervisor of this server, if it is one.
@@ -472,14 +494,11 @@ impl Server {
             server: self.addr.to_string(),
             error,
         };
-        let res = self
-            .dial(upstream, timeouts.connect, resolver, tcp)
+        // A failure is counted by whoever gives up on this server (see
+        // `crate::failure::UpstreamFailure::record_on`).
+        self.dial(upstream, timeouts.connect, resolver, tcp)
             .await
-            .map_err(fail);
-        if let Err(e) = &res {
-            self.stats.connect_failed(ConnectFailure::of(e));
-        }
-        res
+            .map_err(fail)
     }
 
     /// Connects to this server's address within `limit`: a Unix socket, an IP, or a

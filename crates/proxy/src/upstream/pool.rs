@@ -25,7 +25,8 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::Stream;
-use crate::registry::{Conn, ConnProtocol, ConnState, Metered, Registration};
+use crate::observed::Observed;
+use crate::registry::{Conn, ConnProtocol, ConnState, Registration};
 
 /// One upstream server's idle connections.
 #[derive(Debug)]
@@ -145,7 +146,7 @@ impl Pool {
     pub async fn handshake(&self, stream: Stream, entry: Registration) -> hyper::Result<Checkout> {
         let peer = entry.peer().tcp();
         let local = entry.local().tcp();
-        let io = TokioIo::new(Metered::new(stream, entry.conn().clone()));
+        let io = TokioIo::new(Observed::new(stream, entry.conn().clone()));
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake::<_, RequestBody>(io)
             .await?;

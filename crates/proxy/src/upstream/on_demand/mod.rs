@@ -1,4 +1,4 @@
-//! On-demand backends (DESIGN.md F2, `[upstreams.NAME.on_demand]`): an upstream server
+//! On-demand backends (docs/on-demand.md, `[upstreams.NAME.on_demand]`): an upstream server
 //! that is a command tidegate runs itself. It is stopped until its first request,
 //! started once however many requests arrive together (single flight, as hyper-util's
 //! `client/pool/singleton.rs`), and stopped when nothing has used it for `idle_stop`.
@@ -26,8 +26,8 @@
 //! - Connections are made only in `ready`: [`Supervisor::ensure_ready`] returns `Ok`
 //!   only then, and `ready → stopping` is taken under the same lock, either with no
 //!   exchange in use (idle) or at shutdown. So nothing ever connects to a process that
-//!   is being stopped (the F2 failure); a request that arrives meanwhile waits for the
-//!   exit, then for a new start.
+//!   is being stopped (docs/design.md, "Nothing connects to a stopping backend"); a
+//!   request that arrives meanwhile waits for the exit, then for a new start.
 //! - Every exchange holds a [`Usage`] from `Upstream::pick` until its `ActiveGuard`
 //!   drops (the response body's end, a tunnel's end), so `idle_stop` counts from the end
 //!   of the last exchange and an exchange in flight is never cut by an idle stop.
@@ -38,39 +38,27 @@
 //!
 //! # Processes
 //!
-//! Every child is forked by one long-lived thread ([`start_spawner`]), in its own process
-//! group, with `PR_SET_PDEATHSIG = SIGKILL`: the kernel sends that signal when the
-//! *thread* that forked the child exits, so forking from a tokio worker or blocking-pool
-//! thread would kill children whenever tokio retires that thread. The spawner thread
-//! lives as long as the process, so the signal fires exactly when tidegate dies — by
-//! SIGKILL included. After setting it, the child checks that its parent is still
-//! tidegate (it may have died between the fork and the `prctl`). Signals go to the whole
-//! group (`killpg`); after the leader exits, the group is swept with SIGKILL. Each line a
-//! child writes to stdout or stderr is logged with the upstream's name; the last lines
-//! of stderr are repeated in the log when a start fails or the process dies.
+//! One life task per process (`life.rs`) does the timing; `process.rs` signals and reaps
+//! a process group and logs its output; every child is forked by one long-lived thread
+//! (`spawner.rs`, [`start_spawner`]), the crate's one `unsafe` (a `pre_exec` hook). This
+//! file holds the state machine: its states, events, `Supervisor::step` and snapshots.
 
-use std::collections::VecDeque;
+mod life;
+mod process;
+mod spawner;
+
 use std::fmt;
-use std::io;
-use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use tidegate_config::UpstreamAddr;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Child;
-use tokio::sync::{oneshot, watch, Notify};
-use tokio::task::JoinHandle;
-use tokio::time::{sleep_until, Instant};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
-use super::connect::{self, Resolve};
+use super::connect::Resolve;
 use super::pool::Pool;
-use super::Upstream;
-use crate::endpoint::TcpOptions;
-use crate::errno::{describe_errno, describe_io_error};
+pub use spawner::start_spawner;
+use spawner::CommandSpec;
 
 /// After the second failed start in a row, the next start is not tried before this; it
 /// doubles with each further failure, up to [`RETRY_BACKOFF_MAX`]. (The first failure
@@ -78,26 +66,12 @@ use crate::errno::{describe_errno, describe_io_error};
 pub const RETRY_BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// The longest back-off between failed starts.
 pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Readiness polls: the first pause between connect attempts; it doubles up to
-/// [`READY_POLL_MAX`].
-const READY_POLL_FIRST: Duration = Duration::from_millis(5);
-const READY_POLL_MAX: Duration = Duration::from_millis(100);
-/// One readiness connect attempt's own limit (a TCP address that drops SYNs).
-const READY_ATTEMPT_LIMIT: Duration = Duration::from_secs(1);
-/// Lines of stderr kept for the log line of a failed start or a crash.
-const STDERR_TAIL_LINES: usize = 10;
-/// A longer output line is cut here (a child printing without newlines must not grow
-/// tidegate's memory).
-const MAX_LINE: usize = 4096;
-/// After the process exited, how long its output pumps get to log the last lines (a
-/// grandchild may hold the pipes open).
-const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
 /// A waiter's bound beyond `stop_timeout + ready_timeout` (a request that arrives during
 /// `stopping` waits for the exit, then the new start).
 const WAIT_SLACK: Duration = Duration::from_secs(2);
 
 /// An on-demand backend's state, as the admin API, metrics and logs name it
-/// (DESIGN.md §6: `stopped | starting | ready | stopping | failed`).
+/// (`stopped | starting | ready | stopping | failed`; docs/design.md, "Vocabulary of states").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OnDemandState {
     /// No process; the next request starts one.
@@ -197,15 +171,6 @@ impl Drop for Usage {
     }
 }
 
-/// The program to run and how.
-#[derive(Debug)]
-struct CommandSpec {
-    program: String,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    cwd: PathBuf,
-}
-
 /// One on-demand server: its state machine and process.
 #[derive(Debug)]
 pub struct Supervisor {
@@ -295,20 +260,6 @@ enum Step {
     Launch,
     /// A demand that cannot be met now.
     Refused(OnDemandError),
-}
-
-/// How a readiness wait ended.
-enum Readiness {
-    Accepting(Duration),
-    Exited(String),
-    Failed(String),
-    Closing,
-}
-
-/// How the `ready` phase ended.
-enum Served {
-    Exited(String),
-    Stop,
 }
 
 // === impl State ===
@@ -679,248 +630,6 @@ impl Supervisor {
     fn closing_due(&self, now: Instant) -> bool {
         self.lock().closing.is_some_and(|at| at <= now)
     }
-
-    // === the life task ===
-
-    /// Runs one process (or several, when a request restarts it during `stopping`) from
-    /// `starting` until `stopped` or `failed`.
-    async fn life(self: Arc<Self>, resolver: Arc<dyn Resolve>) {
-        // Bounded: each turn is one process; a turn starts only on a demand during
-        // `stopping`, and none after tidegate began stopping.
-        loop {
-            let mut proc = match self.spawn(&resolver).await {
-                Ok(p) => p,
-                Err(reason) => {
-                    self.apply(Event::StartFailed { reason });
-                    return;
-                }
-            };
-            self.apply(Event::Spawned { pid: proc.pid });
-            match self.wait_ready(&mut proc, &resolver).await {
-                Readiness::Accepting(took) => {
-                    self.apply(Event::Accepting { took });
-                }
-                Readiness::Failed(reason) => {
-                    proc.signal_group(Signal::SIGKILL);
-                    proc.wait().await;
-                    proc.sweep();
-                    self.start_failed(&mut proc, reason).await;
-                    return;
-                }
-                Readiness::Exited(how) => {
-                    proc.sweep();
-                    let reason = format!("exited with {how} before accepting connections");
-                    self.start_failed(&mut proc, reason).await;
-                    return;
-                }
-                Readiness::Closing => {
-                    self.apply(Event::Shutdown);
-                    let how = self.stop(&mut proc).await;
-                    proc.drain_output().await;
-                    self.apply(Event::Exited { how });
-                    return;
-                }
-            }
-            let how = match self.serve(&mut proc).await {
-                Served::Exited(how) => {
-                    proc.sweep();
-                    proc.drain_output().await;
-                    let stderr = proc.stderr_tail();
-                    if !stderr.is_empty() {
-                        tracing::warn!(upstream = %self.upstream, server = %self.addr, pid = proc.pid,
-                            stderr = ?stderr, "on-demand backend exited on its own; its last lines of stderr");
-                    }
-                    format!("exited on its own with {how}")
-                }
-                Served::Stop => {
-                    let how = self.stop(&mut proc).await;
-                    proc.drain_output().await;
-                    how
-                }
-            };
-            self.apply(Event::Exited { how });
-            if !matches!(self.lock().state, State::Starting { .. }) {
-                return;
-            }
-        }
-    }
-
-    /// Spawns the command on the spawner thread and starts its output pumps. Refuses
-    /// when something already accepts on the server address: requests would reach that
-    /// process, not ours.
-    async fn spawn(&self, resolver: &Arc<dyn Resolve>) -> Result<Process, String> {
-        let limit = self.ready_timeout.min(READY_ATTEMPT_LIMIT);
-        if accepts(&self.addr, resolver, limit).await.is_ok() {
-            return Err(format!(
-                "{} already accepts connections before the command was started: another \
-                 process serves this address",
-                self.addr
-            ));
-        }
-        let spawner = spawner().map_err(|e| {
-            format!(
-                "cannot start {:?}: no spawner thread: {e}",
-                self.spec.program
-            )
-        })?;
-        let (reply, answer) = oneshot::channel();
-        let request = SpawnRequest {
-            spec: self.spec.clone(),
-            runtime: tokio::runtime::Handle::current(),
-            reply,
-        };
-        spawner
-            .send(request)
-            .map_err(|_| "the spawner thread is gone".to_owned())?;
-        let mut child = match answer.await {
-            Ok(Ok(child)) => child,
-            Ok(Err(e)) => {
-                return Err(format!(
-                    "cannot start {:?} (in {}): {}",
-                    self.spec.program,
-                    self.spec.cwd.display(),
-                    describe_io_error(&e)
-                ))
-            }
-            Err(_) => return Err("the spawner thread dropped the request".to_owned()),
-        };
-        let Some(pid) = child.id() else {
-            return Err("the spawned process has no pid".to_owned());
-        };
-        let tail: Tail = Arc::default();
-        let mut pumps = Vec::new();
-        let name: Arc<str> = Arc::from(self.upstream.as_str());
-        if let Some(out) = child.stdout.take() {
-            pumps.push(tokio::spawn(pump(out, name.clone(), pid, "stdout", None)));
-        }
-        if let Some(err) = child.stderr.take() {
-            pumps.push(tokio::spawn(pump(
-                err,
-                name,
-                pid,
-                "stderr",
-                Some(tail.clone()),
-            )));
-        }
-        Ok(Process {
-            pid,
-            child,
-            exited: None,
-            pumps,
-            tail,
-        })
-    }
-
-    /// Connects to the server address until it accepts, the process exits,
-    /// `ready_timeout` passes, or tidegate's stop comes.
-    async fn wait_ready(&self, proc: &mut Process, resolver: &Arc<dyn Resolve>) -> Readiness {
-        let started = Instant::now();
-        let deadline = started + self.ready_timeout;
-        let mut pause = READY_POLL_FIRST;
-        let mut last_error = String::new();
-        // Bounded by `deadline`.
-        loop {
-            let now = Instant::now();
-            if self.closing_due(now) {
-                return Readiness::Closing;
-            }
-            let left = deadline.saturating_duration_since(now);
-            if left.is_zero() {
-                return Readiness::Failed(format!(
-                    "not accepting connections on {} within {} (ready_timeout){}",
-                    self.addr,
-                    human(self.ready_timeout),
-                    match last_error.as_str() {
-                        "" => String::new(),
-                        e => format!("; last attempt: {e}"),
-                    }
-                ));
-            }
-            tokio::select! {
-                biased;
-                how = proc.wait() => return Readiness::Exited(how),
-                r = accepts(&self.addr, resolver, left.min(READY_ATTEMPT_LIMIT)) => match r {
-                    Ok(()) => return Readiness::Accepting(started.elapsed()),
-                    Err(e) => last_error = e,
-                },
-            }
-            tokio::select! {
-                biased;
-                how = proc.wait() => return Readiness::Exited(how),
-                // tidegate's stop may have come.
-                _ = self.wake.notified() => {}
-                _ = sleep_until((Instant::now() + pause).min(deadline)) => {}
-            }
-            pause = (pause * 2).min(READY_POLL_MAX);
-        }
-    }
-
-    /// `ready` until the process exits, nothing used it for `idle_stop`, or tidegate's
-    /// stop comes. `Served::Stop` means the state is `stopping` now.
-    async fn serve(&self, proc: &mut Process) -> Served {
-        // Bounded: each turn ends with a wake-up, a timer or the exit.
-        loop {
-            let (idle_at, term_at) = {
-                let s = self.lock();
-                let idle_at = (s.in_use == 0).then(|| s.last_used + self.idle_stop);
-                (idle_at, s.closing)
-            };
-            let now = Instant::now();
-            tokio::select! {
-                biased;
-                how = proc.wait() => return Served::Exited(how),
-                _ = sleep_until(term_at.unwrap_or(now)), if term_at.is_some() => {
-                    self.apply(Event::Shutdown);
-                    return Served::Stop;
-                }
-                _ = sleep_until(idle_at.unwrap_or(now)), if idle_at.is_some() => {
-                    let mut s = self.lock();
-                    // An exchange may have begun (and ended) since the timer was set.
-                    if s.in_use == 0 && Instant::now() >= s.last_used + self.idle_stop {
-                        self.step(&mut s, Event::IdleExpired);
-                        return Served::Stop;
-                    }
-                }
-                _ = self.wake.notified() => {}
-            }
-        }
-    }
-
-    /// SIGTERM to the group, SIGKILL after `stop_timeout`, reap, sweep the group.
-    async fn stop(&self, proc: &mut Process) -> String {
-        let started = Instant::now();
-        proc.signal_group(Signal::SIGTERM);
-        let how = tokio::select! {
-            how = proc.wait() => format!(
-                "exited with {how} {} after SIGTERM",
-                human(started.elapsed())
-            ),
-            _ = sleep_until(started + self.stop_timeout) => {
-                proc.signal_group(Signal::SIGKILL);
-                let how = proc.wait().await;
-                format!(
-                    "still running {} after SIGTERM (stop_timeout): SIGKILL; {how}",
-                    human(self.stop_timeout)
-                )
-            }
-        };
-        // The leader may exit before the rest of its group (a shell running the app as
-        // its child): they got the same SIGTERM and get the rest of `stop_timeout` to
-        // finish, as the leader did. Only then is what is left swept with SIGKILL.
-        let deadline = started + self.stop_timeout;
-        while Instant::now() < deadline && group_has_live_members(proc.pid) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        proc.sweep();
-        how
-    }
-
-    async fn start_failed(&self, proc: &mut Process, reason: String) {
-        proc.drain_output().await;
-        tracing::warn!(upstream = %self.upstream, server = %self.addr, pid = proc.pid, %reason,
-            stderr = ?proc.stderr_tail(), "on-demand backend failed to start; its last lines of stderr");
-        self.apply(Event::StartFailed { reason });
-    }
 }
 
 /// Back-off before the next start after `failures` failed ones in a row.
@@ -936,34 +645,6 @@ fn backoff(failures: u32) -> Duration {
     }
 }
 
-/// Whether `addr` accepts a connection now (closed at once). `Err` says why not.
-async fn accepts(
-    addr: &UpstreamAddr,
-    resolver: &Arc<dyn Resolve>,
-    limit: Duration,
-) -> Result<(), String> {
-    // A probe's socket lives for an instant: no keepalive probes.
-    let tcp = TcpOptions {
-        nodelay: true,
-        keepalive: None,
-    };
-    let res = match addr {
-        UpstreamAddr::Unix(path) => connect::connect_unix(path, limit).await,
-        UpstreamAddr::Ip(a) => connect::connect_tcp(&[*a], limit, tcp).await,
-        UpstreamAddr::Host { host, port } => {
-            let started = Instant::now();
-            match connect::resolve(resolver, host, *port, limit).await {
-                Ok(addrs) => {
-                    let left = limit.saturating_sub(started.elapsed());
-                    connect::connect_tcp(&addrs, left, tcp).await
-                }
-                Err(e) => Err(e),
-            }
-        }
-    };
-    res.map(drop).map_err(|e| e.to_string())
-}
-
 /// `5s`, `1.5s`, `250ms`.
 fn human(d: Duration) -> String {
     let ms = d.as_millis();
@@ -976,256 +657,6 @@ fn human(d: Duration) -> String {
     }
 }
 
-/// Whether any process of the group `pgid` is still running (a zombie counts as gone:
-/// orphans are not always reaped, PID 1 here does not). Reads `/proc`; if it can't, asks
-/// the kernel whether the group exists at all.
-fn group_has_live_members(pgid: u32) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return killpg(self::pgid(pgid), None).is_ok();
-    };
-    dir.filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .any(|stat| {
-            // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let mut fields = rest.split_whitespace();
-            let state = fields.next();
-            let pgrp = fields.nth(1);
-            state.is_some_and(|s| s != "Z" && s != "X")
-                && pgrp.and_then(|p| p.parse::<u32>().ok()) == Some(pgid)
-        })
-}
-
-/// `status 3`, or `signal 9 (SIGKILL)`.
-fn describe_exit(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    if let Some(code) = status.code() {
-        return format!("status {code}");
-    }
-    match status.signal() {
-        Some(sig) => match Signal::try_from(sig) {
-            Ok(name) => format!("signal {sig} ({name})"),
-            Err(_) => format!("signal {sig}"),
-        },
-        None => status.to_string(),
-    }
-}
-
-fn pgid(pid: u32) -> Pid {
-    Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX))
-}
-
-// === Process ===
-
-type Tail = Arc<Mutex<VecDeque<String>>>;
-
-/// A spawned process group, owned by its life task. Dropped without having been reaped
-/// (the runtime shut down under the task), it kills its group: no orphan either way.
-struct Process {
-    pid: u32,
-    child: Child,
-    /// How it ended, once reaped.
-    exited: Option<String>,
-    pumps: Vec<JoinHandle<()>>,
-    tail: Tail,
-}
-
-impl Process {
-    /// Waits for the exit and reaps it; cancel-safe. Returns how it ended.
-    async fn wait(&mut self) -> String {
-        if let Some(how) = &self.exited {
-            return how.clone();
-        }
-        let how = match self.child.wait().await {
-            Ok(status) => describe_exit(status),
-            Err(e) => format!("an unknown status ({})", describe_io_error(&e)),
-        };
-        self.exited = Some(how.clone());
-        how
-    }
-
-    /// Signals the whole group, while the leader has not been reaped (until then its
-    /// pid cannot name another group).
-    fn signal_group(&self, signal: Signal) {
-        if self.exited.is_some() {
-            return;
-        }
-        if let Err(errno) = killpg(pgid(self.pid), signal) {
-            tracing::debug!(pid = self.pid, %signal, error = %describe_errno(errno), "cannot signal an on-demand backend's process group");
-        }
-    }
-
-    /// After the leader exited: SIGKILL whatever is left of its group. The group's id
-    /// stays taken while any member lives, so this reaches only those members.
-    fn sweep(&self) {
-        if killpg(pgid(self.pid), Signal::SIGKILL).is_ok() {
-            tracing::debug!(
-                pid = self.pid,
-                "SIGKILL to what was left of an on-demand backend's process group"
-            );
-        }
-    }
-
-    /// Lets the output pumps log the last lines (bounded: a grandchild may hold the
-    /// pipes open).
-    async fn drain_output(&mut self) {
-        let pumps = std::mem::take(&mut self.pumps);
-        let all = futures_util::future::join_all(pumps);
-        let _ = tokio::time::timeout(OUTPUT_DRAIN, all).await;
-    }
-
-    fn stderr_tail(&self) -> Vec<String> {
-        lock_tail(&self.tail).iter().cloned().collect()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if self.exited.is_none() {
-            let _ = killpg(pgid(self.pid), Signal::SIGKILL);
-        }
-    }
-}
-
-fn lock_tail(t: &Tail) -> MutexGuard<'_, VecDeque<String>> {
-    t.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Logs each line of a child's stdout or stderr with the upstream's name; keeps the
-/// last lines of stderr in `tail`. Ends at end of file.
-async fn pump(
-    pipe: impl AsyncRead + Unpin,
-    upstream: Arc<str>,
-    pid: u32,
-    stream: &'static str,
-    tail: Option<Tail>,
-) {
-    let mut reader = BufReader::new(pipe);
-    let mut line: Vec<u8> = Vec::new();
-    let emit = |line: &mut Vec<u8>| {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end_matches(['\r', '\n']);
-        tracing::info!(upstream = %upstream, pid, stream, "{text}");
-        if let Some(tail) = &tail {
-            let mut t = lock_tail(tail);
-            if t.len() == STDERR_TAIL_LINES {
-                t.pop_front();
-            }
-            t.push_back(text.to_owned());
-        }
-        line.clear();
-    };
-    // Bounded by the pipe: it ends when every writer has closed it.
-    loop {
-        let chunk = match reader.fill_buf().await {
-            Ok([]) | Err(_) => break,
-            Ok(chunk) => chunk,
-        };
-        let (take, newline) = match chunk.iter().position(|b| *b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (chunk.len(), false),
-        };
-        let room = MAX_LINE.saturating_sub(line.len());
-        line.extend_from_slice(&chunk[..take.min(room)]);
-        reader.consume(take);
-        if newline {
-            emit(&mut line);
-        }
-    }
-    if !line.is_empty() {
-        emit(&mut line);
-    }
-}
-
-// === the spawner thread ===
-
-struct SpawnRequest {
-    spec: Arc<CommandSpec>,
-    /// The runtime the child is reaped on (tokio registers the child with it).
-    runtime: tokio::runtime::Handle,
-    reply: oneshot::Sender<io::Result<Child>>,
-}
-
-/// Starts the thread that forks every on-demand backend, once per process; later calls
-/// return the same. It never exits: its channel's sender lives in a static, so its
-/// children's `PR_SET_PDEATHSIG` fires only when tidegate itself dies.
-pub fn start_spawner() -> io::Result<()> {
-    spawner().map(drop)
-}
-
-fn spawner() -> io::Result<&'static mpsc::Sender<SpawnRequest>> {
-    static SPAWNER: OnceLock<Result<mpsc::Sender<SpawnRequest>, String>> = OnceLock::new();
-    SPAWNER
-        .get_or_init(|| {
-            let (tx, rx) = mpsc::channel::<SpawnRequest>();
-            std::thread::Builder::new()
-                .name("tidegate-spawner".to_owned())
-                .spawn(move || serve_spawns(rx))
-                .map(|_| tx)
-                .map_err(|e| describe_io_error(&e))
-        })
-        .as_ref()
-        .map_err(|e| io::Error::other(e.clone()))
-}
-
-fn serve_spawns(requests: mpsc::Receiver<SpawnRequest>) {
-    let parent = Pid::this();
-    // Ends only if every sender is gone, which the static prevents.
-    while let Ok(req) = requests.recv() {
-        let result = {
-            let _runtime = req.runtime.enter();
-            spawn_child(&req.spec, parent)
-        };
-        if let Err(Ok(child)) = req.reply.send(result) {
-            // Nobody waits for it any more (the runtime is shutting down): don't leave it.
-            if let Some(pid) = child.id() {
-                let _ = killpg(pgid(pid), Signal::SIGKILL);
-            }
-        }
-    }
-}
-
-/// Forks and execs one backend (on the spawner thread).
-fn spawn_child(spec: &CommandSpec, parent: Pid) -> io::Result<Child> {
-    let mut cmd = tokio::process::Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spec.cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // setpgid(0, 0) in the child: its own process group, so `killpg` reaches
-        // everything it starts, and a Ctrl-C at tidegate's terminal does not reach it
-        // (tidegate decides when its children stop).
-        .process_group(0)
-        .kill_on_drop(false);
-    // `unsafe_code` is denied crate-wide; this is the one exception: `pre_exec` is the
-    // only way to run `prctl` in the child between fork and exec.
-    #[allow(unsafe_code)]
-    // SAFETY: the closure runs in the forked child before exec, where only
-    // async-signal-safe calls are allowed: it calls prctl(2) and getppid(2) only,
-    // allocates nothing (errors are raw OS errors), and touches no lock.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            // tidegate may have died between the fork and the prctl: then the signal
-            // will never come, so don't exec.
-            if nix::unistd::getppid() != parent {
-                return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn()
-}
-
 // === Children ===
 
 /// Every on-demand backend of a runtime: how the binary stops them when tidegate stops.
@@ -1235,15 +666,9 @@ pub struct Children {
 }
 
 impl Children {
-    /// The on-demand servers of these upstreams.
-    pub fn new(upstreams: &[Arc<Upstream>]) -> Children {
-        Children {
-            supervisors: upstreams
-                .iter()
-                .flat_map(|u| u.servers.iter())
-                .filter_map(|s| s.on_demand().cloned())
-                .collect(),
-        }
+    /// These supervisors (`Children::new` collects those of a runtime's upstreams).
+    pub fn of(supervisors: Vec<Arc<Supervisor>>) -> Children {
+        Children { supervisors }
     }
 
     /// No on-demand server at all.
@@ -1464,12 +889,5 @@ mod tests {
         assert_eq!(human(Duration::from_millis(1500)), "1.5s");
         assert_eq!(human(Duration::from_millis(250)), "250ms");
         assert_eq!(human(Duration::from_micros(10)), "1ms");
-    }
-
-    #[test]
-    fn exit_statuses_name_the_signal() {
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(describe_exit(ExitStatus::from_raw(3 << 8)), "status 3");
-        assert_eq!(describe_exit(ExitStatus::from_raw(9)), "signal 9 (SIGKILL)");
     }
 }

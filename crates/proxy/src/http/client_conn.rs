@@ -4,9 +4,9 @@
 //!
 //! tidegate measures these itself: hyper's `header_read_timeout` needs a timer and also
 //! fires on idle keep-alive connections, so it can't tell the two phases apart
-//! (DESIGN.md §5, timers).
+//! (docs/design.md, "Library facts").
 //!
-//! The clock is also the connection's entry in the connection registry: it owns the
+//! The [`ClientConn`] is also the connection's entry in the connection registry: it owns the
 //! [`Registration`], keeps its time base and last activity there (one set of atomics,
 //! not two), counts bytes and requests on it and keeps its state (`reading`,
 //! `waiting_upstream`, `streaming`, `idle`, `tunnel`) in step with the phases.
@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::registry::{Conn, ConnProtocol, ConnSide, ConnState, Registration};
+use crate::registry::{Conn, ConnProtocol, ConnState, Registration};
+use crate::side::Side;
 
 /// Where a client connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +36,7 @@ pub enum Phase {
 /// Shared phase and activity of one connection. Times are milliseconds since the
 /// registry entry's start; the last activity is the entry's.
 #[derive(Debug)]
-pub struct Clock {
+pub struct ClientConn {
     entry: Registration,
     phase: AtomicU8,
     phase_since: AtomicU64,
@@ -53,7 +54,7 @@ pub struct Clock {
     reads: AtomicU32,
     /// After a 101 from the upstream: its side of the tunnel, for the connection's
     /// driver to join with the client's socket once hyper hands it back.
-    upgrade: Mutex<Option<Box<super::proxy::Upgrade>>>,
+    upgrade: Mutex<Option<Box<super::upgrade::Upgrade>>>,
 }
 
 /// The exchange's request or response ends the connection (`Connection: close`,
@@ -71,20 +72,20 @@ pub enum Verdict {
     Expired(Phase),
 }
 
-impl Clock {
-    /// A new clock, idle since now, for a connection in no registry.
+impl ClientConn {
+    /// A new connection state, idle since now, for a connection in no registry.
     pub fn new() -> Arc<Self> {
         Self::registered(Registration::detached(
-            ConnSide::Client,
+            Side::Client,
             ConnProtocol::Http1,
             ConnState::Idle,
         ))
     }
 
-    /// A new clock, idle since now, for the registered connection `entry` (which it
+    /// A new connection state, idle since now, for the registered connection `entry` (which it
     /// keeps in the registry for as long as it lives).
     pub fn registered(entry: Registration) -> Arc<Self> {
-        Arc::new(Clock {
+        Arc::new(ClientConn {
             entry,
             phase: AtomicU8::new(Phase::Idle as u8),
             phase_since: AtomicU64::new(0),
@@ -150,7 +151,7 @@ impl Clock {
         self.request_started_at(Instant::now());
     }
 
-    /// [`Clock::request_started`] with the time already read (one clock read serves
+    /// [`ClientConn::request_started`] with the time already read (one clock read serves
     /// the phase and the exchange's record).
     pub fn request_started_at(&self, now: Instant) {
         self.exchange_idle.store(0, Ordering::Relaxed);
@@ -176,14 +177,14 @@ impl Clock {
     }
 
     /// Keeps the upstream side of an upgrade for the connection's driver.
-    pub(crate) fn stash_upgrade(&self, up: super::proxy::Upgrade) {
+    pub(crate) fn stash_upgrade(&self, up: super::upgrade::Upgrade) {
         if let Ok(mut slot) = self.upgrade.lock() {
             *slot = Some(Box::new(up));
         }
     }
 
     /// The upstream side of an upgrade, if the last response was a 101.
-    pub(crate) fn take_upgrade(&self) -> Option<Box<super::proxy::Upgrade>> {
+    pub(crate) fn take_upgrade(&self) -> Option<Box<super::upgrade::Upgrade>> {
         self.upgrade.lock().ok().and_then(|mut slot| slot.take())
     }
 
@@ -210,7 +211,7 @@ impl Clock {
             && !self.tunnel.load(Ordering::Relaxed)
     }
 
-    /// When a [`Clock::parkable`] connection will have been idle for `after`; `None`
+    /// When a [`ClientConn::parkable`] connection will have been idle for `after`; `None`
     /// when it is not parkable.
     pub fn park_due(&self, after: Duration) -> Option<Instant> {
         if !self.parkable() {
@@ -251,7 +252,7 @@ impl Clock {
         self.response_finished_at(Instant::now());
     }
 
-    /// [`Clock::response_finished`] with the time already read.
+    /// [`ClientConn::response_finished`] with the time already read.
     pub fn response_finished_at(&self, now: Instant) {
         if self.tunnel.load(Ordering::Relaxed) {
             return;
@@ -297,16 +298,15 @@ impl Clock {
     }
 }
 
-impl crate::upstream::body::BodyEnd for Clock {
+impl crate::upstream::body::BodyEnd for ClientConn {
     fn body_ended(&self) {
         self.reuse.fetch_and(!BODY_OPEN, Ordering::Relaxed);
     }
 }
 
-/// A client stream that reports its reads and writes to its [`Clock`].
-pub type Watched<T> = crate::observed::Observed<T, Clock>;
-
-impl crate::observed::IoObserver for Clock {
+// A client stream reports its reads and writes to its `ClientConn` through
+// `Observed<_, ClientConn>`.
+impl crate::observed::IoObserver for ClientConn {
     fn read(&self, n: usize) {
         self.on_read(n);
     }
@@ -333,7 +333,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_is_rechecked_within_header_timeout() {
-        let c = Clock::new();
+        let c = ClientConn::new();
         let Verdict::WaitUntil(t) = c.verdict(IDLE, HEAD) else {
             panic!("fresh connection expired")
         };
@@ -352,7 +352,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_connection_expires_after_idle_timeout() {
-        let c = Clock::new();
+        let c = ClientConn::new();
         tokio::time::advance(Duration::from_secs(59)).await;
         assert!(matches!(c.verdict(IDLE, HEAD), Verdict::WaitUntil(_)));
         tokio::time::advance(Duration::from_secs(2)).await;
@@ -361,7 +361,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn started_head_expires_after_header_timeout() {
-        let c = Clock::new();
+        let c = ClientConn::new();
         c.on_read(1);
         tokio::time::advance(Duration::from_secs(11)).await;
         assert_eq!(c.verdict(IDLE, HEAD), Verdict::Expired(Phase::Head));
@@ -369,7 +369,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn busy_without_exchange_limit_never_expires_and_idle_restarts_after_response() {
-        let c = Clock::new();
+        let c = ClientConn::new();
         c.on_read(1);
         c.request_started();
         tokio::time::advance(Duration::from_secs(600)).await;
@@ -383,7 +383,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn busy_exchange_expires_after_silence_only() {
-        let c = Clock::new();
+        let c = ClientConn::new();
         c.request_started();
         c.set_exchange_idle(Duration::from_secs(5));
         tokio::time::advance(Duration::from_secs(4)).await;

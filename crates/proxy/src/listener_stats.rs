@@ -1,0 +1,136 @@
+//! Counters of the listeners, bumped while serving: each HTTP route's requests by status
+//! class and its duration histogram ([`RouteMetrics`], resolved when the listener is
+//! built, so nothing is looked up by label per request), and each listener's byte totals
+//! ([`ListenerMetrics`]). The Prometheus exposition (the `metrics` module) reads
+//! them at scrape time; nothing here knows it.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::registry::Totals;
+
+/// Status classes of `tidegate_requests_total`, by index (see [`RouteMetrics::record`]).
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// Buckets of `tidegate_request_duration_seconds`: 1 ms to a minute (a proxied
+/// request spans both; SSE streams and long polls fall in `+Inf`).
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
+
+// === RouteMetrics ===
+
+/// Request counters and the duration histogram of one (listener, upstream) pair,
+/// shared by every route of the listener to that upstream.
+pub struct RouteMetrics {
+    /// The upstream's name (`""`: requests that reached none).
+    pub(crate) upstream: Arc<str>,
+    requests: [AtomicU64; 6],
+    /// From the request head to the response's end.
+    pub(crate) duration: Histogram,
+}
+
+impl fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteMetrics {
+    /// Metrics of requests sent to `upstream` (`""`: to no upstream).
+    pub fn new(upstream: &str) -> Arc<Self> {
+        Arc::new(RouteMetrics {
+            upstream: Arc::from(upstream),
+            requests: Default::default(),
+            duration: Histogram::new(DURATION_BUCKETS),
+        })
+    }
+
+    /// One request ended: `status` of the response head sent (`None`: none was sent),
+    /// `took` from its head to its end.
+    pub fn record(&self, status: Option<u16>, took: Duration) {
+        let class = match status {
+            Some(s @ 100..=599) => usize::from(s / 100 - 1),
+            _ => 5,
+        };
+        self.requests[class].fetch_add(1, Ordering::Relaxed);
+        self.duration.observe(took.as_secs_f64());
+    }
+
+    /// Requests counted in `class` (an index into [`STATUS_CLASSES`]).
+    pub fn requests(&self, class: usize) -> u64 {
+        self.requests
+            .get(class)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
+// === ListenerMetrics ===
+
+/// What a listener contributes: its byte totals and (HTTP) its routes' metrics.
+#[derive(Debug)]
+pub struct ListenerMetrics {
+    pub(crate) name: Arc<str>,
+    /// Bytes of its closed connections (live ones are added at scrape time).
+    pub(crate) totals: Arc<Totals>,
+    /// Requests that reached no upstream (fixed responses, 404s, refused requests).
+    pub(crate) local: Arc<RouteMetrics>,
+    /// One per upstream its routes name.
+    pub(crate) routes: Vec<Arc<RouteMetrics>>,
+    /// The highest byte counts reported, so the counters never go back (see
+    /// `Registration`'s drop: a closing connection's bytes may be in neither the live
+    /// sum nor the totals for an instant).
+    pub(crate) reported: [AtomicU64; 2],
+}
+
+impl ListenerMetrics {
+    /// A listener called `name` with no routes yet.
+    pub fn new(name: &str) -> Self {
+        ListenerMetrics {
+            name: Arc::from(name),
+            totals: Arc::new(Totals::default()),
+            local: RouteMetrics::new(""),
+            routes: Vec::new(),
+            reported: Default::default(),
+        }
+    }
+
+    /// The metrics of requests to `upstream`, shared by all routes that name it.
+    pub(crate) fn route(&mut self, upstream: &str) -> Arc<RouteMetrics> {
+        if let Some(r) = self.routes.iter().find(|r| &*r.upstream == upstream) {
+            return r.clone();
+        }
+        let r = RouteMetrics::new(upstream);
+        self.routes.push(r.clone());
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes_by_hundreds_and_error_without_a_status() {
+        let r = RouteMetrics::new("app");
+        for s in [
+            Some(101),
+            Some(200),
+            Some(204),
+            Some(404),
+            Some(503),
+            None,
+            Some(999),
+        ] {
+            r.record(s, Duration::from_millis(1));
+        }
+        let counts: Vec<u64> = (0..6).map(|i| r.requests(i)).collect();
+        assert_eq!(counts, [1, 2, 0, 1, 1, 2]);
+    }
+}
