@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tidegate_config::ListenAddr;
-use tidegate_proxy::endpoint::Stream;
-use tidegate_proxy::errno::describe_io_error;
+use tidegate_net::endpoint::Stream;
+use tidegate_net::errno::describe_io_error;
 
 use crate::api::ErrorBody;
 

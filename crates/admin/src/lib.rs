@@ -12,7 +12,7 @@
 //!   by the server and the client sides.
 //!
 //! Boundary: only this crate speaks the admin wire format. It binds its socket with
-//! `tidegate_proxy::listen` (the same stale-file and permission rules as every
+//! `tidegate_net::listen` (the same stale-file and permission rules as every
 //! listener) and never reads the environment: the binary passes the default socket's
 //! inputs in.
 #![forbid(unsafe_code)]

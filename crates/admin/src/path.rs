@@ -19,7 +19,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use tidegate_proxy::errno::describe_io_error;
+use tidegate_net::errno::describe_io_error;
 
 /// The socket file's name inside the default folder.
 pub const SOCKET_NAME: &str = "admin.sock";

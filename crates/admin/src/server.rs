@@ -4,7 +4,7 @@
 //!
 //! Invariants, and how they are kept:
 //! - **At most `max_connections` clients are served at once.** Each holds a slot for
-//!   its whole life ([`slots::Slot`], taken before its task starts, freed on drop).
+//!   its whole life (`slots::Slot`, taken before its task starts, freed on drop).
 //! - **A slot is always freed in bounded time.** A client that sends no byte for
 //!   `idle_timeout` is closed, and every request (head and body) must arrive within
 //!   `idle_timeout` of its first byte, so neither a silent client nor a slow trickle
@@ -30,9 +30,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tidegate_proxy::endpoint::Stream;
-use tidegate_proxy::errno::describe_io_error;
-use tidegate_proxy::listen::Listener;
+use tidegate_net::endpoint::Stream;
+use tidegate_net::errno::describe_io_error;
+use tidegate_net::listen::Listener;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;

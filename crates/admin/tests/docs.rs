@@ -316,6 +316,10 @@ fn examples(docs: &str) -> Vec<(String, Value)> {
 }
 
 /// Deserializes `value` as `T` and back; the JSON must come out the same.
+#[allow(
+    clippy::expect_used,
+    reason = "a test helper: a failure here fails the test, which is what it should do"
+)]
 fn round_trip<T: Serialize + DeserializeOwned>(ty: &str, value: &Value) {
     let typed: T = serde_json::from_value(value.clone())
         .unwrap_or_else(|e| panic!("the `{ty}` example does not fit the type: {e}\n{value:#}"));

@@ -20,8 +20,8 @@ use tidegate_admin::{
     ServerView, Status, UpstreamView,
 };
 use tidegate_config::{ListenAddr, UnixListen};
-use tidegate_proxy::endpoint::TcpOptions;
-use tidegate_proxy::listen::Listener;
+use tidegate_net::endpoint::TcpOptions;
+use tidegate_net::listen::Listener;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::task::JoinHandle;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::model::{AccessLogTo, Balance, LogFormat, LogLevel};
+use crate::kinds::{AccessLogTo, Balance, LogFormat, LogLevel};
 
 /// `[server] shutdown_grace`: SIGTERM drains this long, then closes what is left.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);

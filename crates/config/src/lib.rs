@@ -30,6 +30,7 @@
 pub mod addr;
 pub mod defaults;
 mod error;
+mod kinds;
 pub mod model;
 pub mod parse;
 mod validate;

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::addr::{ListenAddr, UpstreamAddr};
+pub use crate::kinds::{AccessLogTo, Balance, LogFormat, LogLevel};
 
 /// A whole, valid configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,28 +56,6 @@ pub struct AccessLog {
     pub format: LogFormat,
 }
 
-/// `[server] access_log.to`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AccessLogTo {
-    /// No access log (the default).
-    Off,
-    /// Standard output.
-    Stdout,
-    /// Appended to this file (created if missing).
-    File(PathBuf),
-}
-
-impl AccessLogTo {
-    /// How the config file writes it (`off`, `stdout`, or the path).
-    pub fn describe(&self) -> String {
-        match self {
-            AccessLogTo::Off => "off".to_owned(),
-            AccessLogTo::Stdout => "stdout".to_owned(),
-            AccessLogTo::File(p) => p.display().to_string(),
-        }
-    }
-}
-
 /// `[admin]`: the admin API's listener (docs/design.md, "Admin API contract").
 #[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
@@ -98,43 +77,6 @@ pub struct Log {
     pub level: LogLevel,
     /// `text` or `json`.
     pub format: LogFormat,
-}
-
-/// Log verbosity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogLevel {
-    /// Only errors.
-    Error,
-    /// Errors and warnings.
-    Warn,
-    /// The default.
-    Info,
-    /// Per-connection detail.
-    Debug,
-    /// Everything.
-    Trace,
-}
-
-impl LogLevel {
-    /// The name used in the config file and by `tracing`'s filters.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogLevel::Error => "error",
-            LogLevel::Warn => "warn",
-            LogLevel::Info => "info",
-            LogLevel::Debug => "debug",
-            LogLevel::Trace => "trace",
-        }
-    }
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable `key=value` lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// `[listeners.NAME]`.
@@ -280,15 +222,6 @@ pub struct Health {
     pub fall: u32,
 }
 
-/// Load-balancing algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Balance {
-    /// Each server in turn.
-    RoundRobin,
-    /// The server with the fewest active requests (ties: round robin).
-    LeastConn,
-}
-
 // === impl Server ===
 
 impl Default for Server {
@@ -335,17 +268,7 @@ impl Default for Log {
     }
 }
 
-// === impl LogFormat, Protocol, Balance ===
-
-impl LogFormat {
-    /// The name used in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        }
-    }
-}
+// === impl Protocol ===
 
 impl Protocol {
     /// The name used in the config file.
@@ -353,16 +276,6 @@ impl Protocol {
         match self {
             Protocol::Http => "http",
             Protocol::Tcp => "tcp",
-        }
-    }
-}
-
-impl Balance {
-    /// The name used in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Balance::RoundRobin => "round_robin",
-            Balance::LeastConn => "least_conn",
         }
     }
 }

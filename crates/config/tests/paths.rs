@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use tidegate_config::addr::MAX_UNIX_PATH;
 use tidegate_config::{load_file, load_str, ListenAddr, UnixListen, UpstreamAddr};
 
+#[allow(
+    clippy::expect_used,
+    reason = "a test helper: a failure here fails the test, which is what it should do"
+)]
 fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("tidegate.toml");
     std::fs::write(&path, text).expect("write config");

@@ -12,13 +12,14 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+// The shared networking parts live in `tidegate-net` (so the admin API can use them
+// without the data plane); re-exported so `crate::endpoint::…` paths stay as they were.
+pub use tidegate_net::{endpoint, errno, listen};
+
 pub mod access_log;
 pub mod drain;
-pub mod endpoint;
-pub mod errno;
 pub mod failure;
 pub mod http;
-pub mod listen;
 pub mod listener_stats;
 pub mod metrics;
 pub mod observed;

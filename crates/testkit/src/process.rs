@@ -314,9 +314,12 @@ impl Tidegate {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let parent = std::process::id();
+        #[allow(
+            unsafe_code,
+            reason = "pre_exec is the only way to set PR_SET_PDEATHSIG in the child"
+        )]
         // SAFETY: runs in the forked child before exec; it only makes two system calls
         // (prctl, getppid), both async-signal-safe, and allocates nothing.
-        #[allow(unsafe_code)]
         unsafe {
             cmd.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;

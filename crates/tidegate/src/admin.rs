@@ -27,6 +27,10 @@ const STOP_BOUND: Duration = Duration::from_secs(1);
 /// The default admin socket for this process: `$XDG_RUNTIME_DIR/tidegate/admin.sock`,
 /// else `/run/tidegate/admin.sock` for root, else `/tmp/tidegate-$UID/admin.sock`.
 pub fn default_socket() -> PathBuf {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the binary reads the environment; the admin crate gets the value"
+    )]
     let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
     tidegate_admin::path::default_socket(runtime_dir.as_deref(), uid())
 }

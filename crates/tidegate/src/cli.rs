@@ -36,6 +36,10 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
     /// Quickstart only: listen here instead of 127.0.0.1:8080 (e.g. 127.0.0.1:0,
     /// [::1]:8080, unix:/tmp/tidegate.sock). Repeat for several addresses.
+    #[allow(
+        rustdoc::broken_intra_doc_links,
+        reason = "this text is `--help` verbatim: `[::1]` is an address, not a link"
+    )]
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<String>,
     /// The admin API's address, instead of `[admin] listen` or the default socket

@@ -1,6 +1,13 @@
 //! The `tidegate` binary: `run`, `check`, `ctl`, `version`. The one place that reads
 //! the environment, installs signal handlers, raises limits and exits the process.
 #![forbid(unsafe_code)]
+// The binary talks to a person: `version`, `check` and `ctl` print their answer, and
+// errors before logging is set up go to stderr. Libraries log through `tracing` instead.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line program prints its answers and early errors"
+)]
 
 mod admin;
 mod cli;

@@ -127,6 +127,10 @@ fn raise_nofile_limit() {
 async fn serve(config: Config, workers: usize) -> ExitCode {
     // Signal handlers first: a TERM that arrives while binding must not kill us with
     // half-created socket files.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the binary owns signal handling; the data plane only sees a Shutdown"
+    )]
     let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

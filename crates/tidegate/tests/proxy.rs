@@ -1314,6 +1314,10 @@ async fn request_body_is_forwarded_as_it_arrives() -> anyhow::Result<()> {
 /// A backend that answers the first request on each connection and closes the
 /// connection, without a byte of response, on any later request: every reuse of a pooled
 /// connection races and loses.
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test helper: a failure here fails the test, which is what it should do"
+)]
 fn first_request_only_backend(bind: Bind) -> anyhow::Result<Backend> {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
     Backend::start(bind, move |r| {

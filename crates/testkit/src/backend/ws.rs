@@ -13,8 +13,10 @@ use super::http::end_of;
 use super::{ConnEnd, Request, Shared};
 use crate::addr::Stream;
 
-// The handshake callback's error type is tungstenite's, large or not.
-#[allow(clippy::result_large_err)]
+#[allow(
+    clippy::result_large_err,
+    reason = "the handshake callback's error type is tungstenite's, large or not"
+)]
 pub(super) async fn serve(shared: &Arc<Shared>, id: u64, stream: Stream) -> ConnEnd {
     let recorder = shared.clone();
     let record = move |req: &WsRequest, resp: WsResponse| -> Result<WsResponse, ErrorResponse> {

@@ -7,14 +7,14 @@
 //! [`tokio::net::TcpStream`] only; there is nothing to call on a Unix stream:
 //!
 //! ```compile_fail,E0308
-//! use tidegate_proxy::endpoint::TcpOptions;
+//! use tidegate_net::endpoint::TcpOptions;
 //! fn f(unix: &tokio::net::UnixStream) {
 //!     TcpOptions::default().apply(unix); // error: expected `&TcpStream`
 //! }
 //! ```
 //!
 //! ```
-//! use tidegate_proxy::endpoint::TcpOptions;
+//! use tidegate_net::endpoint::TcpOptions;
 //! fn f(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
 //!     TcpOptions::default().apply(tcp)
 //! }

@@ -15,7 +15,7 @@ use nix::errno::Errno;
 /// [`io::Error::other`]) are described by their own message.
 ///
 /// ```
-/// use tidegate_proxy::errno::describe_io_error;
+/// use tidegate_net::errno::describe_io_error;
 /// let e = std::io::Error::from_raw_os_error(nix::libc::ECONNREFUSED);
 /// assert_eq!(describe_io_error(&e), "connection refused (ECONNREFUSED)");
 /// ```
