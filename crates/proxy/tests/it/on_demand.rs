@@ -8,19 +8,18 @@
 //! shows) and stop children directly. The backend is `tidegate_testkit::lazy_app`, a
 //! Python (stdlib) HTTP server on a Unix socket that writes what happens to it (start,
 //! accept, SIGTERM, exit) into an events file. The binary's own tests (signals, SIGKILL
-//! of tidegate, the example) are `crates/tidegate/tests/on_demand.rs`.
+//! of tidegate, the example) are `crates/tidegate/tests/it/on_demand.rs`.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-mod common;
-
-use common::{config, start, Logs, Proxy};
 use tidegate_config::Config;
 use tidegate_proxy::upstream::on_demand::{Children, OnDemandSnapshot, OnDemandState};
 use tidegate_testkit::lazy_app::{AppEvent, LazyApp};
 use tidegate_testkit::{get, process_gone, Response};
 use tokio::time::Instant;
+
+use crate::common::{config, start, Logs, Proxy};
 
 /// A generous functional bound for what takes milliseconds (a Python start included).
 const SOON: Duration = Duration::from_secs(5);

@@ -5,14 +5,13 @@
 //!
 //! These run the data plane in-process because the resolver is injected.
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{start_with, Logs};
 use tidegate_proxy::upstream::connect::StaticResolver;
 use tidegate_testkit::{blackhole_listener, get, Addr, Backend, Bind, Reply};
+
+use crate::common::{self, start_with, Logs};
 
 fn config(server: &str, keepalive: usize, connect_timeout: &str) -> tidegate_config::Config {
     common::config(

@@ -5,19 +5,18 @@
 //!
 //! In-process because the tests shorten the passive cool-down, which is not a config
 //! key, and read each server's state directly. The binary's own test is
-//! `crates/tidegate/tests/health.rs`.
+//! `crates/tidegate/tests/it/health.rs`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{config, Logs, Proxy};
 use tidegate_config::Config;
 use tidegate_proxy::upstream::health::{HealthState, PassiveLimits};
 use tidegate_proxy::upstream::Upstream;
 use tidegate_testkit::{blackhole_listener, get, Backend, Bind, Reply};
+
+use crate::common::{self, config, Logs, Proxy};
 
 /// How long any state change may take to be seen: many check intervals of 100 ms.
 const WITHIN: Duration = Duration::from_secs(5);

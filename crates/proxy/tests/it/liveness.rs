@@ -2,16 +2,15 @@
 //! upstream's silence still bounded, and stale pooled connections dropped when the
 //! upstream closes them — not discovered by the next request.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Proxy;
 use tidegate_config::Config;
 use tidegate_testkit::{
     close_wait_sockets, connect, get, Addr, Backend, BackendOptions, Bind, RawConn, Reply, SseThen,
 };
+
+use crate::common::{self, Proxy};
 
 const T: Duration = Duration::from_secs(5);
 
