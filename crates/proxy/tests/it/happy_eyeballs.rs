@@ -1,7 +1,8 @@
-//! Host-name upstreams through every address (DESIGN.md §1 F5): with resolution
-//! replaced, a name that resolves to `::1` then `127.0.0.1`, and a backend on 127.0.0.1
-//! only, works on every request without an error logged per request; a first address
-//! that never answers costs one attempt delay (~250 ms), not `connect_timeout`.
+//! Host-name upstreams through every address (a host name may resolve to `::1` and
+//! `127.0.0.1` while the app listens on one of them): with resolution replaced, a name
+//! that resolves to `::1` then `127.0.0.1`, and a backend on 127.0.0.1 only, works on
+//! every request without an error logged per request; a first address that never answers
+//! costs one attempt delay (~250 ms), not `connect_timeout`.
 //!
 //! These run the data plane in-process because the resolver is injected.
 

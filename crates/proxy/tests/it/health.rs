@@ -1,7 +1,7 @@
-//! Upstream health, in-process (issue 5): active HTTP and connect checks take a failing
-//! server out of rotation and bring it back; with every server out a request gets 503
-//! at once, naming each server's state; passive ejection stops trying a server that
-//! keeps failing, for a cool-down.
+//! Upstream health, in-process: active HTTP and connect checks take a failing server out
+//! of rotation and bring it back; with every server out a request gets 503 at once,
+//! naming each server's state; passive ejection stops trying a server that keeps
+//! failing, for a cool-down.
 //!
 //! In-process because the tests shorten the passive cool-down, which is not a config
 //! key, and read each server's state directly. The binary's own test is

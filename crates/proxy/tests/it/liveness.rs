@@ -1,6 +1,7 @@
-//! Liveness in-process (DESIGN.md §1 F4, F5): SSE heartbeats at event boundaries, the
-//! upstream's silence still bounded, and stale pooled connections dropped when the
-//! upstream closes them — not discovered by the next request.
+//! Liveness in-process (a quiet connection is neither killed nor kept forever): SSE
+//! heartbeats at event boundaries, the upstream's silence still bounded, and stale
+//! pooled connections dropped when the upstream closes them — not discovered by the next
+//! request.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

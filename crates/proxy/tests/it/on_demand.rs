@@ -1,8 +1,9 @@
-//! On-demand backends, in-process (issue 6, DESIGN.md F2): the first request starts the
-//! command, concurrent first requests share one start, an idle backend is stopped, a
-//! request during `stopping` waits for the exit and a new start without ever reaching
-//! the old process, a failed start is a 503 naming the upstream and the reason, and
-//! stopping tidegate's children leaves none behind.
+//! On-demand backends, in-process (nothing ever connects to a process being stopped, see
+//! `docs/on-demand.md`): the first request starts the command, concurrent first requests
+//! share one start, an idle backend is stopped, a request during `stopping` waits for
+//! the exit and a new start without ever reaching the old process, a failed start is a
+//! 503 naming the upstream and the reason, and stopping tidegate's children leaves none
+//! behind.
 //!
 //! In-process because the tests read the supervisor's state (the snapshot the admin API
 //! shows) and stop children directly. The backend is `tidegate_testkit::lazy_app`, a
