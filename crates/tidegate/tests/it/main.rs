@@ -8,4 +8,5 @@ mod keepalive;
 mod lifecycle;
 mod on_demand;
 mod proxy;
+mod repo;
 mod tcp;
