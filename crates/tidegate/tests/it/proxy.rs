@@ -1,5 +1,5 @@
 //! End-to-end tests of the HTTP proxy: the real `tidegate` binary between a raw client
-//! and test backends that record what reaches them on the wire (DESIGN.md §1, §5, §7).
+//! and test backends that record what reaches them on the wire (`docs/design.md`).
 //!
 //! Every socket is real (`127.0.0.1:0`, Unix sockets in temporary directories), every
 //! wait polls with a deadline, and timeouts in the configs are a few hundred
@@ -153,7 +153,7 @@ async fn assert_refused(
     Ok(resp)
 }
 
-// === 1. keep-alive upstream pool ===
+// === Upstream connections are kept alive and reused ===
 
 async fn hundred_sequential_requests_use_one_upstream_connection(bind: Bind) -> anyhow::Result<()> {
     let app = Backend::start(bind, |_| Reply::text(200, "ok"))?;
@@ -198,7 +198,7 @@ async fn hundred_sequential_requests_through_a_tcp_upstream_use_one_connection(
     hundred_sequential_requests_use_one_upstream_connection(Bind::Tcp4).await
 }
 
-// === 2. streaming responses ===
+// === Responses stream through as they arrive ===
 
 #[tokio::test]
 async fn sse_event_reaches_the_client_while_the_upstream_holds_the_stream() -> anyhow::Result<()> {
@@ -237,7 +237,8 @@ async fn sse_event_reaches_the_client_while_the_upstream_holds_the_stream() -> a
             "{bind:?}: the stream is still open"
         );
 
-        // F5: when the client goes away, the upstream side is closed within a bound.
+        // When the client goes away, the upstream side is closed within a bound (no
+        // CLOSE_WAIT piles up behind a vanished client).
         drop(c);
         app.wait_for(|b| b.closed_connections() == 1, T)
             .await
@@ -246,7 +247,7 @@ async fn sse_event_reaches_the_client_while_the_upstream_holds_the_stream() -> a
     Ok(())
 }
 
-// === 3. WebSocket ===
+// === A WebSocket upgrade becomes a tunnel ===
 
 #[tokio::test]
 async fn websocket_echo_through_the_proxy() -> anyhow::Result<()> {
@@ -346,7 +347,7 @@ servers = ["{}"]
     Ok(())
 }
 
-// === 4-6. upstream failures ===
+// === An upstream that fails gets a status that names the failure ===
 
 #[tokio::test]
 async fn upstream_down_gives_502_naming_upstream_address_and_errno() -> anyhow::Result<()> {
@@ -459,7 +460,7 @@ async fn upstream_closing_before_the_response_head_gives_502() -> anyhow::Result
     Ok(())
 }
 
-// === 7. framing and request smuggling ===
+// === A request that cannot be framed one way only is refused, never forwarded ===
 
 fn framing_app() -> anyhow::Result<Backend> {
     Backend::start(Bind::Tcp4, |_| Reply::echo())
@@ -730,7 +731,7 @@ servers = ["{}"]
     Ok(())
 }
 
-// === 8. headers ===
+// === Hop-by-hop headers stop here; forwarding headers are set ===
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_removed_and_x_forwarded_headers_set() -> anyhow::Result<()> {
@@ -882,7 +883,7 @@ servers = ["{}"]
     Ok(())
 }
 
-// === 9-10. request targets and routing ===
+// === Request targets reach the upstream in origin form; routes pick host then path ===
 
 #[tokio::test]
 async fn absolute_form_target_is_forwarded_in_origin_form_with_host_from_authority(
@@ -1041,7 +1042,7 @@ servers = ["{}"]
     Ok(())
 }
 
-// === 11. pool lifecycle ===
+// === A pooled connection never outlives its use or its upstream ===
 
 #[tokio::test]
 async fn idle_pooled_connection_is_closed_after_keepalive_timeout() -> anyhow::Result<()> {
@@ -1109,9 +1110,10 @@ async fn stale_pooled_connection_is_not_an_error() -> anyhow::Result<()> {
     // The backend closes keep-alive connections idle for 100 ms; requests come every
     // 100-150 ms, so some find their pooled connection just closed. Spacing requests with
     // a sleep is the point of this test (it races the backend's idle close). Most of
-    // those closes are noticed by the pool (F4); a request written in the same instant as
-    // the close is the case DESIGN.md §5 "Retries" covers: a bodiless idempotent request
-    // is retried once after the upstream closed before any response byte.
+    // those closes are noticed by the pool; a request written in the same instant as the
+    // close is the case `docs/design.md` covers under "Failures and status codes": a
+    // bodiless idempotent request is retried once after the upstream closed before any
+    // response byte.
     let app = Backend::start_with(
         Bind::Tcp4,
         BackendOptions::default().close_idle_after(Duration::from_millis(100)),
@@ -1191,7 +1193,7 @@ async fn an_early_client_close_never_returns_a_half_read_connection_to_the_pool(
     Ok(())
 }
 
-// === 12. balancing ===
+// === Requests are spread across servers ===
 
 #[tokio::test]
 async fn round_robin_splits_requests_evenly() -> anyhow::Result<()> {
@@ -1266,7 +1268,7 @@ async fn least_conn_sends_new_requests_away_from_a_busy_server() -> anyhow::Resu
     Ok(())
 }
 
-// === 13. streaming request bodies ===
+// === Request bodies stream to the upstream; replays only where safe ===
 
 #[tokio::test]
 async fn request_body_is_forwarded_as_it_arrives() -> anyhow::Result<()> {

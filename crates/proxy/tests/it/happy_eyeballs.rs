@@ -1,18 +1,18 @@
-//! Host-name upstreams through every address (DESIGN.md §1 F5): with resolution
-//! replaced, a name that resolves to `::1` then `127.0.0.1`, and a backend on 127.0.0.1
-//! only, works on every request without an error logged per request; a first address
-//! that never answers costs one attempt delay (~250 ms), not `connect_timeout`.
+//! Host-name upstreams through every address (a host name may resolve to `::1` and
+//! `127.0.0.1` while the app listens on one of them): with resolution replaced, a name
+//! that resolves to `::1` then `127.0.0.1`, and a backend on 127.0.0.1 only, works on
+//! every request without an error logged per request; a first address that never answers
+//! costs one attempt delay (~250 ms), not `connect_timeout`.
 //!
 //! These run the data plane in-process because the resolver is injected.
-
-mod common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{start_with, Logs};
 use tidegate_proxy::upstream::connect::StaticResolver;
 use tidegate_testkit::{blackhole_listener, get, Addr, Backend, Bind, Reply};
+
+use crate::common::{self, start_with, Logs};
 
 fn config(server: &str, keepalive: usize, connect_timeout: &str) -> tidegate_config::Config {
     common::config(

@@ -1,7 +1,7 @@
 //! The admin server on a real Unix socket, with a fake [`Control`]: every endpoint, the
-//! errors, and above all failure F3 of DESIGN.md — leaking clients cannot lock
-//! operators out: a full server answers a clear `503` that arrives whole, idle and slow
-//! clients are closed, and the API answers again once they are gone.
+//! errors, and above all that leaking clients cannot lock operators out: a full server
+//! answers a clear `503` that arrives whole, idle and slow clients are closed, and the
+//! API answers again once they are gone.
 //!
 //! Timeouts are a few hundred milliseconds (except [`HELD`], which keeps a full server
 //! full while a test looks at it); every wait polls with a deadline. `curl` is
@@ -568,7 +568,7 @@ async fn a_client_may_keep_its_connection_for_several_requests() -> anyhow::Resu
     Ok(())
 }
 
-// === F3: the admin API cannot be exhausted ===
+// === The admin API cannot be exhausted by leaked clients ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_admin_api_answers_a_whole_503_naming_the_slot_holders_then_recovers(

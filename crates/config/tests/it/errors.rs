@@ -583,10 +583,9 @@ fn an_unreadable_file_is_one_error_with_the_os_meaning() {
 #[test]
 fn embedded_config_errors_say_quickstart() {
     let errors = load_str("[server]\nworkers = 1.5\n", None).expect_err("invalid");
-    assert!(
-        errors
-            .to_string()
-            .contains("<quickstart>:2:11: server.workers: expected a whole number, found 1.5"),
-        "{errors}"
+    assert_eq!(
+        errors.to_string(),
+        "<quickstart>:1:1: listeners: missing; a config needs at least one [listeners.NAME] table\n\
+         <quickstart>:2:11: server.workers: expected a whole number, found 1.5"
     );
 }

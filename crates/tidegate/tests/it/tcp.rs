@@ -1,4 +1,5 @@
-//! End-to-end tests of TCP mode (DESIGN.md §1 F4/F5, §2 principle 1, §3 "tcp"): the real
+//! End-to-end tests of TCP mode (a reset or a close reaches the other side at once, and
+//! no connection outlives its timers; `docs/design.md`, "Principles"): the real
 //! `tidegate` binary between raw clients and byte-stream backends ([`TcpBackend`]).
 //!
 //! Every socket is real (`127.0.0.1:0`, Unix sockets in temporary directories), every
@@ -20,8 +21,8 @@ use tokio::time::Instant;
 /// A generous functional bound for anything that should happen "at once".
 const T: Duration = Duration::from_secs(5);
 
-/// What "promptly" means for a close or reset to travel through the tunnel (DESIGN.md
-/// §2: tidegate closes its side within 1 s).
+/// What "promptly" means for a close or reset to travel through the tunnel (tidegate
+/// closes its side within 1 s; `docs/design.md`, "Principles").
 const PROMPTLY: Duration = Duration::from_secs(1);
 
 /// How often polls look again.
@@ -225,9 +226,9 @@ async fn upstream_half_close_lets_the_client_keep_sending() -> anyhow::Result<()
 #[tokio::test]
 async fn half_closed_tunnel_with_a_silent_upstream_ends_at_the_idle_timeout() -> anyhow::Result<()>
 {
-    // The documented exception (DESIGN.md §2.1): after the client's FIN the tunnel's
-    // client socket sits in CLOSE_WAIT while the upstream may still answer — but no
-    // longer than idle_timeout.
+    // The documented exception (`docs/design.md`, "Principles"): after the client's FIN
+    // the tunnel's client socket sits in CLOSE_WAIT while the upstream may still answer
+    // — but no longer than idle_timeout.
     let app = TcpBackend::start(Bind::Tcp4, |mut s| async move {
         let mut sink = Vec::new();
         s.read_to_end(&mut sink).await?;
@@ -268,7 +269,8 @@ async fn upstream_reset_resets_the_client_at_once_and_is_logged_with_the_side() 
     c.send(b"x").await?;
     let (_, end) = c.read_to_end(PROMPTLY).await?;
     ensure!(end == End::Reset, "client saw {end:?}, not a reset");
-    // Logged at info (an upstream's reset is what an operator chasing F4 looks for).
+    // Logged at info (an upstream's reset is what an operator chasing a client's
+    // unexplained ECONNRESET looks for).
     let line = tg.wait_log("tunnel ended: upstream read failed", T).await?;
     ensure!(
         line.contains("side=upstream")

@@ -1,17 +1,19 @@
-//! Liveness in-process (DESIGN.md §1 F4, F5): SSE heartbeats at event boundaries, the
-//! upstream's silence still bounded, and stale pooled connections dropped when the
-//! upstream closes them — not discovered by the next request.
-
-mod common;
+//! Liveness in-process (a quiet connection is neither killed nor kept forever): SSE
+//! heartbeats at event boundaries, the upstream's silence still bounded, and stale
+//! pooled connections dropped when the upstream closes them — not discovered by the next
+//! request.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Proxy;
 use tidegate_config::Config;
 use tidegate_testkit::{
     close_wait_sockets, connect, get, Addr, Backend, BackendOptions, Bind, RawConn, Reply, SseThen,
+    TcpBackend,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{self, Proxy};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -148,48 +150,122 @@ async fn heartbeats_do_not_keep_a_silent_upstream_alive_past_idle_timeout() -> a
     Ok(())
 }
 
+/// A backend that answers every request with `head` and `first`, stays silent for
+/// `silence`, then sends `rest`; raw bytes, for a framing [`Reply`] does not make (an
+/// event stream with a Content-Length).
+fn raw_backend(
+    head: &'static str,
+    first: &'static [u8],
+    silence: Duration,
+    rest: &'static [u8],
+) -> anyhow::Result<TcpBackend> {
+    TcpBackend::start(Bind::Tcp4, move |mut s| async move {
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        // Bounded: the proxy sends one request head, then waits for the response.
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await?;
+            anyhow::ensure!(n > 0, "closed before a whole request head");
+            request.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(first).await?;
+        s.flush().await?;
+        tokio::time::sleep(silence).await;
+        s.write_all(rest).await?;
+        s.flush().await?;
+        Ok(())
+    })
+}
+
 #[tokio::test]
 async fn heartbeat_off_and_fixed_length_or_compressed_streams_get_none() -> anyhow::Result<()> {
-    let cases: [(&str, Option<Duration>, Reply); 3] = [
+    // Each stream sends a first part, stays silent for seven heartbeat periods, then
+    // sends the rest and ends: the client must get every byte as sent and nothing else.
+    let silence = Duration::from_millis(700);
+    let hb = Some(Duration::from_millis(100));
+    let chunked = |first: &[u8], rest: &[u8]| {
+        Reply::chunks(vec![
+            (Duration::ZERO, first.to_vec()),
+            (silence, rest.to_vec()),
+        ])
+    };
+    let mut replies = Vec::new();
+    for (name, heartbeat, reply, want) in [
         (
             "off",
             None,
-            Reply::sse(vec!["data: one\n\n".into()], SseThen::Hold),
+            chunked(b"data: one\n\n", b"data: two\n\n").header("Content-Type", "text/event-stream"),
+            &b"data: one\n\ndata: two\n\n"[..],
         ),
         (
             "gzip",
-            Some(Duration::from_millis(100)),
-            Reply::chunks(vec![
-                (Duration::ZERO, b"xx".to_vec()),
-                (Duration::from_secs(30), b"yy".to_vec()),
-            ])
-            .header("Content-Type", "text/event-stream")
-            .header("Content-Encoding", "gzip"),
+            hb,
+            chunked(b"xx", b"yy")
+                .header("Content-Type", "text/event-stream")
+                .header("Content-Encoding", "gzip"),
+            b"xxyy",
         ),
         (
             "not sse",
-            Some(Duration::from_millis(100)),
-            Reply::chunks(vec![
-                (Duration::ZERO, b"xx\n\n".to_vec()),
-                (Duration::from_secs(30), b"yy".to_vec()),
-            ])
-            .header("Content-Type", "text/plain"),
+            hb,
+            chunked(b"xx\n\n", b"yy").header("Content-Type", "text/plain"),
+            b"xx\n\nyy",
         ),
-    ];
-    for (name, hb, reply) in cases {
-        let app = Backend::start(Bind::Tcp4, move |_| reply.clone())?;
-        let mut cfg = config(app.addr());
-        cfg.upstreams[0].sse_heartbeat = hb;
+    ] {
+        replies.push((
+            name,
+            heartbeat,
+            Backend::start(Bind::Tcp4, move |_| reply.clone())?,
+            want,
+        ));
+    }
+    let fixed = raw_backend(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 22\r\n\r\n",
+        b"data: one\n\n",
+        silence,
+        b"data: two\n\n",
+    )?;
+    let mut cases: Vec<(&str, Option<Duration>, &Addr, &[u8])> = replies
+        .iter()
+        .map(|(name, heartbeat, app, want)| (*name, *heartbeat, app.addr(), *want))
+        .collect();
+    cases.push((
+        "fixed length",
+        hb,
+        fixed.addr(),
+        b"data: one\n\ndata: two\n\n",
+    ));
+    for (name, heartbeat, addr, want) in cases {
+        let mut cfg = config(addr);
+        cfg.upstreams[0].sse_heartbeat = heartbeat;
         let proxy = start(cfg)?;
-        let mut c = open_stream(&proxy).await?;
-        let mut body = Vec::new();
-        let got = read_until_body(&mut c, &mut body, b":\n\n", Duration::from_millis(600)).await;
+        let mut c = connect(&proxy.addr).await?;
+        let started = Instant::now();
+        c.send(b"GET /events HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            .await?;
+        let resp = c.read_response(T).await?;
+        let took = started.elapsed();
+        assert_eq!(resp.status, 200, "{name}");
         assert!(
-            !got,
-            "{name}: heartbeat injected: {:?}",
-            String::from_utf8_lossy(&body)
+            resp.complete,
+            "{name}: the body did not end cleanly: {resp:?}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&resp.body),
+            String::from_utf8_lossy(want),
+            "{name}: every byte as sent, and no heartbeat"
+        );
+        assert!(
+            took >= silence - Duration::from_millis(100),
+            "{name}: the silence was not seen ({took:?}), the test proves nothing"
         );
     }
+    assert_eq!(
+        fixed.errors(),
+        Vec::<String>::new(),
+        "the fixed-length backend"
+    );
     Ok(())
 }
 
@@ -216,10 +292,14 @@ async fn an_idle_pooled_connection_the_upstream_closes_is_dropped_at_once() -> a
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // And tidegate's side is closed, not left in CLOSE_WAIT.
+    // And tidegate's side is closed, not left in CLOSE_WAIT. Only sockets to this test's
+    // backend count: the other tests of this binary run in the same process, and their
+    // sockets are not this test's business.
+    let to_app = format!(" -> {}", app.addr());
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
-        let held = close_wait_sockets(std::process::id())?;
+        let mut held = close_wait_sockets(std::process::id())?;
+        held.retain(|s| s.ends_with(&to_app));
         if held.is_empty() {
             break;
         }

@@ -1,13 +1,13 @@
-//! End-to-end lifecycle tests of the `tidegate` binary (DESIGN.md §1, §2, §5, §7): the
-//! signals and the drain, Unix listeners, either side going away mid-body, memory under
-//! a large upload to a slow backend, the connection cap, the listener's own timers,
-//! `check`, and the embedded quickstart.
+//! End-to-end lifecycle tests of the `tidegate` binary (`docs/design.md`): the signals
+//! and the drain, Unix listeners, either side going away mid-body, memory under a large
+//! upload to a slow backend, the connection cap, the listener's own timers, `check`, and
+//! the embedded quickstart.
 //!
-//! Rules (STYLE.md, "Tests"): the real binary on real sockets; no fixed port (listeners
-//! on `127.0.0.1:0`, Unix sockets in the run directory); every wait polls with a
-//! deadline; timeouts in configs are a few hundred milliseconds where they matter, and
-//! time bounds are generous functional ones ("exits within 2 s"). The few sleeps here
-//! pace a deliberately slow client; none waits for readiness.
+//! Rules: the real binary on real sockets; no fixed port (listeners on `127.0.0.1:0`,
+//! Unix sockets in the run directory); every wait polls with a deadline; timeouts in
+//! configs are a few hundred milliseconds where they matter, and time bounds are
+//! generous functional ones ("exits within 2 s"). The few sleeps here pace a
+//! deliberately slow client; none waits for readiness.
 
 use std::ffi::OsString;
 use std::io;

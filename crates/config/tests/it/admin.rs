@@ -1,4 +1,4 @@
-//! `[admin]` (DESIGN.md §6): the admin API's socket, its connection cap and its idle
+//! `[admin]` (`docs/config.md`): the admin API's socket, its connection cap and its idle
 //! timer reach the model; an absent table means every default, and the default socket
 //! itself is left to the binary (it depends on the environment).
 

@@ -1,5 +1,4 @@
 //! Shared by the in-process tests: run the data plane from a config, capture logs.
-#![allow(dead_code)] // each test binary uses a different part
 
 use std::io::Write;
 use std::sync::Arc;
@@ -19,10 +18,10 @@ use tidegate_testkit::Addr;
 pub struct Proxy {
     /// The first listening address.
     pub addr: Addr,
+    /// The upstreams, as the runtime started them (their servers, pools and states).
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Aborts the data plane (on drop) or drains it.
     pub shutdown: Shutdown,
-    /// Every listening address, as `(listener name, address)`.
-    pub addresses: Vec<(String, Addr)>,
     /// The connection registry.
     pub registry: Arc<Registry>,
     /// The metrics.
@@ -100,7 +99,6 @@ fn start_full(
         addr,
         upstreams,
         shutdown,
-        addresses,
         registry,
         metrics,
     })

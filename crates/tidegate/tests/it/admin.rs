@@ -1,8 +1,9 @@
-//! The admin API and `tidegate ctl`, end to end with the real binary (DESIGN.md §6, F3):
-//! the default socket and its mode, `[admin] listen` and `run --admin`, a second
-//! instance on the default socket refused with a message that says what to do, the API
-//! answering during the drain, a full API answering `503` to curl and recovering, and
-//! `ctl`'s tables, `--json` and its one-line error when nothing listens.
+//! The admin API and `tidegate ctl`, end to end with the real binary
+//! (`docs/admin-api.md`; leaked clients cannot lock operators out): the default socket
+//! and its mode, `[admin] listen` and `run --admin`, a second instance on the default
+//! socket refused with a message that says what to do, the API answering during the
+//! drain, a full API answering `503` to curl and recovering, and `ctl`'s tables,
+//! `--json` and its one-line error when nothing listens.
 //!
 //! The test kit's runner sets `XDG_RUNTIME_DIR` to each instance's directory, so the
 //! default admin socket is per instance. `curl` is a prerequisite of some tests: they

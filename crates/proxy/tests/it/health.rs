@@ -1,23 +1,22 @@
-//! Upstream health, in-process (issue 5): active HTTP and connect checks take a failing
-//! server out of rotation and bring it back; with every server out a request gets 503
-//! at once, naming each server's state; passive ejection stops trying a server that
-//! keeps failing, for a cool-down.
+//! Upstream health, in-process: active HTTP and connect checks take a failing server out
+//! of rotation and bring it back; with every server out a request gets 503 at once,
+//! naming each server's state; passive ejection stops trying a server that keeps
+//! failing, for a cool-down.
 //!
 //! In-process because the tests shorten the passive cool-down, which is not a config
 //! key, and read each server's state directly. The binary's own test is
-//! `crates/tidegate/tests/health.rs`.
+//! `crates/tidegate/tests/it/health.rs`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{config, Logs, Proxy};
 use tidegate_config::Config;
 use tidegate_proxy::upstream::health::{HealthState, PassiveLimits};
 use tidegate_proxy::upstream::Upstream;
 use tidegate_testkit::{blackhole_listener, get, Backend, Bind, Reply};
+
+use crate::common::{self, config, Logs, Proxy};
 
 /// How long any state change may take to be seen: many check intervals of 100 ms.
 const WITHIN: Duration = Duration::from_secs(5);

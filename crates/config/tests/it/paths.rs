@@ -111,11 +111,9 @@ fn unknown_owner_or_group_is_a_load_error() {
         "127.0.0.1:1",
     );
     let errors = load_str(&text, None).expect_err("unknown group");
-    assert!(
-        errors
-            .to_string()
-            .contains(r#"no group named "no-such-group-tidegate""#),
-        "{errors}"
+    assert_eq!(
+        errors.to_string(),
+        r#"<quickstart>:2:11: listeners.web.listen[0]: "unix:/tmp/t.sock:group=no-such-group-tidegate": no group named "no-such-group-tidegate" on this machine"#
     );
 }
 
@@ -127,11 +125,12 @@ fn a_socket_path_longer_than_a_socket_address_holds_is_refused() {
     let long = format!("/{}", "a".repeat(MAX_UNIX_PATH));
     let errors = load_str(&config_text("127.0.0.1:0", &format!("unix:{long}")), None)
         .expect_err("108 bytes do not fit");
-    assert!(
-        errors.to_string().contains(&format!(
-            "the socket path {long} is 108 bytes long; a Unix socket address holds at most 107"
-        )),
-        "{errors}"
+    assert_eq!(
+        errors.to_string(),
+        format!(
+            "<quickstart>:6:12: upstreams.app.servers[0]: \"unix:{long}\": the socket path \
+             {long} is 108 bytes long; a Unix socket address holds at most 107"
+        )
     );
 
     // The limit applies to the resolved path: a short relative name in a deep folder.
@@ -140,5 +139,15 @@ fn a_socket_path_longer_than_a_socket_address_holds_is_refused() {
     std::fs::create_dir(&deep).expect("deep dir");
     let path = write_config(&deep, &config_text("unix:web.sock", "127.0.0.1:1"));
     let errors = load_file(&path).expect_err("resolved path too long");
-    assert!(errors.to_string().contains("bytes long"), "{errors}");
+    let socket = deep.join("web.sock");
+    assert_eq!(
+        errors.to_string(),
+        format!(
+            "{}:2:11: listeners.web.listen[0]: \"unix:web.sock\": the socket path {} is {} \
+             bytes long; a Unix socket address holds at most 107",
+            path.display(),
+            socket.display(),
+            socket.as_os_str().len()
+        )
+    );
 }

@@ -1,10 +1,10 @@
-//! On-demand backends end to end (issue 6, DESIGN.md F2 and §7): tidegate's own end
-//! never leaves a child behind — SIGTERM stops children once the drain ends (requests in
-//! flight to them finish first) or at `shutdown_grace - stop_timeout`; SIGINT stops
-//! them at once, SIGKILL after `stop_timeout`; and when tidegate itself is killed with
-//! SIGKILL its children die too (PR_SET_PDEATHSIG, set by the long-lived spawner
-//! thread). Also: a TCP-mode tunnel keeps a backend in use, and the example under
-//! `examples/` works as shipped.
+//! On-demand backends end to end (`docs/on-demand.md`): tidegate's own end never leaves
+//! a child behind — SIGTERM stops children once the drain ends (requests in flight to
+//! them finish first) or at `shutdown_grace - stop_timeout`; SIGINT stops them at once,
+//! SIGKILL after `stop_timeout`; and when tidegate itself is killed with SIGKILL its
+//! children die too (PR_SET_PDEATHSIG, set by the long-lived spawner thread). Also: a
+//! TCP-mode tunnel keeps a backend in use, and the example under `examples/` works as
+//! shipped.
 //!
 //! The backend is `tidegate_testkit::lazy_app` (Python, stdlib only) on a Unix socket;
 //! its events file shows what happened to it. "Gone" is `process_gone`: no `/proc`

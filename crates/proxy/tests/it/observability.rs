@@ -2,11 +2,8 @@
 //! connections, states, counters, closing one), server admin states (drain, maint,
 //! ready), the Prometheus metrics and the access log.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::Proxy;
 use tidegate_config::{AccessLogTo, Config, LogFormat};
 use tidegate_proxy::access_log::AccessLog;
 use tidegate_proxy::registry::{ConnProtocol, ConnSnapshot, ConnState};
@@ -15,6 +12,8 @@ use tidegate_proxy::upstream::ServerState;
 use tidegate_testkit::{
     connect, get, Addr, Backend, Bind, End, RawConn, Reply, SseThen, TcpBackend,
 };
+
+use crate::common::{self, Proxy};
 
 const T: Duration = Duration::from_secs(5);
 

@@ -1,26 +1,26 @@
-//! On-demand backends, in-process (issue 6, DESIGN.md F2): the first request starts the
-//! command, concurrent first requests share one start, an idle backend is stopped, a
-//! request during `stopping` waits for the exit and a new start without ever reaching
-//! the old process, a failed start is a 503 naming the upstream and the reason, and
-//! stopping tidegate's children leaves none behind.
+//! On-demand backends, in-process (nothing ever connects to a process being stopped, see
+//! `docs/on-demand.md`): the first request starts the command, concurrent first requests
+//! share one start, an idle backend is stopped, a request during `stopping` waits for
+//! the exit and a new start without ever reaching the old process, a failed start is a
+//! 503 naming the upstream and the reason, and stopping tidegate's children leaves none
+//! behind.
 //!
 //! In-process because the tests read the supervisor's state (the snapshot the admin API
 //! shows) and stop children directly. The backend is `tidegate_testkit::lazy_app`, a
 //! Python (stdlib) HTTP server on a Unix socket that writes what happens to it (start,
 //! accept, SIGTERM, exit) into an events file. The binary's own tests (signals, SIGKILL
-//! of tidegate, the example) are `crates/tidegate/tests/on_demand.rs`.
+//! of tidegate, the example) are `crates/tidegate/tests/it/on_demand.rs`.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-mod common;
-
-use common::{config, start, Logs, Proxy};
 use tidegate_config::Config;
 use tidegate_proxy::upstream::on_demand::{Children, OnDemandSnapshot, OnDemandState};
 use tidegate_testkit::lazy_app::{AppEvent, LazyApp};
 use tidegate_testkit::{get, process_gone, Response};
 use tokio::time::Instant;
+
+use crate::common::{config, start, Logs, Proxy};
 
 /// A generous functional bound for what takes milliseconds (a Python start included).
 const SOON: Duration = Duration::from_secs(5);

@@ -1,5 +1,5 @@
-//! `docs/admin-api.md` and the wire types stay in step (DESIGN.md §6: "the exact JSON
-//! schema lives in docs/admin-api.md and is tested"):
+//! `docs/admin-api.md` and the wire types stay in step (the admin API's exact JSON is
+//! a contract, see "Admin API contract" in `docs/design.md`, so it is tested):
 //!
 //! - every type has a `### \`Type\`` table listing exactly the fields it serializes;
 //! - every enum has a table listing exactly the names it serializes to;
@@ -276,7 +276,8 @@ fn every_enum_has_a_table_with_exactly_its_names() {
             "the names of `{name}` in docs/admin-api.md (left) and in the code (right)"
         );
     }
-    // DESIGN.md §6's vocabulary, spelled out once more so that a rename is a decision.
+    // The vocabulary of states (`docs/design.md`, "Vocabulary of states"), spelled out
+    // once more so that a rename is a decision.
     let expected = [
         ("ServerState", "ready drain maint"),
         ("Health", "up down unknown"),

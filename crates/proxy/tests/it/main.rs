@@ -1,0 +1,14 @@
+//! Integration tests of the data plane, run in-process on real sockets, in one test
+//! binary (one link instead of one per file).
+//!
+//! Everything here shares one process: the log capture installs one global subscriber
+//! (once, see `common::Logs`), and a test that looks at process-wide state (sockets in
+//! `/proc`, child processes) only looks at what it created itself.
+
+mod common;
+mod happy_eyeballs;
+mod health;
+mod listen;
+mod liveness;
+mod observability;
+mod on_demand;
