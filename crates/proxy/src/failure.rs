@@ -323,7 +323,17 @@ mod tests {
         )])
     }
 
-    /// Every variant: (failure, fault, status, metric reason, health, retry).
+    /// One row of the table: (failure, fault, status, metric reason, health, retry).
+    type Row = (
+        UpstreamFailure,
+        Fault,
+        u16,
+        Option<ConnectFailure>,
+        Option<Outcome>,
+        Retry,
+    );
+
+    /// Every variant, one row each.
     #[tokio::test]
     async fn every_failure_is_classified_once() {
         use Fault::{Internal, Upstream};
@@ -341,14 +351,7 @@ mod tests {
             ),
             "a failing request body is told apart"
         );
-        let table: Vec<(
-            UpstreamFailure,
-            Fault,
-            u16,
-            Option<ConnectFailure>,
-            Option<Outcome>,
-            Retry,
-        )> = vec![
+        let table: Vec<Row> = vec![
             (
                 UpstreamFailure::NoServer(Unavailable {
                     upstream: "app".into(),

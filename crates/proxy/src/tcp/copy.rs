@@ -591,17 +591,95 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_millis(300));
     }
 
-    #[tokio::test(start_paused = true)]
+    /// One peer of a busy tunnel: writes without pause and reads everything, and says
+    /// (on `busy`) once it has received `enough` bytes. Returns how its reading ended
+    /// (`Ok(0)` is end of stream), how its writing ended, and when each did.
+    async fn busy_peer(
+        peer: DuplexStream,
+        enough: usize,
+        busy: tokio::sync::oneshot::Sender<()>,
+    ) -> ((io::Result<usize>, Instant), (io::Error, Instant)) {
+        let (mut rx, mut tx) = tokio::io::split(peer);
+        let read = async {
+            let mut busy = Some(busy);
+            let mut got = 0;
+            let mut buf = [0u8; 1024];
+            // Bounded by the tunnel's end: then a read returns 0 or fails.
+            loop {
+                match rx.read(&mut buf).await {
+                    Ok(0) => return (Ok(0), Instant::now()),
+                    Ok(n) => got += n,
+                    Err(e) => return (Err(e), Instant::now()),
+                }
+                if got >= enough {
+                    if let Some(busy) = busy.take() {
+                        let _ = busy.send(());
+                    }
+                }
+            }
+        };
+        let write = async {
+            let chunk = [7u8; 1024];
+            // Bounded by the tunnel's end: then a write fails.
+            loop {
+                if let Err(e) = tx.write_all(&chunk).await {
+                    return (e, Instant::now());
+                }
+            }
+        };
+        tokio::join!(read, write)
+    }
+
+    #[tokio::test]
     async fn hard_shutdown_ends_a_busy_tunnel() {
-        let (_c, mut tc, mut tu, _u) = pipes();
+        // Bytes flow both ways, without a pause, when the hard shutdown fires: the copy
+        // ends with `Shutdown` (not by idling, the idle timeout is an hour), and once
+        // the caller drops the tunnel's sockets both peers see the end at once: end of
+        // stream on their reads, a broken pipe on their writes.
+        let enough = 4 * BUF_SIZE;
+        let (c, mut tc, mut tu, u) = pipes();
         let hard = CancellationToken::new();
         let st = stats();
-        let cancel = async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            hard.cancel();
+        let (c_busy, c_is_busy) = tokio::sync::oneshot::channel();
+        let (u_busy, u_is_busy) = tokio::sync::oneshot::channel();
+        let (hard, st) = (&hard, &st);
+        let tunnel = async move {
+            let ending = run(&mut tc, &mut tu, LONG, hard, st).await;
+            // What the caller does once the copy has ended.
+            drop((tc, tu));
+            ending
         };
-        let (ending, ()) = tokio::join!(run(&mut tc, &mut tu, LONG, &hard, &st), cancel);
+        let cancel = async {
+            let (c, u) = tokio::join!(c_is_busy, u_is_busy);
+            assert!(c.is_ok() && u.is_ok(), "a peer ended before it was busy");
+            let fired = Instant::now();
+            hard.cancel();
+            fired
+        };
+        let all = async {
+            tokio::join!(
+                tunnel,
+                cancel,
+                busy_peer(c, enough, c_busy),
+                busy_peer(u, enough, u_busy)
+            )
+        };
+        let (ending, fired, client, upstream) = tokio::time::timeout(Duration::from_secs(10), all)
+            .await
+            .expect("the tunnel and both peers end");
         assert!(matches!(ending, Ending::Shutdown), "{ending:?}");
+        assert!(st.bytes_in() >= enough as u64, "{}", st.bytes_in());
+        assert!(st.bytes_out() >= enough as u64, "{}", st.bytes_out());
+        for (side, ((read, read_end), (write, write_end))) in
+            [("client", client), ("upstream", upstream)]
+        {
+            assert_eq!(read.as_ref().ok(), Some(&0), "{side}: read ended {read:?}");
+            assert_eq!(write.kind(), io::ErrorKind::BrokenPipe, "{side}: {write}");
+            for end in [read_end, write_end] {
+                let after = end.saturating_duration_since(fired);
+                assert!(after < Duration::from_millis(100), "{side}: {after:?}");
+            }
+        }
     }
 
     /// A connected TCP pair on loopback: (accepted, connected).

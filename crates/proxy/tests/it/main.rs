@@ -5,6 +5,14 @@
 //! (once, see `common::Logs`), and a test that looks at process-wide state (sockets in
 //! `/proc`, child processes) only looks at what it created itself.
 
+// Helpers shared by the tests set up sockets and backends; a failure there is a
+// failed test, and unwrap/expect say so where they happen.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failed setup is a failed test"
+)]
+
 mod common;
 mod happy_eyeballs;
 mod health;

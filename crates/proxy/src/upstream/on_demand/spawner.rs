@@ -96,7 +96,10 @@ fn spawn_child(spec: &CommandSpec, parent: Pid) -> io::Result<Child> {
         .kill_on_drop(false);
     // `unsafe_code` is denied crate-wide; this is the one exception: `pre_exec` is the
     // only way to run `prctl` in the child between fork and exec.
-    #[allow(unsafe_code)]
+    #[allow(
+        unsafe_code,
+        reason = "pre_exec is the only way to run prctl in the child between fork and exec"
+    )]
     // SAFETY: the closure runs in the forked child before exec, where only
     // async-signal-safe calls are allowed: it calls prctl(2) and getppid(2) only,
     // allocates nothing (errors are raw OS errors), and touches no lock.
