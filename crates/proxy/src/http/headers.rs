@@ -62,13 +62,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         return;
     }
     // Names listed in Connection are removed too; collecting them is rare work (most
-    // requests carry only "keep-alive" or nothing there).
+    // requests carry only "keep-alive" or nothing there). Read as bytes: a line with a
+    // non-ASCII element still names the other headers, and they must not pass.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
         .filter(|n| !(upgrade && n == header::UPGRADE))
         .collect();
     for name in listed {
@@ -218,6 +218,15 @@ mod tests {
             ("proxy-connection", "keep-alive"),
             ("x-kept", "yes"),
         ]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+        // A non-ASCII element does not hide the names beside it.
+        let mut h = map(&[("x-secret", "1"), ("x-kept", "yes")]);
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-secret, \x80").unwrap(),
+        );
         remove_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
