@@ -31,12 +31,16 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Whether a request of `version` with these headers ends its connection after its
 /// response, as hyper decides it (RFC 9112 §9.3): HTTP/1.1 unless `Connection: close`,
-/// HTTP/1.0 only with `Connection: keep-alive`.
+/// HTTP/1.0 only with `Connection: keep-alive` and no `close`.
 pub fn request_closes(headers: &HeaderMap, version: http::Version) -> bool {
     if version == http::Version::HTTP_11 {
         headers.contains_key(header::CONNECTION) && connection_has(headers, "close")
     } else {
-        version != http::Version::HTTP_10 || !connection_has(headers, "keep-alive")
+        // hyper keeps an HTTP/1.0 connection only when a line says `keep-alive` and none
+        // says `close`, whatever their order.
+        version != http::Version::HTTP_10
+            || !connection_has(headers, "keep-alive")
+            || connection_has(headers, "close")
     }
 }
 
@@ -206,6 +210,14 @@ mod tests {
             Version::HTTP_10
         ));
         assert!(request_closes(&map(&[]), Version::HTTP_09));
+        assert!(request_closes(
+            &map(&[("connection", "keep-alive, close")]),
+            Version::HTTP_10
+        ));
+        assert!(request_closes(
+            &map(&[("connection", "close"), ("connection", "keep-alive")]),
+            Version::HTTP_10
+        ));
     }
 
     #[test]
