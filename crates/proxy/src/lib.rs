@@ -24,6 +24,9 @@ pub mod serve;
 pub mod tcp;
 pub mod upstream;
 
+#[cfg(test)]
+mod proptests;
+
 use std::sync::Arc;
 
 use tidegate_config::{Config, Protocol};

@@ -18,7 +18,7 @@ pub mod body;
 pub mod clock;
 pub mod error;
 pub mod headers;
-mod proxy;
+pub(crate) mod proxy;
 pub mod rewind;
 pub mod route;
 

@@ -418,7 +418,7 @@ fn closed_before_response(e: &hyper::Error) -> bool {
 
 /// Absolute-form → origin-form, in place; an origin-form target (nearly every request)
 /// is left untouched.
-fn to_origin_form(uri: &mut Uri) {
+pub(crate) fn to_origin_form(uri: &mut Uri) {
     if uri.scheme().is_none() && uri.authority().is_none() {
         return;
     }
