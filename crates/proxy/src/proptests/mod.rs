@@ -7,7 +7,10 @@
 //! shrunk input, and `PROPTEST_CASES=100000` runs more cases when hunting.
 
 mod framing;
+mod health_status;
+mod rewind;
 mod route;
+mod sse;
 
 use proptest::test_runner::Config;
 

@@ -706,12 +706,12 @@ async fn http_check(mut stream: Stream, path: &str, host: &str) -> Result<(), St
 }
 
 /// The length of the first head in `buf`, its blank line included.
-fn find_head_end(buf: &[u8]) -> Option<usize> {
+pub(crate) fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
 /// The status code of `HTTP/1.x NNN ...`.
-fn parse_status(head: &[u8]) -> Option<u16> {
+pub(crate) fn parse_status(head: &[u8]) -> Option<u16> {
     let rest = head.strip_prefix(b"HTTP/1.")?;
     let (&minor, rest) = rest.split_first()?;
     let rest = rest.strip_prefix(b" ")?;
