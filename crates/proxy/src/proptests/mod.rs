@@ -3,6 +3,9 @@
 //! tidegate-proxy proptests`). The same functions that are reachable from outside the
 //! crate also have cargo-fuzz targets (`fuzz/README.md`) for longer runs on nightly.
 //!
+//! The on-demand state machine's properties sit next to it
+//! (`upstream/on_demand/proptests.rs`): its types are private to that module.
+//!
 //! Case counts stay modest so the whole set runs in a few seconds; a failure prints the
 //! shrunk input, and `PROPTEST_CASES=100000` runs more cases when hunting.
 
