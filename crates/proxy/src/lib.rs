@@ -29,6 +29,9 @@ pub mod side;
 pub mod tcp;
 pub mod upstream;
 
+#[cfg(test)]
+mod proptests;
+
 use std::sync::Arc;
 
 use tidegate_config::{Config, Protocol};

@@ -71,13 +71,13 @@ pub struct Heartbeat {
 /// The last few bytes of an event stream; enough to see a blank line (`\n\n`, `\r\r`,
 /// `\r\n\r\n` and mixes), which ends an event.
 #[derive(Debug, Clone, Copy, Default)]
-struct Tail {
+pub(crate) struct Tail {
     bytes: [u8; 4],
     len: u8,
 }
 
 impl Tail {
-    fn push(&mut self, data: &[u8]) {
+    pub(crate) fn push(&mut self, data: &[u8]) {
         for &b in &data[data.len().saturating_sub(4)..] {
             self.bytes.rotate_left(1);
             self.bytes[3] = b;
@@ -86,7 +86,7 @@ impl Tail {
     }
 
     /// At the start of the stream, or right after a blank line.
-    fn at_boundary(&self) -> bool {
+    pub(crate) fn at_boundary(&self) -> bool {
         let tail = &self.bytes[4 - self.len as usize..];
         if tail.is_empty() {
             return true;

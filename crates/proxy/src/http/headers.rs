@@ -31,12 +31,16 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Whether a request of `version` with these headers ends its connection after its
 /// response, as hyper decides it (RFC 9112 §9.3): HTTP/1.1 unless `Connection: close`,
-/// HTTP/1.0 only with `Connection: keep-alive`.
+/// HTTP/1.0 only with `Connection: keep-alive` and no `close`.
 pub fn request_closes(headers: &HeaderMap, version: http::Version) -> bool {
     if version == http::Version::HTTP_11 {
         headers.contains_key(header::CONNECTION) && connection_has(headers, "close")
     } else {
-        version != http::Version::HTTP_10 || !connection_has(headers, "keep-alive")
+        // hyper keeps an HTTP/1.0 connection only when a line says `keep-alive` and none
+        // says `close`, whatever their order.
+        version != http::Version::HTTP_10
+            || !connection_has(headers, "keep-alive")
+            || connection_has(headers, "close")
     }
 }
 
@@ -62,13 +66,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         return;
     }
     // Names listed in Connection are removed too; collecting them is rare work (most
-    // requests carry only "keep-alive" or nothing there).
+    // requests carry only "keep-alive" or nothing there). Read as bytes: a line with a
+    // non-ASCII element still names the other headers, and they must not pass.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
         .filter(|n| !(upgrade && n == header::UPGRADE))
         .collect();
     for name in listed {
@@ -206,6 +210,14 @@ mod tests {
             Version::HTTP_10
         ));
         assert!(request_closes(&map(&[]), Version::HTTP_09));
+        assert!(request_closes(
+            &map(&[("connection", "keep-alive, close")]),
+            Version::HTTP_10
+        ));
+        assert!(request_closes(
+            &map(&[("connection", "close"), ("connection", "keep-alive")]),
+            Version::HTTP_10
+        ));
     }
 
     #[test]
@@ -218,6 +230,15 @@ mod tests {
             ("proxy-connection", "keep-alive"),
             ("x-kept", "yes"),
         ]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+        // A non-ASCII element does not hide the names beside it.
+        let mut h = map(&[("x-secret", "1"), ("x-kept", "yes")]);
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-secret, \x80").unwrap(),
+        );
         remove_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));

@@ -24,7 +24,7 @@ pub mod body;
 pub mod client_conn;
 mod driver;
 pub mod failure;
-mod forward;
+pub(crate) mod forward;
 pub mod headers;
 mod listener;
 pub mod rewind;

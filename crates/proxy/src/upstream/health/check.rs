@@ -59,16 +59,21 @@ pub(super) async fn http_check(mut stream: Stream, path: &str, host: &str) -> Re
 }
 
 /// The length of the first head in `buf`, its blank line included.
-fn find_head_end(buf: &[u8]) -> Option<usize> {
+pub(crate) fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
 /// The status code of `HTTP/1.x NNN ...`.
-fn parse_status(head: &[u8]) -> Option<u16> {
+pub(crate) fn parse_status(head: &[u8]) -> Option<u16> {
     let rest = head.strip_prefix(b"HTTP/1.")?;
     let (&minor, rest) = rest.split_first()?;
-    let code = rest.strip_prefix(b" ")?.get(..3)?;
+    let rest = rest.strip_prefix(b" ")?;
+    let code = rest.get(..3)?;
     if !minor.is_ascii_digit() || !code.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // Exactly three digits: then the reason phrase's space, or the end of the line.
+    if !matches!(rest.get(3), None | Some(b' ' | b'\r' | b'\n')) {
         return None;
     }
     std::str::from_utf8(code).ok()?.parse().ok()
@@ -86,6 +91,7 @@ mod tests {
         assert_eq!(parse_status(b"HTTP/2 200"), None);
         assert_eq!(parse_status(b"SSH-2.0-OpenSSH"), None);
         assert_eq!(parse_status(b"HTTP/1.1 2x0 OK"), None);
+        assert_eq!(parse_status(b"HTTP/1.1 2000 OK\r\n"), None);
         assert_eq!(find_head_end(b"HTTP/1.1 200 OK\r\n\r\nbody"), Some(19));
     }
 }

@@ -33,7 +33,7 @@
 //! without a circle.
 
 mod active;
-mod check;
+pub(crate) mod check;
 pub mod checker;
 mod passive;
 
