@@ -2,9 +2,18 @@
 //! link instead of one per file). Every test starts its own instance of the built binary
 //! (`CARGO_BIN_EXE_tidegate`), so tests share this process but not a proxy.
 
+// Helpers shared by the tests set up sockets, backends and files; a failure there is
+// a failed test, and unwrap/expect say so where they happen.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failed setup is a failed test"
+)]
+
 mod admin;
 mod health;
 mod keepalive;
+mod layers;
 mod lifecycle;
 mod on_demand;
 mod proxy;
