@@ -1,5 +1,6 @@
 //! The two sides of tidegate, one vocabulary for all of the crate: a connection in the
-//! registry, the end of a tunnel that failed, the party an HTTP error is blamed on.
+//! registry, the end of a tunnel that failed. (Who is at fault for a failed exchange is
+//! [`crate::failure::Fault`], which also knows tidegate itself.)
 
 use std::fmt;
 
