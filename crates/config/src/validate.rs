@@ -1121,9 +1121,11 @@ impl<'d> Cx<'_, '_> {
             &[],
         );
         let host = self.parsed(t, "host", "a host name", parse::host_match);
-        let path = self
-            .parsed(t, "path", "a path prefix", parse::route_path)
-            .unwrap_or_else(|| defaults::ROUTE_PATH.to_owned());
+        let path = self.parsed(t, "path", "a path prefix", parse::route_path);
+        // A path given but refused: the route is left out rather than taken for `/`
+        // (which would only add a "second route" error to the real one).
+        let path_refused = path.is_none() && t.field("path").is_some();
+        let path = path.unwrap_or_else(|| defaults::ROUTE_PATH.to_owned());
 
         let upstream = t.field("upstream");
         let respond = t.field("respond");
@@ -1174,6 +1176,9 @@ impl<'d> Cx<'_, '_> {
         };
         let (upgrades, forward_normalized) =
             self.route_forwarding(t, t.field("upstream").is_some());
+        if path_refused {
+            return None;
+        }
         Some(Route {
             host,
             path,
