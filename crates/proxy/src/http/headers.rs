@@ -92,7 +92,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-        .filter(|n| !(upgrade && n == header::UPGRADE) && !NOT_HOP_BY_HOP.contains(n))
+        .filter(|n| !(upgrade && n == header::UPGRADE))
+        .filter(|n| !NOT_HOP_BY_HOP.contains(n))
         .collect();
     for name in listed {
         headers.remove(name);
