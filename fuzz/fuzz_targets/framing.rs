@@ -1,7 +1,8 @@
 //! Any header block (lines `name: value`; the first byte picks HTTP/1.1 and an upgrade):
 //! the framing check never panics, and what a proxy forwards after it never carries
 //! Transfer-Encoding (so never both framings), nor a hop-by-hop header, nor a header
-//! named in `Connection`; every end-to-end header stays. The same properties run as
+//! named in `Connection` (but the end-to-end fields it may not remove); every end-to-end
+//! header stays. The same properties run as
 //! proptests on stable (`crates/proxy/src/proptests/framing.rs`).
 #![no_main]
 
@@ -36,11 +37,23 @@ fn headers(block: &[u8]) -> HeaderMap {
     map
 }
 
+/// End-to-end fields `Connection` may name but not remove.
+const NEVER_LISTED: &[&str] = &[
+    "host",
+    "content-length",
+    "authorization",
+    "cookie",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
 fn listed(map: &HeaderMap) -> Vec<HeaderName> {
     map.get_all(header::CONNECTION)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .filter_map(|e| HeaderName::from_bytes(e.trim_ascii()).ok())
+        .filter(|n| !NEVER_LISTED.contains(&n.as_str()))
         .collect()
 }
 

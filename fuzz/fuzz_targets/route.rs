@@ -1,6 +1,7 @@
 //! Any text as a Host header or a request target: the routing host never panics and is
 //! a prefix of the header; an authority's host is the routing host of what becomes the
-//! Host header; matching never panics, whatever the routes. The same properties run as
+//! Host header; matching never panics, whatever the routes; the Host check never panics;
+//! a normalized path is normalized again to itself and is a valid route path. The same properties run as
 //! proptests on stable (`crates/proxy/src/proptests/route.rs`).
 #![no_main]
 
@@ -9,7 +10,8 @@ use std::str::FromStr;
 use http::uri::Authority;
 use libfuzzer_sys::fuzz_target;
 use tidegate_config::HostMatch;
-use tidegate_proxy::http::route::{routing_host, select, Matcher};
+use tidegate_proxy::http::headers::check_host;
+use tidegate_proxy::http::route::{normalize, routing_host, select, Matcher};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -19,6 +21,17 @@ fuzz_target!(|data: &[u8]| {
     let mut parts = text.split('\n');
     let host = parts.next().unwrap_or_default();
     let path = parts.next().unwrap_or_default();
+
+    let _ = check_host(host.as_bytes());
+    if let Ok(n) = normalize(path) {
+        if path.starts_with('/') {
+            let again = normalize(&n).map(|c| c.into_owned());
+            assert_eq!(again.as_deref(), Ok(&*n), "{path:?}");
+            if !n.contains(|c: char| c.is_whitespace() || c.is_control() || c == '?' || c == '#') {
+                assert!(tidegate_config::parse::route_path(&n).is_ok(), "{n:?} from {path:?}");
+            }
+        }
+    }
 
     let r = routing_host(host);
     assert!(host.starts_with(r), "{host:?} -> {r:?}");

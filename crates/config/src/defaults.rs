@@ -31,6 +31,10 @@ pub const MAX_CONNECTIONS: usize = 10_000;
 pub const MAX_HEADER_SIZE: usize = 64 * 1024;
 /// The smallest `max_header_size` accepted: hyper's read buffer cannot be smaller.
 pub const MIN_HEADER_SIZE: usize = 8 * 1024;
+/// HTTP listener `underscores_in_headers`: request fields whose names hold `_` are
+/// dropped (nginx's default: a CGI-style backend folds `X_Forwarded_Host` into the
+/// variable of `X-Forwarded-Host`).
+pub const UNDERSCORES_IN_HEADERS: bool = false;
 /// `tcp_keepalive`: idle time before the first probe (TCP sockets only).
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Interval between TCP keepalive probes.
@@ -40,6 +44,12 @@ pub const TCP_KEEPALIVE_PROBES: u32 = 6;
 
 /// Route `path` when omitted.
 pub const ROUTE_PATH: &str = "/";
+/// Route `upgrades` when omitted: the protocols a request may switch to (`websocket`
+/// on GET only).
+pub const ROUTE_UPGRADES: &[&str] = &["websocket"];
+/// Route `forward_normalized` when omitted: the upstream gets the path as the client
+/// sent it; routing alone uses the normalized copy.
+pub const FORWARD_NORMALIZED: bool = false;
 
 /// Upstream `keepalive`: idle pooled connections kept per server.
 pub const KEEPALIVE: usize = 32;

@@ -102,6 +102,8 @@ pub struct Listener {
     pub max_header_size: usize,
     /// Idle time before TCP keepalive probes; `None` = `"off"`. TCP sockets only.
     pub tcp_keepalive: Option<Duration>,
+    /// HTTP: keep request fields whose names hold `_` (else dropped, logged at debug).
+    pub underscores_in_headers: bool,
     /// Routes, in file order (HTTP only; empty for TCP). Matching picks the most
     /// specific (see `Route`).
     pub routes: Vec<Route>,
@@ -121,10 +123,17 @@ pub enum Protocol {
 pub struct Route {
     /// `host`: `None` matches every host.
     pub host: Option<HostMatch>,
-    /// `path` prefix (starts with `/`; default `/`).
+    /// `path` prefix (starts with `/`; default `/`), in normalized form (it is matched
+    /// against the request's normalized path).
     pub path: String,
     /// Where matching requests go.
     pub action: RouteAction,
+    /// `upgrades`: the `Upgrade` protocols a request may switch to, lowercase
+    /// (`websocket` on GET only; never `h2c`). Default [`crate::defaults::ROUTE_UPGRADES`].
+    pub upgrades: Vec<String>,
+    /// `forward_normalized`: the upstream gets the normalized path instead of the
+    /// client's.
+    pub forward_normalized: bool,
 }
 
 /// How a route matches the request's host (case-insensitive, port ignored).

@@ -247,7 +247,87 @@ pub fn route_path(s: &str) -> Result<String> {
              found {s:?}"
         ));
     }
+    if let Some(why) = not_normalized(s) {
+        return invalid(format!(
+            "a path prefix is matched against the normalized request path, so it must be \
+             normalized itself: {why}, found {s:?}"
+        ));
+    }
     Ok(s.to_owned())
+}
+
+/// What keeps a route path from being in the form request paths are normalized to
+/// (repeated slashes merged, `.` and `..` resolved, escapes of unreserved characters
+/// decoded, other escapes in upper case; `%2F` and `%00` refused).
+fn not_normalized(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut segments = s.split('/').skip(1).peekable();
+    while let Some(seg) = segments.next() {
+        match seg {
+            "." | ".." => return Some(format!("no {seg:?} segment")),
+            "" if segments.peek().is_some() => {
+                return Some("no repeated \"/\"".to_owned());
+            }
+            _ => {}
+        }
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |j: usize| b.get(j).copied().filter(u8::is_ascii_hexdigit);
+            let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) else {
+                return Some("\"%\" starts an escape of two hex digits".to_owned());
+            };
+            let esc = &s[i..i + 3];
+            let v = u8::from_str_radix(&esc[1..], 16).unwrap_or_default();
+            if v == 0 || v == b'/' {
+                return Some(format!(
+                    "{esc} is refused in request paths, so no route can match it"
+                ));
+            }
+            if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+                return Some(format!("write {esc} as {:?}", char::from(v)));
+            }
+            if hi.is_ascii_lowercase() || lo.is_ascii_lowercase() {
+                return Some(format!("write {esc} in upper case"));
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
+/// One `upgrades` element of a route: a protocol name (an RFC 9110 token, optionally
+/// `/version`), lowercase; never `h2c` (tidegate does not tunnel HTTP/2).
+///
+/// ```
+/// assert_eq!(tidegate_config::parse::upgrade_token("WebSocket").unwrap(), "websocket");
+/// assert!(tidegate_config::parse::upgrade_token("h2c").is_err());
+/// assert!(tidegate_config::parse::upgrade_token("a b").is_err());
+/// ```
+pub fn upgrade_token(s: &str) -> Result<String> {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    let mut parts = s.splitn(2, '/');
+    let name = parts.next().unwrap_or_default();
+    let version = parts.next();
+    if name.is_empty()
+        || !name.chars().all(tchar)
+        || version.is_some_and(|v| v.is_empty() || !v.chars().all(tchar))
+    {
+        return invalid(format!(
+            "expected a protocol name as `Upgrade` writes it (like \"websocket\"), found {s:?}"
+        ));
+    }
+    if name.eq_ignore_ascii_case("h2c") {
+        return invalid(
+            "h2c is never tunnelled: an `Upgrade: h2c` request is forwarded as a plain \
+             HTTP/1.1 request"
+                .to_owned(),
+        );
+    }
+    Ok(s.to_ascii_lowercase())
 }
 
 /// A health check's `path`: the request target of `GET path` (a path, and a query if

@@ -841,6 +841,7 @@ impl<'d> Cx<'_, '_> {
                 "max_header_size",
                 "tcp_keepalive",
                 "routes",
+                "underscores_in_headers",
             ],
             &[],
         );
@@ -891,6 +892,10 @@ impl<'d> Cx<'_, '_> {
                      connection)",
                 ),
                 ("max_header_size", "a TCP listener reads no request head"),
+                (
+                    "underscores_in_headers",
+                    "a TCP listener reads no request head",
+                ),
             ],
             _ => &[],
         };
@@ -1032,17 +1037,95 @@ impl<'d> Cx<'_, '_> {
             tcp_keepalive: self
                 .tcp_keepalive(t)
                 .unwrap_or(Some(defaults::TCP_KEEPALIVE)),
+            underscores_in_headers: if checked("underscores_in_headers") {
+                self.boolean(t, "underscores_in_headers")
+            } else {
+                None
+            }
+            .unwrap_or(defaults::UNDERSCORES_IN_HEADERS),
             routes,
         }
     }
 
+    /// `true` or `false`.
+    fn boolean(&mut self, t: &Tbl<'d>, key: &str) -> Option<bool> {
+        let f = t.field(key)?;
+        let b = f.item.as_bool();
+        if b.is_none() {
+            self.expected(&f, "true or false");
+        }
+        b
+    }
+
+    /// A route's `upgrades` and `forward_normalized`, which only a route with
+    /// `upstream` takes (`proxies`).
+    fn route_forwarding(&mut self, t: &Tbl<'d>, proxies: bool) -> (Vec<String>, bool) {
+        let mut upgrades: Vec<String> = defaults::ROUTE_UPGRADES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        if !proxies {
+            for key in ["upgrades", "forward_normalized"] {
+                if let Some(f) = t.field(key) {
+                    self.err(
+                        f.key_span.clone(),
+                        &f.path,
+                        "only for routes with `upstream`: a `respond` route answers itself",
+                    );
+                }
+            }
+            return (upgrades, defaults::FORWARD_NORMALIZED);
+        }
+        if let Some(f) = t.field("upgrades") {
+            match f.item.as_array() {
+                None => self.expected(&f, r#"an array of protocol names, e.g. ["websocket"]"#),
+                Some(array) => {
+                    upgrades.clear();
+                    for (i, v) in array.iter().enumerate() {
+                        let path = format!("{}[{i}]", f.path);
+                        match v.as_str().map(parse::upgrade_token) {
+                            Some(Ok(token)) => {
+                                if !upgrades.contains(&token) {
+                                    upgrades.push(token);
+                                }
+                            }
+                            Some(Err(e)) => self.err(v.span(), &path, e.0),
+                            None => self.err(
+                                v.span(),
+                                &path,
+                                format!("expected a protocol name, found {}", describe_value(v)),
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+        let forward_normalized = self
+            .boolean(t, "forward_normalized")
+            .unwrap_or(defaults::FORWARD_NORMALIZED);
+        (upgrades, forward_normalized)
+    }
+
     /// A route, or `None` when it has no valid action.
     fn route(&mut self, t: &Tbl<'d>, upstreams: &[&str]) -> Option<Route> {
-        self.keys(t, &["host", "path", "upstream", "respond"], &[]);
+        self.keys(
+            t,
+            &[
+                "host",
+                "path",
+                "upstream",
+                "respond",
+                "upgrades",
+                "forward_normalized",
+            ],
+            &[],
+        );
         let host = self.parsed(t, "host", "a host name", parse::host_match);
-        let path = self
-            .parsed(t, "path", "a path prefix", parse::route_path)
-            .unwrap_or_else(|| defaults::ROUTE_PATH.to_owned());
+        let path = self.parsed(t, "path", "a path prefix", parse::route_path);
+        // A path given but refused: the route is left out rather than taken for `/`
+        // (which would only add a "second route" error to the real one).
+        let path_refused = path.is_none() && t.field("path").is_some();
+        let path = path.unwrap_or_else(|| defaults::ROUTE_PATH.to_owned());
 
         let upstream = t.field("upstream");
         let respond = t.field("respond");
@@ -1091,10 +1174,17 @@ impl<'d> Cx<'_, '_> {
                 None
             }
         };
+        let (upgrades, forward_normalized) =
+            self.route_forwarding(t, t.field("upstream").is_some());
+        if path_refused {
+            return None;
+        }
         Some(Route {
             host,
             path,
             action: action?,
+            upgrades,
+            forward_normalized,
         })
     }
 

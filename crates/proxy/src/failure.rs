@@ -71,6 +71,13 @@ pub enum UpstreamFailure {
     ResponseTimeout(Duration),
     /// The server answered 101 to a request that asked for no upgrade.
     UnaskedUpgrade,
+    /// The server's 101 switched to a protocol the request did not offer.
+    UnofferedUpgrade {
+        /// The `Upgrade` the request carried (as forwarded).
+        offered: String,
+        /// The 101's `Upgrade` (empty when it had none).
+        answered: String,
+    },
     /// A checkout held no connection to send on (tidegate's own failure: a checkout
     /// always holds its connection until released).
     NoConnection,
@@ -120,6 +127,7 @@ impl UpstreamFailure {
             | UpstreamFailure::RequestBody(_)
             | UpstreamFailure::BeforeHead(_)
             | UpstreamFailure::UnaskedUpgrade
+            | UpstreamFailure::UnofferedUpgrade { .. }
             | UpstreamFailure::NoConnection => StatusCode::BAD_GATEWAY,
         }
     }
@@ -147,7 +155,7 @@ impl UpstreamFailure {
             | UpstreamFailure::BeforeHead(_)
             | UpstreamFailure::ResponseTimeout(_) => Some(Outcome::ServerError),
             // Its response head was already recorded as an answer.
-            UpstreamFailure::UnaskedUpgrade => None,
+            UpstreamFailure::UnaskedUpgrade | UpstreamFailure::UnofferedUpgrade { .. } => None,
         }
     }
 
@@ -161,7 +169,8 @@ impl UpstreamFailure {
             | UpstreamFailure::RequestBody(_)
             | UpstreamFailure::BeforeHead(_)
             | UpstreamFailure::ResponseTimeout(_)
-            | UpstreamFailure::UnaskedUpgrade => Retry::Never,
+            | UpstreamFailure::UnaskedUpgrade
+            | UpstreamFailure::UnofferedUpgrade { .. } => Retry::Never,
         }
     }
 
@@ -197,6 +206,15 @@ impl UpstreamFailure {
             ),
             UpstreamFailure::UnaskedUpgrade => {
                 format!("upstream {upstream} ({server}): switched protocols without being asked")
+            }
+            UpstreamFailure::UnofferedUpgrade { offered, answered } => {
+                let answered = match answered.as_str() {
+                    "" => "without an Upgrade header".to_owned(),
+                    a => format!("to {a:?}"),
+                };
+                format!(
+                    "upstream {upstream} ({server}): switched protocols {answered}, which the client did not offer (offered: {offered:?})"
+                )
             }
             UpstreamFailure::NoConnection => {
                 format!("upstream {upstream} ({server}): internal error: no connection to send on")
@@ -459,6 +477,17 @@ mod tests {
             ),
             (
                 UpstreamFailure::UnaskedUpgrade,
+                Upstream,
+                502,
+                None,
+                None,
+                Never,
+            ),
+            (
+                UpstreamFailure::UnofferedUpgrade {
+                    offered: "websocket".into(),
+                    answered: "foo".into(),
+                },
                 Upstream,
                 502,
                 None,

@@ -196,6 +196,26 @@ fn documented() -> Vec<(&'static str, Doc)> {
             ),
         ),
         (
+            "UNDERSCORES_IN_HEADERS",
+            Mention(
+                LISTENER,
+                "`underscores_in_headers`",
+                format!("`{UNDERSCORES_IN_HEADERS}`"),
+            ),
+        ),
+        (
+            "ROUTE_UPGRADES",
+            Mention(ROUTE, "`upgrades`", format!("`{ROUTE_UPGRADES:?}`")),
+        ),
+        (
+            "FORWARD_NORMALIZED",
+            Mention(
+                ROUTE,
+                "`forward_normalized`",
+                format!("`{FORWARD_NORMALIZED}`"),
+            ),
+        ),
+        (
             "TCP_IDLE_TIMEOUT",
             Duration(TCP_LISTENER, "`idle_timeout`", TCP_IDLE_TIMEOUT),
         ),

@@ -589,3 +589,63 @@ fn embedded_config_errors_say_quickstart() {
          <quickstart>:2:11: server.workers: expected a whole number, found 1.5"
     );
 }
+
+#[test]
+fn route_paths_must_be_normalized_and_upgrades_named() {
+    let text = r#"[listeners.web]
+listen = "127.0.0.1:0"
+underscores_in_headers = "yes"
+[[listeners.web.routes]]
+path = "/a//b"
+respond = { status = 200 }
+[[listeners.web.routes]]
+path = "/a/../b"
+respond = { status = 200 }
+[[listeners.web.routes]]
+path = "/%7Euser"
+respond = { status = 200 }
+[[listeners.web.routes]]
+path = "/caf%c3%a9"
+respond = { status = 200 }
+[[listeners.web.routes]]
+path = "/x%2Fy"
+upstream = "app"
+upgrades = ["websocket", "h2c", "a b", 3]
+forward_normalized = 1
+[[listeners.web.routes]]
+path = "/r"
+respond = { status = 200 }
+upgrades = ["websocket"]
+[[listeners.web.routes]]
+path = "/s"
+upstream = "app"
+upgrades = "websocket"
+
+[listeners.amqp]
+listen = "127.0.0.1:5673"
+protocol = "tcp"
+upstream = "app"
+underscores_in_headers = true
+
+[upstreams.app]
+servers = ["127.0.0.1:1"]
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            r#"tidegate.toml:3:26: listeners.web.underscores_in_headers: expected true or false, found "yes""#,
+            r#"tidegate.toml:5:8: listeners.web.routes[0].path: a path prefix is matched against the normalized request path, so it must be normalized itself: no repeated "/", found "/a//b""#,
+            r#"tidegate.toml:8:8: listeners.web.routes[1].path: a path prefix is matched against the normalized request path, so it must be normalized itself: no ".." segment, found "/a/../b""#,
+            r#"tidegate.toml:11:8: listeners.web.routes[2].path: a path prefix is matched against the normalized request path, so it must be normalized itself: write %7E as '~', found "/%7Euser""#,
+            r#"tidegate.toml:14:8: listeners.web.routes[3].path: a path prefix is matched against the normalized request path, so it must be normalized itself: write %c3 in upper case, found "/caf%c3%a9""#,
+            r#"tidegate.toml:17:8: listeners.web.routes[4].path: a path prefix is matched against the normalized request path, so it must be normalized itself: %2F is refused in request paths, so no route can match it, found "/x%2Fy""#,
+            r#"tidegate.toml:19:26: listeners.web.routes[4].upgrades[1]: h2c is never tunnelled: an `Upgrade: h2c` request is forwarded as a plain HTTP/1.1 request"#,
+            r#"tidegate.toml:19:33: listeners.web.routes[4].upgrades[2]: expected a protocol name as `Upgrade` writes it (like "websocket"), found "a b""#,
+            r#"tidegate.toml:19:40: listeners.web.routes[4].upgrades[3]: expected a protocol name, found 3"#,
+            r#"tidegate.toml:20:22: listeners.web.routes[4].forward_normalized: expected true or false, found 1"#,
+            r#"tidegate.toml:24:1: listeners.web.routes[5].upgrades: only for routes with `upstream`: a `respond` route answers itself"#,
+            r#"tidegate.toml:28:12: listeners.web.routes[6].upgrades: expected an array of protocol names, e.g. ["websocket"], found "websocket""#,
+            r#"tidegate.toml:34:1: listeners.amqp.underscores_in_headers: only for HTTP listeners (protocol = "http"); a TCP listener reads no request head"#,
+        ]
+    );
+}

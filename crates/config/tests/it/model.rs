@@ -32,7 +32,8 @@ idle_timeout = "2m"
 max_connections = 5
 max_header_size = 16384
 tcp_keepalive = "off"
-routes = [{ host = "*.Example.COM", path = "/api", upstream = "b" }]
+underscores_in_headers = true
+routes = [{ host = "*.Example.COM", path = "/api", upstream = "b", upgrades = ["WebSocket", "foo/2"], forward_normalized = true }]
 
 [listeners.alpha]
 listen = ["127.0.0.1:0", "unix:/tmp/alpha.sock:mode=600"]
@@ -108,11 +109,14 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 max_connections: defaults::MAX_CONNECTIONS,
                 max_header_size: 1 << 20,
                 tcp_keepalive: Some(Duration::from_secs(30)),
+                underscores_in_headers: defaults::UNDERSCORES_IN_HEADERS,
                 routes: vec![
                     Route {
                         host: Some(HostMatch::Exact("ci.example.com".into())),
                         path: "/".into(),
                         action: RouteAction::Upstream("a".into()),
+                        upgrades: vec!["websocket".into()],
+                        forward_normalized: defaults::FORWARD_NORMALIZED,
                     },
                     Route {
                         host: None,
@@ -121,6 +125,8 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                             status: 503,
                             body: String::new(),
                         },
+                        upgrades: vec!["websocket".into()],
+                        forward_normalized: defaults::FORWARD_NORMALIZED,
                     },
                 ],
             },
@@ -134,10 +140,13 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 max_connections: 5,
                 max_header_size: 16384,
                 tcp_keepalive: None,
+                underscores_in_headers: true,
                 routes: vec![Route {
                     host: Some(HostMatch::Suffix(".example.com".into())),
                     path: "/api".into(),
                     action: RouteAction::Upstream("b".into()),
+                    upgrades: vec!["websocket".into(), "foo/2".into()],
+                    forward_normalized: true,
                 }],
             },
         ],

@@ -53,6 +53,8 @@ impl ConnService {
         mut done: Option<ExchangeDone>,
     ) -> Response<ProxyBody> {
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+        // What the upstream may switch to (`handle` kept only what the route allows).
+        let offered = upgrade.then(|| req.headers().get(header::UPGRADE).cloned());
         let out = self.outgoing(req, upgrade);
         let active = match up.pick(&[]) {
             Ok(a) => a,
@@ -67,7 +69,7 @@ impl ConnService {
             Err(failure) => return failure.into_response(done),
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return self.switch(&up, resp, conn, active, upgrade, done);
+            return self.switch(&up, resp, conn, active, offered.flatten(), done);
         }
         self.stream(&up, resp, conn, active, done)
     }
@@ -242,19 +244,35 @@ impl ConnService {
 
     /// A 101: the upstream's side is stashed for the connection's tunnel, which the
     /// driver starts once hyper has written the 101 and handed the client's socket back.
+    /// `offered` is the `Upgrade` the upstream got (`None`: no upgrade was asked); a
+    /// 101 to anything else is a 502, and dropping `conn` closes that connection.
     fn switch(
         &self,
         up: &Upstream,
         mut resp: Response<Incoming>,
         conn: Checkout,
         active: ActiveGuard,
-        asked: bool,
+        offered: Option<header::HeaderValue>,
         done: Option<ExchangeDone>,
     ) -> Response<ProxyBody> {
-        if !asked {
+        let answered = resp.headers().get(header::UPGRADE);
+        let failure = match &offered {
+            None => Some(UpstreamFailure::UnaskedUpgrade),
+            Some(o) if !headers::upgrade_offered(o, answered) => {
+                let shown = |v: Option<&header::HeaderValue>| {
+                    v.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .unwrap_or_default()
+                };
+                Some(UpstreamFailure::UnofferedUpgrade {
+                    offered: shown(Some(o)),
+                    answered: shown(answered),
+                })
+            }
+            Some(_) => None,
+        };
+        if let Some(failure) = failure {
             let addr = active.server().addr.to_string();
-            return Failure::upstream(&UpstreamFailure::UnaskedUpgrade, &up.name, &addr)
-                .into_response(done);
+            return Failure::upstream(&failure, &up.name, &addr).into_response(done);
         }
         // From here the request phases no longer apply: the 101's end must not make the
         // connection look idle.

@@ -16,6 +16,24 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// `Proxy-Connection` is non-standard but sent by old clients; never forward it.
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// End-to-end fields a `Connection` header may not remove (they are ignored there):
+/// removing them would change what the request means to the upstream (its Host, its
+/// framing, its credentials) or drop what tidegate itself sets. `Transfer-Encoding` is
+/// hop-by-hop anyway; `Upgrade` is decided by [`restrict_upgrade`].
+const NOT_HOP_BY_HOP: [HeaderName; 7] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::AUTHORIZATION,
+    header::COOKIE,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+];
+
+/// `HTTP2-Settings`: hop-by-hop (RFC 7540 §3.2.1), and only meaningful for an h2c
+/// upgrade, which tidegate never tunnels.
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`.
@@ -53,7 +71,8 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// Removes hop-by-hop headers, including those named by `Connection`. With `upgrade`,
+/// Removes hop-by-hop headers, including those named by `Connection` (but not the
+/// end-to-end fields of `NOT_HOP_BY_HOP`, which `Connection` cannot remove). With `upgrade`,
 /// keeps `Upgrade` and sets `Connection: upgrade` (docs/design.md, "Library facts").
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // Most messages carry none of these: one pass over the names (compared, not hashed)
@@ -74,6 +93,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
         .filter(|n| !(upgrade && n == header::UPGRADE))
+        .filter(|n| !NOT_HOP_BY_HOP.contains(n))
         .collect();
     for name in listed {
         headers.remove(name);
@@ -91,6 +111,228 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.insert(header::UPGRADE, v);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// Drops every field whose name holds an underscore (nginx's default,
+/// `underscores_in_headers off`): CGI-style backends fold `X_Forwarded_Host` and
+/// `X-Forwarded-Host` into one variable, so a look-alike could pass for a field
+/// tidegate sets. Each dropped name is logged at debug.
+pub fn drop_underscored(headers: &mut HeaderMap) {
+    // The usual case: one scan of the names, nothing dropped, nothing allocated.
+    if !headers.keys().any(|n| n.as_str().contains('_')) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in names {
+        tracing::debug!(header = %name, "dropped a request header whose name has an underscore (underscores_in_headers = false)");
+        headers.remove(name);
+    }
+}
+
+/// Checks a Host value, or an absolute-form target's authority, is `uri-host [":" port]`
+/// (RFC 9112 §3.2, RFC 3986 §3.2.2): a reg-name (unreserved characters, escapes and
+/// sub-delims other than `,`, which no DNS name holds and some backends read as a list),
+/// an IPv4 address (a reg-name by its syntax) or an IP-literal in brackets, then an
+/// optional port of at most 65535. Empty is valid (RFC 9112 §3.2: an empty authority).
+pub fn check_host(value: &[u8]) -> Result<(), &'static str> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    let (host, port) = if value.starts_with(b"[") {
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return Err("an IP literal without its closing \"]\"");
+        };
+        let literal = &value[1..end];
+        if !is_ip_literal(literal) {
+            return Err("an invalid IP literal");
+        }
+        match &value[end + 1..] {
+            [] => (&value[..=end], None),
+            [b':', port @ ..] => (&value[..=end], Some(port)),
+            _ => return Err("characters after the IP literal that are not a port"),
+        }
+    } else {
+        match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
+            None => (value, None),
+        }
+    };
+    if !host.starts_with(b"[") {
+        if host.is_empty() {
+            return Err("a port without a host");
+        }
+        if !is_reg_name(host) {
+            return Err("a character a host name cannot hold");
+        }
+    }
+    if let Some(port) = port {
+        // `port = *DIGIT`; an empty port is valid (RFC 3986 §3.2.3).
+        if !port.iter().all(u8::is_ascii_digit) {
+            return Err("a port that is not a number");
+        }
+        let n = port.iter().try_fold(0u32, |n, &d| {
+            n.checked_mul(10)?.checked_add(u32::from(d - b'0'))
+        });
+        if n.is_none_or(|n| n > 65_535) {
+            return Err("a port over 65535");
+        }
+    }
+    Ok(())
+}
+
+/// RFC 3986 reg-name, without `,` (see [`check_host`]).
+fn is_reg_name(host: &[u8]) -> bool {
+    let mut i = 0;
+    while i < host.len() {
+        let b = host[i];
+        if b == b'%' {
+            let hex = |j: usize| host.get(j).is_some_and(u8::is_ascii_hexdigit);
+            if !(hex(i + 1) && hex(i + 2)) {
+                return false;
+            }
+            i += 3;
+            continue;
+        }
+        let ok = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b';'
+                    | b'='
+            );
+        if !ok {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The inside of `[...]`: an IPv6 address or an IPvFuture (`v` HEXDIG+ `.` then
+/// unreserved, sub-delims or `:`).
+fn is_ip_literal(inner: &[u8]) -> bool {
+    if let [b'v' | b'V', rest @ ..] = inner {
+        let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+            return false;
+        };
+        let (version, tail) = (&rest[..dot], &rest[dot + 1..]);
+        return !version.is_empty()
+            && version.iter().all(u8::is_ascii_hexdigit)
+            && !tail.is_empty()
+            && tail.iter().all(|&b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(
+                        b,
+                        b'-' | b'.'
+                            | b'_'
+                            | b'~'
+                            | b'!'
+                            | b'$'
+                            | b'&'
+                            | b'\''
+                            | b'('
+                            | b')'
+                            | b'*'
+                            | b'+'
+                            | b','
+                            | b';'
+                            | b'='
+                            | b':'
+                    )
+            });
+    }
+    std::str::from_utf8(inner).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok())
+}
+
+/// The upgrade token every route allows unless it says otherwise (on GET only, as
+/// RFC 6455 §4.1 requires).
+pub const WEBSOCKET: &str = "websocket";
+
+/// Keeps in a request's `Upgrade` only the protocols its route allows (`allowed`;
+/// `websocket` on GET only, `get` says whether the method is; `h2c` never: tidegate does not tunnel HTTP/2), and removes
+/// `HTTP2-Settings`. When nothing is left, `Upgrade` goes too and the request is
+/// forwarded as a plain request, as nginx forwards one by default. Call before
+/// [`is_upgrade`] decides the exchange.
+pub fn restrict_upgrade(headers: &mut HeaderMap, get: bool, allowed: &[String]) {
+    if !headers.contains_key(header::UPGRADE) {
+        return;
+    }
+    headers.remove(HTTP2_SETTINGS);
+    let mut all = 0;
+    let kept: Vec<String> = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or_default().split(','))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .inspect(|_| all += 1)
+        .filter(|t| {
+            let name = t.split('/').next().unwrap_or_default();
+            let listed = allowed
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(t) || a.eq_ignore_ascii_case(name));
+            if name.eq_ignore_ascii_case(WEBSOCKET) {
+                listed && get
+            } else {
+                listed && !name.eq_ignore_ascii_case("h2c")
+            }
+        })
+        .collect();
+    if kept.len() == all && headers.get_all(header::UPGRADE).iter().count() == 1 {
+        return;
+    }
+    let value = (!kept.is_empty())
+        .then(|| HeaderValue::from_str(&kept.join(", ")).ok())
+        .flatten();
+    match value {
+        Some(v) => {
+            headers.insert(header::UPGRADE, v);
+        }
+        None => {
+            tracing::debug!(offered = ?headers.get_all(header::UPGRADE).iter().collect::<Vec<_>>(),
+                "no protocol offered in Upgrade is allowed on this route; forwarded as a plain request");
+            headers.remove(header::UPGRADE);
+        }
+    }
+}
+
+/// Whether a 101's `Upgrade` (`answered`) switches only to protocols the request
+/// offered (`offered`, as forwarded): each token equal to an offered one without case,
+/// or an offered token that has no version with a version added (`foo` offered, `foo/2`
+/// answered).
+pub fn upgrade_offered(offered: &HeaderValue, answered: Option<&HeaderValue>) -> bool {
+    let tokens = |v: &HeaderValue| -> Vec<String> {
+        v.to_str()
+            .unwrap_or_default()
+            .split(',')
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect()
+    };
+    let Some(answered) = answered else {
+        return false;
+    };
+    let offered = tokens(offered);
+    let answered = tokens(answered);
+    !answered.is_empty()
+        && answered.iter().all(|a| {
+            let name = a.split('/').next().unwrap_or_default();
+            offered.iter().any(|o| o == a || o == name)
+        })
 }
 
 /// Why a request's framing headers are refused.
@@ -242,6 +484,137 @@ mod tests {
         remove_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_cannot_remove_end_to_end_fields() {
+        let mut h = map(&[
+            (
+                "connection",
+                "Host, content-length, authorization, cookie, x-forwarded-for, x-forwarded-host, x-forwarded-proto, x-other",
+            ),
+            ("host", "a.com"),
+            ("content-length", "3"),
+            ("authorization", "Basic x"),
+            ("cookie", "a=b"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-host", "h"),
+            ("x-forwarded-proto", "https"),
+            ("x-other", "gone"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 7, "{h:?}");
+        assert!(!h.contains_key("x-other"));
+        assert_eq!(h["host"], "a.com");
+    }
+
+    #[test]
+    fn underscored_names_are_dropped() {
+        let mut h = map(&[("x_forwarded_host", "evil"), ("x-kept", "1"), ("a_b", "2")]);
+        drop_underscored(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn host_is_uri_host_and_port() {
+        for ok in [
+            "",
+            "a.com",
+            "A.com:80",
+            "a.com:",
+            "10.0.0.1:65535",
+            "[::1]",
+            "[::1]:8080",
+            "[v1.fe80::a+en1]",
+            "xn--bcher-kva.example",
+            "a_b.c~d",
+            "a%20b",
+        ] {
+            assert_eq!(check_host(ok.as_bytes()), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            "a.com:80@evil.com",
+            "a b",
+            "a.com/../x",
+            "a.com, b.com",
+            "a.com,b.com",
+            "a.com:99999999999",
+            "a.com:65536",
+            "a.com:8x",
+            "a.com:80:80",
+            ":80",
+            "[::1",
+            "[::1]x",
+            "[nope]",
+            "[::1]:99999",
+            "a%zz",
+            "a\\b",
+        ] {
+            assert!(check_host(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn upgrade_is_restricted_to_what_the_route_allows() {
+        let ws = ["websocket".to_owned()];
+        let foo = ["websocket".to_owned(), "foo".to_owned()];
+        let run = |pairs: &[(&str, &str)], get: bool, allowed: &[String]| {
+            let mut h = map(pairs);
+            restrict_upgrade(&mut h, get, allowed);
+            h
+        };
+        // websocket on GET passes untouched.
+        let h = run(
+            &[("connection", "upgrade"), ("upgrade", "WebSocket")],
+            true,
+            &ws,
+        );
+        assert_eq!(h["upgrade"], "WebSocket");
+        // Not on POST: a plain request.
+        let h = run(
+            &[("connection", "upgrade"), ("upgrade", "websocket")],
+            false,
+            &ws,
+        );
+        assert!(!h.contains_key("upgrade"), "{h:?}");
+        // h2c never, and HTTP2-Settings goes with it.
+        let h = run(
+            &[
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", "h2c"),
+                ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+            ],
+            true,
+            &foo,
+        );
+        assert!(
+            !h.contains_key("upgrade") && !h.contains_key("http2-settings"),
+            "{h:?}"
+        );
+        // Others only when listed; the allowed ones of a list are kept.
+        let h = run(&[("upgrade", "foo")], false, &ws);
+        assert!(!h.contains_key("upgrade"), "{h:?}");
+        let h = run(&[("upgrade", "h2c, foo/2, bar")], false, &foo);
+        assert_eq!(h["upgrade"], "foo/2");
+        let h = run(&[("upgrade", "websocket"), ("upgrade", "foo")], true, &foo);
+        assert_eq!(h["upgrade"], "websocket, foo");
+    }
+
+    #[test]
+    fn a_101_must_switch_to_an_offered_protocol() {
+        let v = HeaderValue::from_static;
+        assert!(upgrade_offered(&v("websocket"), Some(&v("WebSocket"))));
+        assert!(upgrade_offered(&v("websocket, foo"), Some(&v("foo"))));
+        assert!(upgrade_offered(&v("foo"), Some(&v("foo/2"))));
+        assert!(!upgrade_offered(&v("foo/1"), Some(&v("foo/2"))));
+        assert!(!upgrade_offered(&v("websocket"), Some(&v("h2c"))));
+        assert!(!upgrade_offered(
+            &v("websocket"),
+            Some(&v("websocket, h2c"))
+        ));
+        assert!(!upgrade_offered(&v("websocket"), Some(&v(""))));
+        assert!(!upgrade_offered(&v("websocket"), None));
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct HttpListener {
     pub max_header_size: usize,
     /// Options of accepted TCP sockets.
     pub client_tcp: TcpOptions,
+    /// Keep request fields whose names hold `_` (`underscores_in_headers`).
+    pub underscores_in_headers: bool,
     pub(crate) routes: Vec<(super::route::Matcher, Target)>,
     pub(crate) resolver: Arc<dyn Resolve>,
     /// Where its connections (and the upstream connections they open) are listed.
@@ -52,11 +54,21 @@ pub(crate) enum Target {
     Upstream {
         upstream: Arc<Upstream>,
         metrics: Arc<RouteMetrics>,
+        forwarding: Forwarding,
     },
     Respond {
         status: StatusCode,
         body: Bytes,
     },
+}
+
+/// What a proxying route changes in the request it forwards.
+#[derive(Debug)]
+pub(crate) struct Forwarding {
+    /// `upgrades`: protocols a request may switch to (lowercase).
+    pub(crate) upgrades: Box<[String]>,
+    /// `forward_normalized`: the upstream gets the normalized path.
+    pub(crate) normalized_path: bool,
 }
 
 impl HttpListener {
@@ -83,6 +95,10 @@ impl HttpListener {
                         Target::Upstream {
                             upstream: up.clone(),
                             metrics: metrics.route(&up.name),
+                            forwarding: Forwarding {
+                                upgrades: r.upgrades.clone().into_boxed_slice(),
+                                normalized_path: r.forward_normalized,
+                            },
                         }
                     }
                     RouteAction::Respond { status, body } => Target::Respond {
@@ -112,6 +128,7 @@ impl HttpListener {
             idle_timeout: cfg.idle_timeout,
             max_header_size: cfg.max_header_size,
             client_tcp,
+            underscores_in_headers: cfg.underscores_in_headers,
             routes,
             resolver,
             registry: registry.clone(),

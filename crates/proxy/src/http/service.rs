@@ -1,6 +1,7 @@
 //! The hyper service of a client connection: per request, the checks tidegate makes
 //! before routing, the route, then a fixed answer or `forward`.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -86,10 +87,22 @@ impl ConnService {
             .into_response(done);
         }
         // Absolute-form target: the authority is the Host (RFC 9112 §3.2.2), and the
-        // upstream gets origin-form.
+        // upstream gets origin-form. User info has no place in a request target
+        // (RFC 9110 §4.2.4): a backend reading it as an authority would see another host.
         if let Some(auth) = req.uri().authority() {
-            let host = auth.as_str().rsplit('@').next().unwrap_or(auth.as_str());
-            match HeaderValue::from_str(host) {
+            let refused = if auth.as_str().contains('@') {
+                Some("user info in the request target")
+            } else {
+                headers::check_host(auth.as_str().as_bytes()).err()
+            };
+            if let Some(why) = refused {
+                return Failure::client(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid authority in request target: {why}"),
+                )
+                .into_response(done);
+            }
+            match HeaderValue::from_str(auth.as_str()) {
                 Ok(v) => {
                     req.headers_mut().insert(header::HOST, v);
                 }
@@ -101,6 +114,9 @@ impl ConnService {
                     .into_response(done)
                 }
             }
+        }
+        if !self.ctx.underscores_in_headers {
+            headers::drop_underscored(req.headers_mut());
         }
         let http11 = req.version() == Version::HTTP_11;
         match headers::check_framing(req.headers(), http11) {
@@ -124,11 +140,25 @@ impl ConnService {
                     .into_response(done)
             }
         };
-        let path = req.uri().path();
+        if let Err(why) = headers::check_host(host.as_bytes()) {
+            return Failure::client(
+                StatusCode::BAD_REQUEST,
+                format!("invalid Host header: {why}"),
+            )
+            .into_response(done);
+        }
+        // Routes see the normalized path; the upstream gets the client's unless the
+        // route says otherwise.
+        let path = match super::route::normalize(req.uri().path()) {
+            Ok(p) => p,
+            Err(e) => {
+                return Failure::client(StatusCode::BAD_REQUEST, e.message()).into_response(done)
+            }
+        };
         let target = super::route::select(
             self.ctx.routes.iter().map(|(m, t)| (m, t)),
             super::route::routing_host(host),
-            path,
+            &path,
         );
         match target {
             None => {
@@ -136,7 +166,20 @@ impl ConnService {
                 Failure::client(StatusCode::NOT_FOUND, msg).into_response(done)
             }
             Some(Target::Respond { status, body }) => text_response(*status, body.clone(), done),
-            Some(Target::Upstream { upstream, metrics }) => {
+            Some(Target::Upstream {
+                upstream,
+                metrics,
+                forwarding,
+            }) => {
+                let normalized = match path {
+                    Cow::Owned(p) if forwarding.normalized_path => Some(p),
+                    _ => None,
+                };
+                if let Some(p) = normalized {
+                    set_path(req.uri_mut(), &p);
+                }
+                let get = req.method() == Method::GET;
+                headers::restrict_upgrade(req.headers_mut(), get, &forwarding.upgrades);
                 let up = upstream.clone();
                 let mut done = done;
                 if let Some(d) = done.as_mut() {
@@ -145,5 +188,19 @@ impl ConnService {
                 self.forward(up, req, done).await
             }
         }
+    }
+}
+
+/// Replaces `uri`'s path with `path` (the normalized one), keeping the query. The
+/// result is origin-form: the authority, if any, is already the Host.
+fn set_path(uri: &mut http::Uri, path: &str) {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    // The normalized path is made of the original's characters (and `%XX`), so it
+    // parses; should it not, the original is forwarded.
+    if let Ok(pq) = http::uri::PathAndQuery::try_from(pq) {
+        *uri = http::Uri::from(pq);
     }
 }

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use tidegate_config::HostMatch;
 
 use crate::http::forward::to_origin_form;
-use crate::http::route::{routing_host, select, Matcher};
+use crate::http::route::{normalize, routing_host, select, Matcher};
 
 /// A host as a client writes it: a name (maybe with the trailing dot of an FQDN), an
 /// IPv4 address or a bracketed IPv6 address.
@@ -158,6 +158,33 @@ proptest! {
             // (The http crate itself drops a fragment: "/#" is "/" already in `uri`.)
             prop_assert_eq!(&out, &uri);
             prop_assert_eq!(out.to_string(), uri.to_string());
+        }
+    }
+
+    /// Normalizing is idempotent, and a normalized path is one a route's `path` may be
+    /// (the config refuses prefixes no normalized request path could start with), with
+    /// no `//`, dot segment, `%2F` or `%00` left.
+    #[test]
+    fn a_normalized_path_is_a_fixed_point_and_a_valid_route_path(
+        path in "(/(\\.|\\.\\.|%2[eEfF]|%6[1aA]|%00|%[0-9a-fA-F]{0,2}|[a-zA-Z0-9._~!$&'()*+,;=:@-]{0,4}){0,3}){1,5}/?",
+    ) {
+        if let Ok(n) = normalize(&path) {
+            let again = normalize(&n).map(|c| c.into_owned());
+            prop_assert_eq!(again.as_deref(), Ok(&*n), "from {:?}", path);
+            prop_assert!(tidegate_config::parse::route_path(&n).is_ok(), "{:?} from {:?}", n, path);
+            prop_assert!(!n.contains("//") && !n.contains("/./") && !n.contains("/../"), "{:?}", n);
+        }
+    }
+
+    /// Any path accepted as a route's `path` is already normalized: the route matches
+    /// it as written.
+    #[test]
+    fn a_valid_route_path_is_already_normalized(
+        path in "(/([a-zA-Z0-9._~-]{1,4}|%[0-9A-F]{2}|\\.{1,2})){1,4}/?",
+    ) {
+        if tidegate_config::parse::route_path(&path).is_ok() {
+            let n = normalize(&path).map(|c| c.into_owned());
+            prop_assert_eq!(n.as_deref(), Ok(&*path));
         }
     }
 }

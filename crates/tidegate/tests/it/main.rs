@@ -12,6 +12,7 @@
 
 mod admin;
 mod health;
+mod hygiene;
 mod keepalive;
 mod layers;
 mod lifecycle;
