@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::api::{AdminBusy, AdminClientView, Closed, ErrorBody, SetState};
+use crate::api::{AdminBusy, AdminClients, Closed, ErrorBody, SetState};
 use crate::{Control, ControlError};
 
 /// `Content-Type` of every JSON answer.
@@ -73,8 +73,9 @@ impl Answer {
     /// The `503` a new client gets when every slot is held.
     pub fn busy(busy: &AdminBusy) -> Answer {
         let message = format!(
-            "admin API busy: {} of {} client slots are held; the oldest client has been \
-             connected {} and idle {} (a client idle for {} is closed); try again shortly",
+            "admin API busy: {} of {} client slots are held, each by a request in \
+             progress; the oldest client has been connected {} and idle {} (a request \
+             must arrive whole within {}); try again shortly",
             busy.clients,
             busy.max_connections,
             secs(busy.oldest_age_s),
@@ -135,7 +136,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// A `HEAD` is answered like a `GET` (hyper leaves the body out).
 pub fn handle(
     control: &dyn Control,
-    clients: &dyn Fn() -> Vec<AdminClientView>,
+    clients: &dyn Fn() -> AdminClients,
     method: &str,
     path: &str,
     body: &[u8],
