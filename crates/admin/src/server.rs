@@ -100,6 +100,9 @@ struct Shared {
     control: Arc<dyn Control>,
     slots: Arc<Slots>,
     limits: Limits,
+    /// On a TCP address: the listener's IP, and cross-site requests are refused
+    /// ([`handler::cross_site_check`]). `None` on a Unix socket, which no browser reaches.
+    tcp: Option<std::net::IpAddr>,
 }
 
 /// Serves the admin API on `listener` until `stop` is cancelled; then the listener is
@@ -114,10 +117,15 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let address = listener.local_addr().clone();
+    let tcp = match &address {
+        tidegate_net::listen::LocalAddr::Tcp(a) => Some(a.ip()),
+        tidegate_net::listen::LocalAddr::Unix(_) => None,
+    };
     let shared = Arc::new(Shared {
         control,
         slots: Slots::new(limits.max_connections, limits.idle_timeout),
         limits,
+        tcp,
     });
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let mut tasks = JoinSet::new();
@@ -264,6 +272,17 @@ async fn respond(
     activity: &Activity,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
+    if let Some(own) = shared.tcp {
+        // A listener on 0.0.0.0 or [::] has no one IP of its own to allow.
+        let own = (!own.is_unspecified()).then_some(own);
+        if let Some(refused) = handler::cross_site_check(parts.method.as_str(), &parts.headers, own)
+        {
+            tracing::debug!(method = %parts.method, path = parts.uri.path(), status = refused.status, "admin API: refused a cross-site request");
+            // The body is not read: hyper closes the connection rather than reuse it.
+            activity.request_read();
+            return to_response(refused);
+        }
+    }
     let body = match Limited::new(body, handler::MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {

@@ -178,7 +178,7 @@ async fn run_admin_overrides_the_admin_address() -> anyhow::Result<()> {
         matches!(addr, Addr::Tcp(a) if a.ip().is_loopback() && a.port() != 0),
         "{addr}"
     );
-    let resp = get(&addr, "/v1/status", "x").await?;
+    let resp = get(&addr, "/v1/status", "localhost").await?;
     assert_eq!(resp.status, 200);
     assert!(
         !dir.path().join("tidegate").exists(),
@@ -412,6 +412,150 @@ async fn leaked_silent_clients_in_every_slot_give_way_to_the_operator() -> anyho
         "{}",
         stdout(&out)
     );
+    Ok(())
+}
+
+// === a TCP admin address refuses cross-site requests ===
+
+/// One request with `headers` (and `body`) on a new connection to `addr`.
+async fn send(
+    addr: &Addr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<tidegate_testkit::Response> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    let mut c = tidegate_testkit::connect(addr).await?;
+    c.send(head.as_bytes()).await?;
+    c.read_response(SOON)
+        .await
+        .with_context(|| format!("{method} {path} {headers:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_admin_address_refuses_cross_site_requests_and_ctl_still_works() -> anyhow::Result<()>
+{
+    let tg = Tidegate::start(
+        bin(),
+        &config(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[upstreams.b]\nservers = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n",
+        ),
+    )
+    .await?;
+    let admin = tg.addr("admin")?;
+    let Addr::Tcp(sock) = admin.clone() else {
+        bail!("the admin API listens on {admin}, not TCP");
+    };
+    let port = sock.port();
+    let state_of_b0 = || async {
+        let r = send(&admin, "GET", "/v1/upstreams", &[("Host", "localhost")], "").await?;
+        ensure!(r.status == 200, "{}", r.text());
+        Ok::<_, anyhow::Error>(r.json()?[0]["servers"][0]["state"].clone())
+    };
+
+    // Host: loopback names with any port pass; another name is DNS rebinding: 403.
+    for host in [
+        "localhost".to_owned(),
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let r = send(&admin, "GET", "/v1/status", &[("Host", &host)], "").await?;
+        assert_eq!(r.status, 200, "Host {host}: {}", r.text());
+    }
+    for host in [
+        format!("evil.example:{port}"),
+        "localhost.evil.example".to_owned(),
+        format!("localhost:{port}@evil.example"),
+    ] {
+        let r = send(&admin, "GET", "/v1/status", &[("Host", &host)], "").await?;
+        assert_eq!(r.status, 403, "Host {host}: {}", r.text());
+        assert!(r.text().contains("loopback"), "{}", r.text());
+    }
+    let r = send(&admin, "GET", "/v1/status", &[], "").await?;
+    assert_eq!(r.status, 403, "no Host: {}", r.text());
+
+    // What a web page can send without a preflight changes nothing.
+    let drain = r#"{"state": "drain"}"#;
+    let path = "/v1/upstreams/b/servers/0/state";
+    let r = send(
+        &admin,
+        "POST",
+        path,
+        &[("Host", "localhost"), ("Content-Type", "text/plain")],
+        drain,
+    )
+    .await?;
+    assert_eq!(r.status, 415, "{}", r.text());
+    assert!(r.text().contains("application/json"), "{}", r.text());
+    let r = send(&admin, "POST", path, &[("Host", "localhost")], drain).await?;
+    assert_eq!(r.status, 415, "no Content-Type: {}", r.text());
+    let r = send(
+        &admin,
+        "POST",
+        path,
+        &[
+            ("Host", "localhost"),
+            ("Content-Type", "application/json"),
+            ("Origin", "http://evil.example"),
+        ],
+        drain,
+    )
+    .await?;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = send(
+        &admin,
+        "GET",
+        "/v1/status",
+        &[("Host", "localhost"), ("Origin", "http://evil.example")],
+        "",
+    )
+    .await?;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = send(
+        &admin,
+        "DELETE",
+        "/v1/connections/99",
+        &[("Host", "localhost")],
+        "",
+    )
+    .await?;
+    assert_eq!(r.status, 415, "{}", r.text());
+    assert_eq!(state_of_b0().await?, "ready");
+
+    // The same POST as JSON, from loopback without Origin, is served.
+    let r = send(
+        &admin,
+        "POST",
+        path,
+        &[
+            ("Host", &format!("127.0.0.1:{port}")),
+            ("Content-Type", "application/json; charset=utf-8"),
+        ],
+        drain,
+    )
+    .await?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(state_of_b0().await?, "drain");
+
+    // tidegate ctl sends JSON and a loopback Host: every kind of request works.
+    let addr = sock.to_string();
+    let out = tidegate(&["ctl", "--admin", &addr, "status"], tg.dir()).await?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = tidegate(&["ctl", "--admin", &addr, "ready", "b/0"], tg.dir()).await?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(state_of_b0().await?, "ready");
+    let out = tidegate(&["ctl", "--admin", &addr, "kill", "99"], tg.dir()).await?;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), "tidegate ctl: no connection 99 (404)\n");
+    let out = tidegate(&["ctl", "--admin", &addr, "reload"], tg.dir()).await?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("(501)"), "{}", stderr(&out));
     Ok(())
 }
 
