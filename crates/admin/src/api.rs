@@ -257,6 +257,38 @@ pub struct AdminClientView {
     pub idle_s: f64,
     /// Requests it made.
     pub requests: u64,
+    /// A request has begun arriving and is not whole yet: this client is not evicted
+    /// for a newcomer.
+    pub in_request: bool,
+}
+
+/// `GET /v1/admin-clients`: who holds the admin slots, and who lost one to a newcomer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminClients {
+    /// Every client holding a slot, longest-connected first.
+    pub clients: Vec<AdminClientView>,
+    /// Clients closed since start to give their slot to a newcomer (every slot was
+    /// held; each was the one idle the longest with no request in progress).
+    pub evictions: u64,
+    /// The newest evictions (at most 16), newest first.
+    pub recent_evictions: Vec<AdminEviction>,
+}
+
+/// A client closed to give its slot to a newcomer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminEviction {
+    /// Its id while it held the slot.
+    pub id: u64,
+    /// Client address (`unix` for a Unix-socket client).
+    pub peer: String,
+    /// Seconds it had been connected.
+    pub age_s: f64,
+    /// Seconds it had been idle.
+    pub idle_s: f64,
+    /// Requests it had made.
+    pub requests: u64,
+    /// Seconds since it was evicted.
+    pub ago_s: f64,
 }
 
 /// `detail` of the `503` a new admin client gets when every slot is held: who holds the

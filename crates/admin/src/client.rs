@@ -253,7 +253,10 @@ impl Client {
                 http::header::USER_AGENT,
                 concat!("tidegate-ctl/", env!("CARGO_PKG_VERSION")),
             );
-        if body.is_some() {
+        // Every state-changing request says JSON, with a body or not: an admin API on a
+        // TCP address refuses any other (cross-site protection, `handler::cross_site_check`);
+        // `Host: localhost` above passes its loopback check.
+        if body.is_some() || !matches!(method, "GET" | "HEAD") {
             request = request.header(http::header::CONTENT_TYPE, crate::server::handler::JSON);
         }
         let request = request

@@ -10,13 +10,19 @@
 //!   `idle_timeout` of its first byte, so neither a silent client nor a slow trickle
 //!   holds a slot. Answers are built from snapshots ([`Control`] never blocks); a client
 //!   that stops reading them stops sending too, and its idle timer closes it.
-//! - **A client turned away learns why.** When every slot is held, a new client gets a
-//!   `503` naming how many clients hold slots and how long the oldest has been idle
-//!   (and `Retry-After`). Its request head is read first (briefly, bounded) and the write
-//!   side shut down before closing: closing a socket with unread input resets it, and
-//!   the client would see a reset instead of the answer. At most
-//!   [`MAX_REFUSALS`] such answers are in flight; beyond that a new client is closed at
-//!   once, so a flood costs a bounded amount of work.
+//! - **Leaked clients cannot keep the operator out.** When every slot is held, a new
+//!   client takes the slot of the client idle the longest with no request in progress,
+//!   which is closed (an idle HTTP connection is one a server may close at any time;
+//!   `slots` keeps the count and the newest evictions for `GET /v1/admin-clients`).
+//! - **A client turned away learns why.** Only when every slot holds a request in
+//!   progress is a new client refused: a `503` naming how many clients hold slots and
+//!   how long the oldest has been idle (and `Retry-After`). Its request head is read
+//!   first (briefly, bounded) and the write side shut down before closing: closing a
+//!   socket with unread input resets it, and the client would see a reset instead of
+//!   the answer. At most [`MAX_REFUSALS`] such answers are in flight; beyond that a new
+//!   client gets the same `503` written at once without waiting (whatever of its request
+//!   has arrived is read first), so a flood costs a bounded amount of work and accepting
+//!   never stops.
 //!
 //! Boundary: the server never touches the data plane; it asks [`Control`].
 
@@ -48,7 +54,8 @@ pub use handler::{handle, Answer};
 use slots::{Activity, Expired, Slot, Slots, Watched};
 
 /// Refusals (`503` answers to clients over the cap) in flight at once; beyond this a
-/// new client over the cap is closed without an answer.
+/// new client over the cap gets the answer written at once, without waiting for its
+/// request.
 pub const MAX_REFUSALS: usize = 64;
 /// How long a refused client's request head is waited for before the `503` is sent
 /// anyway.
@@ -93,6 +100,9 @@ struct Shared {
     control: Arc<dyn Control>,
     slots: Arc<Slots>,
     limits: Limits,
+    /// On a TCP address: the listener's IP, and cross-site requests are refused
+    /// ([`handler::cross_site_check`]). `None` on a Unix socket, which no browser reaches.
+    tcp: Option<std::net::IpAddr>,
 }
 
 /// Serves the admin API on `listener` until `stop` is cancelled; then the listener is
@@ -107,10 +117,15 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let address = listener.local_addr().clone();
+    let tcp = match &address {
+        tidegate_net::listen::LocalAddr::Tcp(a) => Some(a.ip()),
+        tidegate_net::listen::LocalAddr::Unix(_) => None,
+    };
     let shared = Arc::new(Shared {
         control,
         slots: Slots::new(limits.max_connections, limits.idle_timeout),
         limits,
+        tcp,
     });
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let mut tasks = JoinSet::new();
@@ -118,6 +133,8 @@ pub async fn serve(
     // Refusals are logged at warn once per episode of being full, then at debug: a
     // flood must not flood the log too.
     let mut full = false;
+    // Evictions likewise: info once per episode, then debug.
+    let mut evicting = false;
     loop {
         // Reap finished tasks at each accept, so the set holds the open connections
         // and at most those that ended since the last accept.
@@ -143,13 +160,27 @@ pub async fn serve(
             }
         };
         match shared.slots.acquire(peer.to_string()) {
-            Ok(slot) => {
+            Ok(slots::Acquired { slot, evicted }) => {
                 full = false;
+                if let Some(e) = evicted {
+                    let idle_ms = e.idle.as_millis() as u64;
+                    // The first eviction of an episode at info, then debug: a leak of
+                    // hundreds of clients must not flood the log.
+                    if evicting {
+                        tracing::debug!(evicted = e.id, evicted_peer = %e.peer, idle_ms, %peer, "admin API full: closed the longest-idle client for a new one");
+                    } else {
+                        tracing::info!(evicted = e.id, evicted_peer = %e.peer, idle_ms, %peer, "admin API full: closing the longest-idle clients to serve new ones");
+                        evicting = true;
+                    }
+                } else {
+                    evicting = false;
+                }
                 tracing::debug!(client = slot.id(), %peer, "admin client connected");
                 tasks.spawn(serve_client(stream, slot, shared.clone(), stop.clone()));
             }
             Err(busy) => match refusals.clone().try_acquire_owned() {
                 Ok(permit) => {
+                    evicting = false;
                     let oldest_idle_ms = (busy.oldest_idle_s * 1000.0) as u64;
                     if full {
                         tracing::debug!(%peer, clients = busy.clients, oldest_idle_ms, "admin API full: refusing a client with 503");
@@ -170,8 +201,9 @@ pub async fn serve(
                     });
                 }
                 Err(_) => {
-                    tracing::debug!(%peer, "admin API full and {MAX_REFUSALS} refusals in flight: closing a client without an answer");
-                    drop(stream);
+                    tracing::debug!(%peer, "admin API full and {MAX_REFUSALS} refusals in flight: answering 503 without waiting for the request");
+                    let answer = Answer::busy(&busy);
+                    refuse_now(stream, &refusal_bytes(&answer, shared.slots.retry_after()));
                 }
             },
         }
@@ -199,6 +231,7 @@ async fn serve_client(stream: Stream, slot: Slot, shared: Arc<Shared>, stop: Can
         .max_buf_size(MAX_HEAD)
         .serve_connection(io, service);
     let timeout = shared.limits.idle_timeout;
+    let evicted = slot.evicted().clone();
     tokio::select! {
         r = conn => {
             if let Err(e) = r {
@@ -211,6 +244,9 @@ async fn serve_client(stream: Stream, slot: Slot, shared: Arc<Shared>, stop: Can
                 Expired::Request => "its request did not arrive within idle_timeout",
             };
             tracing::debug!(client = slot.id(), timeout_ms = timeout.as_millis() as u64, "closing admin client: {why}");
+        }
+        _ = evicted.cancelled() => {
+            tracing::debug!(client = slot.id(), "closing admin client: every slot was held and it was idle the longest, so a new client took its slot");
         }
         _ = stop.cancelled() => {}
     }
@@ -236,6 +272,17 @@ async fn respond(
     activity: &Activity,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
+    if let Some(own) = shared.tcp {
+        // A listener on 0.0.0.0 or [::] has no one IP of its own to allow.
+        let own = (!own.is_unspecified()).then_some(own);
+        if let Some(refused) = handler::cross_site_check(parts.method.as_str(), &parts.headers, own)
+        {
+            tracing::debug!(method = %parts.method, path = parts.uri.path(), status = refused.status, "admin API: refused a cross-site request");
+            // The body is not read: hyper closes the connection rather than reuse it.
+            activity.request_read();
+            return to_response(refused);
+        }
+    }
     let body = match Limited::new(body, handler::MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
@@ -333,6 +380,35 @@ async fn refuse(mut stream: Stream, response: &[u8]) {
         }
     })
     .await;
+}
+
+/// Answers a client over the cap with `response` without waiting: what of its request
+/// has arrived is read (so the close is less likely to reset the answer away), the
+/// answer written as far as the socket takes it at once (a fresh socket's buffer takes
+/// it whole), and the socket closed.
+fn refuse_now(stream: Stream, response: &[u8]) {
+    let mut buf = [0u8; 4096];
+    // Bounded: at most REFUSAL_READ_MAX bytes, and only what is already there.
+    let mut drained = 0;
+    let mut drain = |stream: &Stream| {
+        while drained < REFUSAL_READ_MAX {
+            let n = match stream {
+                Stream::Tcp(s) => s.try_read(&mut buf),
+                Stream::Unix(s) => s.try_read(&mut buf),
+            };
+            match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    drain(&stream);
+    let _ = match &stream {
+        Stream::Tcp(s) => s.try_write(response),
+        Stream::Unix(s) => s.try_write(response),
+    };
+    drain(&stream);
+    drop(stream);
 }
 
 /// Whether `bytes` hold a whole request head (an empty line after the headers).

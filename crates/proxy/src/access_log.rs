@@ -6,7 +6,14 @@
 //! non-blocking send, and a dedicated writer thread formats and writes the lines. A
 //! full queue drops the line; drops are counted ([`AccessLog::dropped`], the metric
 //! `tidegate_access_log_dropped_total`) and reported in a warning at most once a
-//! second. A thread, not a task: a blocked stdout pipe or a slow disk must not hold a
+//! second.
+//!
+//! The queue is bounded in bytes as well as in lines: a record owns copies of what it
+//! logs (the path is copied and cut at [`MAX_LOGGED_PATH`], never a view of hyper's read
+//! buffer, which would keep the whole request head alive), and the records waiting may
+//! hold at most [`QUEUE_BYTES`] between them ([`Record::cost`]). So a stalled writer
+//! (stdout to a pipe nobody reads) costs at most a few MB, whatever the requests
+//! carry. A thread, not a task: a blocked stdout pipe or a slow disk must not hold a
 //! runtime worker.
 //!
 //! Lines reach the file within [`FLUSH_EVERY`] of the request's end (at once on
@@ -18,12 +25,13 @@ use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Method, Uri};
+
 use tidegate_config::{AccessLogTo, LogFormat};
 
 use crate::endpoint::PeerAddr;
@@ -32,6 +40,17 @@ use crate::registry::ServerId;
 /// Lines waiting for the writer. At 100k requests/s this is ~80 ms of slack, enough
 /// to ride out a disk hiccup; beyond it lines are dropped, not the proxy slowed.
 pub const QUEUE: usize = 8192;
+
+/// The most the queued records may hold between them, in bytes ([`Record::cost`]):
+/// 8,192 ordinary lines fit, 8,192 with long paths do not.
+pub const QUEUE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The longest path (with its query) logged; a longer one is cut at a character
+/// boundary and ends with [`CUT_MARK`].
+pub const MAX_LOGGED_PATH: usize = 4096;
+
+/// What ends a path cut at [`MAX_LOGGED_PATH`].
+pub const CUT_MARK: &str = "...";
 
 /// How often at most a warning reports dropped lines.
 const DROP_REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -56,6 +75,9 @@ pub struct AccessLog {
 struct Inner {
     tx: SyncSender<Msg>,
     dropped: AtomicU64,
+    /// [`Record::cost`] of the records queued and not yet written (shared with the
+    /// writer, which subtracts as it writes).
+    queued: Arc<AtomicUsize>,
 }
 
 enum Msg {
@@ -85,8 +107,9 @@ pub struct Record {
     pub client: PeerAddr,
     /// Request method.
     pub method: Method,
-    /// Request target (path and query are logged).
-    pub uri: Uri,
+    /// Request path and query, copied and cut at [`MAX_LOGGED_PATH`]
+    /// ([`logged_path`]).
+    pub path: Box<str>,
     /// Status of the response head sent; `None` when none was sent.
     pub status: Option<u16>,
     /// Response body bytes handed to the client connection.
@@ -102,6 +125,38 @@ pub struct Record {
     pub connect: Option<Duration>,
     /// From the request head to the upstream's response head.
     pub head: Option<Duration>,
+}
+
+/// The path and query of `uri` as logged: an owned copy, cut at [`MAX_LOGGED_PATH`]
+/// (at a character boundary) and then ending with [`CUT_MARK`].
+pub fn logged_path(uri: &Uri) -> Box<str> {
+    let path = path_of(uri);
+    if path.len() <= MAX_LOGGED_PATH {
+        return path.into();
+    }
+    let mut end = MAX_LOGGED_PATH - CUT_MARK.len();
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut cut = String::with_capacity(end + CUT_MARK.len());
+    cut.push_str(&path[..end]);
+    cut.push_str(CUT_MARK);
+    cut.into_boxed_str()
+}
+
+// === impl Record ===
+
+impl Record {
+    /// The bytes this record holds on the heap, for the queue's byte budget: the box,
+    /// the path, and an extension method's name (standard methods are inline).
+    pub fn cost(&self) -> usize {
+        let method = match self.method.as_str().len() {
+            // An extension method over http's inline size is on the heap.
+            n if n > 15 => n,
+            _ => 0,
+        };
+        std::mem::size_of::<Record>() + self.path.len() + method
+    }
 }
 
 // === impl AccessLog ===
@@ -136,14 +191,16 @@ impl AccessLog {
     /// An access log writing to `out` (tests, embedding).
     pub fn to_writer(out: Box<dyn Write + Send>, format: LogFormat) -> Self {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
         let inner = Arc::new(Inner {
             tx,
             dropped: AtomicU64::new(0),
+            queued: queued.clone(),
         });
         let weak = Arc::downgrade(&inner);
         let spawned = std::thread::Builder::new()
             .name("tidegate-access-log".into())
-            .spawn(move || writer(rx, out, format, weak));
+            .spawn(move || writer(rx, out, format, weak, queued));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the access log writer; access log off");
             return AccessLog::off();
@@ -157,15 +214,32 @@ impl AccessLog {
         self.inner.is_some()
     }
 
-    /// Queues one line; never blocks. A full queue drops it (counted).
+    /// Queues one line; never blocks. A full queue (in lines or in bytes) drops it
+    /// (counted).
     pub fn send(&self, rec: Box<Record>) {
         let Some(inner) = &self.inner else { return };
+        let cost = rec.cost();
+        // Reserve the bytes first; give them back if the line does not go.
+        let before = inner.queued.fetch_add(cost, Ordering::Relaxed);
+        if before + cost > QUEUE_BYTES {
+            inner.queued.fetch_sub(cost, Ordering::Relaxed);
+            inner.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         match inner.tx.try_send(Msg::Line(rec)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                inner.queued.fetch_sub(cost, Ordering::Relaxed);
                 inner.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Bytes the queued lines hold now ([`Record::cost`]); at most [`QUEUE_BYTES`].
+    pub fn queued_bytes(&self) -> usize {
+        self.inner
+            .as_ref()
+            .map_or(0, |i| i.queued.load(Ordering::Relaxed))
     }
 
     /// Lines dropped so far because the writer was behind.
@@ -206,6 +280,7 @@ fn writer(
     out: Box<dyn Write + Send>,
     format: LogFormat,
     inner: std::sync::Weak<Inner>,
+    queued: Arc<AtomicUsize>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut out = BufWriter::with_capacity(64 * 1024, out);
@@ -241,6 +316,10 @@ fn writer(
                         LogFormat::Json => format_json(&rec, &mut line),
                     }
                     line.push('\n');
+                    // Formatted: the record's bytes are free (the line is this
+                    // thread's one buffer, and the BufWriter's is fixed).
+                    queued.fetch_sub(rec.cost(), Ordering::Relaxed);
+                    drop(rec);
                     if let Err(e) = out.write_all(line.as_bytes()) {
                         report_write_error(&mut failing, &e);
                     }
@@ -318,7 +397,7 @@ pub fn format_text(rec: &Record, out: &mut String) {
         rec.client,
         rec.method
     );
-    quote(out, path_of(&rec.uri));
+    quote(out, &rec.path);
     match rec.status {
         Some(s) => {
             let _ = write!(out, " status={s}");
@@ -354,7 +433,7 @@ pub fn format_json(rec: &Record, out: &mut String) {
     out.push_str(",\"method\":");
     json_str(out, rec.method.as_str());
     out.push_str(",\"path\":");
-    json_str(out, path_of(&rec.uri));
+    json_str(out, &rec.path);
     match rec.status {
         Some(s) => {
             let _ = write!(out, ",\"status\":{s}");
@@ -467,9 +546,7 @@ mod tests {
             listener: Arc::from("web"),
             client: PeerAddr::Tcp("127.0.0.1:50412".parse().unwrap()),
             method: Method::GET,
-            uri: "/x?q=\"1\""
-                .parse()
-                .unwrap_or_else(|_| Uri::from_static("/x?q=1")),
+            path: "/x?q=\"1\"".into(),
             status: Some(200),
             bytes_out: 512,
             upstream: None,
@@ -497,7 +574,7 @@ mod tests {
     fn a_text_line_has_every_field_and_dashes_for_absent_ones() {
         let mut s = String::new();
         let mut rec = record();
-        rec.uri = Uri::from_static("/x?q=1");
+        rec.path = "/x?q=1".into();
         format_text(&rec, &mut s);
         assert_eq!(
             s,
@@ -548,5 +625,77 @@ mod tests {
         let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");
         assert_eq!(log.dropped(), 0);
+        assert_eq!(log.queued_bytes(), 0, "written lines give their bytes back");
+    }
+
+    #[test]
+    fn a_long_path_is_copied_cut_at_a_character_boundary() {
+        let short = Uri::from_static("/a?b=c");
+        assert_eq!(&*logged_path(&short), "/a?b=c");
+        let long: Uri = format!("/{}?q=1", "a".repeat(2 * MAX_LOGGED_PATH))
+            .parse()
+            .unwrap();
+        let cut = logged_path(&long);
+        assert_eq!(cut.len(), MAX_LOGGED_PATH);
+        assert!(cut.ends_with(CUT_MARK));
+        assert!(long.path().starts_with(&cut[..cut.len() - CUT_MARK.len()]));
+        // A path with bytes beyond ASCII (if the parser takes it) is cut between
+        // characters.
+        if let Ok(wide) = format!("/{}", "é".repeat(MAX_LOGGED_PATH)).parse::<Uri>() {
+            let cut = logged_path(&wide);
+            assert!(cut.len() <= MAX_LOGGED_PATH && cut.ends_with(CUT_MARK));
+        }
+    }
+
+    #[test]
+    fn a_stalled_writer_holds_at_most_the_byte_budget_and_the_rest_is_counted() {
+        /// A writer that blocks until told to go on, like stdout to a pipe nobody reads.
+        struct Stalled(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+        impl Write for Stalled {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                let (go, cv) = &*self.0;
+                let mut g = go.lock().unwrap();
+                while !*g {
+                    g = cv.wait(g).unwrap();
+                }
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let log = AccessLog::to_writer(Box::new(Stalled(gate.clone())), LogFormat::Text);
+        let long = format!("/{}", "x".repeat(MAX_LOGGED_PATH - 1));
+        let n = 3000;
+        for _ in 0..n {
+            let mut rec = record();
+            rec.path = long.clone().into();
+            log.send(Box::new(rec));
+            assert!(log.queued_bytes() <= QUEUE_BYTES);
+        }
+        // Far fewer than QUEUE lines fit in the byte budget: the rest were dropped
+        // (but for the few the writer took into its 64 KiB buffer before it blocked).
+        let fit = QUEUE_BYTES / record_cost_with(&long);
+        let buffered = 64 * 1024 / MAX_LOGGED_PATH + 2;
+        assert!(
+            log.dropped() as usize >= n - fit - buffered,
+            "{} dropped, {fit} fit",
+            log.dropped()
+        );
+        assert!(log.dropped() > 0 && (log.dropped() as usize) < n);
+        {
+            let (go, cv) = &*gate;
+            *go.lock().unwrap() = true;
+            cv.notify_all();
+        }
+        assert!(log.flush(Duration::from_secs(5)));
+        assert_eq!(log.queued_bytes(), 0);
+    }
+
+    fn record_cost_with(path: &str) -> usize {
+        let mut rec = record();
+        rec.path = path.into();
+        rec.cost()
     }
 }

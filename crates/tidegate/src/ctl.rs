@@ -15,7 +15,7 @@ use nix::errno::Errno;
 use serde::de::DeserializeOwned;
 use tidegate_admin::client::{AdminAddr, Client, ClientError, Reply, DEFAULT_TIMEOUT};
 use tidegate_admin::{
-    AdminClientView, Closed, ConnSide, ConnectionView, ReloadView, ServerState, ServerView, Status,
+    AdminClients, Closed, ConnSide, ConnectionView, ReloadView, ServerState, ServerView, Status,
     UpstreamView,
 };
 
@@ -216,7 +216,7 @@ fn render(command: &CtlCommand, reply: &Reply) -> Result<String, String> {
         CtlCommand::Status => status(&decode(reply)?),
         CtlCommand::Upstreams => upstreams(&decode::<Vec<_>>(reply)?),
         CtlCommand::Conns => conns(&decode::<Vec<_>>(reply)?),
-        CtlCommand::Clients => clients(&decode::<Vec<_>>(reply)?),
+        CtlCommand::Clients => clients(&decode(reply)?),
         CtlCommand::Drain { .. } | CtlCommand::Ready { .. } | CtlCommand::Maint { .. } => {
             let server: ServerView = decode(reply)?;
             let name = match command {
@@ -332,18 +332,38 @@ fn conns(conns: &[ConnectionView]) -> String {
     t.render()
 }
 
-fn clients(clients: &[AdminClientView]) -> String {
-    let mut t = Table::new(&["ID", "PEER", "AGE", "IDLE", "REQUESTS"]);
-    for c in clients {
+fn clients(all: &AdminClients) -> String {
+    let mut t = Table::new(&["ID", "PEER", "AGE", "IDLE", "REQUESTS", "IN-REQUEST"]);
+    for c in &all.clients {
         t.row(vec![
             c.id.to_string(),
             c.peer.clone(),
             duration(c.age_s),
             duration(c.idle_s),
             c.requests.to_string(),
+            if c.in_request { "yes" } else { "no" }.to_owned(),
         ]);
     }
-    t.render()
+    let mut out = t.render();
+    if all.evictions > 0 {
+        out.push_str(&format!(
+            "\nevicted for new clients since start: {} (newest first)\n",
+            all.evictions
+        ));
+        let mut t = Table::new(&["ID", "PEER", "AGE", "IDLE", "REQUESTS", "EVICTED"]);
+        for e in &all.recent_evictions {
+            t.row(vec![
+                e.id.to_string(),
+                e.peer.clone(),
+                duration(e.age_s),
+                duration(e.idle_s),
+                e.requests.to_string(),
+                format!("{} ago", duration(e.ago_s)),
+            ]);
+        }
+        out.push_str(&t.render());
+    }
+    out
 }
 
 fn server_state(upstream: &str, s: &ServerView) -> String {
@@ -503,7 +523,7 @@ mod tests {
             (CtlCommand::Status, "Status", "status"),
             (CtlCommand::Upstreams, "[UpstreamView]", "upstreams"),
             (CtlCommand::Conns, "[ConnectionView]", "conns"),
-            (CtlCommand::Clients, "[AdminClientView]", "clients"),
+            (CtlCommand::Clients, "AdminClients", "clients"),
             (
                 CtlCommand::Drain {
                     server: "app/0".into(),

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::api::{AdminBusy, AdminClientView, Closed, ErrorBody, SetState};
+use crate::api::{AdminBusy, AdminClients, Closed, ErrorBody, SetState};
 use crate::{Control, ControlError};
 
 /// `Content-Type` of every JSON answer.
@@ -73,8 +73,9 @@ impl Answer {
     /// The `503` a new client gets when every slot is held.
     pub fn busy(busy: &AdminBusy) -> Answer {
         let message = format!(
-            "admin API busy: {} of {} client slots are held; the oldest client has been \
-             connected {} and idle {} (a client idle for {} is closed); try again shortly",
+            "admin API busy: {} of {} client slots are held, each by a request in \
+             progress; the oldest client has been connected {} and idle {} (a request \
+             must arrive whole within {}); try again shortly",
             busy.clients,
             busy.max_connections,
             secs(busy.oldest_age_s),
@@ -126,6 +127,119 @@ fn secs(s: f64) -> String {
     }
 }
 
+/// Refuses what a web page could send to an admin API on a TCP address (a browser can
+/// reach `127.0.0.1:PORT`; it cannot reach a Unix socket, where these checks are not
+/// made). `None`: the request may go on.
+///
+/// - `Host` must name loopback (`localhost`, a loopback IP such as `127.0.0.1` or
+///   `[::1]`, or `own`, the listener's own IP when it is not a loopback one), with any
+///   port, else `403`: a page whose name was rebound to 127.0.0.1 (DNS rebinding) still
+///   sends its own name.
+/// - A request with an `Origin` header comes from a browser: `403`.
+/// - Any method but `GET` and `HEAD` needs `Content-Type: application/json`, else `415`:
+///   a page can send a `text/plain` or form POST without a preflight, never a JSON one.
+pub fn cross_site_check(
+    method: &str,
+    headers: &http::HeaderMap,
+    own: Option<std::net::IpAddr>,
+) -> Option<Answer> {
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => h.to_str().ok(),
+        _ => None,
+    };
+    if !host.is_some_and(|h| is_loopback_host(h, own)) {
+        let found = match host {
+            Some(h) => format!("Host {h:?}"),
+            None if headers.contains_key(http::header::HOST) => {
+                "several or unreadable Host headers".to_owned()
+            }
+            None => "no Host header".to_owned(),
+        };
+        return Some(Answer::error(
+            403,
+            format!(
+                "{found}: the admin API on a TCP address answers only requests whose Host \
+                 names loopback (localhost, 127.0.0.1 or [::1], any port), so a web page \
+                 cannot reach it through DNS rebinding"
+            ),
+            None,
+        ));
+    }
+    if headers.contains_key(http::header::ORIGIN) {
+        return Some(Answer::error(
+            403,
+            "a request with an Origin header comes from a web page; the admin API refuses \
+             cross-site requests (use curl or tidegate ctl)",
+            None,
+        ));
+    }
+    if method != "GET" && method != "HEAD" {
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let json = content_type.is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|media| media.trim().eq_ignore_ascii_case(JSON))
+        });
+        if !json {
+            let found = content_type.map_or_else(
+                || "no Content-Type".to_owned(),
+                |ct| format!("Content-Type {ct:?}"),
+            );
+            return Some(Answer::error(
+                415,
+                format!(
+                    "{method} with {found}: on a TCP address the admin API takes {method} only \
+                     with Content-Type: application/json (a web page cannot send that \
+                     without asking first); add -H 'Content-Type: application/json'"
+                ),
+                None,
+            ));
+        }
+    }
+    None
+}
+
+/// `localhost`, a loopback IP or `own`, each with an optional port (`[::1]:9000`).
+fn is_loopback_host(host: &str, own: Option<std::net::IpAddr>) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let port = match after {
+            "" => None,
+            // Only `:PORT` may follow the brackets.
+            a => match a.strip_prefix(':') {
+                Some(p) => Some(p),
+                None => return false,
+            },
+        };
+        (ip, port)
+    } else {
+        match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        }
+    };
+    if let Some(p) = port {
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.parse::<u16>().is_err() {
+            return false;
+        }
+    }
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    // An IPv6 literal is only valid in brackets.
+    let bracketed = host.starts_with('[');
+    match name.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_ipv6() != bracketed => false,
+        Ok(ip) => ip.is_loopback() || Some(ip) == own,
+        Err(_) => false,
+    }
+}
+
 /// The largest request body accepted (a `SetState` is a few dozen bytes).
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -135,7 +249,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// A `HEAD` is answered like a `GET` (hyper leaves the body out).
 pub fn handle(
     control: &dyn Control,
-    clients: &dyn Fn() -> Vec<AdminClientView>,
+    clients: &dyn Fn() -> AdminClients,
     method: &str,
     path: &str,
     body: &[u8],
@@ -246,6 +360,77 @@ fn not_found(path: &str) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                http::HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn only_loopback_hosts_pass() {
+        let own = Some("10.0.0.5".parse().expect("ip"));
+        for ok in [
+            "localhost",
+            "LOCALHOST:9000",
+            "127.0.0.1",
+            "127.0.0.1:65535",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:9000",
+            "10.0.0.5:9000",
+        ] {
+            assert!(is_loopback_host(ok, own), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9000",
+            "localhost.evil.example",
+            "127.0.0.1:99999",
+            "127.0.0.1:",
+            "127.0.0.1:8x",
+            "::1",
+            "[::1",
+            "[::1]x",
+            "[127.0.0.1]",
+            "10.0.0.6",
+            "",
+            "x",
+            "localhost:80@evil.example",
+        ] {
+            assert!(!is_loopback_host(bad, own), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cross_site_requests_are_refused_with_403_or_415() {
+        let status = |method, h: &[(&str, &str)]| {
+            cross_site_check(method, &headers(h), None).map(|a| a.status)
+        };
+        assert_eq!(status("GET", &[("host", "localhost:1")]), None);
+        assert_eq!(status("GET", &[]), Some(403));
+        assert_eq!(
+            status("GET", &[("host", "a"), ("host", "localhost")]),
+            Some(403)
+        );
+        assert_eq!(status("GET", &[("host", "x")]), Some(403));
+        assert_eq!(
+            status("GET", &[("host", "localhost"), ("origin", "null")]),
+            Some(403)
+        );
+        let post = |ct: &str| status("POST", &[("host", "127.0.0.1:9"), ("content-type", ct)]);
+        assert_eq!(post("application/json"), None);
+        assert_eq!(post("Application/JSON; charset=utf-8"), None);
+        assert_eq!(post("text/plain"), Some(415));
+        assert_eq!(post("application/x-www-form-urlencoded"), Some(415));
+        assert_eq!(post("application/jsonx"), Some(415));
+        assert_eq!(status("DELETE", &[("host", "localhost")]), Some(415));
+    }
 
     #[test]
     fn seconds_read_like_an_operator_writes_them() {

@@ -1,11 +1,19 @@
 //! Admin client slots and each client's activity: what the cap, the idle timer, the
 //! request deadline, `GET /v1/admin-clients` and the "full" answer are computed from.
 //!
-//! Invariants: a client holds a slot exactly while its [`Slot`] guard lives (the
-//! connection task owns it), and there are never more than `max` slots held — the check
-//! and the insert happen under one lock.
+//! Invariants: a client holds a slot while its [`Slot`] guard lives (the connection
+//! task owns it) and has not been evicted, and there are never more than `max` slots
+//! held — the check, the eviction and the insert happen under one lock.
+//!
+//! **Eviction.** When every slot is held, a newcomer takes the slot of the client that
+//! has been idle the longest among those with no request in progress (an idle HTTP
+//! connection is one a server may close at any time); that client's
+//! [`Slot::evicted`] token fires and its task closes it. A client is claimed for
+//! eviction with one compare-and-swap on its `request_since`, the same word its first
+//! request byte sets, so a client whose request has begun is never taken. Only when
+//! every holder has a request in progress is the newcomer refused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,11 +23,16 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::api::{AdminBusy, AdminClientView};
+use crate::api::{AdminBusy, AdminClientView, AdminClients, AdminEviction};
 
 /// `request_since` when no request is in progress.
 const NONE: u64 = u64::MAX;
+/// `request_since` of a client claimed for eviction: no later byte starts a request.
+const EVICTED: u64 = u64::MAX - 1;
+/// Evictions kept for `GET /v1/admin-clients` (the newest).
+pub(crate) const RECENT_EVICTIONS: usize = 16;
 
 /// One client's activity. Times are milliseconds since `base` (atomics: the I/O wrapper
 /// updates them on every read, without a lock).
@@ -54,7 +67,10 @@ impl Activity {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+        // Below both sentinels: a real time is never mistaken for one.
+        u64::try_from(self.base.elapsed().as_millis())
+            .unwrap_or(EVICTED - 1)
+            .min(EVICTED - 1)
     }
 
     fn at(&self, ms: u64) -> Instant {
@@ -73,15 +89,33 @@ impl Activity {
 
     /// The service has the whole request (head and body): its deadline is met.
     pub(crate) fn request_read(&self) {
-        self.request_since.store(NONE, Ordering::Relaxed);
+        // An evicted client stays evicted (its task is closing it).
+        let _ = self
+            .request_since
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                (v != EVICTED).then_some(NONE)
+            });
         self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Claims this client for eviction if no request is in progress; after `true`, no
+    /// later byte starts one.
+    fn claim_for_eviction(&self) -> bool {
+        self.request_since
+            .compare_exchange(NONE, EVICTED, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Whether a request is in progress (its first byte arrived, not yet all of it).
+    fn in_request(&self) -> bool {
+        !matches!(self.request_since.load(Ordering::Relaxed), NONE | EVICTED)
     }
 
     /// When the client's timers expire, and which one expires first.
     pub(crate) fn deadline(&self, timeout: Duration) -> (Instant, Expired) {
         let idle = self.at(self.last_read.load(Ordering::Relaxed)) + timeout;
         match self.request_since.load(Ordering::Relaxed) {
-            NONE => (idle, Expired::Idle),
+            NONE | EVICTED => (idle, Expired::Idle),
             since => {
                 let request = self.at(since) + timeout;
                 if request < idle {
@@ -168,13 +202,41 @@ pub(crate) struct Slots {
     max: usize,
     idle_timeout: Duration,
     next_id: AtomicU64,
-    held: Mutex<BTreeMap<u64, Holder>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    held: BTreeMap<u64, Holder>,
+    /// Evictions since start.
+    evictions: u64,
+    /// The newest [`RECENT_EVICTIONS`] evictions, oldest first.
+    recent: VecDeque<Eviction>,
 }
 
 #[derive(Debug)]
 struct Holder {
     peer: String,
     activity: Arc<Activity>,
+    evict: CancellationToken,
+}
+
+/// A client whose slot was given to a newcomer.
+#[derive(Debug, Clone)]
+pub(crate) struct Eviction {
+    pub(crate) id: u64,
+    pub(crate) peer: String,
+    pub(crate) age: Duration,
+    pub(crate) idle: Duration,
+    pub(crate) requests: u64,
+    pub(crate) at: Instant,
+}
+
+/// A slot taken by [`Slots::acquire`], and the client evicted to make room, if one was.
+#[derive(Debug)]
+pub(crate) struct Acquired {
+    pub(crate) slot: Slot,
+    pub(crate) evicted: Option<Eviction>,
 }
 
 /// A held slot; dropping it frees the slot.
@@ -183,6 +245,7 @@ pub(crate) struct Slot {
     slots: Arc<Slots>,
     id: u64,
     activity: Arc<Activity>,
+    evicted: CancellationToken,
 }
 
 // === impl Slots ===
@@ -193,36 +256,86 @@ impl Slots {
             max: max.max(1),
             idle_timeout,
             next_id: AtomicU64::new(1),
-            held: Mutex::new(BTreeMap::new()),
+            state: Mutex::new(State::default()),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Holder>> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // Every critical section is an insert, a remove or a read: a panic cannot leave
-        // the map half-changed, so a poisoned lock is still consistent.
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
+        // the state half-changed, so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a slot for a client at `peer`, or says who holds them all.
-    pub(crate) fn acquire(self: &Arc<Self>, peer: String) -> Result<Slot, AdminBusy> {
-        let mut held = self.lock();
-        if held.len() >= self.max {
-            return Err(self.busy(&held));
-        }
+    /// Takes a slot for a client at `peer`: a free one, else the slot of the client
+    /// idle the longest with no request in progress (evicting it), else says who holds
+    /// them all.
+    pub(crate) fn acquire(self: &Arc<Self>, peer: String) -> Result<Acquired, AdminBusy> {
+        let mut state = self.lock();
+        let evicted = if state.held.len() >= self.max {
+            match Self::evict_one(&mut state) {
+                Some(e) => Some(e),
+                None => return Err(self.busy(&state.held)),
+            }
+        } else {
+            None
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let activity = Arc::new(Activity::new());
-        held.insert(
+        let evict = CancellationToken::new();
+        state.held.insert(
             id,
             Holder {
                 peer,
                 activity: activity.clone(),
+                evict: evict.clone(),
             },
         );
-        Ok(Slot {
-            slots: self.clone(),
-            id,
-            activity,
+        Ok(Acquired {
+            slot: Slot {
+                slots: self.clone(),
+                id,
+                activity,
+                evicted: evict,
+            },
+            evicted,
         })
+    }
+
+    /// Evicts the holder idle the longest among those with no request in progress.
+    /// Bounded: each candidate is tried once (a failed claim means its request began).
+    fn evict_one(state: &mut State) -> Option<Eviction> {
+        let now = Instant::now();
+        let mut candidates: Vec<(Duration, u64)> = state
+            .held
+            .iter()
+            .filter(|(_, h)| !h.activity.in_request())
+            .map(|(id, h)| (h.activity.times(now).1, *id))
+            .collect();
+        // Most idle first; among equals the longest-connected (smaller id).
+        candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let id = candidates.into_iter().map(|(_, id)| id).find(|id| {
+            state
+                .held
+                .get(id)
+                .is_some_and(|h| h.activity.claim_for_eviction())
+        })?;
+        let holder = state.held.remove(&id)?;
+        holder.evict.cancel();
+        let (age, idle) = holder.activity.times(now);
+        let eviction = Eviction {
+            id,
+            peer: holder.peer,
+            age,
+            idle,
+            requests: holder.activity.requests.load(Ordering::Relaxed),
+            at: now,
+        };
+        state.evictions += 1;
+        if state.recent.len() >= RECENT_EVICTIONS {
+            state.recent.pop_front();
+        }
+        state.recent.push_back(eviction.clone());
+        Some(eviction)
     }
 
     fn busy(&self, held: &BTreeMap<u64, Holder>) -> AdminBusy {
@@ -241,25 +354,26 @@ impl Slots {
         }
     }
 
-    /// How long until the most idle client is closed (at least a second, for
-    /// `Retry-After`).
+    /// How long until the first slot frees up by a timer (the earliest idle or request
+    /// deadline), at least a second, for `Retry-After`.
     pub(crate) fn retry_after(&self) -> Duration {
-        let held = self.lock();
+        let state = self.lock();
         let now = Instant::now();
-        let most_idle = held
+        let first = state
+            .held
             .values()
-            .map(|h| h.activity.times(now).1)
-            .max()
-            .unwrap_or_default();
-        self.idle_timeout
-            .saturating_sub(most_idle)
-            .max(Duration::from_secs(1))
+            .map(|h| h.activity.deadline(self.idle_timeout).0)
+            .min()
+            .map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
+        first.max(Duration::from_secs(1))
     }
 
-    /// Every client holding a slot, longest-connected first.
-    pub(crate) fn views(&self) -> Vec<AdminClientView> {
+    /// Every client holding a slot (longest-connected first), and the evictions.
+    pub(crate) fn views(&self) -> AdminClients {
         let now = Instant::now();
-        self.lock()
+        let state = self.lock();
+        let clients = state
+            .held
             .iter()
             .map(|(id, h)| {
                 let (age, idle) = h.activity.times(now);
@@ -269,15 +383,34 @@ impl Slots {
                     age_s: age.as_secs_f64(),
                     idle_s: idle.as_secs_f64(),
                     requests: h.activity.requests.load(Ordering::Relaxed),
+                    in_request: h.activity.in_request(),
                 }
             })
-            .collect()
+            .collect();
+        let recent_evictions = state
+            .recent
+            .iter()
+            .rev()
+            .map(|e| AdminEviction {
+                id: e.id,
+                peer: e.peer.clone(),
+                age_s: e.age.as_secs_f64(),
+                idle_s: e.idle.as_secs_f64(),
+                requests: e.requests,
+                ago_s: now.saturating_duration_since(e.at).as_secs_f64(),
+            })
+            .collect();
+        AdminClients {
+            clients,
+            evictions: state.evictions,
+            recent_evictions,
+        }
     }
 
     /// Slots held now.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().held.len()
     }
 }
 
@@ -291,11 +424,17 @@ impl Slot {
     pub(crate) fn activity(&self) -> &Arc<Activity> {
         &self.activity
     }
+
+    /// Cancelled when a newcomer took this slot: the client is to be closed now.
+    pub(crate) fn evicted(&self) -> &CancellationToken {
+        &self.evicted
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.slots.lock().remove(&self.id);
+        // An evicted slot was removed already (and its id is never reused).
+        self.slots.lock().held.remove(&self.id);
     }
 }
 
@@ -306,15 +445,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_cap_holds_and_a_dropped_slot_frees_its_place() {
         let slots = Slots::new(2, Duration::from_secs(10));
-        let a = slots.acquire("unix".into()).expect("first");
+        let a = slots.acquire("unix".into()).expect("first").slot;
         tokio::time::advance(Duration::from_secs(3)).await;
-        let _b = slots.acquire("unix".into()).expect("second");
+        let b = slots.acquire("unix".into()).expect("second").slot;
+        // Both have a request in progress: nobody can be evicted.
+        a.activity().read();
+        b.activity().read();
         let busy = slots.acquire("unix".into()).expect_err("full");
         assert_eq!((busy.clients, busy.max_connections), (2, 2));
         assert_eq!(busy.oldest_age_s, 3.0);
-        assert_eq!(busy.oldest_idle_s, 3.0);
+        // Its first request byte just arrived.
+        assert_eq!(busy.oldest_idle_s, 0.0);
         assert_eq!(busy.idle_timeout_s, 10.0);
-        assert_eq!(slots.retry_after(), Duration::from_secs(7));
+        // The first request deadline: b's, 10 s after its first byte (now).
+        assert_eq!(slots.retry_after(), Duration::from_secs(10));
         drop(a);
         assert_eq!(slots.len(), 1);
         slots.acquire("unix".into()).expect("freed");
@@ -339,5 +483,39 @@ mod tests {
         let last_byte = start + Duration::from_millis(200);
         assert_eq!(activity.deadline(t), (last_byte + t, Expired::Idle));
         assert_eq!(activity.requests.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_newcomer_evicts_the_longest_idle_client_without_a_request_in_progress() {
+        let slots = Slots::new(3, Duration::from_secs(10));
+        let a = slots.acquire("a".into()).expect("a").slot;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let b = slots.acquire("b".into()).expect("b").slot;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let c = slots.acquire("c".into()).expect("c").slot;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // a is idle the longest but has a request in progress; b is next.
+        a.activity().read();
+        let got = slots.acquire("d".into()).expect("evicts");
+        let evicted = got.evicted.expect("an eviction");
+        assert_eq!((evicted.id, evicted.peer.as_str()), (b.id(), "b"));
+        assert_eq!(evicted.idle, Duration::from_secs(2));
+        assert!(b.evicted().is_cancelled() && !a.evicted().is_cancelled());
+        assert_eq!(slots.len(), 3, "the cap holds");
+        // An evicted client's late bytes start no request, and its drop frees nothing
+        // more.
+        b.activity().read();
+        assert!(!b.activity().in_request());
+        drop(b);
+        assert_eq!(slots.len(), 3);
+        let views = slots.views();
+        assert_eq!(views.evictions, 1);
+        assert_eq!(views.recent_evictions[0].peer, "b");
+        // c, then d (newest), are taken next; a never while its request is in progress.
+        c.activity().read();
+        got.slot.activity().read();
+        slots.acquire("e".into()).expect_err("all in progress");
+        drop(c);
+        assert_eq!(slots.len(), 2);
     }
 }

@@ -82,6 +82,28 @@ fn server_view() -> ServerView {
     }
 }
 
+fn admin_client() -> AdminClientView {
+    AdminClientView {
+        id: 1,
+        peer: "unix".into(),
+        age_s: 1.0,
+        idle_s: 1.0,
+        requests: 1,
+        in_request: false,
+    }
+}
+
+fn admin_eviction() -> AdminEviction {
+    AdminEviction {
+        id: 1,
+        peer: "unix".into(),
+        age_s: 1.0,
+        idle_s: 1.0,
+        requests: 0,
+        ago_s: 1.0,
+    }
+}
+
 fn samples() -> Vec<(&'static str, BTreeSet<String>)> {
     let listener = ListenerView {
         name: "web".into(),
@@ -153,16 +175,16 @@ fn samples() -> Vec<(&'static str, BTreeSet<String>)> {
         ),
         ("UpstreamSide", keys(&upstream_side)),
         ("Closed", keys(&Closed { closed: 1 })),
+        ("AdminClientView", keys(&admin_client())),
         (
-            "AdminClientView",
-            keys(&AdminClientView {
-                id: 1,
-                peer: "unix".into(),
-                age_s: 1.0,
-                idle_s: 1.0,
-                requests: 1,
+            "AdminClients",
+            keys(&AdminClients {
+                clients: vec![admin_client()],
+                evictions: 1,
+                recent_evictions: vec![admin_eviction()],
             }),
         ),
+        ("AdminEviction", keys(&admin_eviction())),
         (
             "ReloadView",
             keys(&ReloadView {
@@ -343,7 +365,7 @@ fn every_example_is_exactly_a_value_of_its_type() {
             "SetState" => round_trip::<SetState>(ty, value),
             "[ConnectionView]" => round_trip::<Vec<ConnectionView>>(ty, value),
             "Closed" => round_trip::<Closed>(ty, value),
-            "[AdminClientView]" => round_trip::<Vec<AdminClientView>>(ty, value),
+            "AdminClients" => round_trip::<AdminClients>(ty, value),
             "ReloadView" => round_trip::<ReloadView>(ty, value),
             "ErrorBody" => round_trip::<ErrorBody>(ty, value),
             other => panic!("an example of unknown type `{other}`"),
@@ -357,7 +379,7 @@ fn every_example_is_exactly_a_value_of_its_type() {
         "SetState",
         "[ConnectionView]",
         "Closed",
-        "[AdminClientView]",
+        "AdminClients",
         "ReloadView",
         "ErrorBody",
     ] {

@@ -15,7 +15,7 @@ use anyhow::{bail, ensure, Context as _};
 use tidegate_admin::client::{AdminAddr, Client};
 use tidegate_admin::server::{self, Limits};
 use tidegate_admin::{
-    AdminBusy, AdminClientView, ConnProtocol, ConnSide, ConnState, ConnectionView, Control,
+    AdminBusy, AdminClients, ConnProtocol, ConnSide, ConnState, ConnectionView, Control,
     ControlError, ErrorBody, Health, ListenerView, ProcessState, ReloadView, ServerState,
     ServerView, Status, UpstreamView,
 };
@@ -228,6 +228,53 @@ async fn silent_clients(path: &Path, n: usize) -> anyhow::Result<Vec<UnixStream>
     Ok(out)
 }
 
+/// The start of a request head, never finished: a client with a request in progress.
+const HALF_SENT: &[u8] = b"GET /v1/status HTTP/1.1\r\nHost: x\r\n";
+
+/// Whether the server has closed `s` (EOF, an error or an answer is waiting).
+fn closed_by_server(s: &UnixStream) -> bool {
+    let mut byte = [0u8; 1];
+    !matches!(s.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// Fills every one of `n` slots with a client that has a request in progress (a
+/// half-sent head), and returns them with the `503` a new client then gets.
+///
+/// A client whose bytes the server has not read yet looks idle and may be evicted by
+/// the next one; so a probe asks, and until it is refused, closed holders are replaced
+/// (polling, bounded).
+async fn fill_with_requests_in_progress(
+    path: &Path,
+    n: usize,
+) -> anyhow::Result<(Vec<UnixStream>, Raw)> {
+    let mut holders: Vec<UnixStream> = Vec::with_capacity(n);
+    let deadline = Instant::now() + SOON;
+    // Bounded by the deadline.
+    loop {
+        holders.retain(|s| !closed_by_server(s));
+        while holders.len() < n {
+            let mut s = UnixStream::connect(path)
+                .await
+                .context("connect a holder")?;
+            s.write_all(HALF_SENT).await.context("half-send")?;
+            holders.push(s);
+        }
+        let r = raw(
+            path,
+            "GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await?;
+        if r.status == 503 {
+            return Ok((holders, r));
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the slots never all held a request in progress: {r:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// A raw HTTP/1.1 answer read to its end: status, head, body.
 struct Raw {
     status: u16,
@@ -420,18 +467,20 @@ async fn every_endpoint_answers_over_the_socket() -> anyhow::Result<()> {
 
     // The earlier clients' slots are freed as the server sees them close: poll.
     let start = Instant::now();
-    let clients = loop {
-        let clients: Vec<AdminClientView> = client
+    let all = loop {
+        let all: AdminClients = client
             .get("/v1/admin-clients")
             .await?
             .map_err(|r| anyhow::anyhow!("{r:?}"))?;
-        if clients.len() == 1 || start.elapsed() > SOON {
-            break clients;
+        if all.clients.len() == 1 || start.elapsed() > SOON {
+            break all;
         }
         tokio::time::sleep(POLL).await;
     };
+    let clients = &all.clients;
     assert_eq!(clients.len(), 1, "only the client asking: {clients:?}");
     assert_eq!((clients[0].peer.as_str(), clients[0].requests), ("unix", 1));
+    assert_eq!((all.evictions, all.recent_evictions.len()), (0, 0));
 
     let r = client.request("POST", "/v1/reload", None).await?;
     assert_eq!(r.status, 501, "{}", r.text());
@@ -574,10 +623,10 @@ async fn a_client_may_keep_its_connection_for_several_requests() -> anyhow::Resu
 async fn a_full_admin_api_answers_a_whole_503_naming_the_slot_holders_then_recovers(
 ) -> anyhow::Result<()> {
     let server = Server::start(200, HELD).await?;
-    let silent = silent_clients(&server.path, 200).await?;
+    // Every slot holds a request in progress: nobody may be evicted.
+    let (holders, r) = fill_with_requests_in_progress(&server.path, 200).await?;
 
     // A raw client: the whole 503 arrives, then the server closes.
-    let r = raw(&server.path, "GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n").await?;
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(r.header("connection"), Some("close"));
@@ -589,14 +638,15 @@ async fn a_full_admin_api_answers_a_whole_503_naming_the_slot_holders_then_recov
     assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
     check_busy(&body, 200)?;
 
-    // The silent clients are closed after idle_timeout, and the API answers again.
+    // The holders are closed when their request deadline passes, and the API answers
+    // again.
     let deadline = Instant::now() + HELD + SOON;
-    for (i, mut s) in silent.into_iter().enumerate() {
+    for (i, mut s) in holders.into_iter().enumerate() {
         let mut buf = [0u8; 64];
         let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
             .await
-            .with_context(|| format!("silent client {i} still open {SOON:?} after idle_timeout"))?;
-        assert!(matches!(n, Ok(0)), "silent client {i}: {n:?}");
+            .with_context(|| format!("holder {i} still open {SOON:?} after idle_timeout"))?;
+        assert!(matches!(n, Ok(0)), "holder {i}: {n:?}");
     }
     wait_until_served(&server, SOON).await?;
     let (code, body) = curl(&server.path, "/v1/status").await?;
@@ -606,20 +656,73 @@ async fn a_full_admin_api_answers_a_whole_503_naming_the_slot_holders_then_recov
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_holding_every_slot_give_way_to_a_newcomer() -> anyhow::Result<()> {
+    // The incident: leaked connections that never send a byte hold every slot.
+    let server = Server::start(16, HELD).await?;
+    let mut silent = silent_clients(&server.path, 200).await?;
+    for i in 0..5 {
+        let start = Instant::now();
+        let (code, body) = curl(&server.path, "/v1/status").await?;
+        assert_eq!(code, 200, "curl {i}: {}", String::from_utf8_lossy(&body));
+        ensure!(
+            start.elapsed() < SOON,
+            "curl {i} took {:?}",
+            start.elapsed()
+        );
+    }
+    // The first silent client was the longest idle: it was closed (EOF, no answer).
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(SOON, silent[0].read(&mut buf)).await?;
+    assert!(matches!(n, Ok(0)), "{n:?}");
+    let all: AdminClients = server
+        .client()
+        .get("/v1/admin-clients")
+        .await?
+        .map_err(|r| anyhow::anyhow!("{r:?}"))?;
+    assert!(all.clients.len() <= 16, "the cap holds: {all:?}");
+    assert!(all.evictions > 200 - 16, "{all:?}");
+    assert_eq!(all.recent_evictions.len(), 16, "{all:?}");
+    assert!(
+        all.recent_evictions
+            .windows(2)
+            .all(|w| w[0].ago_s <= w[1].ago_s),
+        "newest first: {all:?}"
+    );
+    assert!(all.recent_evictions.iter().all(|e| e.peer == "unix"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_slot_holders_are_listed_while_they_hold_slots() -> anyhow::Result<()> {
     let server = Server::start(201, HELD).await?;
-    let _silent = silent_clients(&server.path, 200).await?;
-    // The asking client keeps its connection (and its slot) open.
+    let _silent = silent_clients(&server.path, 100).await?;
+    let mut sending = Vec::new();
+    for _ in 0..100 {
+        let mut s = UnixStream::connect(&server.path).await?;
+        s.write_all(HALF_SENT).await?;
+        sending.push(s);
+    }
+    // The asking client keeps its connection (and its slot) open. Poll until the
+    // server has read every half-sent head.
     let mut asking = UnixStream::connect(&server.path).await?;
-    let r = keep_alive_request(
-        &mut asking,
-        "GET /v1/admin-clients HTTP/1.1\r\nHost: x\r\n\r\n",
-    )
-    .await?;
-    assert_eq!(r.status, 200, "{r:?}");
-    let clients: Vec<AdminClientView> = serde_json::from_slice(&r.body)?;
-    assert_eq!(clients.len(), 201, "200 silent clients and the one asking");
-    let asking = clients.iter().filter(|c| c.requests == 1).count();
+    let start = Instant::now();
+    let all = loop {
+        let r = keep_alive_request(
+            &mut asking,
+            "GET /v1/admin-clients HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await?;
+        assert_eq!(r.status, 200, "{r:?}");
+        let all: AdminClients = serde_json::from_slice(&r.body)?;
+        if all.clients.iter().filter(|c| c.in_request).count() == 100 || start.elapsed() > SOON {
+            break all;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let clients = &all.clients;
+    assert_eq!(clients.len(), 201, "200 holders and the one asking");
+    assert_eq!(clients.iter().filter(|c| c.in_request).count(), 100);
+    let asking = clients.iter().filter(|c| c.requests > 0).count();
     assert_eq!(asking, 1, "{clients:?}");
     assert!(clients
         .iter()
@@ -628,23 +731,16 @@ async fn the_slot_holders_are_listed_while_they_hold_slots() -> anyhow::Result<(
         clients.windows(2).all(|w| w[0].id < w[1].id),
         "longest-connected first"
     );
-    // Every slot is held: the next client is refused, and told by whom.
-    let r = raw(
-        &server.path,
-        "GET /v1/admin-clients HTTP/1.1\r\nHost: x\r\n\r\n",
-    )
-    .await?;
-    assert_eq!(r.status, 503, "{r:?}");
-    check_busy(&r.body, 201)?;
+    assert_eq!(all.evictions, 0);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_over_the_cap_is_answered_or_closed_and_never_hangs() -> anyhow::Result<()> {
     let server = Server::start(4, HELD).await?;
-    let _holders = silent_clients(&server.path, 4).await?;
-    // 200 more, each sending a request: every one gets a whole 503 or is closed at
-    // once (beyond the refusals in flight); none hangs.
+    let (_holders, _) = fill_with_requests_in_progress(&server.path, 4).await?;
+    // 200 more, each sending a request: every one gets a whole 503 (beyond the
+    // refusals in flight, written at once); none hangs.
     let mut flood = Vec::new();
     for _ in 0..200 {
         let path = server.path.clone();
@@ -662,15 +758,15 @@ async fn a_flood_over_the_cap_is_answered_or_closed_and_never_hangs() -> anyhow:
             }
         }));
     }
-    let mut answered = 0;
+    let mut unanswered = 0;
     for f in flood {
         match f.await?? {
-            Some(503) => answered += 1,
+            Some(503) => {}
             Some(other) => bail!("a client over the cap got {other}"),
-            None => {}
+            None => unanswered += 1,
         }
     }
-    assert!(answered >= 1, "at least the first refusals are answered");
+    assert_eq!(unanswered, 0, "every client over the cap gets its 503");
     // The holders are closed after idle_timeout.
     wait_until_served(&server, HELD + SOON).await?;
     Ok(())
@@ -725,12 +821,12 @@ async fn stopping_closes_the_clients_and_removes_the_socket() -> anyhow::Result<
     let mut server = Server::start(16, Duration::from_secs(10)).await?;
     let mut held = silent_clients(&server.path, 3).await?;
     // Make sure they are being served (the server counts them).
-    let clients: Vec<AdminClientView> = server
+    let all: AdminClients = server
         .client()
         .get("/v1/admin-clients")
         .await?
         .map_err(|r| anyhow::anyhow!("{r:?}"))?;
-    assert_eq!(clients.len(), 4);
+    assert_eq!(all.clients.len(), 4);
     server.stop().await?;
     for s in &mut held {
         let mut buf = [0u8; 8];

@@ -181,14 +181,15 @@ impl ExchangeDone {
         method: &http::Method,
         uri: &http::Uri,
     ) -> Self {
-        // Method and Uri clones share their bytes.
+        // The path is copied (and capped), never a view of hyper's read buffer: a
+        // queued record must not keep the whole request head alive.
         let log = ctx.access_log.is_on().then(|| {
             Box::new(Record {
                 time: SystemTime::now(),
                 listener: ctx.metrics.name.clone(),
                 client: peer,
                 method: method.clone(),
-                uri: uri.clone(),
+                path: crate::access_log::logged_path(uri),
                 status: None,
                 bytes_out: 0,
                 upstream: None,

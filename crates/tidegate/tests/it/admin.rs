@@ -2,7 +2,8 @@
 //! (`docs/admin-api.md`; leaked clients cannot lock operators out): the default socket
 //! and its mode, `[admin] listen` and `run --admin`, a second instance on the default
 //! socket refused with a message that says what to do, the API answering during the
-//! drain, a full API answering `503` to curl and recovering, and `ctl`'s tables,
+//! drain, leaked silent clients giving way to the operator, a full API (every slot
+//! mid-request) answering `503` to curl and recovering, and `ctl`'s tables,
 //! `--json` and its one-line error when nothing listens.
 //!
 //! The test kit's runner sets `XDG_RUNTIME_DIR` to each instance's directory, so the
@@ -128,7 +129,9 @@ async fn admin_listen_in_the_config_is_used() -> anyhow::Result<()> {
     );
     let resp = get(&Addr::Unix(path), "/v1/admin-clients", "x").await?;
     assert_eq!(resp.status, 200);
-    assert_eq!(resp.json()?.as_array().map(Vec::len), Some(1));
+    let all = resp.json()?;
+    assert_eq!(all["clients"].as_array().map(Vec::len), Some(1), "{all:#}");
+    assert_eq!(all["evictions"], 0);
     Ok(())
 }
 
@@ -175,7 +178,7 @@ async fn run_admin_overrides_the_admin_address() -> anyhow::Result<()> {
         matches!(addr, Addr::Tcp(a) if a.ip().is_loopback() && a.port() != 0),
         "{addr}"
     );
-    let resp = get(&addr, "/v1/status", "x").await?;
+    let resp = get(&addr, "/v1/status", "localhost").await?;
     assert_eq!(resp.status, 200);
     assert!(
         !dir.path().join("tidegate").exists(),
@@ -261,33 +264,87 @@ servers = ["{}"]
     Ok(())
 }
 
+/// The start of a request head, never finished: a client with a request in progress.
+const HALF_SENT: &[u8] = b"GET /v1/status HTTP/1.1\r\nHost: x\r\n";
+
+/// `GET /v1/status` with `Connection: close` on a new connection, read to its end:
+/// the status and the body.
+async fn probe(path: &Path) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(path).await?;
+    s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut bytes = Vec::new();
+    // A reset after the whole answer still leaves the answer in `bytes`.
+    let _ = tokio::time::timeout(SOON, s.read_to_end(&mut bytes))
+        .await
+        .context("no answer")?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("not an HTTP answer: {text:?}"))?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_owned()))
+}
+
+/// Fills `n` admin slots with clients that each have a request in progress, and
+/// returns them. A holder whose bytes the server has not read yet looks idle and may be
+/// evicted by the next client, so a probe asks until it is refused; closed holders are
+/// replaced meanwhile (polling, bounded).
+async fn hold_every_slot(path: &Path, n: usize) -> anyhow::Result<Vec<tokio::net::UnixStream>> {
+    use tokio::io::AsyncWriteExt;
+    let mut holders: Vec<tokio::net::UnixStream> = Vec::new();
+    let start = Instant::now();
+    // Bounded by the deadline.
+    loop {
+        holders.retain(|s| {
+            let mut b = [0u8; 1];
+            matches!(s.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        });
+        while holders.len() < n {
+            let mut s = tokio::net::UnixStream::connect(path).await?;
+            s.write_all(HALF_SENT).await?;
+            holders.push(s);
+        }
+        let (code, body) = probe(path).await?;
+        if code == 503 {
+            return Ok(holders);
+        }
+        ensure!(
+            start.elapsed() < SOON,
+            "the slots never all held a request in progress: {code} {body}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leaking_admin_clients_get_a_clear_503_and_are_closed_after_idle_timeout(
+async fn clients_mid_request_in_every_slot_get_newcomers_a_clear_503_until_their_deadline(
 ) -> anyhow::Result<()> {
-    // An idle_timeout long enough that the leaked clients still hold their slots when
-    // curl (a process to start) asks, even on a busy machine.
+    // An idle_timeout long enough that the holders still hold their slots when curl (a
+    // process to start) asks, even on a busy machine.
     let tg = Tidegate::start(
         bin(),
         &config("[admin]\nmax_connections = 3\nidle_timeout = \"3s\"\n"),
     )
     .await?;
     let path = admin_path(&tg)?;
-    let mut leaked = Vec::new();
-    for _ in 0..3 {
-        leaked.push(tokio::net::UnixStream::connect(&path).await?);
-    }
+    let _holders = hold_every_slot(&path, 3).await?;
     let (code, body) = curl(&path, "GET", "/v1/status").await?;
     assert_eq!(code, 503, "{body}");
     let error: serde_json::Value = serde_json::from_str(&body)?;
     let message = error["error"].as_str().unwrap_or_default();
     assert!(
-        message.contains("3 of 3 client slots are held") && message.contains("idle"),
+        message.contains("3 of 3 client slots are held, each by a request in progress")
+            && message.contains("idle"),
         "{message}"
     );
     assert_eq!(error["detail"]["clients"], 3);
     assert_eq!(error["detail"]["idle_timeout_s"], 3.0);
 
-    // They are closed after idle_timeout; then the API answers again.
+    // Their request deadline closes them; then the API answers again.
     let start = Instant::now();
     let within = Duration::from_secs(3) + SOON;
     loop {
@@ -301,6 +358,204 @@ async fn leaking_admin_clients_get_a_clear_503_and_are_closed_after_idle_timeout
         );
         tokio::time::sleep(POLL).await;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaked_silent_clients_in_every_slot_give_way_to_the_operator() -> anyhow::Result<()> {
+    // The incident: 200 leaked connections that never send a byte, default [admin].
+    let tg = Tidegate::start(bin(), &config("")).await?;
+    let path = admin_path(&tg)?;
+    let mut leaked = Vec::new();
+    for i in 0..200 {
+        leaked.push(
+            tokio::net::UnixStream::connect(&path)
+                .await
+                .with_context(|| format!("connect leaked client {i}"))?,
+        );
+    }
+    for i in 0..5 {
+        if i > 0 {
+            // The operator's pace, not a wait for readiness.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let start = Instant::now();
+        let (code, body) = curl(&path, "GET", "/v1/status").await?;
+        let took = start.elapsed();
+        assert_eq!(code, 200, "curl {i}: {body}");
+        assert!(took < Duration::from_secs(1), "curl {i} took {took:?}");
+        let status: serde_json::Value = serde_json::from_str(&body)?;
+        assert_eq!(status["state"], "running");
+    }
+    // The longest-idle leaked client was closed for a newcomer.
+    {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(SOON, leaked[0].read(&mut buf)).await?;
+        assert!(matches!(n, Ok(0)), "{n:?}");
+    }
+    let (code, body) = curl(&path, "GET", "/v1/admin-clients").await?;
+    assert_eq!(code, 200, "{body}");
+    let all: serde_json::Value = serde_json::from_str(&body)?;
+    let clients = all["clients"].as_array().context("clients")?;
+    assert!(clients.len() <= 16, "the cap holds: {all:#}");
+    let evictions = all["evictions"].as_u64().context("evictions")?;
+    assert!(evictions > 200 - 16, "{all:#}");
+    let recent = all["recent_evictions"].as_array().context("recent")?;
+    assert_eq!(recent.len(), 16, "{all:#}");
+    assert!(recent.iter().all(|e| e["peer"] == "unix"), "{all:#}");
+    // ctl shows them too.
+    let out = tidegate(&["ctl", "clients"], tg.dir()).await?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("evicted for new clients since start: "),
+        "{}",
+        stdout(&out)
+    );
+    Ok(())
+}
+
+// === a TCP admin address refuses cross-site requests ===
+
+/// One request with `headers` (and `body`) on a new connection to `addr`.
+async fn send(
+    addr: &Addr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<tidegate_testkit::Response> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    let mut c = tidegate_testkit::connect(addr).await?;
+    c.send(head.as_bytes()).await?;
+    c.read_response(SOON)
+        .await
+        .with_context(|| format!("{method} {path} {headers:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_admin_address_refuses_cross_site_requests_and_ctl_still_works() -> anyhow::Result<()>
+{
+    let tg = Tidegate::start(
+        bin(),
+        &config(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[upstreams.b]\nservers = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n",
+        ),
+    )
+    .await?;
+    let admin = tg.addr("admin")?;
+    let Addr::Tcp(sock) = admin.clone() else {
+        bail!("the admin API listens on {admin}, not TCP");
+    };
+    let port = sock.port();
+    let state_of_b0 = || async {
+        let r = send(&admin, "GET", "/v1/upstreams", &[("Host", "localhost")], "").await?;
+        ensure!(r.status == 200, "{}", r.text());
+        Ok::<_, anyhow::Error>(r.json()?[0]["servers"][0]["state"].clone())
+    };
+
+    // Host: loopback names with any port pass; another name is DNS rebinding: 403.
+    for host in [
+        "localhost".to_owned(),
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let r = send(&admin, "GET", "/v1/status", &[("Host", &host)], "").await?;
+        assert_eq!(r.status, 200, "Host {host}: {}", r.text());
+    }
+    for host in [
+        format!("evil.example:{port}"),
+        "localhost.evil.example".to_owned(),
+        format!("localhost:{port}@evil.example"),
+    ] {
+        let r = send(&admin, "GET", "/v1/status", &[("Host", &host)], "").await?;
+        assert_eq!(r.status, 403, "Host {host}: {}", r.text());
+        assert!(r.text().contains("loopback"), "{}", r.text());
+    }
+    let r = send(&admin, "GET", "/v1/status", &[], "").await?;
+    assert_eq!(r.status, 403, "no Host: {}", r.text());
+
+    // What a web page can send without a preflight changes nothing.
+    let drain = r#"{"state": "drain"}"#;
+    let path = "/v1/upstreams/b/servers/0/state";
+    let r = send(
+        &admin,
+        "POST",
+        path,
+        &[("Host", "localhost"), ("Content-Type", "text/plain")],
+        drain,
+    )
+    .await?;
+    assert_eq!(r.status, 415, "{}", r.text());
+    assert!(r.text().contains("application/json"), "{}", r.text());
+    let r = send(&admin, "POST", path, &[("Host", "localhost")], drain).await?;
+    assert_eq!(r.status, 415, "no Content-Type: {}", r.text());
+    let r = send(
+        &admin,
+        "POST",
+        path,
+        &[
+            ("Host", "localhost"),
+            ("Content-Type", "application/json"),
+            ("Origin", "http://evil.example"),
+        ],
+        drain,
+    )
+    .await?;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = send(
+        &admin,
+        "GET",
+        "/v1/status",
+        &[("Host", "localhost"), ("Origin", "http://evil.example")],
+        "",
+    )
+    .await?;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = send(
+        &admin,
+        "DELETE",
+        "/v1/connections/99",
+        &[("Host", "localhost")],
+        "",
+    )
+    .await?;
+    assert_eq!(r.status, 415, "{}", r.text());
+    assert_eq!(state_of_b0().await?, "ready");
+
+    // The same POST as JSON, from loopback without Origin, is served.
+    let r = send(
+        &admin,
+        "POST",
+        path,
+        &[
+            ("Host", &format!("127.0.0.1:{port}")),
+            ("Content-Type", "application/json; charset=utf-8"),
+        ],
+        drain,
+    )
+    .await?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(state_of_b0().await?, "drain");
+
+    // tidegate ctl sends JSON and a loopback Host: every kind of request works.
+    let addr = sock.to_string();
+    let out = tidegate(&["ctl", "--admin", &addr, "status"], tg.dir()).await?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = tidegate(&["ctl", "--admin", &addr, "ready", "b/0"], tg.dir()).await?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(state_of_b0().await?, "ready");
+    let out = tidegate(&["ctl", "--admin", &addr, "kill", "99"], tg.dir()).await?;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), "tidegate ctl: no connection 99 (404)\n");
+    let out = tidegate(&["ctl", "--admin", &addr, "reload"], tg.dir()).await?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("(501)"), "{}", stderr(&out));
     Ok(())
 }
 

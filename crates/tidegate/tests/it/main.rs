@@ -10,6 +10,7 @@
     reason = "test helpers: a failed setup is a failed test"
 )]
 
+mod access_log;
 mod admin;
 mod health;
 mod hygiene;
