@@ -294,7 +294,17 @@ fn describe_client_body_error(e: &hyper::Error) -> String {
                 return "the client closed the connection before the end of the body".to_owned();
             }
             if let Some(io) = find_io_error(body) {
-                return describe_io_error(io);
+                // hyper reports a bad chunk size line or a body cut short as I/O
+                // errors of these kinds, with its own words.
+                return match io.kind() {
+                    io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => {
+                        format!("malformed body framing ({io})")
+                    }
+                    io::ErrorKind::UnexpectedEof => {
+                        "the client closed the connection before the end of the body".to_owned()
+                    }
+                    _ => describe_io_error(io),
+                };
             }
             return body.to_string();
         }

@@ -172,6 +172,34 @@ async fn uploads_the_client_aborts_do_not_eject() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_mid_body_gets_400_and_does_not_eject() -> anyhow::Result<()> {
+    let backend = app()?;
+    let passive = "[upstreams.app.passive]\nmax_fails = 1\n";
+    let tg = Tidegate::start(bin(), &config(&[backend.addr().to_config()], passive)).await?;
+    let mut c = connect(&tg.addr("web")?).await?;
+    c.send(b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\nhalf")
+        .await?;
+    backend
+        .wait_for(|b| !b.requests().is_empty(), T)
+        .await
+        .context("the request reached the backend")?;
+    // The client ends its side mid-body, still reading.
+    c.shutdown_write().await?;
+    let resp = c.read_response(T).await?;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(
+        resp.text()
+            .contains("the client closed the connection before the end of the body"),
+        "{}",
+        resp.text()
+    );
+    // max_fails = 1: any count at all would have ejected it.
+    assert_not_ejected(&tg, "a client that stopped mid-body").await?;
+    still_served(&tg).await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn malformed_chunked_bodies_get_400_and_do_not_eject() -> anyhow::Result<()> {
     let backend = app()?;
     let tg = Tidegate::start(bin(), &config(&[backend.addr().to_config()], "")).await?;
@@ -187,7 +215,7 @@ async fn malformed_chunked_bodies_get_400_and_do_not_eject() -> anyhow::Result<(
         assert_eq!(resp.header("connection"), Some("close"), "request {i}");
         let text = resp.text();
         assert!(
-            text.contains("the client's request body could not be read") && !text.contains("502"),
+            text.contains("the client's request body could not be read: malformed body framing"),
             "request {i}: {text}"
         );
     }
