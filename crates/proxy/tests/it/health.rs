@@ -3,9 +3,9 @@
 //! naming each server's state; passive ejection stops trying a server that keeps
 //! failing, for a cool-down.
 //!
-//! In-process because the tests shorten the passive cool-down, which is not a config
-//! key, and read each server's state directly. The binary's own test is
-//! `crates/tidegate/tests/it/health.rs`.
+//! In-process because the tests read each server's state directly (and set its passive
+//! limits). The binary's own tests are `crates/tidegate/tests/it/health.rs` and, for
+//! what passive ejection counts, `crates/tidegate/tests/it/passive.rs`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
