@@ -77,11 +77,18 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 pub const HEALTH_RISE: u32 = 2;
 /// `[upstreams.NAME.health] fall`: consecutive failed checks that mark a server down.
 pub const HEALTH_FALL: u32 = 3;
-/// Passive ejection: consecutive connect failures or 5xx responses that take a server
-/// out of rotation for [`PASSIVE_COOLDOWN`] (always on; not a config key yet).
+/// `[upstreams.NAME.passive] max_fails`: consecutive failures the server caused
+/// (connect failures, a close or timeout after the whole request was sent) that take
+/// it out of rotation for [`PASSIVE_COOLDOWN`]. Above nginx's `1` (which pairs it with
+/// a 10 s window): one reset during a backend's restart should not eject it.
 pub const PASSIVE_FAILS: u32 = 3;
-/// Passive ejection: how long an ejected server stays out before it is tried again.
+/// `[upstreams.NAME.passive] cooldown`: how long an ejected server stays out before it
+/// is tried again (nginx's `fail_timeout`).
 pub const PASSIVE_COOLDOWN: Duration = Duration::from_secs(10);
+/// `[upstreams.NAME.passive] statuses`: response statuses that count as failures. None,
+/// like nginx without `proxy_next_upstream http_5xx`: an application's 500 is a
+/// response, and any client can ask for a URL that answers one.
+pub const PASSIVE_STATUSES: &[u16] = &[];
 
 /// Upstream `idle_timeout`: no byte either way on a live exchange.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);

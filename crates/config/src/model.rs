@@ -189,6 +189,8 @@ pub struct Upstream {
     /// `[upstreams.NAME.health]`: active checks; `None` = no active checks (passive
     /// ejection still applies).
     pub health: Option<Health>,
+    /// `[upstreams.NAME.passive]`: when passive ejection takes a server out.
+    pub passive: Passive,
     /// `[upstreams.NAME.on_demand]`: the backend is a command tidegate starts on the
     /// first request and stops when idle; `None` = always running, not tidegate's
     /// business. An on-demand upstream has exactly one server: the address the command
@@ -229,6 +231,29 @@ pub struct Health {
     pub rise: u32,
     /// Consecutive failures that mark a server down.
     pub fall: u32,
+}
+
+/// `[upstreams.NAME.passive]`: passive ejection (every key defaulted when absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passive {
+    /// Consecutive failures the server caused that eject it; `0` = never ejected.
+    pub max_fails: u32,
+    /// How long an ejected server gets no new requests.
+    pub cooldown: Duration,
+    /// Response statuses that count as failures (none by default), sorted, no repeats.
+    pub statuses: Vec<u16>,
+}
+
+impl Default for Passive {
+    /// [`crate::defaults::PASSIVE_FAILS`], [`crate::defaults::PASSIVE_COOLDOWN`],
+    /// [`crate::defaults::PASSIVE_STATUSES`].
+    fn default() -> Self {
+        Passive {
+            max_fails: crate::defaults::PASSIVE_FAILS,
+            cooldown: crate::defaults::PASSIVE_COOLDOWN,
+            statuses: crate::defaults::PASSIVE_STATUSES.to_vec(),
+        }
+    }
 }
 
 // === impl Server ===

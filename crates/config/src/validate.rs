@@ -16,8 +16,8 @@ use crate::addr::ListenAddr;
 use crate::defaults;
 use crate::error::Sink;
 use crate::model::{
-    AccessLog, AccessLogTo, Admin, Config, Health, HostMatch, Listener, Log, OnDemand, Protocol,
-    Route, RouteAction, Server, Upstream,
+    AccessLog, AccessLogTo, Admin, Config, Health, HostMatch, Listener, Log, OnDemand, Passive,
+    Protocol, Route, RouteAction, Server, Upstream,
 };
 use crate::parse::{self, InvalidValue, DURATION_FORMS, SIZE_FORMS};
 
@@ -613,6 +613,7 @@ impl<'d> Cx<'_, '_> {
                 "sse_heartbeat",
                 "tcp_keepalive",
                 "health",
+                "passive",
                 "on_demand",
             ],
             &[],
@@ -664,6 +665,10 @@ impl<'d> Cx<'_, '_> {
                 .tcp_keepalive(t)
                 .unwrap_or(Some(defaults::TCP_KEEPALIVE)),
             health: self.table(t, "health").map(|h| self.health(&h)),
+            passive: self
+                .table(t, "passive")
+                .map(|p| self.passive(&p))
+                .unwrap_or_default(),
             on_demand: None,
         };
 
@@ -820,6 +825,55 @@ impl<'d> Cx<'_, '_> {
             rise: self.count(h, "rise").unwrap_or(defaults::HEALTH_RISE),
             fall: self.count(h, "fall").unwrap_or(defaults::HEALTH_FALL),
         }
+    }
+
+    /// `[upstreams.NAME.passive]`: every key defaulted.
+    fn passive(&mut self, p: &Tbl<'d>) -> Passive {
+        self.keys(p, &["max_fails", "cooldown", "statuses"], &[]);
+        let max_fails = self
+            .uint(p, "max_fails", 0)
+            .map(|n| match u32::try_from(n) {
+                Ok(n) => n,
+                Err(_) => {
+                    if let Some(f) = p.field("max_fails") {
+                        self.expected(&f, &format!("a whole number from 0 to {}", u32::MAX));
+                    }
+                    defaults::PASSIVE_FAILS
+                }
+            });
+        Passive {
+            max_fails: max_fails.unwrap_or(defaults::PASSIVE_FAILS),
+            cooldown: self
+                .timeout(p, "cooldown")
+                .unwrap_or(defaults::PASSIVE_COOLDOWN),
+            statuses: self
+                .statuses(p, "statuses")
+                .unwrap_or_else(|| defaults::PASSIVE_STATUSES.to_vec()),
+        }
+    }
+
+    /// An array of response statuses from 400 to 599 (may be empty), sorted, no repeats.
+    fn statuses(&mut self, t: &Tbl<'d>, key: &str) -> Option<Vec<u16>> {
+        let f = t.field(key)?;
+        let what = "a response status from 400 to 599";
+        let Some(array) = f.item.as_array() else {
+            self.expected(&f, "an array of statuses like [502, 503, 504]");
+            return None;
+        };
+        let mut out = Vec::new();
+        for (i, v) in array.iter().enumerate() {
+            match v.as_integer().and_then(|n| u16::try_from(n).ok()) {
+                Some(n) if (400..=599).contains(&n) => out.push(n),
+                _ => self.err(
+                    v.span(),
+                    &format!("{}[{i}]", f.path),
+                    format!("expected {what}, found {}", describe_value(v)),
+                ),
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Some(out)
     }
 
     fn listener(

@@ -7,6 +7,11 @@
 //! forwarding loop (`http::forward`), the TCP tunnel's connect, the error responses,
 //! the metrics and passive health all read these methods; none of them decides on its
 //! own. The unit tests below are the whole table.
+//!
+//! How far the request body had gone ([`Progress`]) picks the variant: a body the client
+//! failed to send is the client's failure (`400`, never counted against the server), and
+//! a close before the whole request was sent is not held against the server (it may
+//! have given up on a slow client).
 
 use std::error::Error as StdError;
 use std::io;
@@ -15,6 +20,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use crate::errno::describe_io_error;
+use crate::upstream::body::Progress;
 use crate::upstream::connect::ConnectError;
 use crate::upstream::health::Outcome;
 use crate::upstream::stats::ConnectFailure;
@@ -61,10 +67,20 @@ pub enum UpstreamFailure {
     Connect(UpstreamError),
     /// hyper handed the request back unwritten: the connection closed before it was sent.
     Unsent(hyper::Error),
-    /// The connection closed or was reset before any response byte.
-    ClosedBeforeHead(hyper::Error),
-    /// The request body could not be forwarded.
+    /// The connection closed or was reset before any response byte; `sent`: after the
+    /// whole request had been sent (only then is it the server's failure: before, it may
+    /// have cut a slow upload with its own body timeout).
+    ClosedBeforeHead {
+        /// hyper's error.
+        error: hyper::Error,
+        /// The whole request had been sent.
+        sent: bool,
+    },
+    /// The request body could not be forwarded to the server (writing to it failed).
     RequestBody(hyper::Error),
+    /// Reading the request body from the client failed: the client went away mid-body,
+    /// or its framing (chunked) was malformed. The client's failure.
+    ClientBody(hyper::Error),
     /// Any other failure before the response head (an invalid head, for example).
     BeforeHead(hyper::Error),
     /// No response head within `response_timeout`.
@@ -85,12 +101,19 @@ pub enum UpstreamFailure {
 
 impl UpstreamFailure {
     /// Classifies an error of sending a request: `unsent` when hyper handed the request
-    /// back.
-    pub fn of_send(e: hyper::Error, unsent: bool) -> Self {
+    /// back; `body`, how far the request body had gone.
+    pub fn of_send(e: hyper::Error, unsent: bool, body: Progress) -> Self {
         if unsent {
             UpstreamFailure::Unsent(e)
+        } else if body == Progress::ClientFailed {
+            // Whatever hyper says next (it stops the exchange), the client's body
+            // failing first is what happened.
+            UpstreamFailure::ClientBody(e)
         } else if closed_before_response(&e) {
-            UpstreamFailure::ClosedBeforeHead(e)
+            UpstreamFailure::ClosedBeforeHead {
+                error: e,
+                sent: body == Progress::Sent,
+            }
         } else if e.is_body_write_aborted() || e.is_user() {
             UpstreamFailure::RequestBody(e)
         } else {
@@ -105,6 +128,7 @@ impl UpstreamFailure {
             // failure is tidegate's, not the server's.
             UpstreamFailure::Connect(UpstreamError::Handshake { .. })
             | UpstreamFailure::NoConnection => Fault::Internal,
+            UpstreamFailure::ClientBody(_) => Fault::Client,
             _ => Fault::Upstream,
         }
     }
@@ -121,9 +145,10 @@ impl UpstreamFailure {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             UpstreamFailure::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamFailure::ClientBody(_) => StatusCode::BAD_REQUEST,
             UpstreamFailure::Connect(_)
             | UpstreamFailure::Unsent(_)
-            | UpstreamFailure::ClosedBeforeHead(_)
+            | UpstreamFailure::ClosedBeforeHead { .. }
             | UpstreamFailure::RequestBody(_)
             | UpstreamFailure::BeforeHead(_)
             | UpstreamFailure::UnaskedUpgrade
@@ -143,17 +168,26 @@ impl UpstreamFailure {
         }
     }
 
-    /// What it means for the server's passive health, when it counts at all.
+    /// What it means for the server's passive health, when it counts at all: only
+    /// what the server did (nginx's `proxy_next_upstream error timeout`), never what a
+    /// client can cause.
     pub fn health(&self) -> Option<Outcome> {
         match self {
             UpstreamFailure::NoServer(_) | UpstreamFailure::NoConnection => None,
             UpstreamFailure::Connect(UpstreamError::Handshake { .. }) => None,
             UpstreamFailure::Connect(_) => Some(Outcome::ConnectFailed),
+            // Unsent: closed on a new connection before a byte of the request was
+            // written, nothing of the client's involved. A response timeout starts once
+            // the whole request was sent.
             UpstreamFailure::Unsent(_)
-            | UpstreamFailure::ClosedBeforeHead(_)
-            | UpstreamFailure::RequestBody(_)
+            | UpstreamFailure::ClosedBeforeHead { sent: true, .. }
             | UpstreamFailure::BeforeHead(_)
             | UpstreamFailure::ResponseTimeout(_) => Some(Outcome::ServerError),
+            // The request was not all sent: the server may have given up on a slow
+            // client (its own body timeout), which any client can make happen.
+            UpstreamFailure::ClosedBeforeHead { sent: false, .. }
+            | UpstreamFailure::RequestBody(_)
+            | UpstreamFailure::ClientBody(_) => None,
             // Its response head was already recorded as an answer.
             UpstreamFailure::UnaskedUpgrade | UpstreamFailure::UnofferedUpgrade { .. } => None,
         }
@@ -164,9 +198,10 @@ impl UpstreamFailure {
         match self {
             UpstreamFailure::Connect(_) => Retry::AnotherServer,
             UpstreamFailure::Unsent(_) | UpstreamFailure::NoConnection => Retry::IfUnsent,
-            UpstreamFailure::ClosedBeforeHead(_) => Retry::OnReusedConnection,
+            UpstreamFailure::ClosedBeforeHead { .. } => Retry::OnReusedConnection,
             UpstreamFailure::NoServer(_)
             | UpstreamFailure::RequestBody(_)
+            | UpstreamFailure::ClientBody(_)
             | UpstreamFailure::BeforeHead(_)
             | UpstreamFailure::ResponseTimeout(_)
             | UpstreamFailure::UnaskedUpgrade
@@ -192,7 +227,7 @@ impl UpstreamFailure {
             UpstreamFailure::NoServer(unavailable) => unavailable.to_string(),
             UpstreamFailure::Connect(e) => e.to_string(),
             UpstreamFailure::Unsent(e)
-            | UpstreamFailure::ClosedBeforeHead(e)
+            | UpstreamFailure::ClosedBeforeHead { error: e, .. }
             | UpstreamFailure::RequestBody(e)
             | UpstreamFailure::BeforeHead(e) => {
                 format!(
@@ -200,6 +235,10 @@ impl UpstreamFailure {
                     describe_hyper_error(e)
                 )
             }
+            UpstreamFailure::ClientBody(e) => format!(
+                "request to upstream {upstream}: the client's request body could not be read: {}",
+                describe_client_body_error(e)
+            ),
             UpstreamFailure::ResponseTimeout(limit) => format!(
                 "upstream {upstream} ({server}): no response head within {}ms (response_timeout)",
                 limit.as_millis()
@@ -258,6 +297,38 @@ pub fn describe_hyper_error(e: &hyper::Error) -> String {
     } else {
         e.to_string()
     }
+}
+
+/// Why a client's request body failed, from hyper's error for the exchange (whose
+/// source is the body's own error).
+fn describe_client_body_error(e: &hyper::Error) -> String {
+    let mut cur: Option<&(dyn StdError + 'static)> = e.source();
+    while let Some(err) = cur {
+        if let Some(body) = err.downcast_ref::<hyper::Error>() {
+            if body.is_parse() {
+                return format!("malformed body framing ({body})");
+            }
+            if body.is_incomplete_message() {
+                return "the client closed the connection before the end of the body".to_owned();
+            }
+            if let Some(io) = find_io_error(body) {
+                // hyper reports a bad chunk size line or a body cut short as I/O
+                // errors of these kinds, with its own words.
+                return match io.kind() {
+                    io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => {
+                        format!("malformed body framing ({io})")
+                    }
+                    io::ErrorKind::UnexpectedEof => {
+                        "the client closed the connection before the end of the body".to_owned()
+                    }
+                    _ => describe_io_error(io),
+                };
+            }
+            return body.to_string();
+        }
+        cur = err.source();
+    }
+    e.to_string()
 }
 
 /// The first I/O error in `e`'s chain of sources.
@@ -354,8 +425,9 @@ mod tests {
     /// Every variant, one row each.
     #[tokio::test]
     async fn every_failure_is_classified_once() {
-        use Fault::{Internal, Upstream};
+        use Fault::{Client, Internal, Upstream};
         use Outcome::{ConnectFailed, ServerError};
+        use Progress::{ClientFailed, Sending, Sent};
         use Retry::{AnotherServer, IfUnsent, Never, OnReusedConnection};
         let closed = hyper_error(None).await;
         assert!(closed.is_incomplete_message(), "{closed:?}");
@@ -364,10 +436,15 @@ mod tests {
         let body = body_error().await;
         assert!(
             matches!(
-                UpstreamFailure::of_send(body_error().await, false),
+                UpstreamFailure::of_send(body_error().await, false, Sending),
                 UpstreamFailure::RequestBody(_)
             ),
             "a failing request body is told apart"
+        );
+        let client_body = UpstreamFailure::of_send(body_error().await, false, ClientFailed);
+        assert!(
+            matches!(client_body, UpstreamFailure::ClientBody(_)),
+            "a body the client failed is the client's: {client_body:?}"
         );
         let table: Vec<Row> = vec![
             (
@@ -436,7 +513,7 @@ mod tests {
                 AnotherServer,
             ),
             (
-                UpstreamFailure::of_send(hyper_error(None).await, true),
+                UpstreamFailure::of_send(hyper_error(None).await, true, Sending),
                 Upstream,
                 502,
                 None,
@@ -444,23 +521,34 @@ mod tests {
                 IfUnsent,
             ),
             (
-                UpstreamFailure::of_send(closed, false),
+                UpstreamFailure::of_send(closed, false, Sent),
                 Upstream,
                 502,
                 None,
                 Some(ServerError),
                 OnReusedConnection,
             ),
+            // Closed while the client was still sending: maybe the server's own body
+            // timeout on a slow client; not held against it.
             (
-                UpstreamFailure::of_send(body, false),
+                UpstreamFailure::of_send(hyper_error(None).await, false, Sending),
                 Upstream,
                 502,
                 None,
-                Some(ServerError),
-                Never,
+                None,
+                OnReusedConnection,
             ),
             (
-                UpstreamFailure::of_send(garbage, false),
+                UpstreamFailure::of_send(body, false, Sending),
+                Upstream,
+                502,
+                None,
+                None,
+                Never,
+            ),
+            (client_body, Client, 400, None, None, Never),
+            (
+                UpstreamFailure::of_send(garbage, false, Sending),
                 Upstream,
                 502,
                 None,
@@ -520,7 +608,7 @@ mod tests {
 
     #[tokio::test]
     async fn send_errors_are_told_in_an_operators_words() {
-        let closed = UpstreamFailure::of_send(hyper_error(None).await, false);
+        let closed = UpstreamFailure::of_send(hyper_error(None).await, false, Progress::Sent);
         assert_eq!(
             closed.message("app", "127.0.0.1:9"),
             "upstream app (127.0.0.1:9): closed the connection before sending a response head"

@@ -74,7 +74,7 @@ const ROUTE: &str = "### `[[listeners.NAME.routes]]`";
 const TCP_LISTENER: &str = "### TCP listeners (`protocol = \"tcp\"`)";
 const UPSTREAM: &str = "## `[upstreams.NAME]`";
 const HEALTH: &str = "### `[upstreams.NAME.health]`";
-const PASSIVE: &str = "### Passive ejection";
+const PASSIVE: &str = "### `[upstreams.NAME.passive]`";
 const ON_DEMAND: &str = "### `[upstreams.NAME.on_demand]`";
 const TIMERS: &str = "## Timers";
 const LIMITS: &str = "## Limits";
@@ -283,13 +283,17 @@ fn documented() -> Vec<(&'static str, Doc)> {
             "PASSIVE_FAILS",
             Value(
                 PASSIVE,
-                "failures that eject",
+                "`max_fails`",
                 Written::Int(i64::from(PASSIVE_FAILS)),
             ),
         ),
         (
             "PASSIVE_COOLDOWN",
-            Duration(PASSIVE, "ejection time", PASSIVE_COOLDOWN),
+            Duration(PASSIVE, "`cooldown`", PASSIVE_COOLDOWN),
+        ),
+        (
+            "PASSIVE_STATUSES",
+            Mention(PASSIVE, "`statuses`", format!("`{PASSIVE_STATUSES:?}`")),
         ),
         (
             "ON_DEMAND_READY_TIMEOUT",
@@ -368,7 +372,7 @@ fn the_timers_table_agrees_with_the_key_tables() {
         ("upstream `tcp_keepalive`", TCP_KEEPALIVE),
         ("health `interval`", HEALTH_INTERVAL),
         ("health `timeout`", HEALTH_TIMEOUT),
-        ("passive ejection", PASSIVE_COOLDOWN),
+        ("passive `cooldown`", PASSIVE_COOLDOWN),
         ("`[admin] idle_timeout`", ADMIN_IDLE_TIMEOUT),
         ("on_demand `ready_timeout`", ON_DEMAND_READY_TIMEOUT),
         ("on_demand `idle_stop`", ON_DEMAND_IDLE_STOP),

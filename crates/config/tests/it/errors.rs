@@ -379,6 +379,38 @@ health = true
 }
 
 #[test]
+fn bad_passive_values() {
+    let text = format!(
+        r#"{LISTENER}
+[upstreams.app]
+servers = ["127.0.0.1:3000"]
+
+[upstreams.app.passive]
+max_fails = -1
+cooldown = "0s"
+statuses = [500, 200, "503"]
+fail_timeout = "10s"
+
+[upstreams.b]
+servers = ["127.0.0.1:3001"]
+passive = {{ statuses = 500, max_fails = 5000000000 }}
+"#
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "tidegate.toml:11:13: upstreams.app.passive.max_fails: expected a whole number, found -1",
+            r#"tidegate.toml:12:12: upstreams.app.passive.cooldown: must be more than zero, found "0s""#,
+            "tidegate.toml:13:18: upstreams.app.passive.statuses[1]: expected a response status from 400 to 599, found 200",
+            r#"tidegate.toml:13:23: upstreams.app.passive.statuses[2]: expected a response status from 400 to 599, found "503""#,
+            "tidegate.toml:14:1: upstreams.app.passive.fail_timeout: unknown key; allowed here: max_fails, cooldown, statuses",
+            "tidegate.toml:18:24: upstreams.b.passive.statuses: expected an array of statuses like [502, 503, 504], found 500",
+            "tidegate.toml:18:41: upstreams.b.passive.max_fails: expected a whole number from 0 to 4294967295, found 5000000000",
+        ]
+    );
+}
+
+#[test]
 fn a_health_timeout_longer_than_its_interval_is_allowed() {
     let text = format!(
         "{LISTENER}[upstreams.app]\nservers = [\"127.0.0.1:3000\"]\nhealth = {{ interval = \"1s\", timeout = \"5s\" }}\n"

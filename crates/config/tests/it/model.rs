@@ -7,8 +7,8 @@ use std::time::Duration;
 use tidegate_config::defaults;
 use tidegate_config::{
     load_str, AccessLog, AccessLogTo, Admin, Balance, Config, Health, HostMatch, ListenAddr,
-    Listener, Log, LogFormat, LogLevel, Protocol, Route, RouteAction, Server, UnixListen, Upstream,
-    UpstreamAddr,
+    Listener, Log, LogFormat, LogLevel, Passive, Protocol, Route, RouteAction, Server, UnixListen,
+    Upstream, UpstreamAddr,
 };
 
 #[test]
@@ -61,6 +61,7 @@ retries = 0
 sse_heartbeat = "off"
 tcp_keepalive = "45s"
 health = { path = "/health?full=1", interval = "500ms", timeout = "1s", rise = 1, fall = 5 }
+passive = { max_fails = 0, cooldown = "30s", statuses = [504, 502, 502] }
 
 [upstreams.a]
 servers = ["unix:/run/a.sock", "10.0.0.1:80"]
@@ -167,6 +168,7 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 sse_heartbeat: Some(defaults::SSE_HEARTBEAT),
                 tcp_keepalive: Some(defaults::TCP_KEEPALIVE),
                 health: None,
+                passive: Passive::default(),
                 on_demand: None,
             },
             Upstream {
@@ -194,6 +196,11 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                     rise: 1,
                     fall: 5,
                 }),
+                passive: Passive {
+                    max_fails: 0,
+                    cooldown: Duration::from_secs(30),
+                    statuses: vec![502, 504],
+                },
                 on_demand: None,
             },
         ],

@@ -45,6 +45,9 @@ pub struct ClientConn {
     phase_since: AtomicU64,
     /// Milliseconds of silence allowed during an exchange; 0 = none set.
     exchange_idle: AtomicU64,
+    /// The exchange's idle limit was set since the driver last looked at the timers
+    /// (it set its wake-up before the limit existed).
+    rearm: AtomicBool,
     /// Upgraded: the connection is a tunnel now; request phases no longer apply.
     tunnel: AtomicBool,
     /// Bytes may have been written and not flushed since (hyper still holds data).
@@ -93,6 +96,7 @@ impl ClientConn {
             phase: AtomicU8::new(Phase::Idle as u8),
             phase_since: AtomicU64::new(0),
             exchange_idle: AtomicU64::new(0),
+            rearm: AtomicBool::new(false),
             tunnel: AtomicBool::new(false),
             unflushed: AtomicBool::new(false),
             reuse: AtomicU8::new(0),
@@ -248,6 +252,14 @@ impl ClientConn {
     pub fn set_exchange_idle(&self, limit: Duration) {
         self.exchange_idle
             .store(limit.as_millis() as u64, Ordering::Relaxed);
+        self.rearm.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the exchange's idle limit was set since the last call: the driver's
+    /// wake-up, computed before, may be later than the new deadline (a stalled upload
+    /// would wait for the listener's timers instead).
+    pub fn take_rearm(&self) -> bool {
+        self.rearm.swap(false, Ordering::Relaxed)
     }
 
     /// The response has been written (or abandoned).

@@ -207,7 +207,7 @@ impl Driver {
                     }
                 }
                 Step::Parked => Served::Parked(conn.into_parts()),
-                Step::SetParkTimer => continue,
+                Step::SetParkTimer | Step::Rearm => continue,
             };
         }
     }
@@ -248,6 +248,8 @@ enum Step {
     Parked,
     /// The connection went idle: the driver sets the park timer (`park_at`).
     SetParkTimer,
+    /// The exchange's idle limit changed: the driver computes its wake-up again.
+    Rearm,
 }
 
 /// How long a connection stays idle before it is parked. Parking costs a few thousand
@@ -283,6 +285,11 @@ impl Future for Turn<'_> {
         let conn = &mut **this.conn;
         if let Poll::Ready(res) = Pin::new(&mut *conn).poll(cx) {
             return Poll::Ready(Step::Ended(res));
+        }
+        // The service set the exchange's idle limit during that poll: the driver looks
+        // at its timers again.
+        if this.client.take_rearm() {
+            return Poll::Ready(Step::Rearm);
         }
         if !*this.may_park {
             return Poll::Pending;

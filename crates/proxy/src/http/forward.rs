@@ -9,7 +9,6 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use tokio::time::timeout;
 
 use super::body::{ExchangeDone, Heartbeat, ProxyBody};
 use super::failure::Failure;
@@ -18,7 +17,7 @@ use super::service::ConnService;
 use super::upgrade::Upgrade;
 use crate::failure::{Retry, UpstreamFailure};
 use crate::registry::{ConnProtocol, ConnState};
-use crate::upstream::body::{BodyEnd, RequestBody};
+use crate::upstream::body::{BodyEnd, Progress, RequestBody, Sending};
 use crate::upstream::health::Outcome;
 use crate::upstream::pool::Checkout;
 use crate::upstream::{ActiveGuard, Upstream};
@@ -33,6 +32,9 @@ struct Outgoing {
     /// connection closes before any response byte (docs/design.md, "Failures and status
     /// codes", what may be sent twice).
     replayable: bool,
+    /// How far the client's body has gone: `response_timeout` starts when it is all
+    /// sent, and a failure is classified by it.
+    sending: Arc<Sending>,
 }
 
 /// Where the next attempt goes.
@@ -91,12 +93,21 @@ impl ConnService {
         // Told when the body has been read to its end: only then may the connection be
         // parked after the response.
         let end = (!body.is_end_stream()).then(|| self.client.clone() as Arc<dyn BodyEnd>);
-        let req = Request::from_parts(parts, RequestBody::Client { body, end });
+        let sending = Sending::new(!body.is_end_stream());
+        let req = Request::from_parts(
+            parts,
+            RequestBody::Client {
+                body,
+                end,
+                sending: sending.clone(),
+            },
+        );
         let replayable = is_idempotent(req.method()) && req.body().is_end_stream();
         Outgoing {
             req,
             host_from_server,
             replayable,
+            sending,
         }
     }
 
@@ -165,8 +176,10 @@ impl ConnService {
     }
 
     /// One attempt on `active`'s server: a connection (pooled unless `at.fresh`), the
-    /// request sent, its response head within `response_timeout`. On failure, the
-    /// request if hyper handed it back, and a copy of it if it may be replayed.
+    /// request sent, its response head within `response_timeout` of the request's end
+    /// (an upload takes as long as it takes; a stalled one is the exchange idle timer's,
+    /// which closes the client connection). On failure, the request if hyper handed it
+    /// back, and a copy of it if it may be replayed.
     async fn attempt(
         &self,
         up: &Arc<Upstream>,
@@ -211,18 +224,26 @@ impl ConnService {
             return Err((UpstreamFailure::NoConnection, Some(unsent), None));
         };
         let req = std::mem::replace(&mut out.req, Request::new(RequestBody::Empty));
-        match timeout(up.timeouts.response, sender.try_send_request(req)).await {
-            Err(_) => Err((
-                UpstreamFailure::ResponseTimeout(up.timeouts.response),
-                None,
-                None,
-            )),
-            Ok(Ok(resp)) => {
-                server.record(if resp.status().is_server_error() {
-                    Outcome::ServerError
-                } else {
-                    Outcome::Success
-                });
+        let limit = up.timeouts.response;
+        let sending = &out.sending;
+        // nginx's proxy_read_timeout after proxy_send: the head is awaited from the
+        // request's end. A body the client fails ends the send with an error instead.
+        let response_due = async {
+            match sending.settled().await {
+                Progress::Sent => tokio::time::sleep(limit).await,
+                Progress::Sending | Progress::ClientFailed => std::future::pending().await,
+            }
+        };
+        let sent = tokio::select! {
+            biased;
+            sent = sender.try_send_request(req) => Some(sent),
+            () = response_due => None,
+        };
+        match sent {
+            None => Err((UpstreamFailure::ResponseTimeout(limit), None, None)),
+            Some(Ok(resp)) => {
+                // Whether its status counts is the server's passive policy.
+                server.record(Outcome::Response(resp.status().as_u16()));
                 if let Some(d) = done.as_mut() {
                     let head_at = d.log_mut().is_some().then(|| d.elapsed());
                     if let (Some(log), Some(head_at)) = (d.log_mut(), head_at) {
@@ -234,9 +255,10 @@ impl ConnService {
                 }
                 Ok((resp, conn))
             }
-            Ok(Err(mut e)) => {
+            Some(Err(mut e)) => {
                 let unsent = e.take_message();
-                let failure = UpstreamFailure::of_send(e.into_error(), unsent.is_some());
+                let failure =
+                    UpstreamFailure::of_send(e.into_error(), unsent.is_some(), sending.progress());
                 Err((failure, unsent, copy))
             }
         }

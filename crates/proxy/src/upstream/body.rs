@@ -1,13 +1,90 @@
 //! The body of a request toward an upstream: the client's body, streamed, or nothing
-//! (a bodiless request rebuilt for a retry).
+//! (a bodiless request rebuilt for a retry); and [`Sending`], which tells the
+//! forwarding loop whether the client's body has been sent to its end, or failed on the
+//! client's side.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::Notify;
+
+/// How far the request body has gone toward the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Part of it is still to come from the client.
+    Sending,
+    /// Its last frame was handed to the upstream connection: the request is fully
+    /// sent; `response_timeout` runs from here.
+    Sent,
+    /// Reading it from the client failed (the client went away mid-body, or its
+    /// chunked framing was malformed): the client's failure, not the server's.
+    ClientFailed,
+}
+
+/// A request body's [`Progress`], shared between the body (which moves it) and the
+/// forwarding loop (which reads it, or waits for the end).
+#[derive(Debug)]
+pub struct Sending {
+    state: AtomicU8,
+    changed: Notify,
+}
+
+impl Sending {
+    /// For a body still to be read (`open`), or one that has nothing to send.
+    pub fn new(open: bool) -> Arc<Self> {
+        let state = if open {
+            Progress::Sending
+        } else {
+            Progress::Sent
+        };
+        Arc::new(Sending {
+            state: AtomicU8::new(state as u8),
+            changed: Notify::new(),
+        })
+    }
+
+    /// Where the body is now.
+    pub fn progress(&self) -> Progress {
+        match self.state.load(Ordering::Acquire) {
+            0 => Progress::Sending,
+            1 => Progress::Sent,
+            _ => Progress::ClientFailed,
+        }
+    }
+
+    /// Waits until the body is no longer [`Progress::Sending`].
+    pub async fn settled(&self) -> Progress {
+        loop {
+            // Registered before the check, so a change in between is not missed.
+            let changed = self.changed.notified();
+            match self.progress() {
+                Progress::Sending => changed.await,
+                done => return done,
+            }
+        }
+    }
+
+    fn set(&self, to: Progress) {
+        // Only the first end counts: a body that ended does not fail afterwards.
+        if self
+            .state
+            .compare_exchange(
+                Progress::Sending as u8,
+                to as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            self.changed.notify_waiters();
+        }
+    }
+}
 
 /// Told once when a client's body has been read to its end (the client connection
 /// is then at a message boundary again).
@@ -19,12 +96,14 @@ pub trait BodyEnd: Send + Sync {
 /// A request body sent upstream.
 pub enum RequestBody {
     /// The client's body, forwarded frame by frame as it arrives; `end` is told when
-    /// it has all been read.
+    /// it has all been read, `sending` when it ends or fails.
     Client {
         /// The body.
         body: Incoming,
         /// Told at the end, once.
         end: Option<Arc<dyn BodyEnd>>,
+        /// Its progress, for the forwarding loop.
+        sending: Arc<Sending>,
     },
     /// No body.
     Empty,
@@ -48,8 +127,16 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            RequestBody::Client { body, end } => {
+            RequestBody::Client { body, end, sending } => {
                 let res = Pin::new(&mut *body).poll_frame(cx);
+                match &res {
+                    Poll::Ready(Some(Err(_))) => sending.set(Progress::ClientFailed),
+                    Poll::Ready(None) => sending.set(Progress::Sent),
+                    // hyper may not poll again after the frame that ends a body of
+                    // known length.
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => sending.set(Progress::Sent),
+                    _ => {}
+                }
                 if end.is_some() && (matches!(res, Poll::Ready(None)) || body.is_end_stream()) {
                     if let Some(end) = end.take() {
                         end.body_ended();

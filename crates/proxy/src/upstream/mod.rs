@@ -172,13 +172,14 @@ impl Upstream {
                     let pool = Arc::new(Pool::new(cfg.keepalive, cfg.keepalive_timeout));
                     let health =
                         health::ServerHealth::new(cfg.health.as_ref()).named(&cfg.name, addr);
+                    health.set_passive_limits(health::PassiveLimits::from(&cfg.passive));
                     let on_demand = cfg.on_demand.as_ref().map(|od| {
                         // No passive ejection: with its one server it would only turn a
                         // precise failure into "no server available"; failed starts
                         // have their own back-off.
                         health.set_passive_limits(health::PassiveLimits {
-                            fails: u32::MAX,
-                            cooldown: Duration::ZERO,
+                            fails: 0,
+                            ..health::PassiveLimits::default()
                         });
                         on_demand::Supervisor::new(&cfg.name, addr, od, pool.clone())
                     });
@@ -353,7 +354,7 @@ impl Server {
 
     /// Records what an exchange showed: counts a failure and feeds passive health.
     pub fn record(&self, outcome: health::Outcome) {
-        if outcome != health::Outcome::Success {
+        if outcome.is_failure() {
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
         }
         self.health.record(outcome);

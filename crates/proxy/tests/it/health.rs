@@ -3,9 +3,9 @@
 //! naming each server's state; passive ejection stops trying a server that keeps
 //! failing, for a cool-down.
 //!
-//! In-process because the tests shorten the passive cool-down, which is not a config
-//! key, and read each server's state directly. The binary's own test is
-//! `crates/tidegate/tests/it/health.rs`.
+//! In-process because the tests read each server's state directly (and set its passive
+//! limits). The binary's own tests are `crates/tidegate/tests/it/health.rs` and, for
+//! what passive ejection counts, `crates/tidegate/tests/it/passive.rs`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -274,6 +274,7 @@ async fn ejected_blackhole_is_not_tried_until_the_cooldown_ends_then_tried_again
     let limits = PassiveLimits {
         fails: 3,
         cooldown: Duration::from_millis(800),
+        ..PassiveLimits::default()
     };
     let proxy = start(&config, Some(limits))?;
     let up = proxy.upstreams[0].clone();
@@ -305,13 +306,21 @@ async fn ejected_blackhole_is_not_tried_until_the_cooldown_ends_then_tried_again
         || states(&up),
     )
     .await?;
-    // Tried again (504 = a connect was attempted), and one more failure ejects again.
-    let resp = get(&proxy.addr, "/", "app.test").await?;
-    assert_eq!(resp.status, 504, "{}", resp.text());
+    // Tried again (504 = a connect was attempted) with the count started over: three
+    // more failures eject it again.
+    for i in 0..3 {
+        let resp = get(&proxy.addr, "/", "app.test").await?;
+        assert_eq!(
+            resp.status,
+            504,
+            "request {i} after the cool-down: {}",
+            resp.text()
+        );
+    }
     let resp = get(&proxy.addr, "/", "app.test").await?;
     assert_eq!(resp.status, 503, "{}", resp.text());
     assert!(
-        resp.text().contains("(4 consecutive connect failures)"),
+        resp.text().contains("(3 consecutive connect failures)"),
         "{}",
         resp.text()
     );

@@ -18,6 +18,7 @@ mod keepalive;
 mod layers;
 mod lifecycle;
 mod on_demand;
+mod passive;
 mod proxy;
 mod repo;
 mod tcp;

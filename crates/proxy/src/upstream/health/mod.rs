@@ -1,5 +1,5 @@
 //! A server's health: active checks (`[upstreams.NAME.health]`) and passive ejection
-//! (consecutive connect failures or server errors take a server out for a cool-down).
+//! (consecutive failures the server caused take it out for a cool-down).
 //!
 //! Two verdicts, kept apart because they answer different questions:
 //! - **Active** ([`HealthState`]): what the checker saw. `unknown` (the start, and every
@@ -7,10 +7,13 @@
 //!   → `down` after `fall` consecutive failures; `down` → `up` after `rise` passes.
 //!   `unknown` gets traffic: a proxy that refused every request until the first checks
 //!   finished would turn its own restart into an outage.
-//! - **Passive** (always on): [`defaults::PASSIVE_FAILS`] consecutive failed exchanges
-//!   ([`Outcome::ConnectFailed`] or [`Outcome::ServerError`]) eject the server for
-//!   [`defaults::PASSIVE_COOLDOWN`]. After the cool-down the streak is kept, so one more
-//!   failure ejects it again at once; a [`Outcome::Success`] clears it.
+//! - **Passive** (`[upstreams.NAME.passive]`, [`PassiveLimits`]): `max_fails`
+//!   (default [`defaults::PASSIVE_FAILS`]; `0` = off) consecutive failures the server
+//!   caused ([`Outcome::ConnectFailed`], [`Outcome::ServerError`], or a
+//!   [`Outcome::Response`] whose status is listed in `statuses`, none by default) eject
+//!   the server for `cooldown` (default [`defaults::PASSIVE_COOLDOWN`]). A cool-down that
+//!   ends starts the count over; a success (any other response) clears it. What a client
+//!   caused never gets here (`crate::failure::UpstreamFailure::health`).
 //!
 //! A server is available ([`ServerHealth::is_available`]) unless it is `down` or ejected.
 //!
@@ -46,7 +49,7 @@ use tokio::time::Instant;
 use active::Active;
 pub use active::HealthState;
 use passive::{plural, Passive};
-pub use passive::{Outcome, PassiveLimits};
+pub use passive::{Outcome, PassiveLimits, StatusSet};
 
 /// A read-only copy of a server's health, for the admin API and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,13 +132,10 @@ impl ServerHealth {
         self.active.as_ref()
     }
 
-    /// Changes when passive ejection fires and how long it lasts (default
-    /// [`PassiveLimits::default`]); for tests, and for a future config key.
+    /// Changes when passive ejection fires, how long it lasts and which statuses count
+    /// (default [`PassiveLimits::default`]; `[upstreams.NAME.passive]`).
     pub fn set_passive_limits(&self, limits: PassiveLimits) {
-        self.lock().limits = PassiveLimits {
-            fails: limits.fails.max(1),
-            cooldown: limits.cooldown,
-        };
+        self.lock().limits = limits;
     }
 
     /// May this server get new requests now?
@@ -165,7 +165,7 @@ impl ServerHealth {
             last_check_failure: inner.last_check_failure.clone(),
             checks_passed: inner.checks_passed,
             checks_failed: inner.checks_failed,
-            failed_exchanges: inner.passive.streak(),
+            failed_exchanges: inner.passive.streak(now),
             ejections: inner.ejections,
         }
     }
@@ -341,6 +341,7 @@ mod tests {
     const LIMITS: PassiveLimits = PassiveLimits {
         fails: 3,
         cooldown: Duration::from_secs(10),
+        statuses: StatusSet::EMPTY,
     };
 
     fn inner_at(h: &ServerHealth) -> MutexGuard<'_, Inner> {
@@ -392,22 +393,74 @@ mod tests {
             inner_at(&h).passive.ejected_until(t5),
             Some(t0 + Duration::from_secs(10))
         );
-        assert_eq!(inner_at(&h).passive.streak(), 3);
+        assert_eq!(inner_at(&h).passive.streak(t5), 3);
     }
 
     #[test]
-    fn after_the_cooldown_one_more_failure_ejects_again() {
+    fn a_cooldown_that_ends_starts_the_count_over() {
         let h = ServerHealth::new(None);
         let t0 = Instant::now();
         for _ in 0..3 {
             record_at(&h, Outcome::ConnectFailed, t0);
         }
         let t11 = t0 + Duration::from_secs(11);
+        assert_eq!(inner_at(&h).passive.streak(t11), 0, "shown as zero");
+        assert_eq!(record_at(&h, Outcome::ConnectFailed, t11), None);
+        assert_eq!(record_at(&h, Outcome::ConnectFailed, t11), None);
+        assert!(inner_at(&h).is_available(t11));
         assert_eq!(
             record_at(&h, Outcome::ConnectFailed, t11).as_deref(),
-            Some("4 consecutive connect failures")
+            Some("3 consecutive connect failures")
         );
         assert!(!inner_at(&h).is_available(t11));
+    }
+
+    #[test]
+    fn statuses_count_only_when_listed() {
+        let h = ServerHealth::new(None);
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(record_at(&h, Outcome::Response(500), t0), None);
+        }
+        assert_eq!(inner_at(&h).passive.streak(t0), 0, "a 500 is an answer");
+        let listed = PassiveLimits {
+            statuses: StatusSet::of(&[500, 503]),
+            ..LIMITS
+        };
+        let record = |o| h.lock().passive.record(o, t0, listed);
+        assert_eq!(record(Outcome::Response(500)), None);
+        assert_eq!(record(Outcome::Response(404)), None, "a success");
+        assert_eq!(record(Outcome::Response(503)), None);
+        assert_eq!(record(Outcome::Response(500)), None);
+        assert_eq!(
+            record(Outcome::Response(503)).as_deref(),
+            Some("3 consecutive counted response statuses (last 503)")
+        );
+    }
+
+    #[test]
+    fn max_fails_zero_never_ejects() {
+        let h = ServerHealth::new(None);
+        let off = PassiveLimits { fails: 0, ..LIMITS };
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(
+                h.lock().passive.record(Outcome::ConnectFailed, t0, off),
+                None
+            );
+        }
+        assert!(inner_at(&h).is_available(t0));
+    }
+
+    #[test]
+    fn status_sets_hold_400_to_599() {
+        let set = StatusSet::of(&[400, 463, 464, 500, 599, 200, 600]);
+        for s in [400, 463, 464, 500, 599] {
+            assert!(set.contains(s), "{s}");
+        }
+        for s in [200, 399, 401, 501, 598, 600, 0, u16::MAX] {
+            assert!(!set.contains(s), "{s}");
+        }
     }
 
     #[test]
@@ -446,6 +499,7 @@ mod tests {
         h.set_passive_limits(PassiveLimits {
             fails: 1,
             cooldown: Duration::from_millis(200),
+            statuses: StatusSet::default(),
         });
         h.record(Outcome::ServerError);
         assert!(!h.is_available());

@@ -7,32 +7,98 @@ use std::time::Duration;
 use tidegate_config::defaults;
 use tokio::time::Instant;
 
-/// What one exchange tells about a server (passive health).
+/// What one exchange tells about a server (passive health). Only what the server did:
+/// `crate::failure::UpstreamFailure::health` leaves out what a client caused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// A response head arrived with a status below 500.
+    /// The exchange went through (a TCP tunnel connected).
     Success,
+    /// A response head arrived with this status: a failure when
+    /// [`PassiveLimits::statuses`] holds it, a success otherwise.
+    Response(u16),
     /// Connecting failed or timed out.
     ConnectFailed,
-    /// The server answered 5xx, or closed/reset before the response head.
+    /// The server closed or reset before the response head after the whole request was
+    /// sent, sent no head within `response_timeout`, or sent an invalid one.
     ServerError,
+}
+
+impl Outcome {
+    /// A failed exchange for the server's counters (`server_failures_total`): a
+    /// connect failure, a server error or a `5xx`, whether or not it counts toward
+    /// ejection.
+    pub fn is_failure(self) -> bool {
+        match self {
+            Outcome::Success => false,
+            Outcome::Response(status) => (500..=599).contains(&status),
+            Outcome::ConnectFailed | Outcome::ServerError => true,
+        }
+    }
+}
+
+/// A set of response statuses from 400 to 599 (`[upstreams.NAME.passive] statuses`),
+/// one bit each, so that [`PassiveLimits`] stays `Copy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusSet([u64; 4]);
+
+impl StatusSet {
+    /// No status counts (the default).
+    pub const EMPTY: StatusSet = StatusSet([0; 4]);
+
+    const FIRST: u16 = 400;
+
+    /// The statuses of `list` (any outside 400-599 are left out: config allows none).
+    pub fn of(list: &[u16]) -> Self {
+        let mut set = StatusSet::default();
+        for &status in list {
+            if let Some(bit) = Self::bit(status) {
+                set.0[bit / 64] |= 1 << (bit % 64);
+            }
+        }
+        set
+    }
+
+    /// Whether `status` is in the set.
+    pub fn contains(&self, status: u16) -> bool {
+        Self::bit(status).is_some_and(|bit| self.0[bit / 64] & (1 << (bit % 64)) != 0)
+    }
+
+    fn bit(status: u16) -> Option<usize> {
+        (Self::FIRST..=599)
+            .contains(&status)
+            .then(|| usize::from(status - Self::FIRST))
+    }
 }
 
 /// When passive ejection takes a server out, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PassiveLimits {
-    /// Consecutive failed exchanges that eject the server (at least 1).
+    /// Consecutive failed exchanges that eject the server; `0` = never.
     pub fails: u32,
     /// How long an ejected server gets no new requests.
     pub cooldown: Duration,
+    /// Response statuses that count as failures.
+    pub statuses: StatusSet,
 }
 
 impl Default for PassiveLimits {
-    /// [`defaults::PASSIVE_FAILS`] and [`defaults::PASSIVE_COOLDOWN`].
+    /// [`defaults::PASSIVE_FAILS`], [`defaults::PASSIVE_COOLDOWN`] and
+    /// [`defaults::PASSIVE_STATUSES`].
     fn default() -> Self {
         PassiveLimits {
             fails: defaults::PASSIVE_FAILS,
             cooldown: defaults::PASSIVE_COOLDOWN,
+            statuses: StatusSet::of(defaults::PASSIVE_STATUSES),
+        }
+    }
+}
+
+impl From<&tidegate_config::Passive> for PassiveLimits {
+    fn from(p: &tidegate_config::Passive) -> Self {
+        PassiveLimits {
+            fails: p.max_fails,
+            cooldown: p.cooldown,
+            statuses: StatusSet::of(&p.statuses),
         }
     }
 }
@@ -42,6 +108,9 @@ impl Default for PassiveLimits {
 pub(super) struct Passive {
     connect_failures: u32,
     server_errors: u32,
+    /// Responses whose status counts, and the last such status.
+    error_responses: u32,
+    last_status: u16,
     pub(super) ejection: Option<Ejection>,
 }
 
@@ -52,8 +121,14 @@ pub(super) struct Ejection {
 }
 
 impl Passive {
-    pub(super) fn streak(&self) -> u32 {
-        self.connect_failures.saturating_add(self.server_errors)
+    /// The streak at `now`: zero once a cool-down has ended.
+    pub(super) fn streak(&self, now: Instant) -> u32 {
+        if self.ejection.as_ref().is_some_and(|e| now >= e.until) {
+            return 0;
+        }
+        self.connect_failures
+            .saturating_add(self.server_errors)
+            .saturating_add(self.error_responses)
     }
 
     pub(super) fn ejected_until(&self, now: Instant) -> Option<Instant> {
@@ -71,28 +146,44 @@ impl Passive {
         now: Instant,
         limits: PassiveLimits,
     ) -> Option<String> {
+        // A cool-down that ended starts the count over: the server gets `fails`
+        // chances again, as a server that was never ejected does.
+        if self.ejection.as_ref().is_some_and(|e| now >= e.until) {
+            *self = Passive::default();
+        }
+        let outcome = match outcome {
+            Outcome::Response(status) if limits.statuses.contains(status) => {
+                Outcome::Response(status)
+            }
+            Outcome::Response(_) => Outcome::Success,
+            other => other,
+        };
         match outcome {
             Outcome::Success => {
                 // An ejection runs its course: this success may be an exchange that
                 // began before it.
                 self.connect_failures = 0;
                 self.server_errors = 0;
+                self.error_responses = 0;
                 None
             }
             // Exchanges that started before the ejection end during it: they neither
             // extend it nor count toward the next one.
-            Outcome::ConnectFailed | Outcome::ServerError if self.ejected_until(now).is_some() => {
-                None
-            }
-            Outcome::ConnectFailed | Outcome::ServerError => {
-                if outcome == Outcome::ConnectFailed {
-                    self.connect_failures = self.connect_failures.saturating_add(1);
-                } else {
-                    self.server_errors = self.server_errors.saturating_add(1);
+            _ if self.ejected_until(now).is_some() => None,
+            // Off: nothing is counted, nothing ejects.
+            _ if limits.fails == 0 => None,
+            Outcome::ConnectFailed | Outcome::ServerError | Outcome::Response(_) => {
+                match outcome {
+                    Outcome::ConnectFailed => {
+                        self.connect_failures = self.connect_failures.saturating_add(1);
+                    }
+                    Outcome::Response(status) => {
+                        self.error_responses = self.error_responses.saturating_add(1);
+                        self.last_status = status;
+                    }
+                    _ => self.server_errors = self.server_errors.saturating_add(1),
                 }
-                // After a cool-down the streak is still at the limit: one more failure
-                // ejects again at once.
-                if self.streak() < limits.fails.max(1) {
+                if self.streak(now) < limits.fails {
                     return None;
                 }
                 let reason = self.reason();
@@ -106,21 +197,53 @@ impl Passive {
     }
 
     fn reason(&self) -> String {
-        match (self.connect_failures, self.server_errors) {
-            (c, 0) => plural(
-                c,
-                "consecutive connect failure",
-                "consecutive connect failures",
-            ),
-            (0, s) => plural(s, "consecutive server error", "consecutive server errors"),
-            (c, s) => format!(
-                "{} consecutive failures: {} and {}",
-                c + s,
-                plural(c, "connect failure", "connect failures"),
-                plural(s, "server error", "server errors")
-            ),
+        let mut kinds = Vec::with_capacity(3);
+        if self.connect_failures > 0 {
+            kinds.push(plural(
+                self.connect_failures,
+                "connect failure",
+                "connect failures",
+            ));
+        }
+        if self.server_errors > 0 {
+            kinds.push(plural(self.server_errors, "server error", "server errors"));
+        }
+        if self.error_responses > 0 {
+            kinds.push(format!(
+                "{} (last {})",
+                plural(
+                    self.error_responses,
+                    "counted response status",
+                    "counted response statuses"
+                ),
+                self.last_status
+            ));
+        }
+        match kinds.as_slice() {
+            [one] => format!("{} consecutive {}", one_word(one), rest(one)),
+            _ => {
+                let total = self
+                    .connect_failures
+                    .saturating_add(self.server_errors)
+                    .saturating_add(self.error_responses);
+                let last = kinds.pop().unwrap_or_default();
+                format!(
+                    "{total} consecutive failures: {} and {last}",
+                    kinds.join(", ")
+                )
+            }
         }
     }
+}
+
+/// The number of `3 connect failures`.
+fn one_word(s: &str) -> &str {
+    s.split_once(' ').map_or(s, |(n, _)| n)
+}
+
+/// The words after the number of `3 connect failures`.
+fn rest(s: &str) -> &str {
+    s.split_once(' ').map_or("", |(_, r)| r)
 }
 
 /// `1 thing`, `3 things`.
