@@ -40,6 +40,12 @@ pub const TCP_KEEPALIVE_PROBES: u32 = 6;
 
 /// Route `path` when omitted.
 pub const ROUTE_PATH: &str = "/";
+/// Route `require_length`: a request body of unknown length (chunked) is forwarded
+/// chunked, whatever the method, rather than refused with 411.
+pub const REQUIRE_LENGTH: bool = false;
+/// HTTP listener `half_close`: a client that shuts down its sending side after a
+/// complete request still gets its response (as HAProxy does).
+pub const HALF_CLOSE: bool = true;
 
 /// Upstream `keepalive`: idle pooled connections kept per server.
 pub const KEEPALIVE: usize = 32;

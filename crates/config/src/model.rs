@@ -105,6 +105,9 @@ pub struct Listener {
     /// Routes, in file order (HTTP only; empty for TCP). Matching picks the most
     /// specific (see `Route`).
     pub routes: Vec<Route>,
+    /// HTTP: a client's FIN after a complete request is a half-close, answered; off, it
+    /// ends the connection at once (default [`crate::defaults::HALF_CLOSE`]).
+    pub half_close: bool,
 }
 
 /// A listener's protocol.
@@ -125,6 +128,9 @@ pub struct Route {
     pub path: String,
     /// Where matching requests go.
     pub action: RouteAction,
+    /// A request body of unknown length (chunked) is refused with 411 rather than
+    /// forwarded chunked (default [`crate::defaults::REQUIRE_LENGTH`]).
+    pub require_length: bool,
 }
 
 /// How a route matches the request's host (case-insensitive, port ignored).

@@ -426,6 +426,18 @@ impl<'d> Cx<'_, '_> {
         }
     }
 
+    /// `true` or `false` (`None` when absent or reported).
+    fn flag(&mut self, t: &Tbl<'d>, key: &str) -> Option<bool> {
+        let f = t.field(key)?;
+        match f.item.as_bool() {
+            Some(b) => Some(b),
+            None => {
+                self.expected(&f, "true or false");
+                None
+            }
+        }
+    }
+
     /// A count of at least 1 that fits a `u32` (health `rise` and `fall`).
     fn count(&mut self, t: &Tbl<'d>, key: &str) -> Option<u32> {
         let n = self.uint(t, key, 1)?;
@@ -841,6 +853,7 @@ impl<'d> Cx<'_, '_> {
                 "max_header_size",
                 "tcp_keepalive",
                 "routes",
+                "half_close",
             ],
             &[],
         );
@@ -891,6 +904,10 @@ impl<'d> Cx<'_, '_> {
                      connection)",
                 ),
                 ("max_header_size", "a TCP listener reads no request head"),
+                (
+                    "half_close",
+                    "a TCP listener always passes a half-close on to the upstream",
+                ),
             ],
             _ => &[],
         };
@@ -1013,6 +1030,12 @@ impl<'d> Cx<'_, '_> {
             None => {}
         }
 
+        let half_close = if checked("half_close") {
+            self.flag(t, "half_close")
+        } else {
+            None
+        };
+
         let idle_default = if tcp {
             defaults::TCP_IDLE_TIMEOUT
         } else {
@@ -1033,12 +1056,17 @@ impl<'d> Cx<'_, '_> {
                 .tcp_keepalive(t)
                 .unwrap_or(Some(defaults::TCP_KEEPALIVE)),
             routes,
+            half_close: half_close.unwrap_or(defaults::HALF_CLOSE),
         }
     }
 
     /// A route, or `None` when it has no valid action.
     fn route(&mut self, t: &Tbl<'d>, upstreams: &[&str]) -> Option<Route> {
-        self.keys(t, &["host", "path", "upstream", "respond"], &[]);
+        self.keys(
+            t,
+            &["host", "path", "upstream", "respond", "require_length"],
+            &[],
+        );
         let host = self.parsed(t, "host", "a host name", parse::host_match);
         let path = self
             .parsed(t, "path", "a path prefix", parse::route_path)
@@ -1091,10 +1119,21 @@ impl<'d> Cx<'_, '_> {
                 None
             }
         };
+        let require_length = self.flag(t, "require_length");
+        if let (Some(true), Some(RouteAction::Respond { .. })) = (require_length, &action) {
+            if let Some(f) = t.field("require_length") {
+                self.err(
+                    f.key_span.clone(),
+                    &f.path,
+                    "only for routes with `upstream`: a `respond` route reads no request body",
+                );
+            }
+        }
         Some(Route {
             host,
             path,
             action: action?,
+            require_length: require_length.unwrap_or(defaults::REQUIRE_LENGTH),
         })
     }
 

@@ -74,6 +74,9 @@ pub enum UpstreamFailure {
     /// A checkout held no connection to send on (tidegate's own failure: a checkout
     /// always holds its connection until released).
     NoConnection,
+    /// The response head's framing cannot be trusted (a Transfer-Encoding other than
+    /// `chunked`, Content-Length values that disagree): what it says, for the message.
+    UntrustedFraming(String),
 }
 
 impl UpstreamFailure {
@@ -120,7 +123,8 @@ impl UpstreamFailure {
             | UpstreamFailure::RequestBody(_)
             | UpstreamFailure::BeforeHead(_)
             | UpstreamFailure::UnaskedUpgrade
-            | UpstreamFailure::NoConnection => StatusCode::BAD_GATEWAY,
+            | UpstreamFailure::NoConnection
+            | UpstreamFailure::UntrustedFraming(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -148,6 +152,7 @@ impl UpstreamFailure {
             | UpstreamFailure::ResponseTimeout(_) => Some(Outcome::ServerError),
             // Its response head was already recorded as an answer.
             UpstreamFailure::UnaskedUpgrade => None,
+            UpstreamFailure::UntrustedFraming(_) => None,
         }
     }
 
@@ -161,7 +166,8 @@ impl UpstreamFailure {
             | UpstreamFailure::RequestBody(_)
             | UpstreamFailure::BeforeHead(_)
             | UpstreamFailure::ResponseTimeout(_)
-            | UpstreamFailure::UnaskedUpgrade => Retry::Never,
+            | UpstreamFailure::UnaskedUpgrade
+            | UpstreamFailure::UntrustedFraming(_) => Retry::Never,
         }
     }
 
@@ -201,6 +207,10 @@ impl UpstreamFailure {
             UpstreamFailure::NoConnection => {
                 format!("upstream {upstream} ({server}): internal error: no connection to send on")
             }
+            UpstreamFailure::UntrustedFraming(what) => format!(
+                "upstream {upstream} ({server}): response framing cannot be trusted: {what}; \
+                 connection closed"
+            ),
         }
     }
 }
@@ -472,6 +482,14 @@ mod tests {
                 None,
                 None,
                 IfUnsent,
+            ),
+            (
+                UpstreamFailure::UntrustedFraming("Transfer-Encoding \"gzip\"".into()),
+                Upstream,
+                502,
+                None,
+                None,
+                Never,
             ),
         ];
         for (failure, fault, status, reason, health, retry) in table {

@@ -108,11 +108,13 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 max_connections: defaults::MAX_CONNECTIONS,
                 max_header_size: 1 << 20,
                 tcp_keepalive: Some(Duration::from_secs(30)),
+                half_close: true,
                 routes: vec![
                     Route {
                         host: Some(HostMatch::Exact("ci.example.com".into())),
                         path: "/".into(),
                         action: RouteAction::Upstream("a".into()),
+                        require_length: false,
                     },
                     Route {
                         host: None,
@@ -121,6 +123,7 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                             status: 503,
                             body: String::new(),
                         },
+                        require_length: false,
                     },
                 ],
             },
@@ -134,10 +137,12 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 max_connections: 5,
                 max_header_size: 16384,
                 tcp_keepalive: None,
+                half_close: true,
                 routes: vec![Route {
                     host: Some(HostMatch::Suffix(".example.com".into())),
                     path: "/api".into(),
                     action: RouteAction::Upstream("b".into()),
+                    require_length: false,
                 }],
             },
         ],

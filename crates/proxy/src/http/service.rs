@@ -136,7 +136,22 @@ impl ConnService {
                 Failure::client(StatusCode::NOT_FOUND, msg).into_response(done)
             }
             Some(Target::Respond { status, body }) => text_response(*status, body.clone(), done),
-            Some(Target::Upstream { upstream, metrics }) => {
+            Some(Target::Upstream {
+                upstream,
+                metrics,
+                require_length,
+            }) => {
+                if *require_length
+                    && !req.body().is_end_stream()
+                    && req.body().size_hint().exact().is_none()
+                {
+                    return Failure::client(
+                        StatusCode::LENGTH_REQUIRED,
+                        "a request body of unknown length (chunked) is refused on this route \
+                         (require_length): send Content-Length",
+                    )
+                    .into_response(done);
+                }
                 let up = upstream.clone();
                 let mut done = done;
                 if let Some(d) = done.as_mut() {
