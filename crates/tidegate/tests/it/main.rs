@@ -11,6 +11,7 @@
 )]
 
 mod admin;
+mod bodies;
 mod health;
 mod keepalive;
 mod layers;
