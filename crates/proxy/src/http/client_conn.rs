@@ -55,6 +55,8 @@ pub struct ClientConn {
     /// Reads attempted on the socket (wrapping): a park attempt that read touched a
     /// request body, not an idle connection.
     reads: AtomicU32,
+    /// An exchange's idle limit was set since the driver last computed its wake-up.
+    timer_set: AtomicBool,
     /// After a 101 from the upstream: its side of the tunnel, for the connection's
     /// driver to join with the client's socket once hyper hands it back.
     upgrade: Mutex<Option<Box<super::upgrade::Upgrade>>>,
@@ -97,6 +99,7 @@ impl ClientConn {
             unflushed: AtomicBool::new(false),
             reuse: AtomicU8::new(0),
             reads: AtomicU32::new(0),
+            timer_set: AtomicBool::new(false),
             upgrade: Mutex::new(None),
         })
     }
@@ -263,6 +266,13 @@ impl ClientConn {
     pub fn set_exchange_idle(&self, limit: Duration) {
         self.exchange_idle
             .store(limit.as_millis() as u64, Ordering::Relaxed);
+        self.timer_set.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`ClientConn::set_exchange_idle`] was called since the last look: the
+    /// driver's next wake-up may now be too late (it was computed for the phase before).
+    pub fn take_timer_set(&self) -> bool {
+        self.timer_set.swap(false, Ordering::Relaxed)
     }
 
     /// The response has been written (or abandoned).

@@ -236,7 +236,7 @@ impl Driver {
                     }
                 }
                 Step::Parked => Served::Parked(conn.into_parts()),
-                Step::SetParkTimer => continue,
+                Step::SetParkTimer | Step::Recheck => continue,
             };
         }
     }
@@ -324,6 +324,10 @@ enum Step {
     Parked,
     /// The connection went idle: the driver sets the park timer (`park_at`).
     SetParkTimer,
+    /// An exchange's idle limit was set while hyper was polled: the driver computes its
+    /// next wake-up again (the one it sleeps on was for the phase before, which can be
+    /// as late as `header_timeout`).
+    Recheck,
 }
 
 /// How long a connection stays idle before it is parked. Parking costs a few thousand
@@ -359,6 +363,9 @@ impl Future for Turn<'_> {
         let conn = &mut **this.conn;
         if let Poll::Ready(res) = Pin::new(&mut *conn).poll(cx) {
             return Poll::Ready(Step::Ended(res));
+        }
+        if this.client.take_timer_set() {
+            return Poll::Ready(Step::Recheck);
         }
         if !*this.may_park {
             return Poll::Pending;
