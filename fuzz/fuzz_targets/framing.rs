@@ -13,7 +13,6 @@ use tidegate_proxy::http::headers::{check_framing, is_upgrade, remove_hop_by_hop
 const ALWAYS_HOP: &[&str] = &[
     "connection",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
     "keep-alive",

@@ -50,6 +50,12 @@ pub const ROUTE_UPGRADES: &[&str] = &["websocket"];
 /// Route `forward_normalized` when omitted: the upstream gets the path as the client
 /// sent it; routing alone uses the normalized copy.
 pub const FORWARD_NORMALIZED: bool = false;
+/// Route `require_length`: a request body of unknown length (chunked) is forwarded
+/// chunked, whatever the method, rather than refused with 411.
+pub const REQUIRE_LENGTH: bool = false;
+/// HTTP listener `half_close`: a client that shuts down its sending side after a
+/// complete request still gets its response (as HAProxy does).
+pub const HALF_CLOSE: bool = true;
 
 /// Upstream `keepalive`: idle pooled connections kept per server.
 pub const KEEPALIVE: usize = 32;

@@ -107,6 +107,9 @@ pub struct Listener {
     /// Routes, in file order (HTTP only; empty for TCP). Matching picks the most
     /// specific (see `Route`).
     pub routes: Vec<Route>,
+    /// HTTP: a client's FIN after a complete request is a half-close, answered; off, it
+    /// ends the connection at once (default [`crate::defaults::HALF_CLOSE`]).
+    pub half_close: bool,
 }
 
 /// A listener's protocol.
@@ -134,6 +137,9 @@ pub struct Route {
     /// `forward_normalized`: the upstream gets the normalized path instead of the
     /// client's.
     pub forward_normalized: bool,
+    /// A request body of unknown length (chunked) is refused with 411 rather than
+    /// forwarded chunked (default [`crate::defaults::REQUIRE_LENGTH`]).
+    pub require_length: bool,
 }
 
 /// How a route matches the request's host (case-insensitive, port ignored).

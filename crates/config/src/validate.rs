@@ -426,6 +426,18 @@ impl<'d> Cx<'_, '_> {
         }
     }
 
+    /// `true` or `false` (`None` when absent or reported).
+    fn flag(&mut self, t: &Tbl<'d>, key: &str) -> Option<bool> {
+        let f = t.field(key)?;
+        match f.item.as_bool() {
+            Some(b) => Some(b),
+            None => {
+                self.expected(&f, "true or false");
+                None
+            }
+        }
+    }
+
     /// A count of at least 1 that fits a `u32` (health `rise` and `fall`).
     fn count(&mut self, t: &Tbl<'d>, key: &str) -> Option<u32> {
         let n = self.uint(t, key, 1)?;
@@ -896,6 +908,7 @@ impl<'d> Cx<'_, '_> {
                 "tcp_keepalive",
                 "routes",
                 "underscores_in_headers",
+                "half_close",
             ],
             &[],
         );
@@ -949,6 +962,10 @@ impl<'d> Cx<'_, '_> {
                 (
                     "underscores_in_headers",
                     "a TCP listener reads no request head",
+                ),
+                (
+                    "half_close",
+                    "a TCP listener always passes a half-close on to the upstream",
                 ),
             ],
             _ => &[],
@@ -1072,6 +1089,12 @@ impl<'d> Cx<'_, '_> {
             None => {}
         }
 
+        let half_close = if checked("half_close") {
+            self.flag(t, "half_close")
+        } else {
+            None
+        };
+
         let idle_default = if tcp {
             defaults::TCP_IDLE_TIMEOUT
         } else {
@@ -1098,6 +1121,7 @@ impl<'d> Cx<'_, '_> {
             }
             .unwrap_or(defaults::UNDERSCORES_IN_HEADERS),
             routes,
+            half_close: half_close.unwrap_or(defaults::HALF_CLOSE),
         }
     }
 
@@ -1171,6 +1195,7 @@ impl<'d> Cx<'_, '_> {
                 "respond",
                 "upgrades",
                 "forward_normalized",
+                "require_length",
             ],
             &[],
         );
@@ -1230,6 +1255,16 @@ impl<'d> Cx<'_, '_> {
         };
         let (upgrades, forward_normalized) =
             self.route_forwarding(t, t.field("upstream").is_some());
+        let require_length = self.flag(t, "require_length");
+        if let (Some(true), Some(RouteAction::Respond { .. })) = (require_length, &action) {
+            if let Some(f) = t.field("require_length") {
+                self.err(
+                    f.key_span.clone(),
+                    &f.path,
+                    "only for routes with `upstream`: a `respond` route reads no request body",
+                );
+            }
+        }
         if path_refused {
             return None;
         }
@@ -1239,6 +1274,7 @@ impl<'d> Cx<'_, '_> {
             action: action?,
             upgrades,
             forward_normalized,
+            require_length: require_length.unwrap_or(defaults::REQUIRE_LENGTH),
         })
     }
 

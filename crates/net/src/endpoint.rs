@@ -112,6 +112,71 @@ impl Stream {
             Stream::Unix(s) => s.readable().await,
         }
     }
+
+    /// A second handle on this socket (a `dup` of its descriptor, registered with the
+    /// runtime), to notice the peer's end while another owner (hyper) holds the stream
+    /// and is not reading. Closing it leaves the socket open.
+    pub fn end_watch(&self) -> io::Result<EndWatch> {
+        use std::os::fd::AsFd;
+        let stream = match self {
+            Stream::Tcp(s) => {
+                let fd = s.as_fd().try_clone_to_owned()?;
+                Stream::Tcp(TcpStream::from_std(std::net::TcpStream::from(fd))?)
+            }
+            Stream::Unix(s) => {
+                let fd = s.as_fd().try_clone_to_owned()?;
+                Stream::Unix(UnixStream::from_std(std::os::unix::net::UnixStream::from(
+                    fd,
+                ))?)
+            }
+        };
+        Ok(EndWatch(stream))
+    }
+}
+
+/// What is waiting on a socket, seen without reading it ([`EndWatch::poll_end`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// The peer shut down its sending side (a FIN) and every byte before it was read.
+    End,
+    /// Bytes the owner has not read yet.
+    Bytes,
+}
+
+/// A handle that looks at a socket's receive queue without taking anything from it
+/// (see [`Stream::end_watch`]).
+#[derive(Debug)]
+pub struct EndWatch(Stream);
+
+impl EndWatch {
+    /// Ready when something is waiting: the peer's end, unread bytes, or an error (a
+    /// reset). Peeks one byte (`MSG_PEEK`), so the owner still reads everything.
+    pub fn poll_end(&self, cx: &mut Context<'_>) -> Poll<io::Result<Waiting>> {
+        fn peek(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<usize> {
+            let mut one = [std::mem::MaybeUninit::<u8>::uninit()];
+            socket2::SockRef::from(&fd).peek(&mut one)
+        }
+        use std::os::fd::AsFd;
+        loop {
+            let res = match &self.0 {
+                Stream::Tcp(s) => {
+                    std::task::ready!(s.poll_read_ready(cx))?;
+                    s.try_io(tokio::io::Interest::READABLE, || peek(s.as_fd()))
+                }
+                Stream::Unix(s) => {
+                    std::task::ready!(s.poll_read_ready(cx))?;
+                    s.try_io(tokio::io::Interest::READABLE, || peek(s.as_fd()))
+                }
+            };
+            return Poll::Ready(match res {
+                Ok(0) => Ok(Waiting::End),
+                Ok(_) => Ok(Waiting::Bytes),
+                // Readiness was stale (cleared by the failed peek): wait again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => Err(e),
+            });
+        }
+    }
 }
 
 impl AsyncRead for Stream {

@@ -97,6 +97,9 @@ pub enum UpstreamFailure {
     /// A checkout held no connection to send on (tidegate's own failure: a checkout
     /// always holds its connection until released).
     NoConnection,
+    /// The response head's framing cannot be trusted (a Transfer-Encoding other than
+    /// `chunked`, Content-Length values that disagree): what it says, for the message.
+    UntrustedFraming(String),
 }
 
 impl UpstreamFailure {
@@ -153,7 +156,8 @@ impl UpstreamFailure {
             | UpstreamFailure::BeforeHead(_)
             | UpstreamFailure::UnaskedUpgrade
             | UpstreamFailure::UnofferedUpgrade { .. }
-            | UpstreamFailure::NoConnection => StatusCode::BAD_GATEWAY,
+            | UpstreamFailure::NoConnection
+            | UpstreamFailure::UntrustedFraming(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -190,6 +194,7 @@ impl UpstreamFailure {
             | UpstreamFailure::ClientBody(_) => None,
             // Its response head was already recorded as an answer.
             UpstreamFailure::UnaskedUpgrade | UpstreamFailure::UnofferedUpgrade { .. } => None,
+            UpstreamFailure::UntrustedFraming(_) => None,
         }
     }
 
@@ -205,7 +210,8 @@ impl UpstreamFailure {
             | UpstreamFailure::BeforeHead(_)
             | UpstreamFailure::ResponseTimeout(_)
             | UpstreamFailure::UnaskedUpgrade
-            | UpstreamFailure::UnofferedUpgrade { .. } => Retry::Never,
+            | UpstreamFailure::UnofferedUpgrade { .. }
+            | UpstreamFailure::UntrustedFraming(_) => Retry::Never,
         }
     }
 
@@ -258,6 +264,10 @@ impl UpstreamFailure {
             UpstreamFailure::NoConnection => {
                 format!("upstream {upstream} ({server}): internal error: no connection to send on")
             }
+            UpstreamFailure::UntrustedFraming(what) => format!(
+                "upstream {upstream} ({server}): response framing cannot be trusted: {what}; \
+                 connection closed"
+            ),
         }
     }
 }
@@ -589,6 +599,14 @@ mod tests {
                 None,
                 None,
                 IfUnsent,
+            ),
+            (
+                UpstreamFailure::UntrustedFraming("Transfer-Encoding \"gzip\"".into()),
+                Upstream,
+                502,
+                None,
+                None,
+                Never,
             ),
         ];
         for (failure, fault, status, reason, health, retry) in table {

@@ -176,6 +176,14 @@ fn documented() -> Vec<(&'static str, Doc)> {
             Duration(LISTENER, "`tcp_keepalive`", TCP_KEEPALIVE),
         ),
         (
+            "HALF_CLOSE",
+            Mention(LISTENER, "`half_close`", format!("`{HALF_CLOSE}`")),
+        ),
+        (
+            "REQUIRE_LENGTH",
+            Mention(ROUTE, "`require_length`", format!("`{REQUIRE_LENGTH}`")),
+        ),
+        (
             "TCP_KEEPALIVE_INTERVAL",
             Mention(LISTENER, "`tcp_keepalive`", secs(TCP_KEEPALIVE_INTERVAL)),
         ),

@@ -681,3 +681,52 @@ servers = ["127.0.0.1:1"]
         ]
     );
 }
+
+// === half_close and require_length ===
+
+#[test]
+fn half_close_and_require_length_are_booleans_in_their_place() {
+    let text = r#"[listeners.web]
+listen = "127.0.0.1:0"
+half_close = "yes"
+[[listeners.web.routes]]
+path = "/a"
+upstream = "app"
+require_length = 1
+[[listeners.web.routes]]
+path = "/b"
+respond = { status = 200 }
+require_length = true
+
+[listeners.amqp]
+listen = "127.0.0.1:5673"
+protocol = "tcp"
+upstream = "app"
+half_close = false
+
+[upstreams.app]
+servers = ["127.0.0.1:3000"]
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            r#"tidegate.toml:3:14: listeners.web.half_close: expected true or false, found "yes""#,
+            r#"tidegate.toml:7:18: listeners.web.routes[0].require_length: expected true or false, found 1"#,
+            r#"tidegate.toml:11:1: listeners.web.routes[1].require_length: only for routes with `upstream`: a `respond` route reads no request body"#,
+            r#"tidegate.toml:17:1: listeners.amqp.half_close: only for HTTP listeners (protocol = "http"); a TCP listener always passes a half-close on to the upstream"#,
+        ]
+    );
+    let ok = r#"[listeners.web]
+listen = "127.0.0.1:0"
+half_close = false
+[[listeners.web.routes]]
+upstream = "app"
+require_length = true
+
+[upstreams.app]
+servers = ["127.0.0.1:3000"]
+"#;
+    let config = tidegate_config::load_str(ok, Some(Path::new("tidegate.toml"))).expect("loads");
+    assert!(!config.listeners[0].half_close);
+    assert!(config.listeners[0].routes[0].require_length);
+}

@@ -111,6 +111,7 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 max_header_size: 1 << 20,
                 tcp_keepalive: Some(Duration::from_secs(30)),
                 underscores_in_headers: defaults::UNDERSCORES_IN_HEADERS,
+                half_close: true,
                 routes: vec![
                     Route {
                         host: Some(HostMatch::Exact("ci.example.com".into())),
@@ -118,6 +119,7 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                         action: RouteAction::Upstream("a".into()),
                         upgrades: vec!["websocket".into()],
                         forward_normalized: defaults::FORWARD_NORMALIZED,
+                        require_length: false,
                     },
                     Route {
                         host: None,
@@ -128,6 +130,7 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                         },
                         upgrades: vec!["websocket".into()],
                         forward_normalized: defaults::FORWARD_NORMALIZED,
+                        require_length: false,
                     },
                 ],
             },
@@ -142,12 +145,14 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 max_header_size: 16384,
                 tcp_keepalive: None,
                 underscores_in_headers: true,
+                half_close: true,
                 routes: vec![Route {
                     host: Some(HostMatch::Suffix(".example.com".into())),
                     path: "/api".into(),
                     action: RouteAction::Upstream("b".into()),
                     upgrades: vec!["websocket".into(), "foo/2".into()],
                     forward_normalized: true,
+                    require_length: false,
                 }],
             },
         ],

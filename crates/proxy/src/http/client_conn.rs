@@ -218,6 +218,21 @@ impl ClientConn {
             && !self.tunnel.load(Ordering::Relaxed)
     }
 
+    /// Whether a request is being served whose head and body have both been read (its
+    /// response may or may not have started): anything the client sends now is a
+    /// pipelined request or its end.
+    pub fn request_read(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) == Phase::Busy as u8
+            && self.reuse.load(Ordering::Relaxed) & BODY_OPEN == 0
+            && !self.tunnel.load(Ordering::Relaxed)
+    }
+
+    /// Whether the current exchange's response head has gone to hyper.
+    pub fn response_under_way(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) == Phase::Busy as u8
+            && self.entry.state() == ConnState::Streaming
+    }
+
     /// When a [`ClientConn::parkable`] connection will have been idle for `after`; `None`
     /// when it is not parkable.
     pub fn park_due(&self, after: Duration) -> Option<Instant> {

@@ -7,7 +7,7 @@ use super::headers;
 use super::listener::HttpListener;
 use super::rewind::Rewind;
 use crate::drain::Shutdown;
-use crate::endpoint::{PeerAddr, Stream};
+use crate::endpoint::{EndWatch, PeerAddr, Stream, Waiting};
 use crate::observed::Observed;
 use crate::registry::{ConnProtocol, ConnState, NewConn, SockAddr};
 use crate::side::Side;
@@ -103,9 +103,10 @@ impl Driver {
                 client: self.client.clone(),
                 forwarded_for: headers::forwarded_for(self.peer.ip()),
             };
+            let end = self.end_watch(io.get_ref().get_ref());
             // Boxed: the task keeps only what a parked connection needs.
             let conn = Box::new(self.ctx.builder.serve_connection(TokioIo::new(io), service));
-            match self.serve(conn).await {
+            match self.serve(conn, end).await {
                 Served::Closed => return,
                 Served::Parked(parts) => {
                     io = parts.io.into_inner();
@@ -154,9 +155,29 @@ impl Driver {
         }
     }
 
+    /// With `half_close`, a watch on the client's end for this turn of serving (hyper
+    /// reads nothing while it serves a request, so it would not see a client leave).
+    fn end_watch(&self, stream: &Stream) -> ClientEnd {
+        if !self.ctx.half_close {
+            return ClientEnd::default();
+        }
+        match stream.end_watch() {
+            Ok(watch) => ClientEnd {
+                watch: Some(watch),
+                paused_at: None,
+            },
+            Err(e) => {
+                // Without it, a client gone mid-response is found by the next failed
+                // write or the connection's timers instead.
+                tracing::debug!(listener = %self.ctx.name, peer = %self.peer, error = %crate::errno::describe_io_error(&e), "cannot watch the client's end");
+                ClientEnd::default()
+            }
+        }
+    }
+
     /// Drives hyper's connection until it ends, parks or upgrades, enforcing the
     /// connection's timers, the drain and `close`.
-    async fn serve(&self, mut conn: Box<HyperConn>) -> Served {
+    async fn serve(&self, mut conn: Box<HyperConn>, mut end: ClientEnd) -> Served {
         let mut draining = self.shutdown.graceful.is_cancelled();
         if draining {
             Pin::new(&mut *conn).graceful_shutdown();
@@ -177,6 +198,14 @@ impl Driver {
                 park_at: &mut park_at,
             };
             let step = tokio::select! {
+                // First: what the client did must be seen before hyper sends a response
+                // head in the same wake-up, or a FIN that came before the head would
+                // look like a client gone mid-response.
+                biased;
+                gone = end.gone(&self.client) => {
+                    tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing client connection: {gone} mid-response");
+                    return Served::Closed;
+                }
                 step = turn => step,
                 _ = self.shutdown.graceful.cancelled(), if !draining => {
                     draining = true;
@@ -237,6 +266,53 @@ impl Driver {
         } else {
             tracing::info!(listener = %self.ctx.name, peer = %self.peer, "closing client connection: closed by the operator");
         }
+    }
+}
+
+/// Watches the client's end while hyper serves a request without reading (listener
+/// `half_close`): a FIN before the response head is a half-close (the client still
+/// reads its response; hyper closes after it), a FIN or a reset once the response is
+/// under way is a client gone, whose connection (and upstream exchange) is closed at
+/// once rather than when a write fails.
+#[derive(Default)]
+struct ClientEnd {
+    /// `None`: off, or the client has half-closed (nothing more to see).
+    watch: Option<EndWatch>,
+    /// Unread bytes were waiting (a pipelined request) when hyper had attempted this
+    /// many reads: nothing to see until hyper reads again.
+    paused_at: Option<u32>,
+}
+
+impl ClientEnd {
+    /// Resolves when the client has gone away mid-response (what it did, for the log).
+    fn gone<'a>(&'a mut self, client: &'a ClientConn) -> impl Future<Output = &'static str> + 'a {
+        std::future::poll_fn(move |cx| {
+            let Some(watch) = &self.watch else {
+                return Poll::Pending;
+            };
+            // Until the request is read, hyper is reading and sees the end itself. Any
+            // change of phase happens while hyper is polled in this task, which polls
+            // this again on its next wake-up.
+            if !client.request_read() || self.paused_at == Some(client.reads()) {
+                return Poll::Pending;
+            }
+            self.paused_at = None;
+            match watch.poll_end(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(Waiting::Bytes)) => {
+                    self.paused_at = Some(client.reads());
+                    Poll::Pending
+                }
+                Poll::Ready(Ok(Waiting::End)) if !client.response_under_way() => {
+                    // Half-closed after a complete request: answered, and hyper closes
+                    // the connection after the response (it reads the FIN then).
+                    self.watch = None;
+                    Poll::Pending
+                }
+                Poll::Ready(Ok(Waiting::End)) => Poll::Ready("client closed its connection"),
+                Poll::Ready(Err(_)) => Poll::Ready("client reset its connection"),
+            }
+        })
     }
 }
 

@@ -45,9 +45,10 @@ impl Failure {
             Fault::Upstream => tracing::warn!(status = self.status.as_u16(), "{}", self.message),
             Fault::Internal => tracing::error!(status = self.status.as_u16(), "{}", self.message),
         }
+        // 411: the body was left unread, so the connection cannot serve another request.
         let close = matches!(
             self.status,
-            StatusCode::BAD_REQUEST | StatusCode::NOT_IMPLEMENTED
+            StatusCode::BAD_REQUEST | StatusCode::NOT_IMPLEMENTED | StatusCode::LENGTH_REQUIRED
         );
         let mut body = self.message;
         body.push('\n');

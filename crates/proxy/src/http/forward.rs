@@ -80,7 +80,14 @@ impl ConnService {
     /// `X-Forwarded-*` set, origin-form, HTTP/1.1.
     fn outgoing(&self, req: Request<Incoming>, upgrade: bool) -> Outgoing {
         let (mut parts, body) = req.into_parts();
+        let te_trailers = headers::asks_trailers(&parts.headers);
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+        if te_trailers && !upgrade {
+            headers::ask_trailers(&mut parts.headers);
+        }
+        if !body.is_end_stream() && body.size_hint().exact().is_none() {
+            headers::frame_unknown_length_body(&mut parts.headers);
+        }
         let host = parts.headers.get(header::HOST).cloned();
         headers::set_forwarded(
             &mut parts.headers,
@@ -321,6 +328,17 @@ impl ConnService {
         done: Option<ExchangeDone>,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
+        let mut conn = conn;
+        match headers::check_response_framing(&mut parts.headers) {
+            Ok(headers::ResponseFraming::Plain) => {}
+            Ok(headers::ResponseFraming::ChunkedOverLength) => {
+                tracing::debug!(upstream = %up.name, server = %active.server().addr,
+                    "response has both Content-Length and Transfer-Encoding: chunked; \
+                     forwarding it chunked without Content-Length, then closing the connection");
+                conn.close_after();
+            }
+            Err(bad) => return untrusted_framing(up, &active, &bad, conn, done),
+        }
         headers::remove_hop_by_hop(&mut parts.headers, false);
         let event_stream = is_event_stream(&parts.headers);
         if event_stream {
@@ -338,6 +356,22 @@ impl ConnService {
             ProxyBody::upstream(body, conn, active, heartbeat, done),
         )
     }
+}
+
+/// A response whose framing cannot be trusted: 502, and its connection is closed
+/// (dropped, not released: what follows on it could be anything).
+fn untrusted_framing(
+    up: &Upstream,
+    active: &ActiveGuard,
+    bad: &headers::UntrustedFraming,
+    conn: Checkout,
+    done: Option<ExchangeDone>,
+) -> Response<ProxyBody> {
+    drop(conn);
+    let server = active.server();
+    // Not counted against the server's health: its response head already was.
+    let failure = UpstreamFailure::UntrustedFraming(bad.to_string());
+    Failure::upstream(&failure, &up.name, &server.addr.to_string()).into_response(done)
 }
 
 /// A failed attempt: its classification, the request if hyper handed it back, and a

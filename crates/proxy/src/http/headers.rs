@@ -3,11 +3,12 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that are hop-by-hop whether or not `Connection` names them.
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// Headers that are hop-by-hop whether or not `Connection` names them. `Trailer` is not
+/// one (it is end-to-end, RFC 9110 §6.6.2); `TE` is, but its `trailers` is passed on
+/// ([`asks_trailers`], [`ask_trailers`]).
+const HOP_BY_HOP: [HeaderName; 5] = [
     header::CONNECTION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     HeaderName::from_static("keep-alive"),
@@ -110,6 +111,147 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if let Some(v) = upgrade_value {
         headers.insert(header::UPGRADE, v);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Whether the client's `TE` accepts trailers (`TE: trailers`, RFC 9110 §10.1.4).
+pub fn asks_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        })
+}
+
+/// Tells the upstream that trailers are welcome (what a client's `TE: trailers` said to
+/// tidegate): `TE: trailers` with the `te` connection option RFC 9110 §10.1.4 asks for.
+/// gRPC servers need it to answer at all. Other `TE` codings are tidegate's to accept,
+/// and it accepts none, so only `trailers` is passed on.
+pub fn ask_trailers(headers: &mut HeaderMap) {
+    headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    headers.append(header::CONNECTION, HeaderValue::from_static("te"));
+}
+
+/// Frames a request body of unknown length (the client sent it chunked) as chunked
+/// toward the upstream, whatever the method: hyper's client decides framing from the
+/// method, the fields and the body's size hint, and sends a GET, HEAD or CONNECT whose
+/// body has no known length with no body at all unless `Transfer-Encoding` says
+/// otherwise. A body of known length keeps its `Content-Length`.
+pub fn frame_unknown_length_body(headers: &mut HeaderMap) {
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+}
+
+/// Why an upstream response's framing cannot be trusted (it is answered with 502 and
+/// its connection is closed).
+#[derive(Debug, PartialEq, Eq)]
+pub enum UntrustedFraming {
+    /// A `Transfer-Encoding` other than exactly `chunked` (hyper would read such a
+    /// body to the connection's close, and pass a coding tidegate does not apply).
+    TransferEncoding(String),
+    /// `Content-Length` values that are not one number.
+    ContentLength(String),
+}
+
+impl std::fmt::Display for UntrustedFraming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UntrustedFraming::TransferEncoding(te) => {
+                write!(
+                    f,
+                    "Transfer-Encoding \"{te}\" (only \"chunked\" is accepted)"
+                )
+            }
+            UntrustedFraming::ContentLength(cl) => write!(f, "Content-Length \"{cl}\""),
+        }
+    }
+}
+
+/// How an upstream response is framed, once checked (RFC 9112 §6.3).
+#[derive(Debug, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// One of `Content-Length`, `Transfer-Encoding: chunked`, or neither.
+    Plain,
+    /// Both: `chunked` won (hyper decoded it so) and `Content-Length` was removed, as
+    /// RFC 9112 §6.3 asks of an intermediary; the connection is not reused, since the
+    /// upstream's own idea of where the message ends is in doubt.
+    ChunkedOverLength,
+}
+
+/// Checks an upstream response's framing fields, and removes a `Content-Length` that
+/// `Transfer-Encoding: chunked` overrides (forwarded, it would make the client read the
+/// body by the wrong length: hyper decoded it as chunked). A repeated `Content-Length`
+/// of one value becomes a single field.
+pub fn check_response_framing(
+    headers: &mut HeaderMap,
+) -> Result<ResponseFraming, UntrustedFraming> {
+    // The usual response has at most one of the two, once: two lookups.
+    let has_te = headers.contains_key(header::TRANSFER_ENCODING);
+    if has_te {
+        let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+        let chunked = match (te.next(), te.next()) {
+            (Some(v), None) => v
+                .to_str()
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked")),
+            _ => false,
+        };
+        if !chunked {
+            let all: Vec<&str> = headers
+                .get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .map(|v| v.to_str().unwrap_or("<non-ASCII>"))
+                .collect();
+            return Err(UntrustedFraming::TransferEncoding(all.join(", ")));
+        }
+        if headers.remove(header::CONTENT_LENGTH).is_some() {
+            return Ok(ResponseFraming::ChunkedOverLength);
+        }
+        return Ok(ResponseFraming::Plain);
+    }
+    let mut cl = headers.get_all(header::CONTENT_LENGTH).iter();
+    let single = match (cl.next(), cl.next()) {
+        (None, _) => return Ok(ResponseFraming::Plain),
+        (Some(v), None) => !v.as_bytes().contains(&b','),
+        _ => false,
+    };
+    if single {
+        return Ok(ResponseFraming::Plain);
+    }
+    // hyper accepted the head, so the values agree; still, check them here rather than
+    // rely on it, and forward one.
+    let values: Vec<&[u8]> = headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|v| v.trim_ascii())
+        .collect();
+    let first = values.first().copied().unwrap_or_default();
+    let one = !first.is_empty()
+        && first.iter().all(u8::is_ascii_digit)
+        && values.iter().all(|v| *v == first);
+    match (one, HeaderValue::from_bytes(first)) {
+        (true, Ok(v)) => {
+            headers.insert(header::CONTENT_LENGTH, v);
+            Ok(ResponseFraming::Plain)
+        }
+        _ => {
+            let all: Vec<String> = headers
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            Err(UntrustedFraming::ContentLength(all.join(", ")))
+        }
     }
 }
 
@@ -658,6 +800,56 @@ mod tests {
             true
         )
         .is_err());
+    }
+
+    #[test]
+    fn trailer_is_end_to_end_and_te_trailers_is_seen() {
+        let mut h = map(&[("trailer", "grpc-status"), ("te", "trailers")]);
+        assert!(asks_trailers(&h));
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h["trailer"], "grpc-status");
+        assert!(!h.contains_key("te"));
+        ask_trailers(&mut h);
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["connection"], "te");
+        assert!(asks_trailers(&map(&[("te", "gzip, Trailers")])));
+        assert!(!asks_trailers(&map(&[("te", "gzip")])));
+    }
+
+    #[test]
+    fn response_framing_checks() {
+        let mut h = map(&[("content-length", "5"), ("transfer-encoding", "chunked")]);
+        assert_eq!(
+            check_response_framing(&mut h),
+            Ok(ResponseFraming::ChunkedOverLength)
+        );
+        assert!(!h.contains_key("content-length"));
+        let mut h = map(&[("transfer-encoding", "Chunked")]);
+        assert_eq!(check_response_framing(&mut h), Ok(ResponseFraming::Plain));
+        let mut h = map(&[("content-length", "5")]);
+        assert_eq!(check_response_framing(&mut h), Ok(ResponseFraming::Plain));
+        let mut h = map(&[("content-length", "5"), ("content-length", "5")]);
+        assert_eq!(check_response_framing(&mut h), Ok(ResponseFraming::Plain));
+        assert_eq!(h.get_all("content-length").iter().count(), 1);
+        assert_eq!(h["content-length"], "5");
+        let mut h = map(&[("content-length", "5, 6")]);
+        assert!(check_response_framing(&mut h).is_err());
+        for te in ["gzip", "gzip, chunked", "chunked, gzip"] {
+            let mut h = map(&[("transfer-encoding", te)]);
+            assert_eq!(
+                check_response_framing(&mut h),
+                Err(UntrustedFraming::TransferEncoding(te.into()))
+            );
+        }
+        let mut h = map(&[
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        assert!(check_response_framing(&mut h).is_err());
+        assert_eq!(
+            check_response_framing(&mut map(&[])),
+            Ok(ResponseFraming::Plain)
+        );
     }
 
     #[test]

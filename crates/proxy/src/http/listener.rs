@@ -27,6 +27,9 @@ pub struct HttpListener {
     pub client_tcp: TcpOptions,
     /// Keep request fields whose names hold `_` (`underscores_in_headers`).
     pub underscores_in_headers: bool,
+    /// A client's FIN after a complete request is a half-close: its response is still
+    /// sent (see `driver`, which still notices a client gone mid-response).
+    pub half_close: bool,
     pub(crate) routes: Vec<(super::route::Matcher, Target)>,
     pub(crate) resolver: Arc<dyn Resolve>,
     /// Where its connections (and the upstream connections they open) are listed.
@@ -55,6 +58,8 @@ pub(crate) enum Target {
         upstream: Arc<Upstream>,
         metrics: Arc<RouteMetrics>,
         forwarding: Forwarding,
+        /// A request body of unknown length gets 411 instead of being forwarded.
+        require_length: bool,
     },
     Respond {
         status: StatusCode,
@@ -99,6 +104,7 @@ impl HttpListener {
                                 upgrades: r.upgrades.clone().into_boxed_slice(),
                                 normalized_path: r.forward_normalized,
                             },
+                            require_length: r.require_length,
                         }
                     }
                     RouteAction::Respond { status, body } => Target::Respond {
@@ -116,9 +122,12 @@ impl HttpListener {
         let mut builder = http1::Builder::new();
         builder
             .keep_alive(true)
-            // A client's FIN ends the connection: a proxy can't tell a half-close from a
-            // client that went away, and must not leave CLOSE_WAIT sockets behind.
-            .half_close(false)
+            // On: a client's FIN while its request is served is a half-close, and the
+            // response still goes out (hyper stops reading until the response is done).
+            // The driver still notices a client gone once its response has started, and
+            // the connection's timers bound a half-closed connection as any other.
+            // Off: a FIN ends the connection at once.
+            .half_close(cfg.half_close)
             // tidegate's own timers time heads (see `client_conn`).
             .header_read_timeout(None)
             .max_header_size(cfg.max_header_size);
@@ -129,6 +138,7 @@ impl HttpListener {
             max_header_size: cfg.max_header_size,
             client_tcp,
             underscores_in_headers: cfg.underscores_in_headers,
+            half_close: cfg.half_close,
             routes,
             resolver,
             registry: registry.clone(),

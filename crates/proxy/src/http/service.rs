@@ -170,7 +170,19 @@ impl ConnService {
                 upstream,
                 metrics,
                 forwarding,
+                require_length,
             }) => {
+                if *require_length
+                    && !req.body().is_end_stream()
+                    && req.body().size_hint().exact().is_none()
+                {
+                    return Failure::client(
+                        StatusCode::LENGTH_REQUIRED,
+                        "a request body of unknown length (chunked) is refused on this route \
+                         (require_length): send Content-Length",
+                    )
+                    .into_response(done);
+                }
                 let normalized = match path {
                     Cow::Owned(p) if forwarding.normalized_path => Some(p),
                     _ => None,

@@ -35,10 +35,10 @@ const NAMES: &[&str] = &[
 ];
 
 /// Hop-by-hop whatever `Connection` says (RFC 9110 §7.6.1, plus `Proxy-Connection`).
+/// `Trailer` is end to end (RFC 9110 §6.6.2): it stays unless `Connection` lists it.
 const ALWAYS_HOP: &[&str] = &[
     "connection",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
     "keep-alive",

@@ -272,6 +272,13 @@ impl Checkout {
         }
     }
 
+    /// Marks the connection for closing once its exchange ends: [`Checkout::release`]
+    /// closes it instead of pooling it (a response whose framing was in doubt).
+    pub fn close_after(&mut self) {
+        // A checkout without its pool closes on release, as when the pool is gone.
+        self.pool = Weak::new();
+    }
+
     /// Returns the connection to the pool after a complete exchange; closes it instead
     /// when the pool is full, gone, or the connection cannot take another request.
     pub fn release(mut self) {

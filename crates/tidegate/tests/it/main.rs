@@ -12,6 +12,7 @@
 
 mod access_log;
 mod admin;
+mod bodies;
 mod health;
 mod hygiene;
 mod keepalive;

@@ -784,11 +784,11 @@ servers = ["{}"]
             .context("the upstream saw no request")
     };
 
-    // Hop-by-hop request headers.
+    // Hop-by-hop request headers. (`TE: trailers` is passed on: see `bodies`.)
     let resp = send(
         tcp.clone(),
         "GET /hop HTTP/1.1\r\nHost: Example.com:8080\r\nConnection: keep-alive, X-Secret\r\n\
-         X-Secret: s\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\n\
+         X-Secret: s\r\nKeep-Alive: timeout=5\r\nTE: gzip\r\nProxy-Connection: keep-alive\r\n\
          Upgrade: h2c\r\nX-Kept: yes\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n"
             .to_string(),
     )
