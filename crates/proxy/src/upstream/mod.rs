@@ -25,6 +25,10 @@ use connect::{ConnectError, Resolve};
 use pool::{Checkout, Pool};
 use stats::ServerStats;
 
+/// The longest a checkout waits for a pooled connection to be ready before opening a
+/// new one instead (the pool holds only ready connections: this bounds a race).
+const CHECKOUT_READY_WAIT: Duration = Duration::from_millis(50);
+
 /// One upstream at run time.
 #[derive(Debug)]
 pub struct Upstream {
@@ -436,8 +440,11 @@ impl Server {
         if self.on_demand.is_some() {
             Box::pin(self.ensure_ready(upstream, resolver)).await?;
         }
+        // The pool hands out only connections that were ready when taken, so this wait
+        // is for a connection that closed meanwhile; bounded all the same, a checkout
+        // never waits on a busy connection.
         while let Some(mut c) = self.pool.take() {
-            if c.ready().await.is_ok() {
+            if let Ok(Ok(())) = tokio::time::timeout(CHECKOUT_READY_WAIT, c.ready()).await {
                 self.stats.checkout(true);
                 return Ok(c);
             }

@@ -16,6 +16,7 @@ mod keepalive;
 mod layers;
 mod lifecycle;
 mod on_demand;
+mod pool;
 mod proxy;
 mod repo;
 mod tcp;
