@@ -159,6 +159,8 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 tcp_keepalive: Some(defaults::TCP_KEEPALIVE),
                 health: None,
                 on_demand: None,
+                max_ejected_percent: defaults::MAX_EJECTED_PERCENT,
+                request_buffering: None,
             },
             Upstream {
                 name: "b".into(),
@@ -186,6 +188,8 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                     fall: 5,
                 }),
                 on_demand: None,
+                max_ejected_percent: defaults::MAX_EJECTED_PERCENT,
+                request_buffering: None,
             },
         ],
     };

@@ -11,6 +11,7 @@
 )]
 
 mod admin;
+mod buffering;
 mod health;
 mod keepalive;
 mod layers;
