@@ -17,6 +17,7 @@ mod keepalive;
 mod layers;
 mod lifecycle;
 mod on_demand;
+mod panic;
 mod pool;
 mod proxy;
 mod repo;
