@@ -21,4 +21,5 @@ mod panic;
 mod pool;
 mod proxy;
 mod repo;
+mod slow_clients;
 mod tcp;
