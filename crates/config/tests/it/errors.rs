@@ -589,3 +589,65 @@ fn embedded_config_errors_say_quickstart() {
          <quickstart>:2:11: server.workers: expected a whole number, found 1.5"
     );
 }
+
+#[test]
+fn max_ejected_percent_and_request_buffering_are_checked() {
+    let text = format!(
+        r#"{LISTENER}
+[upstreams.app]
+servers = ["127.0.0.1:3000"]
+[upstreams.app.passive]
+max_ejected_percent = 150
+[upstreams.app.request_buffering]
+max_body = "2MiB"
+total = "1MiB"
+over = "drop"
+"#
+    );
+    let errors = errors(&text);
+    assert_error(
+        &errors,
+        "tidegate.toml:10:23: upstreams.app.passive.max_ejected_percent: expected a whole number from 0 to 100",
+    );
+    assert_error(
+        &errors,
+        "tidegate.toml:14:8: upstreams.app.request_buffering.over: expected one of \"stream\", \"refuse\"",
+    );
+    assert_error(
+        &errors,
+        "tidegate.toml:12:12: upstreams.app.request_buffering.max_body: max_body (2MiB) is larger than total (1MiB)",
+    );
+}
+
+#[test]
+fn request_buffering_defaults_and_values_load() {
+    let text = format!(
+        "{LISTENER}\n[upstreams.a]\nservers = [\"127.0.0.1:3000\"]\n[upstreams.a.request_buffering]\n\
+         [upstreams.b]\nservers = [\"127.0.0.1:3001\"]\nrequest_buffering = {{ max_body = \"4KiB\", total = \"1MiB\", over = \"refuse\" }}\n\
+         [upstreams.b.passive]\nmax_ejected_percent = 0\n"
+    );
+    let config = load_str(&text, None).expect("loads");
+    let a = config.upstream("a").expect("a");
+    assert_eq!(
+        a.request_buffering,
+        Some(tidegate_config::RequestBuffering {
+            max_body: tidegate_config::defaults::REQUEST_BUFFERING_MAX_BODY,
+            total: tidegate_config::defaults::REQUEST_BUFFERING_TOTAL,
+            over: tidegate_config::OverLimit::Stream,
+        })
+    );
+    assert_eq!(
+        a.max_ejected_percent,
+        tidegate_config::defaults::MAX_EJECTED_PERCENT
+    );
+    let b = config.upstream("b").expect("b");
+    assert_eq!(
+        b.request_buffering,
+        Some(tidegate_config::RequestBuffering {
+            max_body: 4096,
+            total: 1024 * 1024,
+            over: tidegate_config::OverLimit::Refuse,
+        })
+    );
+    assert_eq!(b.max_ejected_percent, 0);
+}

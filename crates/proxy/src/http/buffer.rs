@@ -117,7 +117,11 @@ pub(super) async fn collect(
         Some(n) => (!hold.grow(n as usize, cfg.total)).then_some(Over::Budget),
         None => None,
     };
-    let mut data = BytesMut::new();
+    // The announced length was reserved: allocate it once rather than grow by copies.
+    let mut data = match (&over, announced) {
+        (None, Some(n)) => BytesMut::with_capacity(n as usize),
+        _ => BytesMut::new(),
+    };
     while over.is_none() {
         let Some(frame) = body.frame().await else {
             break;

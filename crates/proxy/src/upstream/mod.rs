@@ -715,3 +715,20 @@ fn host_header(addr: &UpstreamAddr) -> http::HeaderValue {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ejection_cap;
+
+    #[test]
+    fn the_ejection_cap_rounds_down_but_allows_one() {
+        assert_eq!(ejection_cap(1, 50), 1);
+        assert_eq!(ejection_cap(2, 50), 1);
+        assert_eq!(ejection_cap(3, 50), 1);
+        assert_eq!(ejection_cap(4, 50), 2);
+        assert_eq!(ejection_cap(10, 10), 1);
+        assert_eq!(ejection_cap(5, 100), 5);
+        assert_eq!(ejection_cap(5, 0), 0);
+        assert_eq!(ejection_cap(5, 250), 5);
+    }
+}
