@@ -218,10 +218,9 @@ servers = ["{}"]
             );
         }
     }
-    assert!(
-        probes >= (ATTACK_SECS * 2 - 4) as usize,
-        "only {probes} probes"
-    );
+    // slowhttptest ends before `-l` once tidegate has closed all its connections (the
+    // header timeout, the backend's 408): at least 10 s of probes.
+    assert!(probes >= 20, "only {probes} probes");
     if !bad.is_empty() {
         // What tidegate said meanwhile, one line per kind of message.
         let mut seen = std::collections::BTreeMap::<String, (usize, String)>::new();
