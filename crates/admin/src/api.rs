@@ -57,6 +57,11 @@ pub struct UpstreamView {
     pub balance: String,
     /// Its servers, in config order (`index` is the position).
     pub servers: Vec<ServerView>,
+    /// Panic mode: every `ready` server is down or ejected, so requests go to them
+    /// anyway rather than being answered 503.
+    pub panic: bool,
+    /// Requests (and tunnels) sent in panic mode since start.
+    pub panic_requests: u64,
 }
 
 /// A server in `/v1/upstreams`.

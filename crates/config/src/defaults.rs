@@ -96,6 +96,18 @@ pub const PASSIVE_COOLDOWN: Duration = Duration::from_secs(10);
 /// response, and any client can ask for a URL that answers one.
 pub const PASSIVE_STATUSES: &[u16] = &[];
 
+/// `[upstreams.NAME.passive] max_ejected_percent`: at most this share of an upstream's
+/// servers (rounded down, at least one) is held out by passive ejection at once (Envoy's
+/// `max_ejection_percent`); with half of a pair out, the other half must take the load.
+pub const MAX_EJECTED_PERCENT: u8 = 50;
+
+/// `[upstreams.NAME.request_buffering] max_body`: the largest request body collected
+/// in memory before the upstream is contacted.
+pub const REQUEST_BUFFERING_MAX_BODY: usize = 1024 * 1024;
+/// `[upstreams.NAME.request_buffering] total`: memory all bodies being collected for
+/// one upstream may hold together.
+pub const REQUEST_BUFFERING_TOTAL: usize = 64 * 1024 * 1024;
+
 /// Upstream `idle_timeout`: no byte either way on a live exchange.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 

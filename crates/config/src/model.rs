@@ -202,6 +202,33 @@ pub struct Upstream {
     /// business. An on-demand upstream has exactly one server: the address the command
     /// listens on.
     pub on_demand: Option<OnDemand>,
+    /// `[upstreams.NAME.passive] max_ejected_percent`: the share of servers passive
+    /// ejection may hold out at once (0-100).
+    pub max_ejected_percent: u8,
+    /// `[upstreams.NAME.request_buffering]`: collect request bodies before contacting
+    /// the upstream; `None` = off (bodies are streamed as they arrive).
+    pub request_buffering: Option<RequestBuffering>,
+}
+
+/// `[upstreams.NAME.request_buffering]` (nginx's `proxy_request_buffering on`, in
+/// memory only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestBuffering {
+    /// The largest body collected, in bytes.
+    pub max_body: usize,
+    /// All bodies being collected for this upstream together, in bytes.
+    pub total: usize,
+    /// What happens to a body over either limit.
+    pub over: OverLimit,
+}
+
+/// `request_buffering.over`: a body that does not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverLimit {
+    /// Streamed to the upstream as it arrives, as without buffering.
+    Stream,
+    /// Answered `413 Content Too Large`.
+    Refuse,
 }
 
 /// `[upstreams.NAME.on_demand]`.

@@ -19,6 +19,7 @@ use crate::model::{
     AccessLog, AccessLogTo, Admin, Config, Health, HostMatch, Listener, Log, OnDemand, Passive,
     Protocol, Route, RouteAction, Server, Upstream,
 };
+use crate::model::{OverLimit, RequestBuffering};
 use crate::parse::{self, InvalidValue, DURATION_FORMS, SIZE_FORMS};
 
 type Span = Option<Range<usize>>;
@@ -627,6 +628,8 @@ impl<'d> Cx<'_, '_> {
                 "health",
                 "passive",
                 "on_demand",
+                "passive",
+                "request_buffering",
             ],
             &[],
         );
@@ -682,6 +685,10 @@ impl<'d> Cx<'_, '_> {
                 .map(|p| self.passive(&p))
                 .unwrap_or_default(),
             on_demand: None,
+            max_ejected_percent: self.max_ejected_percent(t),
+            request_buffering: self
+                .table(t, "request_buffering")
+                .and_then(|b| self.request_buffering(&b)),
         };
 
         upstream.on_demand = self.table(t, "on_demand").and_then(|o| self.on_demand(&o));
@@ -699,6 +706,76 @@ impl<'d> Cx<'_, '_> {
             }
         }
         upstream
+    }
+
+    /// `[upstreams.NAME.passive] max_ejected_percent`: a whole number from 0 to 100.
+    /// Only this key of `[passive]` is read here (the table's other keys and its
+    /// unknown-key check belong to passive ejection's own block).
+    fn max_ejected_percent(&mut self, t: &Tbl<'d>) -> u8 {
+        let Some(p) = t
+            .field("passive")
+            .and_then(|f| f.item.as_table_like().is_some().then_some(f))
+            .and_then(|_| self.table(t, "passive"))
+        else {
+            return defaults::MAX_EJECTED_PERCENT;
+        };
+        let Some(f) = p.field("max_ejected_percent") else {
+            return defaults::MAX_EJECTED_PERCENT;
+        };
+        match f.item.as_integer().and_then(|n| u8::try_from(n).ok()) {
+            Some(n) if n <= 100 => n,
+            _ => {
+                self.expected(
+                    &f,
+                    "a whole number from 0 to 100 (a percentage of the servers)",
+                );
+                defaults::MAX_EJECTED_PERCENT
+            }
+        }
+    }
+
+    /// `[upstreams.NAME.request_buffering]`: `max_body`, `total`, `over`, each
+    /// defaulted; `max_body` at least 1 and not above `total`.
+    fn request_buffering(&mut self, b: &Tbl<'d>) -> Option<RequestBuffering> {
+        self.keys(b, &["max_body", "total", "over"], &[]);
+        let max_body = self
+            .size(b, "max_body")
+            .unwrap_or(defaults::REQUEST_BUFFERING_MAX_BODY);
+        let total = self
+            .size(b, "total")
+            .unwrap_or(defaults::REQUEST_BUFFERING_TOTAL);
+        let over = self
+            .choice(
+                b,
+                "over",
+                &[("stream", OverLimit::Stream), ("refuse", OverLimit::Refuse)],
+            )
+            .unwrap_or(OverLimit::Stream);
+        if max_body == 0 {
+            if let Some(f) = b.field("max_body") {
+                self.expected(&f, "a size of at least 1 byte");
+            }
+            return None;
+        }
+        if max_body > total {
+            if let Some(f) = b.field("max_body").or_else(|| b.field("total")) {
+                self.err(
+                    f.span(),
+                    &f.path,
+                    format!(
+                        "max_body ({}) is larger than total ({}): one body could never fit",
+                        parse::format_size(max_body),
+                        parse::format_size(total)
+                    ),
+                );
+            }
+            return None;
+        }
+        Some(RequestBuffering {
+            max_body,
+            total,
+            over,
+        })
     }
 
     /// `[upstreams.NAME.on_demand]`: `command` is required, every other key defaulted.
@@ -841,7 +918,11 @@ impl<'d> Cx<'_, '_> {
 
     /// `[upstreams.NAME.passive]`: every key defaulted.
     fn passive(&mut self, p: &Tbl<'d>) -> Passive {
-        self.keys(p, &["max_fails", "cooldown", "statuses"], &[]);
+        self.keys(
+            p,
+            &["max_fails", "cooldown", "statuses", "max_ejected_percent"],
+            &[],
+        );
         let max_fails = self
             .uint(p, "max_fails", 0)
             .map(|n| match u32::try_from(n) {

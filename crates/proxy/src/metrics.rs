@@ -30,6 +30,9 @@
 //! - `server_requests_total`, `server_failures_total`, `server_active`,
 //!   `server_idle_pooled`, `server_health{health}`, `server_ejected`,
 //!   `server_state{state}`, each `{upstream, server}`.
+//! - `upstream_panic{upstream}`: 1 while every `ready` server of the upstream is out, so
+//!   requests go to them anyway (panic mode); `upstream_panic_requests_total{upstream}`:
+//!   requests sent in panic mode.
 //! - `access_log_dropped_total`: access-log lines dropped because the writer was behind.
 
 use std::collections::HashMap;
@@ -500,6 +503,30 @@ impl Collector for Sources {
                         ];
                         gauge(m, &labels, i64::from(st == now))?;
                     }
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            &mut enc,
+            "tidegate_upstream_panic",
+            "1 while every ready server of an upstream is down or ejected and requests go to them anyway (panic mode)",
+            G,
+            |m| {
+                for up in &self.upstreams {
+                    gauge(m, &[("upstream", &up.name)], i64::from(up.in_panic()))?;
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            &mut enc,
+            "tidegate_upstream_panic_requests",
+            "Requests and tunnels sent to an upstream in panic mode",
+            C,
+            |m| {
+                for up in &self.upstreams {
+                    counter(m, &[("upstream", &up.name)], up.panic_requests())?;
                 }
                 Ok(())
             },

@@ -139,6 +139,8 @@ impl Control for Live {
                 name: u.name.clone(),
                 balance: balance.clone(),
                 servers: (0..u.servers.len()).map(|i| server_view(u, i)).collect(),
+                panic: u.in_panic(),
+                panic_requests: u.panic_requests(),
             })
             .collect()
     }

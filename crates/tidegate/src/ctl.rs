@@ -299,7 +299,15 @@ fn upstreams(ups: &[UpstreamView]) -> String {
             ]);
         }
     }
-    t.render()
+    let mut out = t.render();
+    for u in ups.iter().filter(|u| u.panic) {
+        out.push_str(&format!(
+            "upstream {}: PANIC: every ready server is down or ejected; requests go to them \
+             anyway ({} since start)\n",
+            u.name, u.panic_requests
+        ));
+    }
+    out
 }
 
 fn conns(conns: &[ConnectionView]) -> String {

@@ -138,6 +138,8 @@ fn samples() -> Vec<(&'static str, BTreeSet<String>)> {
                 name: "app".into(),
                 balance: "round_robin".into(),
                 servers: vec![server_view()],
+                panic: false,
+                panic_requests: 0,
             }),
         ),
         ("ServerView", keys(&server_view())),

@@ -89,6 +89,8 @@ impl Control for Fake {
                 server_view(0, ServerState::Ready),
                 server_view(1, ServerState::Ready),
             ],
+            panic: false,
+            panic_requests: 0,
         }]
     }
 

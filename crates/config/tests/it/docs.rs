@@ -76,6 +76,8 @@ const UPSTREAM: &str = "## `[upstreams.NAME]`";
 const HEALTH: &str = "### `[upstreams.NAME.health]`";
 const PASSIVE: &str = "### `[upstreams.NAME.passive]`";
 const ON_DEMAND: &str = "### `[upstreams.NAME.on_demand]`";
+const PANIC: &str = "### Panic mode and the ejection cap";
+const BUFFERING: &str = "### `[upstreams.NAME.request_buffering]`";
 const TIMERS: &str = "## Timers";
 const LIMITS: &str = "## Limits";
 
@@ -302,6 +304,26 @@ fn documented() -> Vec<(&'static str, Doc)> {
         (
             "PASSIVE_STATUSES",
             Mention(PASSIVE, "`statuses`", format!("`{PASSIVE_STATUSES:?}`")),
+        ),
+        (
+            "MAX_EJECTED_PERCENT",
+            Value(
+                PANIC,
+                "`max_ejected_percent`",
+                Written::Int(i64::from(MAX_EJECTED_PERCENT)),
+            ),
+        ),
+        (
+            "REQUEST_BUFFERING_MAX_BODY",
+            Value(
+                BUFFERING,
+                "`max_body`",
+                Written::Size(REQUEST_BUFFERING_MAX_BODY),
+            ),
+        ),
+        (
+            "REQUEST_BUFFERING_TOTAL",
+            Value(BUFFERING, "`total`", Written::Size(REQUEST_BUFFERING_TOTAL)),
         ),
         (
             "ON_DEMAND_READY_TIMEOUT",

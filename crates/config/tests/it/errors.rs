@@ -403,7 +403,7 @@ passive = {{ statuses = 500, max_fails = 5000000000 }}
             r#"tidegate.toml:12:12: upstreams.app.passive.cooldown: must be more than zero, found "0s""#,
             "tidegate.toml:13:18: upstreams.app.passive.statuses[1]: expected a response status from 400 to 599, found 200",
             r#"tidegate.toml:13:23: upstreams.app.passive.statuses[2]: expected a response status from 400 to 599, found "503""#,
-            "tidegate.toml:14:1: upstreams.app.passive.fail_timeout: unknown key; allowed here: max_fails, cooldown, statuses",
+            "tidegate.toml:14:1: upstreams.app.passive.fail_timeout: unknown key; allowed here: max_fails, cooldown, statuses, max_ejected_percent",
             "tidegate.toml:18:24: upstreams.b.passive.statuses: expected an array of statuses like [502, 503, 504], found 500",
             "tidegate.toml:18:41: upstreams.b.passive.max_fails: expected a whole number from 0 to 4294967295, found 5000000000",
         ]
@@ -729,4 +729,66 @@ servers = ["127.0.0.1:3000"]
     let config = tidegate_config::load_str(ok, Some(Path::new("tidegate.toml"))).expect("loads");
     assert!(!config.listeners[0].half_close);
     assert!(config.listeners[0].routes[0].require_length);
+}
+
+#[test]
+fn max_ejected_percent_and_request_buffering_are_checked() {
+    let text = format!(
+        r#"{LISTENER}
+[upstreams.app]
+servers = ["127.0.0.1:3000"]
+[upstreams.app.passive]
+max_ejected_percent = 150
+[upstreams.app.request_buffering]
+max_body = "2MiB"
+total = "1MiB"
+over = "drop"
+"#
+    );
+    let errors = errors(&text);
+    assert_error(
+        &errors,
+        "tidegate.toml:10:23: upstreams.app.passive.max_ejected_percent: expected a whole number from 0 to 100",
+    );
+    assert_error(
+        &errors,
+        "tidegate.toml:14:8: upstreams.app.request_buffering.over: expected one of \"stream\", \"refuse\"",
+    );
+    assert_error(
+        &errors,
+        "tidegate.toml:12:12: upstreams.app.request_buffering.max_body: max_body (2MiB) is larger than total (1MiB)",
+    );
+}
+
+#[test]
+fn request_buffering_defaults_and_values_load() {
+    let text = format!(
+        "{LISTENER}\n[upstreams.a]\nservers = [\"127.0.0.1:3000\"]\n[upstreams.a.request_buffering]\n\
+         [upstreams.b]\nservers = [\"127.0.0.1:3001\"]\nrequest_buffering = {{ max_body = \"4KiB\", total = \"1MiB\", over = \"refuse\" }}\n\
+         [upstreams.b.passive]\nmax_ejected_percent = 0\n"
+    );
+    let config = load_str(&text, None).expect("loads");
+    let a = config.upstream("a").expect("a");
+    assert_eq!(
+        a.request_buffering,
+        Some(tidegate_config::RequestBuffering {
+            max_body: tidegate_config::defaults::REQUEST_BUFFERING_MAX_BODY,
+            total: tidegate_config::defaults::REQUEST_BUFFERING_TOTAL,
+            over: tidegate_config::OverLimit::Stream,
+        })
+    );
+    assert_eq!(
+        a.max_ejected_percent,
+        tidegate_config::defaults::MAX_EJECTED_PERCENT
+    );
+    let b = config.upstream("b").expect("b");
+    assert_eq!(
+        b.request_buffering,
+        Some(tidegate_config::RequestBuffering {
+            max_body: 4096,
+            total: 1024 * 1024,
+            over: tidegate_config::OverLimit::Refuse,
+        })
+    );
+    assert_eq!(b.max_ejected_percent, 0);
 }

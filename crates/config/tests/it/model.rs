@@ -175,6 +175,8 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 health: None,
                 passive: Passive::default(),
                 on_demand: None,
+                max_ejected_percent: defaults::MAX_EJECTED_PERCENT,
+                request_buffering: None,
             },
             Upstream {
                 name: "b".into(),
@@ -207,6 +209,8 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                     statuses: vec![502, 504],
                 },
                 on_demand: None,
+                max_ejected_percent: defaults::MAX_EJECTED_PERCENT,
+                request_buffering: None,
             },
         ],
     };

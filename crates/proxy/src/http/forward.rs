@@ -58,6 +58,10 @@ impl ConnService {
         // What the upstream may switch to (`handle` kept only what the route allows).
         let offered = upgrade.then(|| req.headers().get(header::UPGRADE).cloned());
         let out = self.outgoing(req, upgrade);
+        let out = match self.buffered(&up, out).await {
+            Ok(out) => out,
+            Err(failure) => return failure.into_response(done),
+        };
         let active = match up.pick(&[]) {
             Ok(a) => a,
             Err(unavailable) => {
@@ -116,6 +120,19 @@ impl ConnService {
             replayable,
             sending,
         }
+    }
+
+    /// `request_buffering`: the body collected before any server is picked
+    /// ([`super::buffer`]); unchanged when the upstream streams bodies.
+    async fn buffered(&self, up: &Upstream, mut out: Outgoing) -> Result<Outgoing, Failure> {
+        if up.request_buffering.is_none() {
+            return Ok(out);
+        }
+        // A client that stops sending is bounded like during the exchange.
+        self.client.set_exchange_idle(up.timeouts.idle);
+        let req = std::mem::replace(&mut out.req, Request::new(RequestBody::Empty));
+        out.req = Box::pin(super::buffer::collect(up, req)).await?;
+        Ok(out)
     }
 
     /// Attempts until a response head arrives or a failure may not be retried.

@@ -16,11 +16,13 @@
 //! on the socket hyper hands back.
 //!
 //! Modules, from the top down: `driver` (the task) → `service` (checks and routing) →
-//! `forward` (to the upstream) → `body` (the response toward the client), `tunnel`
+//! `forward` (to the upstream; `buffer` collects a request body first when the
+//! upstream has `request_buffering`) → `body` (the response toward the client), `tunnel`
 //! (after a 101) → `client_conn` (the connection's shared state) → `upgrade`,
 //! `failure`, `headers`, `route`, `rewind`, `listener`.
 
 pub mod body;
+mod buffer;
 pub mod client_conn;
 mod driver;
 pub mod failure;

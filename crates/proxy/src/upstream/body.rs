@@ -69,7 +69,7 @@ impl Sending {
         }
     }
 
-    fn set(&self, to: Progress) {
+    pub(crate) fn set(&self, to: Progress) {
         // Only the first end counts: a body that ended does not fail afterwards.
         if self
             .state
@@ -107,6 +107,27 @@ pub enum RequestBody {
     },
     /// No body.
     Empty,
+    /// A body collected in full before the request was sent (`request_buffering`);
+    /// `hold` keeps its share of the memory budget until the body is dropped.
+    Collected {
+        /// The body; `None` once sent.
+        data: Option<Bytes>,
+        /// Released when the body is dropped.
+        hold: Option<Box<dyn Send + Sync>>,
+        /// The client body's progress: sent once the collected body is handed to hyper
+        /// (`response_timeout` starts there).
+        sending: Arc<Sending>,
+    },
+    /// What was collected of a body over the buffering limit, then the rest of it as
+    /// it arrives.
+    Prefixed {
+        /// Sent first; `None` once sent.
+        prefix: Option<Bytes>,
+        /// The rest (the client's body).
+        rest: Box<RequestBody>,
+        /// Released when the body is dropped.
+        hold: Option<Box<dyn Send + Sync>>,
+    },
 }
 
 impl std::fmt::Debug for RequestBody {
@@ -114,6 +135,15 @@ impl std::fmt::Debug for RequestBody {
         match self {
             RequestBody::Client { body, .. } => f.debug_tuple("Client").field(body).finish(),
             RequestBody::Empty => f.write_str("Empty"),
+            RequestBody::Collected { data, .. } => f
+                .debug_struct("Collected")
+                .field("len", &data.as_ref().map(Bytes::len))
+                .finish(),
+            RequestBody::Prefixed { prefix, rest, .. } => f
+                .debug_struct("Prefixed")
+                .field("prefix", &prefix.as_ref().map(Bytes::len))
+                .field("rest", rest)
+                .finish(),
         }
     }
 }
@@ -145,6 +175,19 @@ impl Body for RequestBody {
                 res
             }
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Collected { data, sending, .. } => {
+                // One frame holds the whole body: once hyper has it, the request is sent.
+                sending.set(Progress::Sent);
+                Poll::Ready(
+                    data.take()
+                        .filter(|d| !d.is_empty())
+                        .map(|d| Ok(Frame::data(d))),
+                )
+            }
+            RequestBody::Prefixed { prefix, rest, .. } => match prefix.take() {
+                Some(p) if !p.is_empty() => Poll::Ready(Some(Ok(Frame::data(p)))),
+                _ => Pin::new(&mut **rest).poll_frame(cx),
+            },
         }
     }
 
@@ -152,6 +195,10 @@ impl Body for RequestBody {
         match self {
             RequestBody::Client { body, .. } => body.is_end_stream(),
             RequestBody::Empty => true,
+            RequestBody::Collected { data, .. } => data.as_ref().is_none_or(Bytes::is_empty),
+            RequestBody::Prefixed { prefix, rest, .. } => {
+                prefix.as_ref().is_none_or(Bytes::is_empty) && rest.is_end_stream()
+            }
         }
     }
 
@@ -159,6 +206,19 @@ impl Body for RequestBody {
         match self {
             RequestBody::Client { body, .. } => body.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Collected { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            RequestBody::Prefixed { prefix, rest, .. } => {
+                let first = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(first));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper.saturating_add(first));
+                }
+                hint
+            }
         }
     }
 }

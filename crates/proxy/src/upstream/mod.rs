@@ -25,6 +25,10 @@ use connect::{ConnectError, Resolve};
 use pool::{Checkout, Pool};
 use stats::ServerStats;
 
+/// The longest a checkout waits for a pooled connection to be ready before opening a
+/// new one instead (the pool holds only ready connections: this bounds a race).
+const CHECKOUT_READY_WAIT: Duration = Duration::from_millis(50);
+
 /// One upstream at run time.
 #[derive(Debug)]
 pub struct Upstream {
@@ -42,6 +46,18 @@ pub struct Upstream {
     pub sse_heartbeat: Option<Duration>,
     /// Options of this upstream's TCP sockets (`tcp_keepalive`).
     pub tcp: TcpOptions,
+    /// `[request_buffering]`: `None` = request bodies are streamed.
+    pub request_buffering: Option<tidegate_config::RequestBuffering>,
+    /// Bytes held by request bodies being collected for this upstream now (the
+    /// `request_buffering.total` budget).
+    pub buffered: Arc<std::sync::atomic::AtomicUsize>,
+    /// `[passive] max_ejected_percent` as a count of servers ([`ejection_cap`]).
+    max_ejected: usize,
+    /// Whether the last pick found every server out (for the log lines at its start
+    /// and end; the admin API computes [`Upstream::in_panic`] afresh).
+    panic: std::sync::atomic::AtomicBool,
+    /// Picks made in panic mode since start.
+    panic_picks: std::sync::atomic::AtomicU64,
 }
 
 /// An upstream's timers.
@@ -214,38 +230,51 @@ impl Upstream {
                 nodelay: true,
                 keepalive: cfg.tcp_keepalive,
             },
+            request_buffering: cfg.request_buffering,
+            buffered: Arc::new(AtomicUsize::new(0)),
+            max_ejected: ejection_cap(cfg.servers.len(), cfg.max_ejected_percent),
+            panic: std::sync::atomic::AtomicBool::new(false),
+            panic_picks: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// Picks an available server not in `tried` and counts the exchange on it until
-    /// the guard drops. `Err` when no such server is available (every one down, in a
-    /// cool-down, or already tried).
+    /// the guard drops. When every `ready` server is out (down, or ejected), one of
+    /// them is picked anyway (panic mode, as Envoy and nginx do): a server that comes
+    /// back is used by the next request rather than after its cool-down. Servers in
+    /// `drain` or `maint` are never picked. `Err` when no server may be tried (all of
+    /// them in `drain`/`maint`, or already tried).
     pub fn pick(self: &Arc<Self>, tried: &[usize]) -> Result<ActiveGuard, Unavailable> {
         let n = self.servers.len();
         // Rotating start: round robin, and the tie-break for least_conn.
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
-        let candidates = (0..n)
-            .map(|i| (start + i) % n)
-            .filter(|i| !tried.contains(i) && self.servers[*i].takes_new());
-        let index = match self.balance {
-            Balance::RoundRobin => candidates.into_iter().next(),
-            Balance::LeastConn => {
-                candidates.min_by_key(|&i| self.servers[i].active.load(Ordering::Relaxed))
-            }
+        let order = || {
+            (0..n)
+                .map(move |i| (start + i) % n)
+                .filter(|i| !tried.contains(i))
         };
+        let released = self.ejections_over_cap();
+        let mut index =
+            self.choose(order().filter(|&i| self.servers[i].takes_new() || released.contains(&i)));
+        if index.is_none() {
+            index = self.choose(order().filter(|&i| self.servers[i].state() == ServerState::Ready));
+            if index.is_some() {
+                self.panic_picks.fetch_add(1, Ordering::Relaxed);
+                if !self.panic.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(upstream = %self.name, servers = %self.describe_servers(),
+                        "every server is out: trying them anyway (panic mode)");
+                }
+            }
+        } else if tried.is_empty() && self.panic.swap(false, Ordering::Relaxed) {
+            tracing::info!(upstream = %self.name, "a server is available again: panic mode ends");
+        }
         let Some(index) = index else {
             return Err(Unavailable {
                 upstream: self.name.clone(),
                 servers: self
                     .servers
                     .iter()
-                    .map(|s| {
-                        let state = match s.state() {
-                            ServerState::Ready => s.health.describe(),
-                            other => other.as_str().to_owned(),
-                        };
-                        (s.addr.to_string(), state)
-                    })
+                    .map(|s| (s.addr.to_string(), s.describe_state()))
                     .collect(),
             });
         };
@@ -257,6 +286,91 @@ impl Upstream {
             index,
             _usage: server.on_demand.as_ref().map(|s| s.acquire()),
         })
+    }
+
+    /// The balancer's choice among `candidates` (already in rotating order).
+    fn choose(&self, mut candidates: impl Iterator<Item = usize>) -> Option<usize> {
+        match self.balance {
+            Balance::RoundRobin => candidates.next(),
+            Balance::LeastConn => {
+                candidates.min_by_key(|&i| self.servers[i].active.load(Ordering::Relaxed))
+            }
+        }
+    }
+
+    /// `max_ejected_percent`: passively ejected `ready` servers beyond the cap, which
+    /// are used anyway. The ones ejected first stay out (their cool-downs end first);
+    /// the later ones, over the cap, take requests as if not ejected. Empty (and no
+    /// allocation) while no server is over the cap, the common case.
+    fn ejections_over_cap(&self) -> Vec<usize> {
+        let mut ejected: Vec<(tokio::time::Instant, usize)> = Vec::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            // Only a server that would otherwise take requests: one that is down or in
+            // drain/maint is out for another reason.
+            if s.state() != ServerState::Ready {
+                continue;
+            }
+            if let Some(until) = s.health.ejected_until() {
+                if s.health.state() != health::HealthState::Down {
+                    ejected.push((until, i));
+                }
+            }
+        }
+        if ejected.len() <= self.max_ejected {
+            return Vec::new();
+        }
+        ejected.sort();
+        ejected
+            .into_iter()
+            .skip(self.max_ejected)
+            .map(|(_, i)| i)
+            .collect()
+    }
+
+    /// Whether every `ready` server is out now (down or ejected beyond what the cap
+    /// holds), so requests go to them anyway: the admin API's and metrics' `panic`.
+    pub fn in_panic(&self) -> bool {
+        let released = self.ejections_over_cap();
+        let mut any_ready = false;
+        for (i, s) in self.servers.iter().enumerate() {
+            if s.state() != ServerState::Ready {
+                continue;
+            }
+            any_ready = true;
+            if s.health.is_available() || released.contains(&i) {
+                return false;
+            }
+        }
+        any_ready
+    }
+
+    /// Requests (and tunnels) sent to a server in panic mode since start.
+    pub fn panic_requests(&self) -> u64 {
+        self.panic_picks.load(Ordering::Relaxed)
+    }
+
+    /// `max_ejected_percent` as a count of servers, for this upstream.
+    pub fn max_ejected(&self) -> usize {
+        self.max_ejected
+    }
+
+    fn describe_servers(&self) -> String {
+        let parts: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| format!("{} {}", s.addr, s.describe_state()))
+            .collect();
+        parts.join("; ")
+    }
+}
+
+/// How many of `n` servers `percent` lets passive ejection hold out: rounded down, but
+/// at least one while `percent` is above 0 (so a pair at 50 % can eject one, and a lone
+/// server can be ejected, after which panic mode still tries it).
+pub fn ejection_cap(n: usize, percent: u8) -> usize {
+    match percent {
+        0 => 0,
+        p => (n * usize::from(p.min(100)) / 100).max(1),
     }
 }
 
@@ -324,6 +438,14 @@ impl Server {
                 from = old.as_str(), to = state.as_str(), "server state changed");
         }
         old
+    }
+
+    /// The operator state, or for a `ready` server its health, in one phrase.
+    fn describe_state(&self) -> String {
+        match self.state() {
+            ServerState::Ready => self.health.describe(),
+            other => other.as_str().to_owned(),
+        }
     }
 
     /// May it get a new request now: `ready`, and neither down nor ejected?
@@ -437,8 +559,11 @@ impl Server {
         if self.on_demand.is_some() {
             Box::pin(self.ensure_ready(upstream, resolver)).await?;
         }
+        // The pool hands out only connections that were ready when taken, so this wait
+        // is for a connection that closed meanwhile; bounded all the same, a checkout
+        // never waits on a busy connection.
         while let Some(mut c) = self.pool.take() {
-            if c.ready().await.is_ok() {
+            if let Ok(Ok(())) = tokio::time::timeout(CHECKOUT_READY_WAIT, c.ready()).await {
                 self.stats.checkout(true);
                 return Ok(c);
             }
@@ -590,4 +715,21 @@ fn host_header(addr: &UpstreamAddr) -> http::HeaderValue {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ejection_cap;
+
+    #[test]
+    fn the_ejection_cap_rounds_down_but_allows_one() {
+        assert_eq!(ejection_cap(1, 50), 1);
+        assert_eq!(ejection_cap(2, 50), 1);
+        assert_eq!(ejection_cap(3, 50), 1);
+        assert_eq!(ejection_cap(4, 50), 2);
+        assert_eq!(ejection_cap(10, 10), 1);
+        assert_eq!(ejection_cap(5, 100), 5);
+        assert_eq!(ejection_cap(5, 0), 0);
+        assert_eq!(ejection_cap(5, 250), 5);
+    }
 }

@@ -7,6 +7,11 @@
 //!   the next request to notice).
 //! - A connection is in the idle list only while nobody uses it, at most `max_idle` of
 //!   them, and for at most `idle_timeout` (the task closes it then).
+//! - A connection is in the idle list only when hyper can send a new request on it
+//!   ([`SendRequest::is_ready`]): after an early response (a 401 to a POST whose body is
+//!   still being sent) it is not, and [`Checkout::release`] waits for it in a task of its
+//!   own for at most [`RELEASE_READY_WAIT`], then closes it. So [`Pool::take`] never hands
+//!   out a busy connection and a checkout never waits on one.
 //! - A [`Checkout`] that is dropped without [`Checkout::release`] closes its connection:
 //!   a half-read response, a cancelled request or an upgrade never returns to the pool.
 //! - Every connection is in the connection registry while its task runs (the task owns
@@ -66,6 +71,13 @@ struct ConnCtl {
     base: Instant,
 }
 
+/// How long a released connection that hyper is still busy with (sending the rest of
+/// a request body the upstream answered early) may take to become ready before it is
+/// closed instead of pooled. A complete exchange is ready within microseconds; an
+/// upload the server ignores may never end, and keeping its socket would only keep the
+/// client's body flowing to a server that does not read it.
+pub const RELEASE_READY_WAIT: Duration = Duration::from_millis(250);
+
 /// `ConnCtl::idle_since` of a connection in use.
 const IN_USE: u64 = 0;
 
@@ -118,12 +130,13 @@ impl Pool {
         lock(&self.inner.idle).len()
     }
 
-    /// Takes the most recently used idle connection that is still open (the warmest;
-    /// older ones age out).
+    /// Takes the most recently used idle connection that can take a request now (the
+    /// warmest; older ones age out). Never waits: one that is closed or not ready is
+    /// closed and skipped.
     pub fn take(&self) -> Option<Checkout> {
         let mut idle = lock(&self.inner.idle);
         while let Some(entry) = idle.pop() {
-            if entry.sender.is_closed() {
+            if entry.sender.is_closed() || !entry.sender.is_ready() {
                 entry.ctl.kill.cancel();
                 continue;
             }
@@ -280,27 +293,59 @@ impl Checkout {
     }
 
     /// Returns the connection to the pool after a complete exchange; closes it instead
-    /// when the pool is full, gone, or the connection cannot take another request.
+    /// when the pool is full, gone, or the connection cannot take another request. One
+    /// that hyper is still busy with is pooled once it is ready, if that happens within
+    /// [`RELEASE_READY_WAIT`], and closed otherwise.
     pub fn release(mut self) {
-        let Some(conn) = self.conn.take() else { return };
-        let Some(pool) = self.pool.upgrade() else {
-            conn.ctl.kill.cancel();
+        let Some(mut conn) = self.conn.take() else {
             return;
         };
-        let mut idle = lock(&pool.idle);
-        if conn.sender.is_closed()
-            || idle.len() >= pool.max_idle
-            || !pool.keeping.load(Ordering::Relaxed)
-        {
-            drop(idle);
+        if conn.sender.is_closed() {
             conn.ctl.kill.cancel();
             return;
         }
-        conn.ctl.entry.set_state(ConnState::Idle);
-        conn.ctl.entry.set_protocol(ConnProtocol::Http1);
-        conn.ctl.mark_idle();
-        idle.push(conn);
+        if conn.sender.is_ready() {
+            return put_back(conn, &self.pool);
+        }
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let ready = std::future::poll_fn(|cx| conn.sender.poll_ready(cx));
+            match tokio::time::timeout(RELEASE_READY_WAIT, ready).await {
+                Ok(Ok(())) => put_back(conn, &pool),
+                Ok(Err(_)) => conn.ctl.kill.cancel(),
+                Err(_) => {
+                    tracing::debug!(
+                        conn = conn.ctl.id,
+                        "upstream connection still busy after the response (request body \
+                         not fully sent); closing it rather than pooling it"
+                    );
+                    conn.ctl.kill.cancel();
+                }
+            }
+        });
     }
+}
+
+/// Puts a ready connection in the idle list, or closes it when the pool is full, gone
+/// or not keeping.
+fn put_back(conn: Idle, pool: &Weak<PoolInner>) {
+    let Some(pool) = pool.upgrade() else {
+        conn.ctl.kill.cancel();
+        return;
+    };
+    let mut idle = lock(&pool.idle);
+    if !conn.sender.is_ready()
+        || idle.len() >= pool.max_idle
+        || !pool.keeping.load(Ordering::Relaxed)
+    {
+        drop(idle);
+        conn.ctl.kill.cancel();
+        return;
+    }
+    conn.ctl.entry.set_state(ConnState::Idle);
+    conn.ctl.entry.set_protocol(ConnProtocol::Http1);
+    conn.ctl.mark_idle();
+    idle.push(conn);
 }
 
 impl Drop for Checkout {

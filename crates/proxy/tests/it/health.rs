@@ -1,7 +1,8 @@
 //! Upstream health, in-process: active HTTP and connect checks take a failing server out
-//! of rotation and bring it back; with every server out a request gets 503 at once,
-//! naming each server's state; passive ejection stops trying a server that keeps
-//! failing, for a cool-down.
+//! of rotation and bring it back; with every server in drain or maint a request gets
+//! 503 at once, naming each server's state, while with every server down or ejected
+//! they are tried anyway (panic mode); passive ejection stops trying a server that
+//! keeps failing, for a cool-down, at most `max_ejected_percent` of them.
 //!
 //! In-process because the tests read each server's state directly (and set its passive
 //! limits). The binary's own tests are `crates/tidegate/tests/it/health.rs` and, for
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tidegate_config::Config;
 use tidegate_proxy::upstream::health::{HealthState, PassiveLimits};
-use tidegate_proxy::upstream::Upstream;
+use tidegate_proxy::upstream::{ServerState, Upstream};
 use tidegate_testkit::{blackhole_listener, get, Backend, Bind, Reply};
 
 use crate::common::{self, config, Logs, Proxy};
@@ -185,46 +186,74 @@ async fn connect_check_marks_a_dead_port_down_and_a_live_one_up() -> anyhow::Res
 }
 
 #[tokio::test]
-async fn every_server_down_answers_503_at_once_naming_each_server_state() -> anyhow::Result<()> {
+async fn every_server_in_drain_or_maint_answers_503_at_once_naming_each_state() -> anyhow::Result<()>
+{
     let hole = blackhole_listener()?;
     let dead = dead_port()?;
     let servers = [hole.addr().to_config(), dead.clone()];
     // A long connect_timeout: the 503 must not wait for it.
-    let config = config(
-        &servers,
-        &format!("connect_timeout = \"5s\"\n{}", checks(None, 1, 1)),
-    )?;
+    let config = config(&servers, "connect_timeout = \"5s\"\n")?;
     let proxy = start(&config, None)?;
     let up = proxy.upstreams[0].clone();
-    wait_until(
-        "both servers down",
-        WITHIN,
-        || up.servers.iter().all(|s| !s.health.is_available()),
-        || states(&up),
-    )
-    .await?;
+    up.servers[0].set_state(ServerState::Maint);
+    up.servers[1].set_state(ServerState::Drain);
     let started = Instant::now();
     let resp = get(&proxy.addr, "/", "app.test").await?;
     let took = started.elapsed();
     assert_eq!(resp.status, 503, "{}", resp.text());
     assert!(took < Duration::from_secs(1), "took {took:?}");
     let body = resp.text();
-    assert!(body.contains("upstream app"), "{body}");
-    // Checks go on while the request is made: the counts may have grown.
-    let hole_state = format!("{} down (", servers[0]);
-    let dead_state = format!("{dead} down (");
-    for (state, reason) in [
-        (&hole_state, "failed check"),
-        (&hole_state, ": no connection within 300ms)"),
-        (&dead_state, ": connection refused (ECONNREFUSED))"),
-    ] {
-        let at = body
-            .find(state.as_str())
-            .unwrap_or_else(|| panic!("{state}: {body}"));
-        let tail = &body[at..];
-        let end = tail.find(';').unwrap_or(tail.len());
-        assert!(tail[..end].contains(reason), "{reason}: {body}");
+    assert!(
+        body.contains("upstream app")
+            && body.contains(&format!("{} maint", servers[0]))
+            && body.contains(&format!("{dead} drain")),
+        "{body}"
+    );
+    assert!(!up.in_panic(), "operator states are not panic mode");
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_server_down_is_tried_anyway_but_never_one_in_maint() -> anyhow::Result<()> {
+    let live = Backend::start(Bind::Tcp4, |_| Reply::text(200, "live"))?;
+    let dead = dead_port()?;
+    let servers = [dead.clone(), live.addr().to_config()];
+    let config = config(
+        &servers,
+        &format!(
+            "connect_timeout = \"5s\"\nretries = 0\n{}",
+            checks(Some("/health"), 1, 1)
+        ),
+    )?;
+    let proxy = start(&config, None)?;
+    let up = proxy.upstreams[0].clone();
+    // Checks: the dead server goes down; the live one (which answers any path) up.
+    wait_until(
+        "the dead server down",
+        WITHIN,
+        || up.servers[0].health.state() == HealthState::Down,
+        || states(&up),
+    )
+    .await?;
+    // One server left: no panic.
+    assert!(!up.in_panic(), "{}", states(&up));
+    for _ in 0..4 {
+        assert_eq!(get(&proxy.addr, "/", "app.test").await?.status, 200);
     }
+    assert_eq!(up.panic_requests(), 0);
+    // The live one in maint: only a down server is left, and it is tried anyway.
+    up.servers[1].set_state(ServerState::Maint);
+    assert!(up.in_panic(), "{}", states(&up));
+    let resp = get(&proxy.addr, "/", "app.test").await?;
+    assert_eq!(
+        resp.status,
+        502,
+        "connect tried and refused: {}",
+        resp.text()
+    );
+    assert_eq!(up.panic_requests(), 1);
+    let served = live.requests().iter().filter(|r| r.target == "/").count();
+    assert_eq!(served, 4, "maint is never picked");
     Ok(())
 }
 
@@ -267,63 +296,94 @@ async fn refusing_server_is_ejected_after_three_failures_and_not_tried_again() -
 }
 
 #[tokio::test]
-async fn ejected_blackhole_is_not_tried_until_the_cooldown_ends_then_tried_again(
-) -> anyhow::Result<()> {
-    let hole = blackhole_listener()?;
-    let config = config(&[hole.addr().to_config()], r#"connect_timeout = "300ms""#)?;
+async fn an_ejected_lone_server_is_still_tried_and_used_once_it_is_back() -> anyhow::Result<()> {
+    let dead = dead_port()?;
+    let config = config(std::slice::from_ref(&dead), "retries = 0\nkeepalive = 0\n")?;
     let limits = PassiveLimits {
         fails: 3,
-        cooldown: Duration::from_millis(800),
+        cooldown: Duration::from_secs(30),
         ..PassiveLimits::default()
     };
     let proxy = start(&config, Some(limits))?;
     let up = proxy.upstreams[0].clone();
-    // Each connect hangs until connect_timeout: 504.
     for i in 0..3 {
         let resp = get(&proxy.addr, "/", "app.test").await?;
-        assert_eq!(resp.status, 504, "request {i}: {}", resp.text());
+        assert_eq!(resp.status, 502, "request {i}: {}", resp.text());
     }
-    // Ejected: answered at once, without a connect attempt.
-    let started = Instant::now();
-    let resp = get(&proxy.addr, "/", "app.test").await?;
-    let took = started.elapsed();
-    assert_eq!(resp.status, 503, "{}", resp.text());
-    assert!(took < Duration::from_millis(250), "took {took:?}");
-    let body = resp.text();
     assert!(
-        body.contains("upstream app") && body.contains("(3 consecutive connect failures)"),
-        "{body}"
-    );
-    assert!(
-        body.contains(&format!("{} ejected for ", hole.addr())),
-        "{body}"
-    );
-
-    wait_until(
-        "the cool-down ends",
-        WITHIN,
-        || up.servers[0].health.is_available(),
-        || states(&up),
-    )
-    .await?;
-    // Tried again (504 = a connect was attempted) with the count started over: three
-    // more failures eject it again.
-    for i in 0..3 {
-        let resp = get(&proxy.addr, "/", "app.test").await?;
-        assert_eq!(
-            resp.status,
-            504,
-            "request {i} after the cool-down: {}",
-            resp.text()
-        );
-    }
-    let resp = get(&proxy.addr, "/", "app.test").await?;
-    assert_eq!(resp.status, 503, "{}", resp.text());
-    assert!(
-        resp.text().contains("(3 consecutive connect failures)"),
+        up.servers[0].health.ejected_until().is_some(),
         "{}",
-        resp.text()
+        states(&up)
     );
+    assert!(up.in_panic());
+    // Ejected, and the only server: tried anyway (502 = a connect was attempted).
+    let resp = get(&proxy.addr, "/", "app.test").await?;
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    assert_eq!(up.panic_requests(), 1);
+    // It comes back: the very next request uses it, 30 s before its cool-down ends.
+    let back = tokio::net::TcpListener::bind(&dead).await?;
+    let serve = tokio::spawn(async move {
+        while let Ok((mut s, _)) = back.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nback",
+                    )
+                    .await;
+            });
+        }
+    });
+    let resp = get(&proxy.addr, "/", "app.test").await?;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), "back");
+    serve.abort();
+    Ok(())
+}
+
+#[tokio::test]
+async fn passive_ejection_holds_out_at_most_max_ejected_percent() -> anyhow::Result<()> {
+    let live = Backend::start(Bind::Tcp4, |_| Reply::text(200, "live"))?;
+    let (dead1, dead2) = (dead_port()?, dead_port()?);
+    // Three servers at 50 %: at most one is held out.
+    let servers = [dead1.clone(), dead2.clone(), live.addr().to_config()];
+    let config = config(
+        &servers,
+        "retries = 0\n[upstreams.app.passive]\nmax_ejected_percent = 50\n",
+    )?;
+    let limits = PassiveLimits {
+        fails: 1,
+        cooldown: Duration::from_secs(30),
+        ..PassiveLimits::default()
+    };
+    let proxy = start(&config, Some(limits))?;
+    let up = proxy.upstreams[0].clone();
+    assert_eq!(up.max_ejected(), 1);
+    for _ in 0..12 {
+        get(&proxy.addr, "/", "app.test").await?;
+    }
+    let ejected: Vec<bool> = up
+        .servers
+        .iter()
+        .map(|s| s.health.ejected_until().is_some())
+        .collect();
+    assert!(
+        ejected[0] && ejected[1],
+        "both dead ones failed once: {}",
+        states(&up)
+    );
+    // The first ejected stays out; the second, over the cap, keeps getting requests.
+    let (first, second) =
+        if up.servers[0].health.ejected_until() <= up.servers[1].health.ejected_until() {
+            (0, 1)
+        } else {
+            (1, 0)
+        };
+    assert_eq!(up.servers[first].requests(), 1, "{}", states(&up));
+    assert!(up.servers[second].requests() >= 3, "{}", states(&up));
+    assert!(!up.in_panic());
     Ok(())
 }
 

@@ -13,13 +13,17 @@
 mod access_log;
 mod admin;
 mod bodies;
+mod buffering;
 mod health;
 mod hygiene;
 mod keepalive;
 mod layers;
 mod lifecycle;
 mod on_demand;
+mod panic;
 mod passive;
+mod pool;
 mod proxy;
 mod repo;
+mod slow_clients;
 mod tcp;
