@@ -339,29 +339,17 @@ fn is_reg_name(host: &[u8]) -> bool {
             i += 3;
             continue;
         }
-        let ok = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b';'
-                    | b'='
-            );
-        if !ok {
+        if !(is_unreserved_or_sub_delim(b) && b != b',') {
             return false;
         }
         i += 1;
     }
     true
+}
+
+/// RFC 3986 `unreserved / sub-delims`: letters, digits, `-._~` and `!$&'()*+,;=`.
+fn is_unreserved_or_sub_delim(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)
 }
 
 /// The inside of `[...]`: an IPv6 address or an IPvFuture (`v` HEXDIG+ `.` then
@@ -375,27 +363,9 @@ fn is_ip_literal(inner: &[u8]) -> bool {
         return !version.is_empty()
             && version.iter().all(u8::is_ascii_hexdigit)
             && !tail.is_empty()
-            && tail.iter().all(|&b| {
-                b.is_ascii_alphanumeric()
-                    || matches!(
-                        b,
-                        b'-' | b'.'
-                            | b'_'
-                            | b'~'
-                            | b'!'
-                            | b'$'
-                            | b'&'
-                            | b'\''
-                            | b'('
-                            | b')'
-                            | b'*'
-                            | b'+'
-                            | b','
-                            | b';'
-                            | b'='
-                            | b':'
-                    )
-            });
+            && tail
+                .iter()
+                .all(|&b| is_unreserved_or_sub_delim(b) || b == b':');
     }
     std::str::from_utf8(inner).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok())
 }
