@@ -24,6 +24,7 @@ use http_body_util::BodyExt as _;
 use tidegate_config::{OverLimit, RequestBuffering};
 
 use super::failure::Failure;
+use crate::failure::UpstreamFailure;
 use crate::upstream::body::RequestBody;
 use crate::upstream::Upstream;
 
@@ -131,12 +132,10 @@ pub(super) async fn collect(
         let Some(frame) = body.frame().await else {
             break;
         };
-        let frame = frame.map_err(|e| {
-            Failure::client(
-                StatusCode::BAD_REQUEST,
-                format!("upstream {}: reading the request body failed: {e}", up.name),
-            )
-        })?;
+        // The client's body failing is classified like one that fails while it is
+        // streamed: 400, the client's fault, in the same words.
+        let frame =
+            frame.map_err(|e| Failure::upstream(&UpstreamFailure::ClientBody(e), &up.name, ""))?;
         // Trailers are dropped, as nginx does when it buffers a body.
         let Ok(chunk) = frame.into_data() else {
             continue;

@@ -303,3 +303,25 @@ async fn the_total_budget_is_shared_by_the_uploads_of_an_upstream() -> anyhow::R
     assert_eq!(third.read_response(T).await?.status, 200);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_malformed_body_being_buffered_is_the_clients_400_and_reaches_no_backend(
+) -> anyhow::Result<()> {
+    let app = Backend::start(Bind::Tcp4, |_| Reply::text(200, "stored\n"))?;
+    let tg = Tidegate::start(bin(), &config(app.addr(), "", "")).await?;
+    let mut c = connect(&tg.addr("web")?).await?;
+    // A chunk size that is not hex: the framing of the client's body is broken.
+    c.send(
+        b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+    )
+    .await?;
+    let resp = c.read_response(T).await?;
+    assert_eq!(resp.status, 400, "{resp:?}");
+    let text = resp.text();
+    assert!(
+        text.contains("request to upstream app: the client's request body could not be read"),
+        "the answer says it is the client's body, and for which upstream: {text}"
+    );
+    assert!(app.requests().is_empty(), "{}", app.summary());
+    Ok(())
+}
