@@ -265,7 +265,11 @@ impl Upstream {
                         "every server is out: trying them anyway (panic mode)");
                 }
             }
-        } else if tried.is_empty() && self.panic.swap(false, Ordering::Relaxed) {
+        } else if tried.is_empty()
+            // A load first: the usual pick writes nothing to this shared flag.
+            && self.panic.load(Ordering::Relaxed)
+            && self.panic.swap(false, Ordering::Relaxed)
+        {
             tracing::info!(upstream = %self.name, "a server is available again: panic mode ends");
         }
         let Some(index) = index else {
@@ -307,7 +311,7 @@ impl Upstream {
         for (i, s) in self.servers.iter().enumerate() {
             // Only a server that would otherwise take requests: one that is down or in
             // drain/maint is out for another reason.
-            if s.state() != ServerState::Ready {
+            if s.state() != ServerState::Ready || !s.health.maybe_ejected() {
                 continue;
             }
             if let Some(until) = s.health.ejected_until() {

@@ -40,6 +40,7 @@ pub(crate) mod check;
 pub mod checker;
 mod passive;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -81,6 +82,10 @@ pub struct ServerHealth {
     /// [`ServerHealth::named`]).
     upstream: String,
     server: String,
+    /// Set when passive ejection ejects the server, cleared (under the lock) once a look
+    /// finds the cool-down over: lets the per-request cap check skip the lock of every
+    /// server that has not been ejected.
+    maybe_ejected: AtomicBool,
     inner: Mutex<Inner>,
 }
 
@@ -105,6 +110,7 @@ impl ServerHealth {
             active: active.cloned(),
             upstream: String::new(),
             server: String::new(),
+            maybe_ejected: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 active: Active::Unknown {
                     passes: 0,
@@ -151,7 +157,19 @@ impl ServerHealth {
     /// While passively ejected: when the cool-down ends.
     pub fn ejected_until(&self) -> Option<Instant> {
         let now = Instant::now();
-        self.lock().passive.ejected_until(now)
+        let inner = self.lock();
+        let until = inner.passive.ejected_until(now);
+        if until.is_none() {
+            // Under the lock: an ejection recorded meanwhile sets it again after this.
+            self.maybe_ejected.store(false, Ordering::Relaxed);
+        }
+        until
+    }
+
+    /// Whether the server may be passively ejected now: `false` means it surely is not
+    /// (no lock taken); `true` needs [`ServerHealth::ejected_until`] to tell.
+    pub fn maybe_ejected(&self) -> bool {
+        self.maybe_ejected.load(Ordering::Relaxed)
     }
 
     /// Everything at once, consistent (one lock).
@@ -184,6 +202,7 @@ impl ServerHealth {
         let limits = inner.limits;
         if let Some(reason) = inner.passive.record(outcome, now, limits) {
             inner.ejections += 1;
+            self.maybe_ejected.store(true, Ordering::Relaxed);
             drop(inner);
             tracing::warn!(
                 upstream = %self.upstream,
@@ -394,6 +413,22 @@ mod tests {
             Some(t0 + Duration::from_secs(10))
         );
         assert_eq!(inner_at(&h).passive.streak(t5), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lock_free_ejection_hint_follows_the_ejection() {
+        let h = ServerHealth::new(None);
+        assert!(!h.maybe_ejected(), "a new server is not ejected");
+        for _ in 0..3 {
+            h.record(Outcome::ConnectFailed);
+        }
+        assert!(h.maybe_ejected());
+        assert!(h.ejected_until().is_some());
+        assert!(h.maybe_ejected(), "still ejected: the hint stays");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(h.maybe_ejected(), "only a look clears it");
+        assert_eq!(h.ejected_until(), None);
+        assert!(!h.maybe_ejected(), "the look found the cool-down over");
     }
 
     #[test]
