@@ -14,13 +14,15 @@
 //! connections — the accept loop does, and it gets every accept error unchanged so that
 //! it can tell `EMFILE` (back off) from the rest.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::errno::Errno;
+use socket2::{Socket, Type};
 use tidegate_config::addr::MAX_UNIX_PATH;
 use tidegate_config::ListenAddr;
 use tokio::net::{TcpListener, UnixListener};
@@ -58,8 +60,9 @@ enum Inner {
         // Held for its `Drop`, which removes the file if it is still ours. Field order
         // is drop order: the file is removed while the socket is still open, so its
         // inode cannot have been freed and reused by then — the (device, inode)
-        // comparison in `SocketFile::drop` stays meaningful.
-        _file: unix::SocketFile,
+        // comparison in `SocketFile::drop` stays meaningful. `None`: a socket we did
+        // not create (socket activation), whose file is never removed by us.
+        file: Option<unix::SocketFile>,
         listener: UnixListener,
     },
 }
@@ -250,7 +253,7 @@ impl Listener {
                     UnixListener::from_std(std).map_err(|e| ListenError::os(addr, None, e))?;
                 Ok(Listener {
                     inner: Inner::Unix {
-                        _file: file,
+                        file: Some(file),
                         listener,
                     },
                     local: LocalAddr::Unix(cfg.path.clone()),
@@ -289,6 +292,144 @@ impl Listener {
     pub fn local_addr(&self) -> &LocalAddr {
         &self.local
     }
+
+    /// Takes over a socket that is already listening: one systemd passed (socket
+    /// activation, `owns_file = false`: its Unix socket file belongs to systemd and is
+    /// never removed by us) or one the old process handed over in a binary upgrade
+    /// (`owns_file = true`: the file is ours from now on, removed on drop if still the
+    /// same). Refuses a descriptor that is not a listening stream socket, so a wrong
+    /// `fd:N` fails at startup rather than at the first accept. Must be called inside
+    /// a tokio runtime.
+    pub fn from_fd(fd: OwnedFd, owns_file: bool) -> io::Result<Listener> {
+        let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(invalid("not called inside a tokio runtime".into()));
+        }
+        let socket = Socket::from(fd);
+        // ENOTSOCK here: a file, a pipe, a terminal.
+        let ty = socket.r#type()?;
+        if ty != Type::STREAM {
+            return Err(invalid("the socket is not a stream socket".into()));
+        }
+        if !socket.is_listener()? {
+            return Err(invalid("the socket is not listening".into()));
+        }
+        socket.set_nonblocking(true)?;
+        let local = socket.local_addr()?;
+        if let Some(sa) = local.as_socket() {
+            let listener = TcpListener::from_std(socket.into())?;
+            return Ok(Listener {
+                inner: Inner::Tcp {
+                    listener,
+                    options: TcpOptions::default(),
+                },
+                local: LocalAddr::Tcp(sa),
+            });
+        }
+        if local.is_unix() {
+            // An abstract or unnamed socket has no file to own.
+            let path = local.as_pathname().map(|p| p.to_path_buf());
+            let file = match (&path, owns_file) {
+                (Some(p), true) => Some(unix::SocketFile::adopt(p.clone())?),
+                _ => None,
+            };
+            let shown = match (&path, local.as_abstract_namespace()) {
+                (Some(p), _) => p.clone(),
+                (None, Some(name)) => PathBuf::from(format!("@{}", String::from_utf8_lossy(name))),
+                (None, None) => PathBuf::from("(unnamed)"),
+            };
+            let listener = UnixListener::from_std(socket.into())?;
+            return Ok(Listener {
+                inner: Inner::Unix { file, listener },
+                local: LocalAddr::Unix(shown),
+            });
+        }
+        Err(invalid(
+            "the socket is neither TCP nor a Unix stream socket".into(),
+        ))
+    }
+
+    /// Sets the [`TcpOptions`] applied to every connection accepted from now on (a
+    /// socket from [`Listener::from_fd`] starts with the defaults). No-op on Unix.
+    pub fn set_tcp_options(&mut self, tcp: TcpOptions) {
+        if let Inner::Tcp { options, .. } = &mut self.inner {
+            *options = tcp;
+        }
+    }
+
+    /// Leaves this listener's Unix socket file in place when it is dropped: the socket
+    /// has been handed to another process, which now owns the file. No-op on TCP.
+    pub fn disown(&self) {
+        if let Inner::Unix { file: Some(f), .. } = &self.inner {
+            f.disown();
+        }
+    }
+}
+
+/// Which configured address a listening socket serves, to match sockets passed in
+/// (socket activation, a binary upgrade) to the config's addresses. A TCP key is the
+/// address as configured, port 0 included: the new process of an upgrade, given the
+/// same config, asks for the same key and gets the socket the old one bound.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenKey {
+    /// `ip:port` as configured.
+    Tcp(SocketAddr),
+    /// A Unix socket file's path.
+    Unix(PathBuf),
+}
+
+impl ListenKey {
+    /// The key of a configured address.
+    pub fn of(addr: &ListenAddr) -> ListenKey {
+        match addr {
+            ListenAddr::Tcp(a) => ListenKey::Tcp(*a),
+            ListenAddr::Unix(u) => ListenKey::Unix(u.path.clone()),
+        }
+    }
+}
+
+impl fmt::Display for ListenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenKey::Tcp(a) => write!(f, "{a}"),
+            ListenKey::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Listening sockets passed in before the config is bound (socket activation, a
+/// binary upgrade), taken by the addresses that name them; those left over are closed
+/// by the caller, with a warning.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    sockets: HashMap<ListenKey, Listener>,
+}
+
+impl Inherited {
+    /// No sockets.
+    pub fn new() -> Inherited {
+        Inherited::default()
+    }
+
+    /// Adds a socket for `key`, returning the one it replaces.
+    pub fn insert(&mut self, key: ListenKey, listener: Listener) -> Option<Listener> {
+        self.sockets.insert(key, listener)
+    }
+
+    /// Takes the socket for `addr`, if one was passed in.
+    pub fn take(&mut self, addr: &ListenAddr) -> Option<Listener> {
+        self.sockets.remove(&ListenKey::of(addr))
+    }
+
+    /// Whether no socket is left.
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    /// Every socket left, with its key.
+    pub fn drain(&mut self) -> impl Iterator<Item = (ListenKey, Listener)> + '_ {
+        self.sockets.drain()
+    }
 }
 
 /// The listening socket itself, for socket options and for handing it to a child.
@@ -298,5 +439,69 @@ impl AsFd for Listener {
             Inner::Tcp { listener, .. } => listener.as_fd(),
             Inner::Unix { listener, .. } => listener.as_fd(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener as StdUnixListener;
+
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tidegate-net-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn from_fd_takes_a_listening_tcp_socket_and_accepts_on_it() {
+        let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = std.local_addr().unwrap();
+        let l = Listener::from_fd(OwnedFd::from(std), false).unwrap();
+        assert_eq!(l.local_addr(), &LocalAddr::Tcp(addr));
+        let client = tokio::net::TcpStream::connect(addr);
+        let (accepted, _) = tokio::join!(l.accept(), client);
+        assert!(matches!(accepted.unwrap().0, Stream::Tcp(_)));
+    }
+
+    #[tokio::test]
+    async fn from_fd_refuses_what_is_not_a_listening_stream_socket() {
+        // Bound but not listening.
+        let s = Socket::new(socket2::Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let e = Listener::from_fd(OwnedFd::from(s), false).unwrap_err();
+        assert!(e.to_string().contains("not listening"), "{e}");
+        // A datagram socket.
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let e = Listener::from_fd(OwnedFd::from(u), false).unwrap_err();
+        assert!(e.to_string().contains("not a stream socket"), "{e}");
+        // Not a socket at all.
+        let f = std::fs::File::open("/dev/null").unwrap();
+        assert!(Listener::from_fd(OwnedFd::from(f), false).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_unix_socket_file_is_removed_on_drop_only_when_owned_and_not_disowned() {
+        let dir = temp_dir("fromfd");
+        let path = dir.join("a.sock");
+        for (owns, disown, removed) in [
+            (false, false, false),
+            (true, true, false),
+            (true, false, true),
+        ] {
+            let std = StdUnixListener::bind(&path).unwrap();
+            let l = Listener::from_fd(OwnedFd::from(std), owns).unwrap();
+            assert_eq!(l.local_addr(), &LocalAddr::Unix(path.clone()));
+            if disown {
+                l.disown();
+            }
+            drop(l);
+            assert_eq!(!path.exists(), removed, "owns {owns} disown {disown}");
+            let _ = std::fs::remove_file(&path);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -32,7 +32,7 @@ pub mod upstream;
 #[cfg(test)]
 mod proptests;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tidegate_config::{Config, Protocol};
 use tokio::sync::Semaphore;
@@ -40,7 +40,7 @@ use tokio::sync::Semaphore;
 use access_log::AccessLog;
 use drain::Shutdown;
 use http::HttpListener;
-use listen::{ListenError, Listener, LocalAddr};
+use listen::{Inherited, ListenError, ListenKey, Listener, LocalAddr};
 use metrics::Metrics;
 use registry::Registry;
 use serve::ListenerKind;
@@ -66,8 +66,38 @@ pub struct Runtime {
 #[derive(Debug)]
 struct BoundListener {
     ctx: ListenerKind,
-    sockets: Vec<Listener>,
+    sockets: Vec<(ListenKey, Listener)>,
     limit: Arc<Semaphore>,
+}
+
+/// The running proxy, as [`Runtime::start`] leaves it: what the binary needs to hand
+/// its listening sockets to a new process (a binary upgrade).
+#[derive(Debug)]
+pub struct Serving {
+    /// Upstreams by config order.
+    pub upstreams: Vec<Arc<Upstream>>,
+    // Weak: the accept loop owns its socket and closes it the moment it stops, so a
+    // drain refuses new connections at once instead of leaving them in a backlog
+    // nobody accepts from.
+    sockets: Vec<(ListenKey, Weak<Listener>)>,
+}
+
+impl Serving {
+    /// Every socket still accepting, with the configured address it serves.
+    pub fn listening(&self) -> Vec<(ListenKey, Arc<Listener>)> {
+        self.sockets
+            .iter()
+            .filter_map(|(k, w)| w.upgrade().map(|l| (k.clone(), l)))
+            .collect()
+    }
+
+    /// Leaves every Unix socket file in place when its listener closes: the sockets
+    /// have been handed to a new process, which owns the files from now on.
+    pub fn disown_all(&self) {
+        for (_, l) in self.listening() {
+            l.disown();
+        }
+    }
 }
 
 impl Runtime {
@@ -75,6 +105,17 @@ impl Runtime {
     /// fails the whole build (sockets already bound are closed) and every failure is
     /// returned, not only the first.
     pub fn bind(config: &Config, resolver: Arc<dyn Resolve>) -> Result<Runtime, Vec<ListenError>> {
+        Runtime::bind_with(config, resolver, &mut Inherited::new())
+    }
+
+    /// [`Runtime::bind`], taking each address's socket from `inherited` when one was
+    /// passed in (socket activation, a binary upgrade) and binding the rest. Sockets
+    /// not taken stay in `inherited` for the caller to report.
+    pub fn bind_with(
+        config: &Config,
+        resolver: Arc<dyn Resolve>,
+        inherited: &mut Inherited,
+    ) -> Result<Runtime, Vec<ListenError>> {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
@@ -106,8 +147,13 @@ impl Runtime {
             });
             let mut sockets = Vec::new();
             for addr in &l.listen {
+                if let Some(mut s) = inherited.take(addr) {
+                    s.set_tcp_options(ctx.client_tcp());
+                    sockets.push((ListenKey::of(addr), s));
+                    continue;
+                }
                 match Listener::bind(addr, ctx.client_tcp()) {
-                    Ok(s) => sockets.push(s),
+                    Ok(s) => sockets.push((ListenKey::of(addr), s)),
                     Err(e) => errors.push(e),
                 }
             }
@@ -186,18 +232,21 @@ impl Runtime {
             .flat_map(|l| {
                 l.sockets
                     .iter()
-                    .map(|s| (l.ctx.name().to_owned(), s.local_addr().clone()))
+                    .map(|(_, s)| (l.ctx.name().to_owned(), s.local_addr().clone()))
             })
             .collect()
     }
 
     /// Starts accepting on every socket. Accept loops stop when `shutdown` starts
     /// draining; connection tasks are tracked by `shutdown.tracker`.
-    pub fn start(self, shutdown: &Shutdown) -> Vec<Arc<Upstream>> {
+    pub fn start(self, shutdown: &Shutdown) -> Serving {
         // Not on the tracker: checks must never hold the process open; none while draining.
         self.checks.spawn(&shutdown.graceful);
+        let mut sockets = Vec::new();
         for l in self.listeners {
-            for socket in l.sockets {
+            for (key, socket) in l.sockets {
+                let socket = Arc::new(socket);
+                sockets.push((key, Arc::downgrade(&socket)));
                 shutdown.tracker.spawn(serve::accept_loop(
                     socket,
                     l.ctx.clone(),
@@ -206,6 +255,9 @@ impl Runtime {
                 ));
             }
         }
-        self.upstreams
+        Serving {
+            upstreams: self.upstreams,
+            sockets,
+        }
     }
 }

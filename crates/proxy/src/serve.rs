@@ -97,7 +97,7 @@ impl ListenerKind {
 /// Accepts connections on `listener` until draining starts; each one is served by
 /// `ctx` in its own task on the drain tracker.
 pub async fn accept_loop(
-    listener: Listener,
+    listener: Arc<Listener>,
     ctx: ListenerKind,
     limit: Arc<Semaphore>,
     shutdown: Shutdown,

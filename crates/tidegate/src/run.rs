@@ -191,7 +191,7 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
     let children = runtime.children();
     runtime.set_access_log(access_log.clone());
     let shutdown = Shutdown::new();
-    let _upstreams = runtime.start(&shutdown);
+    let _serving = runtime.start(&shutdown);
     tracing::info!("ready");
 
     let fast = loop {

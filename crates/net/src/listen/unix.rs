@@ -28,7 +28,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, AT_FDCWD};
@@ -97,6 +97,7 @@ pub(super) fn bind(
         SocketFile {
             path: path.to_owned(),
             id,
+            disowned: AtomicBool::new(false),
         },
     ))
 }
@@ -415,10 +416,47 @@ impl Drop for TempName {
 pub(super) struct SocketFile {
     path: PathBuf,
     id: FileId,
+    /// Set once the socket has been handed to another process (a binary upgrade): the
+    /// file is theirs from then on and must outlive us.
+    disowned: AtomicBool,
+}
+
+impl SocketFile {
+    /// Takes charge of the socket file at `path`, bound by another process that handed
+    /// us its socket (a binary upgrade). Its identity is read now: a socket's own
+    /// `fstat` names its sockfs inode, not the file, so the path's inode is what
+    /// [`Drop`] compares later.
+    pub(super) fn adopt(path: PathBuf) -> io::Result<SocketFile> {
+        let meta = fs::symlink_metadata(&path)?;
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is {}, not a socket",
+                    path.display(),
+                    describe_file_type(meta.file_type())
+                ),
+            ));
+        }
+        Ok(SocketFile {
+            id: FileId::of(&meta),
+            path,
+            disowned: AtomicBool::new(false),
+        })
+    }
+
+    /// From now on the file is left in place when this listener is dropped.
+    pub(super) fn disown(&self) {
+        self.disowned.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
+        if self.disowned.load(Ordering::Relaxed) {
+            tracing::debug!(path = %self.path.display(), "socket file handed over; leaving it");
+            return;
+        }
         match remove_if_same(&self.path, self.id) {
             Ok(Removal::Removed) => {
                 tracing::debug!(path = %self.path.display(), "removed socket file");

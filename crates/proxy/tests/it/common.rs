@@ -94,7 +94,7 @@ fn start_full(
     let registry = runtime.registry();
     let metrics = runtime.metrics();
     let shutdown = Shutdown::new();
-    let upstreams = runtime.start(&shutdown);
+    let upstreams = runtime.start(&shutdown).upstreams;
     Ok(Proxy {
         addr,
         upstreams,
