@@ -181,6 +181,10 @@ pub struct ConnectionView {
     pub bytes_out: u64,
     /// Requests served on it (a tunnel counts 1).
     pub requests: u64,
+    /// The config generation it runs under (client side; 0 on the upstream side): a
+    /// connection kept by a reload moves to the new one at its next request.
+    #[serde(default)]
+    pub generation: u64,
     /// The upstream side of the current exchange, if any.
     pub upstream: Option<UpstreamSide>,
 }
@@ -313,11 +317,39 @@ pub struct AdminBusy {
     pub idle_timeout_s: f64,
 }
 
-/// Answer of `POST /v1/reload`.
+/// Body of `POST /v1/reload` (optional: no body is a reload).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReloadRequest {
+    /// Validate and plan only; change nothing (`ctl reload --dry-run`).
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Answer of `POST /v1/reload`: the plan, applied or (dry run) not.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReloadView {
-    /// What changed, in words.
+    /// Whether the new config is now in effect (false for a dry run).
+    pub applied: bool,
+    /// The config generation it runs (or would run) as: 1 at startup, one more per
+    /// reload.
+    pub generation: u64,
+    /// Every change, with the live connections it concerns.
+    pub changes: Vec<ReloadChange>,
+    /// One line: what was done.
     pub message: String,
+}
+
+/// One change of a reload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadChange {
+    /// What changes: `listener web`, `upstream app server 10.0.0.1:80`, `[server] workers`.
+    pub subject: String,
+    /// How: `added`, `removed`, `routes (1 -> 2), idle_timeout 60s -> 5s`.
+    pub what: String,
+    /// Live connections it concerns.
+    pub connections: u64,
+    /// What happens to them (or why it waits for an upgrade or restart).
+    pub effect: String,
 }
 
 /// Every error answer: `{"error": "...", "detail": ...}`.

@@ -43,8 +43,9 @@ pub trait Control: Send + Sync + 'static {
     fn connections(&self) -> Vec<ConnectionView>;
     /// `DELETE /v1/connections/{id}`: closes it now.
     fn close_connection(&self, id: u64) -> Result<(), ControlError>;
-    /// `POST /v1/reload`.
-    fn reload(&self) -> Result<ReloadView, ControlError>;
+    /// `POST /v1/reload`: re-read the config file and swap it in, or with `dry_run`
+    /// only say what that would change.
+    fn reload(&self, dry_run: bool) -> Result<ReloadView, ControlError>;
     /// `GET /metrics`: Prometheus text exposition.
     fn metrics(&self) -> String;
 }

@@ -267,8 +267,18 @@ impl Listener {
     /// logged at debug. Errors are returned unchanged: the accept loop must back off on
     /// `EMFILE`/`ENFILE` rather than spin, and needs the errno to tell.
     pub async fn accept(&self) -> io::Result<(Stream, PeerAddr)> {
+        let tcp = match &self.inner {
+            Inner::Tcp { options, .. } => *options,
+            Inner::Unix { .. } => TcpOptions::default(),
+        };
+        self.accept_with(tcp).await
+    }
+
+    /// [`Listener::accept`] with these [`TcpOptions`] instead of the listener's own:
+    /// a reload may change them while the socket stays.
+    pub async fn accept_with(&self, options: TcpOptions) -> io::Result<(Stream, PeerAddr)> {
         match &self.inner {
-            Inner::Tcp { listener, options } => {
+            Inner::Tcp { listener, .. } => {
                 let (stream, peer) = listener.accept().await?;
                 if let Err(e) = options.apply(&stream) {
                     tracing::debug!(

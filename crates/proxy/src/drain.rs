@@ -34,6 +34,33 @@ impl Shutdown {
         self.tracker.close();
     }
 
+    /// The signals of one listener: cancelled with these, and on their own when a
+    /// reload removes the listener ([`Shutdown::retire`]). Same tracker.
+    pub fn child(&self) -> Shutdown {
+        Shutdown {
+            graceful: self.graceful.child_token(),
+            hard: self.hard.child_token(),
+            tracker: self.tracker.clone(),
+        }
+    }
+
+    /// Drains what these signals cover (a listener a reload removed) the way the whole
+    /// process drains: `graceful` now (idle connections close, exchanges finish), `hard`
+    /// after `grace` (whatever is left closes). The tracker stays open: the process
+    /// goes on.
+    pub fn retire(&self, grace: std::time::Duration) {
+        self.graceful.cancel();
+        let hard = self.hard.clone();
+        // Not on the tracker: a timer must not hold the process open, and the
+        // process's own `hard` covers this one at exit.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => hard.cancel(),
+                _ = hard.cancelled() => {}
+            }
+        });
+    }
+
     /// Closes everything now (implies draining).
     pub fn abort(&self) {
         self.drain();

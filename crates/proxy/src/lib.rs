@@ -5,7 +5,9 @@
 //! This crate never reads the environment, installs signal handlers or exits the
 //! process: the binary wires it (docs/design.md). [`Runtime`] is the one entry point: built
 //! from a validated config, it binds every address (or reports every failure), then
-//! [`Runtime::start`] runs the accept loops under a [`drain::Shutdown`].
+//! [`Runtime::start`] runs the accept loops under a [`drain::Shutdown`] and returns the
+//! [`Serving`] proxy, which [`Serving::reload`] swaps a new config into without
+//! closing a socket or a connection that stays (see `reload` for what stays).
 // `deny`, not `forbid`: the one exception is the `pre_exec` hook that sets
 // PR_SET_PDEATHSIG in an on-demand backend's child, alone in
 // `upstream::on_demand::spawner`.
@@ -24,6 +26,7 @@ pub mod listener_stats;
 pub mod metrics;
 pub mod observed;
 pub mod registry;
+pub mod reload;
 pub mod serve;
 pub mod side;
 pub mod tcp;
@@ -32,71 +35,140 @@ pub mod upstream;
 #[cfg(test)]
 mod proptests;
 
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use tidegate_config::{Config, Protocol};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use access_log::AccessLog;
 use drain::Shutdown;
 use http::HttpListener;
 use listen::{Inherited, ListenError, ListenKey, Listener, LocalAddr};
+use listener_stats::ListenerMetrics;
 use metrics::Metrics;
 use registry::Registry;
-use serve::ListenerKind;
+use reload::Plan;
+use serve::{Binding, ListenerKind};
 use tcp::TunnelListener;
 use upstream::connect::Resolve;
+use upstream::health::checker::Checks;
 use upstream::on_demand::Children;
 use upstream::Upstream;
 
 /// Everything built from one config, with its sockets bound but not yet accepting.
-#[derive(Debug)]
 pub struct Runtime {
-    /// Upstreams by config order.
-    pub upstreams: Vec<Arc<Upstream>>,
-    listeners: Vec<BoundListener>,
+    config: Arc<Config>,
+    built: Built,
     /// Every live connection (client and upstream side).
     registry: Arc<Registry>,
     /// The Prometheus metrics over all of it.
     metrics: Arc<Metrics>,
-    /// Active health checks, started with the listeners.
-    checks: upstream::health::checker::Checks,
+    resolver: Arc<dyn Resolve>,
+    access_log: AccessLog,
+    children: Children,
+}
+
+/// One config, built: what [`Runtime::bind`] and [`Serving::reload`] make before
+/// anything changes, so that a failure (a bind) leaves everything as it was.
+#[derive(Debug)]
+struct Built {
+    generation: u64,
+    upstreams: Vec<Arc<Upstream>>,
+    listeners: Vec<BuiltListener>,
+    /// Every address of the config in order: its key, its listener (an index into
+    /// `listeners`) and its socket.
+    sockets: Vec<(ListenKey, usize, Socket)>,
 }
 
 #[derive(Debug)]
-struct BoundListener {
-    ctx: ListenerKind,
-    sockets: Vec<(ListenKey, Listener)>,
+struct BuiltListener {
+    name: String,
+    protocol: Protocol,
+    ctx: Ctx,
+    max_connections: usize,
+    metrics: Arc<ListenerMetrics>,
+}
+
+/// Where a built address's socket comes from.
+#[derive(Debug)]
+enum Socket {
+    /// Newly bound (or passed in).
+    New(Listener),
+    /// The socket that already serves it: this index into [`Live::sockets`].
+    Kept(usize),
+}
+
+/// A built listener before it goes into its slot.
+#[derive(Debug)]
+enum Ctx {
+    Http(Arc<HttpListener>),
+    Tcp(Arc<TunnelListener>),
+}
+
+/// What lives across reloads: the current config's objects, each listener's slot and
+/// drain signals, and each socket's accept loop.
+#[derive(Debug)]
+struct Live {
+    config: Arc<Config>,
+    generation: u64,
+    upstreams: Vec<Arc<Upstream>>,
+    listeners: Vec<LiveListener>,
+    sockets: Vec<LiveSocket>,
+}
+
+#[derive(Debug)]
+struct LiveListener {
+    name: String,
+    protocol: Protocol,
+    kind: ListenerKind,
     limit: Arc<Semaphore>,
+    max_connections: usize,
+    /// Its own drain signals (children of the process's), cancelled when a reload
+    /// removes it.
+    shutdown: Shutdown,
+    metrics: Arc<ListenerMetrics>,
 }
 
-/// The running proxy, as [`Runtime::start`] leaves it: what the binary needs to hand
-/// its listening sockets to a new process (a binary upgrade).
 #[derive(Debug)]
-pub struct Serving {
-    /// Upstreams by config order.
-    pub upstreams: Vec<Arc<Upstream>>,
+struct LiveSocket {
+    key: ListenKey,
+    listener: String,
+    local: LocalAddr,
     // Weak: the accept loop owns its socket and closes it the moment it stops, so a
     // drain refuses new connections at once instead of leaving them in a backlog
     // nobody accepts from.
-    sockets: Vec<(ListenKey, Weak<Listener>)>,
+    socket: Weak<Listener>,
+    binding: watch::Sender<Binding>,
+    stop: CancellationToken,
 }
 
-impl Serving {
-    /// Every socket still accepting, with the configured address it serves.
-    pub fn listening(&self) -> Vec<(ListenKey, Arc<Listener>)> {
-        self.sockets
-            .iter()
-            .filter_map(|(k, w)| w.upgrade().map(|l| (k.clone(), l)))
-            .collect()
-    }
+/// The running proxy, as [`Runtime::start`] leaves it: reloadable
+/// ([`Serving::reload`]), and able to hand its listening sockets to a new process (a
+/// binary upgrade).
+pub struct Serving {
+    live: Mutex<Live>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    resolver: Arc<dyn Resolve>,
+    access_log: AccessLog,
+    children: Children,
+    shutdown: Shutdown,
+}
 
-    /// Leaves every Unix socket file in place when its listener closes: the sockets
-    /// have been handed to a new process, which owns the files from now on.
-    pub fn disown_all(&self) {
-        for (_, l) in self.listening() {
-            l.disown();
-        }
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("built", &self.built)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving")
+            .field("live", &self.live)
+            .finish_non_exhaustive()
     }
 }
 
@@ -116,88 +188,39 @@ impl Runtime {
         resolver: Arc<dyn Resolve>,
         inherited: &mut Inherited,
     ) -> Result<Runtime, Vec<ListenError>> {
-        let upstreams: Vec<Arc<Upstream>> = config
-            .upstreams
-            .iter()
-            .map(|u| Arc::new(Upstream::new(u)))
-            .collect();
         let registry = Registry::new();
-        let mut errors = Vec::new();
-        let mut listeners = Vec::new();
-        let mut listener_metrics = Vec::new();
-        for l in &config.listeners {
-            let ctx = match l.protocol {
-                Protocol::Http => ListenerKind::Http(Arc::new(HttpListener::new(
-                    l,
-                    &upstreams,
-                    resolver.clone(),
-                    &registry,
-                ))),
-                // `None` only on a validator bug; logged, and the listener is left out.
-                Protocol::Tcp => {
-                    match TunnelListener::new(l, &upstreams, resolver.clone(), &registry) {
-                        Some(t) => ListenerKind::Tcp(Arc::new(t)),
-                        None => continue,
-                    }
-                }
-            };
-            listener_metrics.push(match &ctx {
-                ListenerKind::Http(h) => h.metrics().clone(),
-                ListenerKind::Tcp(t) => t.metrics().clone(),
-            });
-            let mut sockets = Vec::new();
-            for addr in &l.listen {
-                if let Some(mut s) = inherited.take(addr) {
-                    s.set_tcp_options(ctx.client_tcp());
-                    sockets.push((ListenKey::of(addr), s));
-                    continue;
-                }
-                match Listener::bind(addr, ctx.client_tcp()) {
-                    Ok(s) => sockets.push((ListenKey::of(addr), s)),
-                    Err(e) => errors.push(e),
-                }
-            }
-            listeners.push(BoundListener {
-                ctx,
-                sockets,
-                limit: Arc::new(Semaphore::new(
-                    l.max_connections.min(Semaphore::MAX_PERMITS),
-                )),
-            });
-        }
-        if errors.is_empty() {
-            let metrics = Arc::new(Metrics::new(
-                registry.clone(),
-                listener_metrics,
-                upstreams.clone(),
-            ));
-            Ok(Runtime {
-                registry,
-                metrics,
-                checks: upstream::health::checker::Checks::new(&upstreams, resolver),
-                upstreams,
-                listeners,
-            })
-        } else {
-            Err(errors)
-        }
+        let access_log = AccessLog::off();
+        let built = build(config, &resolver, &registry, &access_log, None, inherited)?;
+        let metrics = Arc::new(Metrics::new(
+            registry.clone(),
+            built.listeners.iter().map(|l| l.metrics.clone()).collect(),
+            built.upstreams.clone(),
+        ));
+        let children = Children::new(&built.upstreams);
+        Ok(Runtime {
+            config: Arc::new(config.clone()),
+            built,
+            registry,
+            metrics,
+            resolver,
+            access_log,
+            children,
+        })
     }
 
     /// The on-demand backends, for the binary to stop when tidegate stops
-    /// ([`Children::stop_by`]). Take it before [`Runtime::start`].
+    /// ([`Children::stop_by`]). Clones share one list: a reload adds to it.
     pub fn children(&self) -> Children {
-        Children::new(&self.upstreams)
+        self.children.clone()
     }
 
     /// The connection registry: [`Registry::snapshot`] lists every live connection,
-    /// [`Registry::close`] closes one. Take it before [`Runtime::start`]; it stays valid
-    /// while connections live.
+    /// [`Registry::close`] closes one. It stays valid while connections live.
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.clone()
     }
 
-    /// The metrics: [`Metrics::encode`] renders the Prometheus text exposition. Take it
-    /// before [`Runtime::start`].
+    /// The metrics: [`Metrics::encode`] renders the Prometheus text exposition.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
     }
@@ -207,12 +230,17 @@ impl Runtime {
         self.metrics.encode()
     }
 
+    /// Upstreams by config order.
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.built.upstreams
+    }
+
     /// Sends every HTTP listener's requests to `log` (see
-    /// [`AccessLog::start`]); call before [`Runtime::start`]. The log's dropped lines
-    /// are reported in the metrics.
+    /// [`AccessLog::start`]), now and after every reload; call before
+    /// [`Runtime::start`]. The log's dropped lines are reported in the metrics.
     pub fn set_access_log(&mut self, log: AccessLog) {
-        for l in &mut self.listeners {
-            if let ListenerKind::Http(h) = &mut l.ctx {
+        for l in &mut self.built.listeners {
+            if let Ctx::Http(h) = &mut l.ctx {
                 match Arc::get_mut(h) {
                     Some(h) => h.access_log = log.clone(),
                     // Only `bind` has handed the listener out so far.
@@ -222,17 +250,21 @@ impl Runtime {
                 }
             }
         }
-        self.metrics.set_access_log(log);
+        self.metrics.set_access_log(log.clone());
+        self.access_log = log;
     }
 
     /// Every bound address, as `(listener name, address)`, in config order.
     pub fn addresses(&self) -> Vec<(String, LocalAddr)> {
-        self.listeners
+        self.built
+            .sockets
             .iter()
-            .flat_map(|l| {
-                l.sockets
-                    .iter()
-                    .map(|(_, s)| (l.ctx.name().to_owned(), s.local_addr().clone()))
+            .filter_map(|(_, l, s)| match s {
+                Socket::New(s) => Some((
+                    self.built.listeners[*l].name.clone(),
+                    s.local_addr().clone(),
+                )),
+                Socket::Kept(_) => None,
             })
             .collect()
     }
@@ -241,23 +273,368 @@ impl Runtime {
     /// draining; connection tasks are tracked by `shutdown.tracker`.
     pub fn start(self, shutdown: &Shutdown) -> Serving {
         // Not on the tracker: checks must never hold the process open; none while draining.
-        self.checks.spawn(&shutdown.graceful);
-        let mut sockets = Vec::new();
-        for l in self.listeners {
-            for (key, socket) in l.sockets {
-                let socket = Arc::new(socket);
-                sockets.push((key, Arc::downgrade(&socket)));
-                shutdown.tracker.spawn(serve::accept_loop(
-                    socket,
-                    l.ctx.clone(),
-                    l.limit.clone(),
-                    shutdown.clone(),
-                ));
+        Checks::new(&self.built.upstreams, self.resolver.clone()).spawn(&shutdown.graceful);
+        let mut live = Live {
+            config: self.config.clone(),
+            generation: 0,
+            upstreams: Vec::new(),
+            listeners: Vec::new(),
+            sockets: Vec::new(),
+        };
+        commit(&mut live, self.config, self.built, shutdown);
+        Serving {
+            live: Mutex::new(live),
+            registry: self.registry,
+            metrics: self.metrics,
+            resolver: self.resolver,
+            access_log: self.access_log,
+            children: self.children,
+            shutdown: shutdown.clone(),
+        }
+    }
+}
+
+impl Serving {
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current config's upstreams, by config order.
+    pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        self.live().upstreams.clone()
+    }
+
+    /// The config now in effect.
+    pub fn config(&self) -> Arc<Config> {
+        self.live().config.clone()
+    }
+
+    /// The config generation now in effect: 1 at startup, one more per reload.
+    pub fn generation(&self) -> u64 {
+        self.live().generation
+    }
+
+    /// Every socket still accepting, as `(listener name, address)`, in config order.
+    pub fn addresses(&self) -> Vec<(String, LocalAddr)> {
+        self.live()
+            .sockets
+            .iter()
+            .map(|s| (s.listener.clone(), s.local.clone()))
+            .collect()
+    }
+
+    /// Every socket still accepting, with the configured address it serves.
+    pub fn listening(&self) -> Vec<(ListenKey, Arc<Listener>)> {
+        self.live()
+            .sockets
+            .iter()
+            .filter_map(|s| s.socket.upgrade().map(|l| (s.key.clone(), l)))
+            .collect()
+    }
+
+    /// Leaves every Unix socket file in place when its listener closes: the sockets
+    /// have been handed to a new process, which owns the files from now on.
+    pub fn disown_all(&self) {
+        for (_, l) in self.listening() {
+            l.disown();
+        }
+    }
+
+    /// What a reload to `config` would change, and how many live connections each
+    /// change affects; nothing is applied (`ctl reload --dry-run`). New addresses are
+    /// not bound, so a bind failure shows only in a real reload.
+    pub fn plan(&self, config: &Config) -> Plan {
+        let live = self.live();
+        reload::plan(&live.config, config, live.generation + 1, &self.registry)
+    }
+
+    /// Swaps `config` in: upstreams, listeners and routes are rebuilt, keeping every
+    /// socket, server (its pool, health and on-demand backend), counter and connection
+    /// that stays. New addresses are bound first: any bind failure changes nothing and
+    /// every failure is returned. On success, the plan that was applied.
+    pub fn reload(&self, config: &Config) -> Result<Plan, Vec<ListenError>> {
+        let mut live = self.live();
+        let plan = reload::plan(&live.config, config, live.generation + 1, &self.registry);
+        let built = build(
+            config,
+            &self.resolver,
+            &self.registry,
+            &self.access_log,
+            Some(&live),
+            &mut Inherited::new(),
+        )?;
+        let old: Vec<Arc<Upstream>> = live.upstreams.clone();
+        let new_servers: Vec<(&str, &Arc<upstream::Server>)> = built
+            .upstreams
+            .iter()
+            .flat_map(|u| u.servers.iter().map(move |s| (u.name.as_str(), s)))
+            .filter(|(_, s)| !old.iter().any(|o| o.has_server(s)))
+            .collect();
+        Checks::of(new_servers.iter().copied(), self.resolver.clone())
+            .spawn(&self.shutdown.graceful);
+        self.children.add(
+            new_servers
+                .iter()
+                .filter_map(|(_, s)| s.on_demand().cloned())
+                .collect(),
+        );
+        // On-demand backends of removed servers: stopped once their exchanges end, by
+        // the end of the grace at the latest; a new server on the same address starts
+        // its backend only after that one is gone (never two instances).
+        let grace = config.server.shutdown_grace;
+        for s in old.iter().flat_map(|o| o.servers.iter()) {
+            let Some(od) = s.on_demand() else { continue };
+            if built.upstreams.iter().any(|u| u.has_server(s)) {
+                continue;
+            }
+            od.retire(tokio::time::Instant::now() + grace);
+            for (_, n) in &new_servers {
+                if let Some(next) = n.on_demand().filter(|n| n.addr() == od.addr()) {
+                    next.follow(od.clone());
+                }
             }
         }
-        Serving {
-            upstreams: self.upstreams,
+        self.metrics.set_view(
+            built.listeners.iter().map(|l| l.metrics.clone()).collect(),
+            built.upstreams.clone(),
+        );
+        commit(&mut live, Arc::new(config.clone()), built, &self.shutdown);
+        Ok(plan)
+    }
+}
+
+/// Builds `config`'s upstreams and listeners and binds its new addresses; with `old`
+/// (a reload), servers, listener counters and sockets that stay are taken from it.
+fn build(
+    config: &Config,
+    resolver: &Arc<dyn Resolve>,
+    registry: &Arc<Registry>,
+    access_log: &AccessLog,
+    old: Option<&Live>,
+    inherited: &mut Inherited,
+) -> Result<Built, Vec<ListenError>> {
+    let generation = old.map_or(1, |o| o.generation + 1);
+    let upstreams: Vec<Arc<Upstream>> = config
+        .upstreams
+        .iter()
+        .map(|u| {
+            let before = old.and_then(|o| o.upstreams.iter().find(|x| x.name == u.name));
+            Arc::new(Upstream::rebuild(u, before.map(|b| &**b)))
+        })
+        .collect();
+    let mut errors = Vec::new();
+    let mut listeners = Vec::new();
+    let mut sockets = Vec::new();
+    // Old sockets already given to an address of the new config: each serves one.
+    let mut taken = vec![false; old.map_or(0, |o| o.sockets.len())];
+    for l in &config.listeners {
+        let metrics = old
+            .and_then(|o| o.listeners.iter().find(|x| x.name == l.name))
+            .map_or_else(
+                || Arc::new(ListenerMetrics::new(&l.name)),
+                |x| x.metrics.clone(),
+            );
+        let ctx = match l.protocol {
+            Protocol::Http => {
+                let mut h = HttpListener::new(
+                    l,
+                    &upstreams,
+                    resolver.clone(),
+                    registry,
+                    metrics.clone(),
+                    generation,
+                );
+                h.access_log = access_log.clone();
+                Ctx::Http(Arc::new(h))
+            }
+            // `None` only on a validator bug; logged, and the listener is left out.
+            Protocol::Tcp => match TunnelListener::new(
+                l,
+                &upstreams,
+                resolver.clone(),
+                registry,
+                metrics.clone(),
+                generation,
+            ) {
+                Some(t) => Ctx::Tcp(Arc::new(t)),
+                None => continue,
+            },
+        };
+        let client_tcp = match &ctx {
+            Ctx::Http(h) => h.client_tcp,
+            Ctx::Tcp(t) => t.client_tcp,
+        };
+        let index = listeners.len();
+        for addr in &l.listen {
+            let key = ListenKey::of(addr);
+            // The socket that serves this address now. Port 0 ("any free port") is the
+            // same address only within the same listener: two listeners on
+            // `127.0.0.1:0` have two sockets, each kept by its own listener.
+            let any_port = matches!(&key, ListenKey::Tcp(a) if a.port() == 0);
+            let kept = old.and_then(|o| {
+                let fits = |i: usize, s: &LiveSocket| {
+                    !taken[i]
+                        && s.key == key
+                        && s.socket.strong_count() > 0
+                        && (!any_port || s.listener == l.name)
+                };
+                // Same listener first, so that a kept listener keeps its own sockets.
+                o.sockets
+                    .iter()
+                    .enumerate()
+                    .find(|(i, s)| fits(*i, s) && s.listener == l.name)
+                    .or_else(|| o.sockets.iter().enumerate().find(|(i, s)| fits(*i, s)))
+                    .map(|(i, _)| i)
+            });
+            if let Some(i) = kept {
+                taken[i] = true;
+                sockets.push((key, index, Socket::Kept(i)));
+                continue;
+            }
+            if let Some(mut s) = inherited.take(addr) {
+                s.set_tcp_options(client_tcp);
+                sockets.push((key, index, Socket::New(s)));
+                continue;
+            }
+            match Listener::bind(addr, client_tcp) {
+                Ok(s) => sockets.push((key, index, Socket::New(s))),
+                Err(e) => errors.push(e),
+            }
+        }
+        listeners.push(BuiltListener {
+            name: l.name.clone(),
+            protocol: l.protocol,
+            ctx,
+            max_connections: l.max_connections.min(Semaphore::MAX_PERMITS),
+            metrics,
+        });
+    }
+    if errors.is_empty() {
+        Ok(Built {
+            generation,
+            upstreams,
+            listeners,
             sockets,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+/// Puts `built` in effect: listeners that stay (same name and protocol) get the new
+/// settings in their slot and keep their drain signals and connections; new ones get
+/// a slot; removed ones are retired (see [`Shutdown::retire`]). Sockets that stay get
+/// the new binding; new ones get an accept loop; removed ones stop accepting now.
+fn commit(live: &mut Live, config: Arc<Config>, built: Built, shutdown: &Shutdown) {
+    let grace = config.server.shutdown_grace;
+    let mut before = std::mem::take(&mut live.listeners);
+    let mut listeners = Vec::with_capacity(built.listeners.len());
+    for b in built.listeners {
+        let same = before
+            .iter()
+            .position(|o| o.name == b.name && o.protocol == b.protocol);
+        let l = match same {
+            Some(i) => {
+                let o = before.swap_remove(i);
+                match (&o.kind, b.ctx) {
+                    (ListenerKind::Http(slot), Ctx::Http(h)) => slot.store(h),
+                    (ListenerKind::Tcp(slot), Ctx::Tcp(t)) => slot.store(t),
+                    // Same protocol, so the same kind.
+                    _ => {
+                        tracing::error!(listener = %b.name, "listener kind changed under the same protocol")
+                    }
+                }
+                resize(&o.limit, o.max_connections, b.max_connections);
+                LiveListener {
+                    max_connections: b.max_connections,
+                    metrics: b.metrics,
+                    ..o
+                }
+            }
+            None => LiveListener {
+                kind: match b.ctx {
+                    Ctx::Http(h) => ListenerKind::http(h),
+                    Ctx::Tcp(t) => ListenerKind::tcp(t),
+                },
+                name: b.name,
+                protocol: b.protocol,
+                limit: Arc::new(Semaphore::new(b.max_connections)),
+                max_connections: b.max_connections,
+                shutdown: shutdown.child(),
+                metrics: b.metrics,
+            },
+        };
+        listeners.push(l);
+    }
+    let mut old_sockets: Vec<Option<LiveSocket>> = std::mem::take(&mut live.sockets)
+        .into_iter()
+        .map(Some)
+        .collect();
+    for (key, index, socket) in built.sockets {
+        let l = &listeners[index];
+        let binding = Binding {
+            kind: l.kind.clone(),
+            limit: l.limit.clone(),
+            shutdown: l.shutdown.clone(),
+        };
+        match socket {
+            Socket::Kept(i) => {
+                let Some(mut s) = old_sockets.get_mut(i).and_then(Option::take) else {
+                    tracing::error!(%key, "a kept socket is missing; not listening on it");
+                    continue;
+                };
+                s.binding.send_replace(binding);
+                s.listener = l.name.clone();
+                live.sockets.push(s);
+            }
+            Socket::New(socket) => {
+                let socket = Arc::new(socket);
+                let (tx, rx) = watch::channel(binding);
+                let stop = shutdown.graceful.child_token();
+                live.sockets.push(LiveSocket {
+                    key,
+                    listener: l.name.clone(),
+                    local: socket.local_addr().clone(),
+                    socket: Arc::downgrade(&socket),
+                    binding: tx,
+                    stop: stop.clone(),
+                });
+                shutdown.tracker.spawn(serve::accept_loop(socket, rx, stop));
+            }
+        }
+    }
+    // Addresses no listener has any more: closed now.
+    for s in old_sockets.into_iter().flatten() {
+        s.stop.cancel();
+    }
+    for o in before {
+        tracing::info!(listener = %o.name, grace_ms = grace.as_millis() as u64,
+            "listener removed: idle connections close now, the rest within shutdown_grace");
+        o.shutdown.retire(grace);
+    }
+    live.listeners = listeners;
+    live.upstreams = built.upstreams;
+    live.generation = built.generation;
+    live.config = config;
+}
+
+/// Changes a listener's `max_connections` from `from` to `to` while its connections
+/// hold permits: more permits at once, or fewer as soon as enough are free (the
+/// connections over the new limit are not closed; accepting waits until they end).
+fn resize(limit: &Arc<Semaphore>, from: usize, to: usize) {
+    if to > from {
+        limit.add_permits(to - from);
+    } else if from > to {
+        let want = from - to;
+        let got = limit.forget_permits(want);
+        if got < want {
+            let limit = limit.clone();
+            let rest = u32::try_from(want - got).unwrap_or(u32::MAX);
+            tokio::spawn(async move {
+                if let Ok(p) = limit.acquire_many_owned(rest).await {
+                    p.forget();
+                }
+            });
         }
     }
 }

@@ -82,7 +82,10 @@ pub struct ListenerMetrics {
     /// Requests that reached no upstream (fixed responses, 404s, refused requests).
     pub(crate) local: Arc<RouteMetrics>,
     /// One per upstream its routes name.
-    pub(crate) routes: Vec<Arc<RouteMetrics>>,
+    // Behind a lock for a reload, which adds the routes of upstreams newly routed to
+    // while keeping every counter (a counter that goes back to zero looks like a
+    // restart to Prometheus); read at scrape time only, never per request.
+    pub(crate) routes: std::sync::Mutex<Vec<Arc<RouteMetrics>>>,
     /// The highest byte counts reported, so the counters never go back (see
     /// `Registration`'s drop: a closing connection's bytes may be in neither the live
     /// sum nor the totals for an instant).
@@ -96,19 +99,28 @@ impl ListenerMetrics {
             name: Arc::from(name),
             totals: Arc::new(Totals::default()),
             local: RouteMetrics::new(""),
-            routes: Vec::new(),
+            routes: std::sync::Mutex::new(Vec::new()),
             reported: Default::default(),
         }
     }
 
     /// The metrics of requests to `upstream`, shared by all routes that name it.
-    pub(crate) fn route(&mut self, upstream: &str) -> Arc<RouteMetrics> {
-        if let Some(r) = self.routes.iter().find(|r| &*r.upstream == upstream) {
+    pub(crate) fn route(&self, upstream: &str) -> Arc<RouteMetrics> {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = routes.iter().find(|r| &*r.upstream == upstream) {
             return r.clone();
         }
         let r = RouteMetrics::new(upstream);
-        self.routes.push(r.clone());
+        routes.push(r.clone());
         r
+    }
+
+    /// Every route's counters, the listener's own answers first (for the scrape).
+    pub(crate) fn all_routes(&self) -> Vec<Arc<RouteMetrics>> {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        std::iter::once(self.local.clone())
+            .chain(routes.iter().cloned())
+            .collect()
     }
 }
 

@@ -35,6 +35,7 @@
 //!   requests sent in panic mode.
 //! - `access_log_dropped_total`: access-log lines dropped because the writer was behind.
 
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -71,9 +72,17 @@ impl fmt::Debug for Metrics {
 /// What the collector reads at scrape time.
 struct Sources {
     conns: Arc<Registry>,
+    /// The current config's listeners and upstreams, replaced by a reload (objects
+    /// that stay are the same, with their counters).
+    view: ArcSwap<View>,
+    access_log: Mutex<AccessLog>,
+}
+
+/// What a scrape lists besides the connections.
+#[derive(Debug)]
+struct View {
     listeners: Vec<Arc<ListenerMetrics>>,
     upstreams: Vec<Arc<Upstream>>,
-    access_log: Mutex<AccessLog>,
 }
 
 impl fmt::Debug for Sources {
@@ -91,13 +100,23 @@ impl Metrics {
     ) -> Self {
         let sources = Arc::new(Sources {
             conns,
-            listeners,
-            upstreams,
+            view: ArcSwap::from_pointee(View {
+                listeners,
+                upstreams,
+            }),
             access_log: Mutex::new(AccessLog::off()),
         });
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(sources.clone()));
         Metrics { registry, sources }
+    }
+
+    /// From now on, lists these listeners and upstreams (a reload).
+    pub fn set_view(&self, listeners: Vec<Arc<ListenerMetrics>>, upstreams: Vec<Arc<Upstream>>) {
+        self.sources.view.store(Arc::new(View {
+            listeners,
+            upstreams,
+        }));
     }
 
     /// Reports this access log's dropped lines.
@@ -194,6 +213,8 @@ fn gauge(
 impl Collector for Sources {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         use MetricType::{Counter as C, Gauge as G};
+        // One view for the whole scrape: a reload meanwhile shows in the next one.
+        let view = self.view.load_full();
 
         family(
             &mut enc,
@@ -201,8 +222,8 @@ impl Collector for Sources {
             "HTTP requests by status class of the response head sent (error: none was sent)",
             C,
             |m| {
-                for l in &self.listeners {
-                    for r in std::iter::once(&l.local).chain(&l.routes) {
+                for l in &view.listeners {
+                    for r in l.all_routes() {
                         for (i, class) in STATUS_CLASSES.iter().enumerate() {
                             let labels: Labels<3> = [
                                 ("listener", &l.name),
@@ -222,8 +243,8 @@ impl Collector for Sources {
             "HTTP requests, from the request head to the end of the response",
             MetricType::Histogram,
             |m| {
-                for l in &self.listeners {
-                    for r in std::iter::once(&l.local).chain(&l.routes) {
+                for l in &view.listeners {
+                    for r in l.all_routes() {
                         let labels: Labels<2> = [("listener", &l.name), ("upstream", &r.upstream)];
                         r.duration.encode(m.encode_family(&labels)?)?;
                     }
@@ -233,21 +254,21 @@ impl Collector for Sources {
         )?;
 
         // One pass over the registry for connection counts and live bytes.
-        let listener_index: HashMap<&str, usize> = self
+        let listener_index: HashMap<&str, usize> = view
             .listeners
             .iter()
             .enumerate()
             .map(|(i, l)| (&*l.name, i))
             .collect();
-        let upstream_index: HashMap<&str, usize> = self
+        let upstream_index: HashMap<&str, usize> = view
             .upstreams
             .iter()
             .enumerate()
             .map(|(i, u)| (u.name.as_str(), i))
             .collect();
-        let mut client_states = vec![[0u64; 6]; self.listeners.len()];
-        let mut live_bytes = vec![[0u64; 2]; self.listeners.len()];
-        let mut upstream_states: Vec<Vec<[u64; 6]>> = self
+        let mut client_states = vec![[0u64; 6]; view.listeners.len()];
+        let mut live_bytes = vec![[0u64; 2]; view.listeners.len()];
+        let mut upstream_states: Vec<Vec<[u64; 6]>> = view
             .upstreams
             .iter()
             .map(|u| vec![[0u64; 6]; u.servers.len()])
@@ -266,7 +287,13 @@ impl Collector for Sources {
                     let Some(&u) = upstream_index.get(c.name()) else {
                         return;
                     };
-                    if let Some(s) = c.server_index().and_then(|s| upstream_states[u].get_mut(s)) {
+                    // By address, not index: a reload may keep a server (and its
+                    // connections) at another position.
+                    let up = &view.upstreams[u];
+                    let at = c
+                        .server_addr()
+                        .and_then(|a| up.servers.iter().position(|s| &*s.id().addr == a));
+                    if let Some(s) = at.and_then(|s| upstream_states[u].get_mut(s)) {
                         s[state] += 1;
                     }
                 }
@@ -278,7 +305,7 @@ impl Collector for Sources {
             "Open client connections by state",
             G,
             |m| {
-                for (l, states) in self.listeners.iter().zip(&client_states) {
+                for (l, states) in view.listeners.iter().zip(&client_states) {
                     for (s, n) in ConnState::ALL.iter().zip(states) {
                         let labels: Labels<2> = [("listener", &l.name), ("state", s.as_str())];
                         gauge(m, &labels, *n as i64)?;
@@ -293,7 +320,7 @@ impl Collector for Sources {
             "Bytes from clients (in) and to clients (out)",
             C,
             |m| {
-                for (l, live) in self.listeners.iter().zip(&live_bytes) {
+                for (l, live) in view.listeners.iter().zip(&live_bytes) {
                     let totals = [
                         l.totals.bytes_in.load(Ordering::Relaxed) + live[0],
                         l.totals.bytes_out.load(Ordering::Relaxed) + live[1],
@@ -316,7 +343,7 @@ impl Collector for Sources {
             u: usize,
             i: usize,
         }
-        let rows: Vec<Row<'_>> = self
+        let rows: Vec<Row<'_>> = view
             .upstreams
             .iter()
             .enumerate()
@@ -513,7 +540,7 @@ impl Collector for Sources {
             "1 while every ready server of an upstream is down or ejected and requests go to them anyway (panic mode)",
             G,
             |m| {
-                for up in &self.upstreams {
+                for up in &view.upstreams {
                     gauge(m, &[("upstream", &up.name)], i64::from(up.in_panic()))?;
                 }
                 Ok(())
@@ -525,7 +552,7 @@ impl Collector for Sources {
             "Requests and tunnels sent to an upstream in panic mode",
             C,
             |m| {
-                for up in &self.upstreams {
+                for up in &view.upstreams {
                     counter(m, &[("upstream", &up.name)], up.panic_requests())?;
                 }
                 Ok(())

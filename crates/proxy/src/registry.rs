@@ -216,6 +216,9 @@ pub struct NewConn {
     pub server: Option<(usize, Arc<str>)>,
     /// Where its bytes are added when it closes (client side: its listener's totals).
     pub totals: Option<Arc<Totals>>,
+    /// The config generation it runs under (client side; 0 on the upstream side,
+    /// which follows its client).
+    pub generation: u64,
 }
 
 /// One registered connection. Counters are relaxed atomics written by the connection's
@@ -242,6 +245,7 @@ pub struct Conn {
     /// pump moves both, so only one set of counters is kept.
     mirror: Option<Arc<Conn>>,
     totals: Option<Arc<Totals>>,
+    generation: AtomicU64,
 }
 
 /// The upstream side of a client connection's current exchange.
@@ -286,12 +290,23 @@ impl Conn {
             link: Mutex::new(None),
             mirror,
             totals: c.totals,
+            generation: AtomicU64::new(c.generation),
         }
     }
 
     /// Unique in the process.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// A kept connection's next request runs under this config generation (a reload).
+    pub(crate) fn set_generation(&self, generation: u64) {
+        self.generation.store(generation, Ordering::Relaxed);
+    }
+
+    /// The config generation it runs under.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// Client or upstream.
@@ -317,6 +332,11 @@ impl Conn {
     /// Upstream side: the server's index in its upstream.
     pub fn server_index(&self) -> Option<usize> {
         self.server.as_ref().map(|(i, _)| *i)
+    }
+
+    /// Upstream side: the server's address as configured.
+    pub fn server_addr(&self) -> Option<&str> {
+        self.server.as_ref().map(|(_, a)| &**a)
     }
 
     /// When it was registered.
@@ -436,6 +456,7 @@ impl Conn {
             close,
             server: self.server.clone(),
             totals: None,
+            generation: 0,
         }
     }
 
@@ -504,6 +525,7 @@ impl Conn {
             bytes_in: self.bytes_in(),
             bytes_out: self.bytes_out(),
             requests: self.requests(),
+            generation: self.generation(),
             upstream: self.upstream_view(),
         }
     }
@@ -539,6 +561,9 @@ pub struct ConnSnapshot {
     pub bytes_out: u64,
     /// Requests served (a tunnel counts 1; an upstream connection: requests sent).
     pub requests: u64,
+    /// The config generation it runs under: 1 at startup, one more per reload (client
+    /// side; 0 on the upstream side).
+    pub generation: u64,
     /// Client side: the upstream side of the current exchange, if any. Upstream side:
     /// the connection's own upstream and server.
     pub upstream: Option<UpstreamSnapshot>,
@@ -703,6 +728,7 @@ impl Registration {
             close: CancellationToken::new(),
             server: None,
             totals: None,
+            generation: 0,
         };
         Registration {
             conn: Arc::new(Conn::new(id, new, None)),
@@ -799,6 +825,7 @@ mod tests {
             close: CancellationToken::new(),
             server: None,
             totals: Some(Arc::new(Totals::default())),
+            generation: 0,
         }
     }
 

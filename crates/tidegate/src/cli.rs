@@ -96,8 +96,14 @@ pub enum CtlCommand {
         /// The connection's id (from `ctl conns`).
         id: u64,
     },
-    /// Re-read the config file (nothing changes if it has errors).
-    Reload,
+    /// Re-read the config file and swap it in without dropping a connection (nothing
+    /// changes if it has errors); prints what changed.
+    Reload {
+        /// Validate and print the plan (with the live connections each change
+        /// affects) without applying it.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Who holds admin API slots.
     Clients,
     /// The Prometheus metrics.

@@ -3,36 +3,47 @@
 //! types into the admin wire types (the proxy crate never depends on the admin crate).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use tidegate_admin::{
     ConnProtocol, ConnSide, ConnState, ConnectionView, Control, ControlError, Health, ListenerView,
-    OnDemandState, OnDemandView, ProcessState, ReloadView, ServerState, ServerView, Status,
-    UpstreamSide, UpstreamView,
+    OnDemandState, OnDemandView, ProcessState, ReloadChange, ReloadView, ServerState, ServerView,
+    Status, UpstreamSide, UpstreamView,
 };
 use tidegate_config::Config;
-use tidegate_proxy::listen::LocalAddr;
 use tidegate_proxy::metrics::Metrics;
 use tidegate_proxy::registry::{self, Registry};
 use tidegate_proxy::side::Side;
 use tidegate_proxy::upstream::{self, health::HealthState, on_demand, Upstream};
+use tidegate_proxy::Serving;
 
-/// What `POST /v1/reload` answers until hot reload exists.
-pub const RELOAD_NOT_BUILT: &str =
-    "config reload is not supported yet; restart tidegate to apply a new config";
-
-/// The running proxy, as the admin API sees it.
+/// The running proxy, as the admin API sees it: read from the data plane's
+/// [`Serving`] at each request, so a reload shows at once.
 pub struct Live {
     started: Instant,
     draining: AtomicBool,
     config: String,
-    listeners: Vec<ListenerView>,
-    upstreams: Vec<Arc<Upstream>>,
-    /// `balance` of each upstream, by position (the data plane keeps it private).
-    balances: Vec<String>,
+    /// Set once the data plane runs ([`Live::attach`]).
+    serving: OnceLock<Arc<Serving>>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
+    /// Where a reload reads the config from.
+    source: crate::reload::Source,
+    /// One reload at a time (SIGHUP and the API may ask together).
+    reloading: Mutex<()>,
+    /// Told when a reload starts applying and when it is done (systemd's
+    /// `RELOADING=1` and `READY=1`).
+    on_reload: Box<dyn Fn(ReloadPhase) + Send + Sync>,
+}
+
+/// Where a reload is, for [`Live`]'s hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadPhase {
+    /// The new config is valid and is being applied.
+    Applying,
+    /// Applied, or refused with nothing changed.
+    Done,
 }
 
 impl std::fmt::Debug for Live {
@@ -46,52 +57,36 @@ impl std::fmt::Debug for Live {
 // === impl Live ===
 
 impl Live {
-    /// `addresses` are the bound `(listener, address)` pairs, real ports included;
-    /// `upstreams`, `registry` and `metrics` come from the runtime before it starts.
+    /// `registry` and `metrics` come from the runtime before it starts; the running
+    /// proxy is attached once it does ([`Live::attach`]).
     pub fn new(
         config: &Config,
-        addresses: &[(String, LocalAddr)],
+        source: crate::reload::Source,
         started: Instant,
-        upstreams: Vec<Arc<Upstream>>,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
+        on_reload: Box<dyn Fn(ReloadPhase) + Send + Sync>,
     ) -> Self {
-        let listeners = config
-            .listeners
-            .iter()
-            .map(|l| ListenerView {
-                name: l.name.clone(),
-                protocol: l.protocol.as_str().to_owned(),
-                addresses: addresses
-                    .iter()
-                    .filter(|(name, _)| *name == l.name)
-                    .map(|(_, a)| a.to_string())
-                    .collect(),
-                connections: 0,
-                max_connections: l.max_connections as u64,
-            })
-            .collect();
-        let balances = upstreams
-            .iter()
-            .map(|u| {
-                config
-                    .upstream(&u.name)
-                    .map_or("round_robin", |c| c.balance.as_str())
-                    .to_owned()
-            })
-            .collect();
         Live {
             started,
             draining: AtomicBool::new(false),
-            upstreams,
-            balances,
+            serving: OnceLock::new(),
             registry,
             metrics,
+            source,
+            reloading: Mutex::new(()),
+            on_reload,
             config: config.source.as_ref().map_or_else(
                 || tidegate_config::QUICKSTART_NAME.to_owned(),
                 |p| p.display().to_string(),
             ),
-            listeners,
+        }
+    }
+
+    /// The data plane runs: views and reloads go to it from now on.
+    pub fn attach(&self, serving: Arc<Serving>) {
+        if self.serving.set(serving).is_err() {
+            tracing::error!("the data plane was attached twice to the admin API; ignored");
         }
     }
 
@@ -99,6 +94,94 @@ impl Live {
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
+
+    fn upstream_list(&self) -> Vec<Arc<Upstream>> {
+        self.serving
+            .get()
+            .map(|s| s.upstreams())
+            .unwrap_or_default()
+    }
+
+    /// Re-reads the config and swaps it in (or, with `dry_run`, only plans it); the
+    /// one path of SIGHUP, `POST /v1/reload` and `tidegate ctl reload`.
+    pub fn reload_config(&self, dry_run: bool) -> Result<ReloadView, ControlError> {
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let serving = self.serving.get().ok_or_else(|| {
+            ControlError::BadRequest("tidegate is still starting; try again".into())
+        })?;
+        let new = self.source.load()?;
+        let old = serving.config();
+        let process = crate::reload::process_changes(&old, &new);
+        if dry_run {
+            let plan = serving.plan(&new);
+            let changes = changes(plan.changes, process);
+            return Ok(ReloadView {
+                applied: false,
+                generation: plan.generation,
+                message: format!(
+                    "dry run: {} is valid; reloading it would make {} change(s) as generation {}; nothing applied",
+                    self.config,
+                    changes.len(),
+                    plan.generation
+                ),
+                changes,
+            });
+        }
+        (self.on_reload)(ReloadPhase::Applying);
+        let applied = serving.reload(&new);
+        (self.on_reload)(ReloadPhase::Done);
+        let plan = applied.map_err(|errors| ControlError::Invalid {
+            message: format!(
+                "{}: {} new address(es) cannot be bound; nothing changed",
+                self.config,
+                errors.len()
+            ),
+            errors: errors.iter().map(ToString::to_string).collect(),
+        })?;
+        let changes = changes(plan.changes, process);
+        for c in &changes {
+            tracing::info!(subject = %c.subject, what = %c.what, connections = c.connections,
+                effect = %c.effect, "reload: changed");
+        }
+        let message = format!(
+            "reloaded {} as generation {}: {}",
+            self.config,
+            plan.generation,
+            match changes.len() {
+                0 => "nothing changed".to_owned(),
+                1 => "1 change".to_owned(),
+                n => format!("{n} changes"),
+            }
+        );
+        tracing::info!(
+            generation = plan.generation,
+            changes = changes.len(),
+            "{message}"
+        );
+        Ok(ReloadView {
+            applied: true,
+            generation: plan.generation,
+            changes,
+            message,
+        })
+    }
+}
+
+/// The data plane's changes then the process's, as the API shows them.
+fn changes(
+    plane: Vec<tidegate_proxy::reload::Change>,
+    process: Vec<ReloadChange>,
+) -> Vec<ReloadChange> {
+    plane
+        .into_iter()
+        .map(|c| ReloadChange {
+            subject: c.subject,
+            what: c.what,
+            connections: c.connections as u64,
+            effect: c.effect,
+        })
+        .chain(process)
+        .collect()
 }
 
 impl Control for Live {
@@ -108,6 +191,25 @@ impl Control for Live {
             .snapshot()
             .into_iter()
             .filter(|c| c.side == Side::Client)
+            .collect();
+        let (config, addresses) = match self.serving.get() {
+            Some(s) => (Some(s.config()), s.addresses()),
+            None => (None, Vec::new()),
+        };
+        let listeners = config
+            .iter()
+            .flat_map(|c| c.listeners.iter())
+            .map(|l| ListenerView {
+                name: l.name.clone(),
+                protocol: l.protocol.as_str().to_owned(),
+                addresses: addresses
+                    .iter()
+                    .filter(|(name, _)| *name == l.name)
+                    .map(|(_, a)| a.to_string())
+                    .collect(),
+                connections: clients.iter().filter(|c| c.listener == l.name).count() as u64,
+                max_connections: l.max_connections as u64,
+            })
             .collect();
         Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -120,24 +222,21 @@ impl Control for Live {
             },
             config: self.config.clone(),
             connections: clients.len() as u64,
-            listeners: self
-                .listeners
-                .iter()
-                .map(|l| ListenerView {
-                    connections: clients.iter().filter(|c| c.listener == l.name).count() as u64,
-                    ..l.clone()
-                })
-                .collect(),
+            listeners,
         }
     }
 
     fn upstreams(&self) -> Vec<UpstreamView> {
-        self.upstreams
+        let config = self.serving.get().map(|s| s.config());
+        self.upstream_list()
             .iter()
-            .zip(&self.balances)
-            .map(|(u, balance)| UpstreamView {
+            .map(|u| UpstreamView {
                 name: u.name.clone(),
-                balance: balance.clone(),
+                balance: config
+                    .as_ref()
+                    .and_then(|c| c.upstream(&u.name))
+                    .map_or("round_robin", |c| c.balance.as_str())
+                    .to_owned(),
                 servers: (0..u.servers.len()).map(|i| server_view(u, i)).collect(),
                 panic: u.in_panic(),
                 panic_requests: u.panic_requests(),
@@ -151,17 +250,14 @@ impl Control for Live {
         index: usize,
         state: ServerState,
     ) -> Result<ServerView, ControlError> {
-        let up = self
-            .upstreams
-            .iter()
-            .find(|u| u.name == upstream)
-            .ok_or_else(|| {
-                let names: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
-                ControlError::NotFound(format!(
-                    "no upstream named {upstream:?}; defined: {}",
-                    names.join(", ")
-                ))
-            })?;
+        let list = self.upstream_list();
+        let up = list.iter().find(|u| u.name == upstream).ok_or_else(|| {
+            let names: Vec<&str> = list.iter().map(|u| u.name.as_str()).collect();
+            ControlError::NotFound(format!(
+                "no upstream named {upstream:?}; defined: {}",
+                names.join(", ")
+            ))
+        })?;
         let server = up.servers.get(index).ok_or_else(|| {
             ControlError::NotFound(format!(
                 "upstream {upstream} has {} server(s) (index 0 to {}); no index {index}",
@@ -211,6 +307,7 @@ impl Control for Live {
                 bytes_in: c.bytes_in,
                 bytes_out: c.bytes_out,
                 requests: c.requests,
+                generation: c.generation,
                 upstream: c.upstream.map(|u| UpstreamSide {
                     name: u.name,
                     server: u.server,
@@ -230,8 +327,8 @@ impl Control for Live {
         }
     }
 
-    fn reload(&self) -> Result<ReloadView, ControlError> {
-        Err(ControlError::NotImplemented(RELOAD_NOT_BUILT.to_owned()))
+    fn reload(&self, dry_run: bool) -> Result<ReloadView, ControlError> {
+        self.reload_config(dry_run)
     }
 
     fn metrics(&self) -> String {

@@ -179,10 +179,13 @@ impl Request {
                 path: format!("/v1/connections/{id}"),
                 body: None,
             },
-            CtlCommand::Reload => Request {
+            CtlCommand::Reload { dry_run } => Request {
                 method: "POST",
                 path: "/v1/reload".to_owned(),
-                body: None,
+                body: Some(
+                    serde_json::to_vec(&tidegate_admin::ReloadRequest { dry_run: *dry_run })
+                        .map_err(|e| format!("cannot encode the request: {e}"))?,
+                ),
             },
         })
     }
@@ -233,10 +236,7 @@ fn render(command: &CtlCommand, reply: &Reply) -> Result<String, String> {
             let closed: Closed = decode(reply)?;
             format!("closed connection {}\n", closed.closed)
         }
-        CtlCommand::Reload => {
-            let view: ReloadView = decode(reply)?;
-            format!("{}\n", view.message)
-        }
+        CtlCommand::Reload { .. } => reload(&decode(reply)?),
         CtlCommand::Metrics => reply.text(),
     })
 }
@@ -310,12 +310,27 @@ fn upstreams(ups: &[UpstreamView]) -> String {
     out
 }
 
+/// The message, then each change and what happens to its connections.
+fn reload(view: &ReloadView) -> String {
+    let mut out = format!("{}\n", view.message);
+    for c in &view.changes {
+        out.push_str(&format!("  {}: {}\n", c.subject, c.what));
+        let conns = match c.connections {
+            0 => String::new(),
+            1 => "1 connection: ".to_owned(),
+            n => format!("{n} connections: "),
+        };
+        out.push_str(&format!("      {conns}{}\n", c.effect));
+    }
+    out
+}
+
 fn conns(conns: &[ConnectionView]) -> String {
     if conns.is_empty() {
         return "no live connections\n".to_owned();
     }
     let mut t = Table::new(&[
-        "ID", "LISTENER", "PROTO", "PEER", "STATE", "AGE", "IDLE", "IN", "OUT", "UPSTREAM",
+        "ID", "LISTENER", "PROTO", "PEER", "STATE", "AGE", "IDLE", "IN", "OUT", "GEN", "UPSTREAM",
     ]);
     for c in conns {
         let listener = match c.side {
@@ -332,6 +347,10 @@ fn conns(conns: &[ConnectionView]) -> String {
             duration(c.idle_s),
             bytes(c.bytes_in),
             bytes(c.bytes_out),
+            match c.side {
+                ConnSide::Client => c.generation.to_string(),
+                ConnSide::Upstream => "-".into(),
+            },
             c.upstream
                 .as_ref()
                 .map_or_else(|| "-".into(), |u| format!("{} {}", u.name, u.server)),

@@ -13,6 +13,7 @@ mod admin;
 mod cli;
 mod control;
 mod ctl;
+mod reload;
 mod run;
 
 use std::process::ExitCode;

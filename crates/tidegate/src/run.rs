@@ -4,8 +4,9 @@
 //!   finish until `shutdown_grace`, close the rest, exit 0.
 //! - SIGINT: skip the drain: close everything now, remove socket files, exit 0.
 //! - A second SIGTERM or SIGINT during the drain: close everything now.
-//! - SIGHUP: logged (reload comes later); tokio never restores a signal's default once
-//!   handled, so it must be caught for as long as the process runs.
+//! - SIGHUP: reload the config file (as `tidegate ctl reload`; errors are logged and
+//!   nothing changes); tokio never restores a signal's default once handled, so it
+//!   must be caught for as long as the process runs.
 //! - On-demand backends: SIGTERM when the drain ends or at `shutdown_grace -
 //!   stop_timeout`, whichever is first (at once on SIGINT or a second signal), SIGKILL
 //!   `stop_timeout` later; the process exits only once they have exited.
@@ -58,7 +59,11 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = rt.block_on(serve(config, workers));
+    let source = crate::reload::Source {
+        path: args.config.clone(),
+        admin: args.admin.clone(),
+    };
+    let code = rt.block_on(serve(config, source, workers));
     // getaddrinfo calls on the blocking pool can't be cancelled; don't wait for them.
     rt.shutdown_timeout(Duration::from_millis(100));
     code
@@ -124,7 +129,7 @@ fn raise_nofile_limit() {
     }
 }
 
-async fn serve(config: Config, workers: usize) -> ExitCode {
+async fn serve(config: Config, reload_from: crate::reload::Source, workers: usize) -> ExitCode {
     // Signal handlers first: a TERM that arrives while binding must not kill us with
     // half-created socket files.
     #[allow(
@@ -174,11 +179,11 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
     // last. `control.rs` holds its view of the proxy.
     let control = Arc::new(crate::control::Live::new(
         &config,
-        &runtime.addresses(),
+        reload_from,
         std::time::Instant::now(),
-        runtime.upstreams.clone(),
         runtime.registry(),
         runtime.metrics(),
+        Box::new(|_phase| {}),
     ));
     let admin = match crate::admin::start(&config, control.clone()) {
         Ok(a) => a,
@@ -191,14 +196,27 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
     let children = runtime.children();
     runtime.set_access_log(access_log.clone());
     let shutdown = Shutdown::new();
-    let _serving = runtime.start(&shutdown);
+    let serving = Arc::new(runtime.start(&shutdown));
+    control.attach(serving.clone());
     tracing::info!("ready");
 
     let fast = loop {
         tokio::select! {
             _ = term.recv() => break false,
             _ = int.recv() => break true,
-            _ = hup.recv() => tracing::warn!("SIGHUP received: config reload is not supported yet; nothing changed"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                // Errors are logged one per line, as `check` prints them; the reload
+                // itself logs what it changed.
+                if let Err(e) = control.reload_config(false) {
+                    tracing::error!("SIGHUP: reload refused: {e}");
+                    if let tidegate_admin::ControlError::Invalid { errors, .. } = &e {
+                        for line in errors {
+                            tracing::error!("{line}");
+                        }
+                    }
+                }
+            }
         }
     };
     control.set_draining();
@@ -207,7 +225,8 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
         children.stop_by(tokio::time::Instant::now());
         shutdown.abort();
     } else {
-        let grace = config.server.shutdown_grace;
+        // The config in effect now: a reload may have changed it.
+        let grace = serving.config().server.shutdown_grace;
         tracing::info!(
             grace_ms = grace.as_millis() as u64,
             "SIGTERM: draining (listeners closed; in-flight requests may finish)"

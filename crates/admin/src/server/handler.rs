@@ -323,7 +323,21 @@ pub fn handle(
             if let Some(no) = allowed("POST") {
                 return no;
             }
-            match control.reload() {
+            let request: crate::ReloadRequest = if body.iter().all(u8::is_ascii_whitespace) {
+                crate::ReloadRequest::default()
+            } else {
+                match serde_json::from_slice(body) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return Answer::error(
+                            400,
+                            format!("cannot read the request body: {e}; expected {{\"dry_run\": true|false}} or nothing"),
+                            None,
+                        )
+                    }
+                }
+            };
+            match control.reload(request.dry_run) {
                 Ok(view) => Answer::json(200, &view),
                 Err(e) => Answer::control_error(e),
             }

@@ -172,6 +172,7 @@ fn samples() -> Vec<(&'static str, BTreeSet<String>)> {
                 bytes_in: 1,
                 bytes_out: 1,
                 requests: 1,
+                generation: 1,
                 upstream: Some(upstream_side.clone()),
             }),
         ),
@@ -190,9 +191,13 @@ fn samples() -> Vec<(&'static str, BTreeSet<String>)> {
         (
             "ReloadView",
             keys(&ReloadView {
+                applied: true,
+                generation: 2,
+                changes: vec![reload_change()],
                 message: "ok".into(),
             }),
         ),
+        ("ReloadChange", keys(&reload_change())),
         (
             "ErrorBody",
             keys(&ErrorBody {
@@ -415,4 +420,13 @@ fn the_busy_example_is_what_the_server_writes() {
         written, busy,
         "the server writes (left), the docs show (right)"
     );
+}
+
+fn reload_change() -> tidegate_admin::ReloadChange {
+    tidegate_admin::ReloadChange {
+        subject: "listener web".into(),
+        what: "added".into(),
+        connections: 0,
+        effect: "binds".into(),
+    }
 }

@@ -128,6 +128,7 @@ impl Control for Fake {
             bytes_in: 100,
             bytes_out: 2000,
             requests: 1,
+            generation: 1,
             upstream: None,
         }]
     }
@@ -140,7 +141,7 @@ impl Control for Fake {
         Ok(())
     }
 
-    fn reload(&self) -> Result<ReloadView, ControlError> {
+    fn reload(&self, _dry_run: bool) -> Result<ReloadView, ControlError> {
         Err(ControlError::NotImplemented(
             "config reload is not supported yet".into(),
         ))

@@ -16,6 +16,8 @@ use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -29,7 +31,7 @@ type HyperConn = http1::Connection<TokioIo<ClientIo>, super::service::ConnServic
 /// Not an `async fn`: the connection is set up here, and the future returned keeps
 /// only what a parked connection needs (an `async fn` would also keep its arguments).
 pub fn serve_connection(
-    ctx: Arc<HttpListener>,
+    slot: Arc<ArcSwap<HttpListener>>,
     stream: Stream,
     peer: PeerAddr,
     local: SockAddr,
@@ -38,6 +40,7 @@ pub fn serve_connection(
     // A child of `hard`: one token to select on closes the connection at the end of
     // the grace or when an operator closes it.
     let close = shutdown.hard.child_token();
+    let ctx = slot.load_full();
     let client = ClientConn::registered(ctx.registry.register(NewConn {
         side: Side::Client,
         name: ctx.metrics.name.clone(),
@@ -51,10 +54,12 @@ pub fn serve_connection(
         close: close.clone(),
         server: None,
         totals: Some(ctx.metrics.totals.clone()),
+        generation: ctx.generation,
     }));
     let io: ClientIo = Rewind::new(Observed::new(stream, client.clone()));
     let driver = Driver {
         ctx,
+        slot,
         client,
         shutdown,
         close,
@@ -78,7 +83,11 @@ enum Served {
 
 /// One client connection: what its turns of parking and serving share.
 struct Driver {
+    /// The listener's settings for this turn (loaded from `slot` at each turn).
     ctx: Arc<HttpListener>,
+    /// The listener's current settings, replaced by a reload: a kept connection's next
+    /// request runs under the new config.
+    slot: Arc<ArcSwap<HttpListener>>,
     client: Arc<ClientConn>,
     shutdown: Shutdown,
     close: tokio_util::sync::CancellationToken,
@@ -87,7 +96,7 @@ struct Driver {
 
 impl Driver {
     /// Parks and serves `io` in turn until the connection ends.
-    async fn run(self, mut io: ClientIo) {
+    async fn run(mut self, mut io: ClientIo) {
         // Bounded: every turn either waits for the client (bounded by the timers) or
         // serves at least one readable event.
         loop {
@@ -95,6 +104,13 @@ impl Driver {
             // back (a pipelined request hyper had started to read) are served at once.
             if !io.has_prefix() && !self.park(io.get_ref().get_ref()).await {
                 return;
+            }
+            // A reload since the last turn: this turn's requests use the new routes,
+            // upstreams and timeouts. A pointer comparison when nothing changed.
+            let current = self.slot.load();
+            if !Arc::ptr_eq(&current, &self.ctx) {
+                self.ctx = arc_swap::Guard::into_inner(current);
+                self.client.conn().set_generation(self.ctx.generation);
             }
             // Built for each turn (a parked connection keeps none of it).
             let service = super::service::ConnService {

@@ -38,6 +38,9 @@ pub struct HttpListener {
     pub(crate) metrics: Arc<ListenerMetrics>,
     /// One line per request, when on.
     pub(crate) access_log: AccessLog,
+    /// The config generation it was built from (1 at startup, +1 per reload), shown
+    /// for each connection in the registry.
+    pub generation: u64,
     /// hyper's settings for each connection (built once).
     pub(super) builder: http1::Builder,
 }
@@ -85,8 +88,9 @@ impl HttpListener {
         upstreams: &[Arc<Upstream>],
         resolver: Arc<dyn Resolve>,
         registry: &Arc<Registry>,
+        metrics: Arc<ListenerMetrics>,
+        generation: u64,
     ) -> Self {
-        let mut metrics = ListenerMetrics::new(&cfg.name);
         let routes = cfg
             .routes
             .iter()
@@ -142,7 +146,8 @@ impl HttpListener {
             routes,
             resolver,
             registry: registry.clone(),
-            metrics: Arc::new(metrics),
+            metrics,
+            generation,
             access_log: AccessLog::off(),
             builder,
         }

@@ -54,6 +54,8 @@ pub struct TunnelListener {
     resolver: Arc<dyn Resolve>,
     registry: Arc<Registry>,
     metrics: Arc<ListenerMetrics>,
+    /// The config generation it was built from, shown for each connection.
+    pub generation: u64,
 }
 
 impl std::fmt::Debug for TunnelListener {
@@ -76,6 +78,8 @@ impl TunnelListener {
         upstreams: &[Arc<Upstream>],
         resolver: Arc<dyn Resolve>,
         registry: &Arc<Registry>,
+        metrics: Arc<ListenerMetrics>,
+        generation: u64,
     ) -> Option<Self> {
         let Some(name) = cfg.upstream.as_deref() else {
             tracing::error!(listener = %cfg.name, "TCP listener without an upstream; not listening");
@@ -95,7 +99,8 @@ impl TunnelListener {
             upstream: upstream.clone(),
             resolver,
             registry: registry.clone(),
-            metrics: Arc::new(ListenerMetrics::new(&cfg.name)),
+            metrics,
+            generation,
         })
     }
 
@@ -130,6 +135,7 @@ pub async fn serve_tunnel(
         close: close.clone(),
         server: None,
         totals: Some(ctx.metrics.totals.clone()),
+        generation: ctx.generation,
     }));
     stats.conn().add_request();
     let connected = tokio::select! {

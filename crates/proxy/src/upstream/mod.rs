@@ -35,7 +35,7 @@ pub struct Upstream {
     /// The config name.
     pub name: String,
     /// Its servers, in config order.
-    pub servers: Vec<Server>,
+    pub servers: Vec<Arc<Server>>,
     balance: Balance,
     next: AtomicUsize,
     /// Timers, from the config.
@@ -57,7 +57,9 @@ pub struct Upstream {
     /// and end; the admin API computes [`Upstream::in_panic`] afresh).
     panic: std::sync::atomic::AtomicBool,
     /// Picks made in panic mode since start.
-    panic_picks: std::sync::atomic::AtomicU64,
+    // Shared with the same upstream under the previous config (a reload), whose
+    // in-flight retries may still count: the counter never goes back.
+    panic_picks: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// An upstream's timers.
@@ -91,6 +93,9 @@ pub struct Server {
     on_demand: Option<Arc<on_demand::Supervisor>>,
     /// Operator-set admin state (`ServerState as u8`).
     state: AtomicU8,
+    /// What a reload compares to decide whether this server stays (keeping its pool,
+    /// health state, counters and on-demand backend) or is replaced.
+    settings: ServerSettings,
     /// Counters for the admin API and metrics.
     pub(crate) stats: ServerStats,
     /// For this server's registry entries and access-log lines, made once.
@@ -98,6 +103,17 @@ pub struct Server {
 }
 
 /// A server's operator-set state (`ready | drain | maint`, docs/design.md), separate
+/// The settings a server is built from besides its address: a reload keeps a server
+/// (its pool, health state, counters and on-demand backend) only when they are
+/// unchanged, since its pool, checks and supervisor were built from them.
+#[derive(Debug, Clone, PartialEq)]
+struct ServerSettings {
+    keepalive: usize,
+    keepalive_timeout: Duration,
+    health: Option<tidegate_config::Health>,
+    on_demand: Option<tidegate_config::OnDemand>,
+}
+
 /// from its health: a `ready` server still gets no requests while it is down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -178,47 +194,51 @@ impl ActiveGuard {
 impl Upstream {
     /// Builds the run-time upstream from its config.
     pub fn new(cfg: &tidegate_config::Upstream) -> Self {
+        Upstream::rebuild(cfg, None)
+    }
+
+    /// Builds the run-time upstream from its config, keeping from `old` (the upstream
+    /// of the same name under the previous config, on a reload) every server whose
+    /// address and server settings are unchanged: the same [`Server`], with its pooled
+    /// connections, health state, counters, admin state and on-demand backend. The
+    /// balancer's position and the panic counter carry over too; everything else
+    /// (timeouts, retries, balance, passive limits) is the new config's.
+    pub fn rebuild(cfg: &tidegate_config::Upstream, old: Option<&Upstream>) -> Self {
+        let mut kept: Vec<Option<&Arc<Server>>> = old
+            .map(|o| o.servers.iter().map(Some).collect())
+            .unwrap_or_default();
+        let servers = cfg
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(index, addr)| {
+                let settings = ServerSettings {
+                    keepalive: cfg.keepalive,
+                    keepalive_timeout: cfg.keepalive_timeout,
+                    health: cfg.health.clone(),
+                    on_demand: cfg.on_demand.clone(),
+                };
+                // Each old server is kept at most once (an address may be listed twice).
+                let reused = kept
+                    .iter_mut()
+                    .find(|s| s.is_some_and(|s| s.addr == *addr && s.settings == settings))
+                    .and_then(Option::take);
+                if let Some(server) = reused {
+                    if cfg.on_demand.is_none() {
+                        server
+                            .health
+                            .set_passive_limits(health::PassiveLimits::from(&cfg.passive));
+                    }
+                    return server.clone();
+                }
+                Arc::new(Server::new(cfg, index, addr, settings))
+            })
+            .collect();
         Upstream {
             name: cfg.name.clone(),
-            servers: cfg
-                .servers
-                .iter()
-                .enumerate()
-                .map(|(index, addr)| {
-                    let pool = Arc::new(Pool::new(cfg.keepalive, cfg.keepalive_timeout));
-                    let health =
-                        health::ServerHealth::new(cfg.health.as_ref()).named(&cfg.name, addr);
-                    health.set_passive_limits(health::PassiveLimits::from(&cfg.passive));
-                    let on_demand = cfg.on_demand.as_ref().map(|od| {
-                        // No passive ejection: with its one server it would only turn a
-                        // precise failure into "no server available"; failed starts
-                        // have their own back-off.
-                        health.set_passive_limits(health::PassiveLimits {
-                            fails: 0,
-                            ..health::PassiveLimits::default()
-                        });
-                        on_demand::Supervisor::new(&cfg.name, addr, od, pool.clone())
-                    });
-                    Server {
-                        addr: addr.clone(),
-                        pool,
-                        active: AtomicUsize::new(0),
-                        last_good: Mutex::new(None),
-                        host_header: host_header(addr),
-                        health,
-                        on_demand,
-                        state: AtomicU8::new(ServerState::Ready as u8),
-                        stats: ServerStats::default(),
-                        id: ServerId {
-                            upstream: Arc::from(cfg.name.as_str()),
-                            addr: Arc::from(addr.to_string()),
-                            index,
-                        },
-                    }
-                })
-                .collect(),
+            servers,
             balance: cfg.balance,
-            next: AtomicUsize::new(0),
+            next: AtomicUsize::new(old.map_or(0, |o| o.next.load(Ordering::Relaxed))),
             timeouts: Timeouts {
                 connect: cfg.connect_timeout,
                 response: cfg.response_timeout,
@@ -231,11 +251,18 @@ impl Upstream {
                 keepalive: cfg.tcp_keepalive,
             },
             request_buffering: cfg.request_buffering,
-            buffered: Arc::new(AtomicUsize::new(0)),
+            // Shared: bodies being collected under the old config still count against
+            // the same `total`.
+            buffered: old.map_or_else(|| Arc::new(AtomicUsize::new(0)), |o| o.buffered.clone()),
             max_ejected: ejection_cap(cfg.servers.len(), cfg.max_ejected_percent),
             panic: std::sync::atomic::AtomicBool::new(false),
-            panic_picks: std::sync::atomic::AtomicU64::new(0),
+            panic_picks: old.map_or_else(Default::default, |o| o.panic_picks.clone()),
         }
+    }
+
+    /// Whether `server` is one of this upstream's (the very same, kept by a reload).
+    pub fn has_server(&self, server: &Arc<Server>) -> bool {
+        self.servers.iter().any(|s| Arc::ptr_eq(s, server))
     }
 
     /// Picks an available server not in `tried` and counts the exchange on it until
@@ -417,6 +444,43 @@ impl on_demand::Children {
 // === impl Server ===
 
 impl Server {
+    fn new(
+        cfg: &tidegate_config::Upstream,
+        index: usize,
+        addr: &UpstreamAddr,
+        settings: ServerSettings,
+    ) -> Server {
+        let pool = Arc::new(Pool::new(cfg.keepalive, cfg.keepalive_timeout));
+        let health = health::ServerHealth::new(cfg.health.as_ref()).named(&cfg.name, addr);
+        health.set_passive_limits(health::PassiveLimits::from(&cfg.passive));
+        let on_demand = cfg.on_demand.as_ref().map(|od| {
+            // No passive ejection: with its one server it would only turn a precise
+            // failure into "no server available"; failed starts have their own back-off.
+            health.set_passive_limits(health::PassiveLimits {
+                fails: 0,
+                ..health::PassiveLimits::default()
+            });
+            on_demand::Supervisor::new(&cfg.name, addr, od, pool.clone())
+        });
+        Server {
+            addr: addr.clone(),
+            pool,
+            active: AtomicUsize::new(0),
+            last_good: Mutex::new(None),
+            host_header: host_header(addr),
+            health,
+            on_demand,
+            state: AtomicU8::new(ServerState::Ready as u8),
+            settings,
+            stats: ServerStats::default(),
+            id: ServerId {
+                upstream: Arc::from(cfg.name.as_str()),
+                addr: Arc::from(addr.to_string()),
+                index,
+            },
+        }
+    }
+
     /// Active exchanges on this server.
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
@@ -510,6 +574,7 @@ impl Server {
             close,
             server: Some((self.id.index, self.id.addr.clone())),
             totals: None,
+            generation: 0,
         }
     }
 

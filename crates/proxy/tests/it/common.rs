@@ -94,7 +94,8 @@ fn start_full(
     let registry = runtime.registry();
     let metrics = runtime.metrics();
     let shutdown = Shutdown::new();
-    let upstreams = runtime.start(&shutdown).upstreams;
+    let serving = runtime.start(&shutdown);
+    let upstreams = serving.upstreams();
     Ok(Proxy {
         addr,
         upstreams,

@@ -53,7 +53,7 @@ fn admin_path(tg: &Tidegate) -> anyhow::Result<PathBuf> {
 }
 
 /// `tidegate ARGS` run to its end in `dir` with `XDG_RUNTIME_DIR=dir`.
-async fn tidegate(args: &[&str], dir: &Path) -> anyhow::Result<Output> {
+pub(crate) async fn tidegate(args: &[&str], dir: &Path) -> anyhow::Result<Output> {
     let out = tokio::process::Command::new(bin())
         .args(args)
         .current_dir(dir)
@@ -108,9 +108,13 @@ async fn the_default_admin_socket_is_private_and_answers_curl() -> anyhow::Resul
     assert_eq!(web["name"], "web");
     assert_eq!(web["addresses"][0], tg.addr("web")?.to_config());
 
+    // The config file is unchanged: a reload with nothing to change.
     let (code, body) = curl(&path, "POST", "/v1/reload").await?;
-    assert_eq!(code, 501, "{body}");
-    assert!(body.contains("not supported yet"), "{body}");
+    assert_eq!(code, 200, "{body}");
+    let reload: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(reload["applied"], true, "{body}");
+    assert_eq!(reload["generation"], 2, "{body}");
+    assert_eq!(reload["changes"], serde_json::json!([]), "{body}");
     let (code, _) = curl(&path, "GET", "/v1/nothing").await?;
     assert_eq!(code, 404);
     Ok(())
@@ -553,9 +557,9 @@ async fn a_tcp_admin_address_refuses_cross_site_requests_and_ctl_still_works() -
     let out = tidegate(&["ctl", "--admin", &addr, "kill", "99"], tg.dir()).await?;
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr(&out), "tidegate ctl: no connection 99 (404)\n");
-    let out = tidegate(&["ctl", "--admin", &addr, "reload"], tg.dir()).await?;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("(501)"), "{}", stderr(&out));
+    let out = tidegate(&["ctl", "--admin", &addr, "reload", "--dry-run"], tg.dir()).await?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("dry run"), "{}", stdout(&out));
     Ok(())
 }
 
@@ -605,12 +609,9 @@ async fn ctl_finds_the_socket_and_prints_tables_or_json() -> anyhow::Result<()> 
     );
 
     // An API error: one line on stderr, exit 1; with --json the error's JSON on stdout.
-    let out = tidegate(&["ctl", "reload"], dir).await?;
+    let out = tidegate(&["ctl", "kill", "99"], dir).await?;
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        stderr(&out),
-        "tidegate ctl: config reload is not supported yet; restart tidegate to apply a new config (501)\n"
-    );
+    assert_eq!(stderr(&out), "tidegate ctl: no connection 99 (404)\n");
     let out = tidegate(&["ctl", "--json", "kill", "99"], dir).await?;
     assert_eq!(out.status.code(), Some(1));
     let error: serde_json::Value = serde_json::from_str(&stdout(&out))?;

@@ -24,6 +24,7 @@ mod panic;
 mod passive;
 mod pool;
 mod proxy;
+mod reload;
 mod repo;
 mod slow_clients;
 mod tcp;

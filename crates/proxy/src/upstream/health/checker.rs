@@ -18,17 +18,17 @@ use crate::endpoint::TcpOptions;
 use crate::upstream::connect::Resolve;
 use crate::upstream::{Server, Upstream};
 
-/// Active checks of a set of upstreams, ready to start. Holds what the checker tasks
-/// need that the upstreams don't carry (the resolver).
+/// Active checks of a set of servers, ready to start. Holds what the checker tasks
+/// need that the servers don't carry (the resolver).
 pub struct Checks {
-    upstreams: Vec<Weak<Upstream>>,
+    servers: Vec<(Arc<str>, Weak<Server>)>,
     resolver: Arc<dyn Resolve>,
 }
 
 impl fmt::Debug for Checks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Checks")
-            .field("upstreams", &self.upstreams.len())
+            .field("servers", &self.servers.len())
             .finish_non_exhaustive()
     }
 }
@@ -36,43 +36,60 @@ impl fmt::Debug for Checks {
 impl Checks {
     /// Checks for every server of these upstreams that have `[health]`.
     pub fn new(upstreams: &[Arc<Upstream>], resolver: Arc<dyn Resolve>) -> Self {
+        Checks::of(
+            upstreams
+                .iter()
+                .flat_map(|u| u.servers.iter().map(|s| (u.name.as_str(), s))),
+            resolver,
+        )
+    }
+
+    /// Checks for these servers (by upstream name), those that have `[health]`: on a
+    /// reload, the servers it created (a server it kept goes on with its own checker).
+    pub fn of<'a>(
+        servers: impl IntoIterator<Item = (&'a str, &'a Arc<Server>)>,
+        resolver: Arc<dyn Resolve>,
+    ) -> Self {
         Checks {
-            upstreams: upstreams.iter().map(Arc::downgrade).collect(),
+            servers: servers
+                .into_iter()
+                .map(|(u, s)| (Arc::from(u), Arc::downgrade(s)))
+                .collect(),
             resolver,
         }
     }
 
     /// Starts one task per checked server: the first check at once, then one every
     /// `interval`. The tasks end when `stop` is cancelled (draining starts) or the
-    /// upstream is dropped (a reload replaced it).
+    /// server is dropped (a reload removed it and its last exchange ended).
     pub fn spawn(self, stop: &CancellationToken) {
-        for weak in &self.upstreams {
-            let Some(up) = weak.upgrade() else { continue };
-            for (index, server) in up.servers.iter().enumerate() {
-                let Some(cfg) = server.health.settings().cloned() else {
-                    continue;
-                };
-                if server.on_demand().is_some() {
-                    // A check would start the backend, or keep it from ever stopping.
-                    tracing::info!(upstream = %up.name, server = %server.addr,
-                        "no active health checks for an on-demand server");
-                    continue;
-                }
-                tokio::spawn(check_loop(
-                    weak.clone(),
-                    index,
-                    cfg,
-                    self.resolver.clone(),
-                    stop.clone(),
-                ));
+        for (upstream, weak) in self.servers {
+            let Some(server) = weak.upgrade() else {
+                continue;
+            };
+            let Some(cfg) = server.health.settings().cloned() else {
+                continue;
+            };
+            if server.on_demand().is_some() {
+                // A check would start the backend, or keep it from ever stopping.
+                tracing::info!(%upstream, server = %server.addr,
+                    "no active health checks for an on-demand server");
+                continue;
             }
+            tokio::spawn(check_loop(
+                upstream,
+                weak,
+                cfg,
+                self.resolver.clone(),
+                stop.clone(),
+            ));
         }
     }
 }
 
 async fn check_loop(
-    upstream: Weak<Upstream>,
-    index: usize,
+    upstream: Arc<str>,
+    server: Weak<Server>,
     cfg: Health,
     resolver: Arc<dyn Resolve>,
     stop: CancellationToken,
@@ -86,18 +103,17 @@ async fn check_loop(
             _ = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        // Held only for the check: between checks a replaced upstream can be freed.
-        let Some(up) = upstream.upgrade() else { return };
-        let Some(server) = up.servers.get(index) else {
+        // Held only for the check: between checks a removed server can be freed.
+        let Some(server) = server.upgrade() else {
             return;
         };
         let result = tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            r = check(&up.name, server, &cfg, &resolver) => r,
+            r = check(&upstream, &server, &cfg, &resolver) => r,
         };
         if let Err(reason) = &result {
-            tracing::debug!(upstream = %up.name, server = %server.addr, %reason, "health check failed");
+            tracing::debug!(%upstream, server = %server.addr, %reason, "health check failed");
         }
         server.health.record_check(result);
     }

@@ -42,6 +42,9 @@ impl Supervisor {
     /// Runs one process (or several, when a request restarts it during `stopping`) from
     /// `starting` until `stopped` or `failed`.
     pub(super) async fn life(self: Arc<Self>, resolver: Arc<dyn Resolve>) {
+        // Never two instances: the backend of the config before a reload goes first
+        // (it is stopped once its exchanges end, by `shutdown_grace` at the latest).
+        self.after_predecessor().await;
         // Bounded: each turn is one process; a turn starts only on a demand during
         // `stopping`, and none after tidegate began stopping.
         loop {

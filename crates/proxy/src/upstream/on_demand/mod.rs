@@ -164,7 +164,12 @@ impl Drop for Usage {
         s.in_use = s.in_use.saturating_sub(1);
         if s.in_use == 0 {
             s.last_used = Instant::now();
+            let retiring = s.retiring;
             drop(s);
+            if retiring {
+                // A reload removed this server: its last exchange is over.
+                self.supervisor.stop_by(Instant::now());
+            }
             // The life task re-arms the idle timer.
             self.supervisor.wake.notify_one();
         }
@@ -188,6 +193,10 @@ pub struct Supervisor {
     changed: watch::Sender<()>,
     /// Wakes the life task: an exchange ended, or stopping was asked for.
     wake: Notify,
+    /// The supervisor of the same address under the previous config (a reload that
+    /// changed `[on_demand]`): its process must be gone before this one starts one, so
+    /// that two instances never run at once.
+    predecessor: Mutex<Option<Arc<Supervisor>>>,
 }
 
 #[derive(Debug)]
@@ -203,6 +212,8 @@ struct Shared {
     attempts: u64,
     /// Set once tidegate stops: when the process gets SIGTERM. No start after it is set.
     closing: Option<Instant>,
+    /// A reload removed this server: stop the backend once its last exchange ends.
+    retiring: bool,
 }
 
 /// The states, with what each one knows. `since` is when the process was spawned.
@@ -329,9 +340,11 @@ impl Supervisor {
                 failures: 0,
                 attempts: 0,
                 closing: None,
+                retiring: false,
             }),
             changed: watch::Sender::new(()),
             wake: Notify::new(),
+            predecessor: Mutex::new(None),
         })
     }
 
@@ -429,6 +442,41 @@ impl Supervisor {
         }
         self.wake.notify_one();
         self.changed.send_replace(());
+    }
+
+    /// A reload removed this server (or changed its `[on_demand]`): the backend is
+    /// stopped as soon as no exchange uses it, and by `deadline` at the latest (as
+    /// [`Supervisor::stop_by`]); nothing is started any more.
+    pub fn retire(&self, deadline: Instant) {
+        let idle = {
+            let mut s = self.lock();
+            s.retiring = true;
+            s.in_use == 0
+        };
+        self.stop_by(if idle { Instant::now() } else { deadline });
+    }
+
+    /// This supervisor replaces `old` (same address, new `[on_demand]` settings): its
+    /// first start waits until `old`'s process is gone.
+    pub fn follow(&self, old: Arc<Supervisor>) {
+        *self.predecessor.lock().unwrap_or_else(|e| e.into_inner()) = Some(old);
+    }
+
+    /// The address its backend listens on.
+    pub fn addr(&self) -> &UpstreamAddr {
+        &self.addr
+    }
+
+    /// Waits until the process of the supervisor this one replaced is gone.
+    pub(super) async fn after_predecessor(&self) {
+        let old = self
+            .predecessor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(old) = old {
+            old.wait_stopped().await;
+        }
     }
 
     /// Returns when no process is left (`stopped` or `failed`).
@@ -660,25 +708,46 @@ fn human(d: Duration) -> String {
 // === Children ===
 
 /// Every on-demand backend of a runtime: how the binary stops them when tidegate stops.
+/// Clones share one list, which a reload adds the backends of new servers to (those of
+/// removed servers stay listed until the process exits, so none is left behind).
 #[derive(Debug, Clone, Default)]
 pub struct Children {
-    supervisors: Vec<Arc<Supervisor>>,
+    supervisors: Arc<std::sync::Mutex<Vec<Arc<Supervisor>>>>,
 }
 
 impl Children {
     /// These supervisors (`Children::new` collects those of a runtime's upstreams).
     pub fn of(supervisors: Vec<Arc<Supervisor>>) -> Children {
-        Children { supervisors }
+        Children {
+            supervisors: Arc::new(std::sync::Mutex::new(supervisors)),
+        }
+    }
+
+    /// Adds the supervisors not listed yet (a reload's new servers).
+    pub fn add(&self, more: Vec<Arc<Supervisor>>) {
+        let mut list = self.supervisors.lock().unwrap_or_else(|e| e.into_inner());
+        for s in more {
+            if !list.iter().any(|l| Arc::ptr_eq(l, &s)) {
+                list.push(s);
+            }
+        }
+    }
+
+    fn list(&self) -> Vec<Arc<Supervisor>> {
+        self.supervisors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// No on-demand server at all.
     pub fn is_empty(&self) -> bool {
-        self.supervisors.is_empty()
+        self.list().is_empty()
     }
 
     /// The longest `stop_timeout` among them (zero when there are none).
     pub fn longest_stop_timeout(&self) -> Duration {
-        self.supervisors
+        self.list()
             .iter()
             .map(|s| s.stop_timeout())
             .max()
@@ -687,7 +756,7 @@ impl Children {
 
     /// Every running process (group leader).
     pub fn pids(&self) -> Vec<u32> {
-        self.supervisors
+        self.list()
             .iter()
             .filter_map(|s| s.snapshot().pid)
             .collect()
@@ -698,14 +767,15 @@ impl Children {
     /// `stop_timeout` later. Nothing starts again. Returns at once; call again with
     /// `Instant::now()` to stop them now (the drain ended, SIGINT).
     pub fn stop_by(&self, deadline: Instant) {
-        for s in &self.supervisors {
+        for s in &self.list() {
             s.stop_by(deadline);
         }
     }
 
     /// Returns when every child has exited and been reaped.
     pub async fn wait_stopped(&self) {
-        futures_util::future::join_all(self.supervisors.iter().map(|s| s.wait_stopped())).await;
+        let list = self.list();
+        futures_util::future::join_all(list.iter().map(|s| s.wait_stopped())).await;
     }
 
     /// [`Children::stop_by`] then [`Children::wait_stopped`].

@@ -1,0 +1,443 @@
+//! What a reload changes, said before it is done: the plan `ctl reload` prints (and
+//! `--dry-run` prints without applying), with the live connections each change
+//! touches and what happens to them.
+//!
+//! What stays across a reload, and so is never interrupted (kept by
+//! [`crate::Serving::reload`]):
+//! - a listening socket whose address stays (same key: `ip:port` as configured, or the
+//!   Unix socket path), whatever listener it now belongs to;
+//! - a listener whose name and protocol stay: its connections, drain signals, counters
+//!   and `max_connections` permits; its new routes and timeouts apply from each
+//!   connection's next request on;
+//! - a server whose upstream, address and server settings (`keepalive`,
+//!   `keepalive_timeout`, `[health]`, `[on_demand]`) stay: its pooled connections,
+//!   health state, admin state, counters and on-demand backend.
+//!
+//! What goes: a removed address stops accepting at once; a removed listener's idle
+//! connections close at once and its exchanges, streams and tunnels finish, or are
+//! closed at `shutdown_grace` after the reload; a removed server takes no new request
+//! and its exchanges finish on it.
+//!
+//! Boundary: this module only compares configs and counts connections; it changes
+//! nothing. Settings outside the data plane (`[server]`, `[admin]`) are the binary's
+//! to report.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use tidegate_config::{Config, ListenAddr, Listener, Protocol, Upstream};
+
+use crate::registry::Registry;
+use crate::side::Side;
+
+/// The changes a reload makes, in config order: listeners, then upstreams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The generation the new config runs as.
+    pub generation: u64,
+    /// Every change; empty when the new config changes nothing in the data plane.
+    pub changes: Vec<Change>,
+}
+
+/// One change of a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// What changes: `listener web`, `upstream app`, `upstream app server 10.0.0.1:80`.
+    pub subject: String,
+    /// How: `added`, `removed`, `routes, idle_timeout 60s -> 30s`.
+    pub what: String,
+    /// Live connections it concerns (client connections of a listener; connections to
+    /// a server, pooled ones included).
+    pub connections: usize,
+    /// What happens to them.
+    pub effect: String,
+}
+
+/// Live connections by what they belong to, counted in one pass.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Client connections by listener.
+    listeners: HashMap<String, usize>,
+    /// Upstream connections by (upstream, server address as configured).
+    servers: HashMap<(String, String), usize>,
+}
+
+impl Counts {
+    fn of(registry: &Registry) -> Counts {
+        let mut c = Counts::default();
+        registry.for_each(|conn| match conn.side() {
+            Side::Client => *c.listeners.entry(conn.name().to_owned()).or_default() += 1,
+            Side::Upstream => {
+                let addr = conn.server_addr().unwrap_or_default().to_owned();
+                *c.servers.entry((conn.name().to_owned(), addr)).or_default() += 1;
+            }
+        });
+        c
+    }
+
+    fn listener(&self, name: &str) -> usize {
+        self.listeners.get(name).copied().unwrap_or(0)
+    }
+
+    fn server(&self, upstream: &str, addr: &str) -> usize {
+        self.servers
+            .get(&(upstream.to_owned(), addr.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Compares the config in effect with `new` (to run as `generation`).
+pub fn plan(old: &Config, new: &Config, generation: u64, registry: &Registry) -> Plan {
+    let counts = Counts::of(registry);
+    let grace = format_duration(new.server.shutdown_grace);
+    let mut changes = Vec::new();
+    for o in &old.listeners {
+        let kept = new
+            .listeners
+            .iter()
+            .find(|n| n.name == o.name && n.protocol == o.protocol);
+        if kept.is_none() {
+            changes.push(Change {
+                subject: format!("listener {}", o.name),
+                what: if new.listeners.iter().any(|n| n.name == o.name) {
+                    "protocol changed: replaced by a new listener".into()
+                } else {
+                    "removed".into()
+                },
+                connections: counts.listener(&o.name),
+                effect: format!(
+                    "its addresses that no listener keeps stop accepting now; idle keep-alive connections close now; requests, streams and tunnels in progress finish, or are closed {grace} after the reload (shutdown_grace)"
+                ),
+            });
+        }
+    }
+    for n in &new.listeners {
+        let Some(o) = old
+            .listeners
+            .iter()
+            .find(|o| o.name == n.name && o.protocol == n.protocol)
+        else {
+            changes.push(Change {
+                subject: format!("listener {}", n.name),
+                what: format!("added on {}", addresses(&n.listen)),
+                connections: 0,
+                effect: "binds its new addresses and starts accepting".into(),
+            });
+            continue;
+        };
+        let added: Vec<&ListenAddr> = n.listen.iter().filter(|a| !o.listen.contains(a)).collect();
+        let removed: Vec<&ListenAddr> = o
+            .listen
+            .iter()
+            .filter(|a| !n.listen.iter().any(|b| same_socket(a, b)))
+            .collect();
+        let mut what = Vec::new();
+        if !added.is_empty() {
+            what.push(format!(
+                "addresses added: {}",
+                addresses(added.iter().copied())
+            ));
+        }
+        if !removed.is_empty() {
+            what.push(format!(
+                "addresses removed: {}",
+                addresses(removed.iter().copied())
+            ));
+        }
+        let fields = listener_fields(o, n);
+        let socket_options: Vec<String> = n
+            .listen
+            .iter()
+            .filter_map(|a| {
+                let b = o.listen.iter().find(|b| same_socket(a, b))?;
+                (a != b).then(|| format!("{b} -> {a}"))
+            })
+            .collect();
+        if !fields.is_empty() {
+            what.push(fields.join(", "));
+        }
+        if what.is_empty() && socket_options.is_empty() {
+            continue;
+        }
+        let mut effect = String::from(
+            "its sockets that stay keep accepting; open connections go on, and their next request uses the new settings",
+        );
+        if !removed.is_empty() {
+            effect.push_str(
+                "; removed addresses stop accepting now (connections accepted there go on)",
+            );
+        }
+        if !socket_options.is_empty() {
+            let _ = write!(
+                effect,
+                "; the mode and owner of a Unix socket file that stays cannot change at runtime (kept as created: {}); they apply at the next upgrade or restart",
+                socket_options.join(", ")
+            );
+            if what.is_empty() {
+                what.push("socket file options".into());
+            }
+        }
+        changes.push(Change {
+            subject: format!("listener {}", n.name),
+            what: what.join("; "),
+            connections: counts.listener(&n.name),
+            effect,
+        });
+    }
+    for o in &old.upstreams {
+        if new.upstream(&o.name).is_none() {
+            let connections = o
+                .servers
+                .iter()
+                .map(|s| counts.server(&o.name, &s.to_string()))
+                .sum();
+            changes.push(Change {
+                subject: format!("upstream {}", o.name),
+                what: "removed".into(),
+                connections,
+                effect: "exchanges and tunnels in progress finish on it; its idle pooled connections close; an on-demand backend is stopped by the end of shutdown_grace".into(),
+            });
+        }
+    }
+    for n in &new.upstreams {
+        let Some(o) = old.upstream(&n.name) else {
+            changes.push(Change {
+                subject: format!("upstream {}", n.name),
+                what: format!(
+                    "added with {}",
+                    n.servers
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                connections: 0,
+                effect: "routes that name it send requests to it".into(),
+            });
+            continue;
+        };
+        let rebuilt = server_settings_changed(o, n);
+        for s in &o.servers {
+            let addr = s.to_string();
+            let gone = !n.servers.contains(s);
+            if gone || rebuilt {
+                changes.push(Change {
+                    subject: format!("upstream {} server {addr}", n.name),
+                    what: if gone { "removed".into() } else { "replaced (keepalive, health or on_demand changed)".into() },
+                    connections: counts.server(&n.name, &addr),
+                    effect: if gone {
+                        "takes no new request; exchanges and tunnels in progress finish on it; its idle pooled connections close".into()
+                    } else {
+                        "a new server takes new requests with an empty pool and fresh health state; exchanges in progress finish on the old one".into()
+                    },
+                });
+            }
+        }
+        for s in &n.servers {
+            if !o.servers.contains(s) {
+                changes.push(Change {
+                    subject: format!("upstream {} server {s}", n.name),
+                    what: "added".into(),
+                    connections: 0,
+                    effect: "takes new requests".into(),
+                });
+            }
+        }
+        let fields = upstream_fields(o, n);
+        if !fields.is_empty() {
+            let connections = o
+                .servers
+                .iter()
+                .filter(|s| n.servers.contains(s))
+                .map(|s| counts.server(&n.name, &s.to_string()))
+                .sum();
+            changes.push(Change {
+                subject: format!("upstream {}", n.name),
+                what: fields.join(", "),
+                connections,
+                effect: "requests that start after the reload use the new settings; exchanges in progress keep theirs".into(),
+            });
+        }
+    }
+    Plan {
+        generation,
+        changes,
+    }
+}
+
+/// Two configured addresses name the same socket (a Unix path with other options is
+/// the same socket file).
+fn same_socket(a: &ListenAddr, b: &ListenAddr) -> bool {
+    match (a, b) {
+        (ListenAddr::Unix(x), ListenAddr::Unix(y)) => x.path == y.path,
+        _ => a == b,
+    }
+}
+
+fn addresses<'a>(list: impl IntoIterator<Item = &'a ListenAddr>) -> String {
+    list.into_iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `name old -> new` for each listener setting that differs (routes as one word).
+fn listener_fields(o: &Listener, n: &Listener) -> Vec<String> {
+    let mut out = Vec::new();
+    if o.routes != n.routes {
+        out.push(format!("routes ({} -> {})", o.routes.len(), n.routes.len()));
+    }
+    if o.protocol == Protocol::Tcp && o.upstream != n.upstream {
+        out.push(format!(
+            "upstream {} -> {}",
+            o.upstream.as_deref().unwrap_or("-"),
+            n.upstream.as_deref().unwrap_or("-")
+        ));
+    }
+    macro_rules! field {
+        ($name:ident, $show:expr) => {
+            if o.$name != n.$name {
+                let show = $show;
+                out.push(format!(
+                    "{} {} -> {}",
+                    stringify!($name),
+                    show(&o.$name),
+                    show(&n.$name)
+                ));
+            }
+        };
+    }
+    field!(header_timeout, |d: &std::time::Duration| format_duration(
+        *d
+    ));
+    field!(idle_timeout, |d: &std::time::Duration| format_duration(*d));
+    field!(max_connections, |v: &usize| v.to_string());
+    field!(max_header_size, |v: &usize| v.to_string());
+    field!(tcp_keepalive, |d: &Option<std::time::Duration>| d
+        .map_or_else(|| "off".to_owned(), format_duration));
+    field!(underscores_in_headers, |v: &bool| v.to_string());
+    field!(half_close, |v: &bool| v.to_string());
+    out
+}
+
+/// Whether the settings a server is built from changed (its servers are then replaced).
+fn server_settings_changed(o: &Upstream, n: &Upstream) -> bool {
+    o.keepalive != n.keepalive
+        || o.keepalive_timeout != n.keepalive_timeout
+        || o.health != n.health
+        || o.on_demand != n.on_demand
+}
+
+/// `name old -> new` for each upstream-wide setting that differs.
+fn upstream_fields(o: &Upstream, n: &Upstream) -> Vec<String> {
+    let mut out = Vec::new();
+    let d = |d: &std::time::Duration| format_duration(*d);
+    let od = |d: &Option<std::time::Duration>| d.map_or_else(|| "off".to_owned(), format_duration);
+    macro_rules! field {
+        ($name:ident, $show:expr) => {
+            if o.$name != n.$name {
+                out.push(format!(
+                    "{} {} -> {}",
+                    stringify!($name),
+                    $show(&o.$name),
+                    $show(&n.$name)
+                ));
+            }
+        };
+    }
+    field!(connect_timeout, d);
+    field!(response_timeout, d);
+    field!(idle_timeout, d);
+    field!(retries, |v: &usize| v.to_string());
+    field!(balance, |v: &tidegate_config::Balance| format!("{v:?}")
+        .to_lowercase());
+    field!(sse_heartbeat, od);
+    field!(tcp_keepalive, od);
+    field!(max_ejected_percent, |v: &u8| v.to_string());
+    if o.passive != n.passive {
+        out.push("passive".into());
+    }
+    if o.request_buffering != n.request_buffering {
+        out.push("request_buffering".into());
+    }
+    out
+}
+
+/// `30s`, `1.5s`, `250ms`: as the config writes durations.
+fn format_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else if ms > 1000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml: &str) -> Config {
+        tidegate_config::load_str(toml, Some(std::path::Path::new("/tmp/t.toml")))
+            .unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    const BASE: &str = r#"
+[listeners.web]
+listen = ["127.0.0.1:0"]
+routes = [ { path = "/", upstream = "app" } ]
+
+[upstreams.app]
+servers = ["127.0.0.1:9001", "127.0.0.1:9002"]
+"#;
+
+    #[test]
+    fn the_same_config_changes_nothing() {
+        let a = config(BASE);
+        let p = plan(&a, &a, 2, &Registry::new());
+        assert_eq!(p.changes, vec![]);
+        assert_eq!(p.generation, 2);
+    }
+
+    #[test]
+    fn each_kind_of_change_is_named_with_its_effect() {
+        let a = config(BASE);
+        let b = config(
+            r#"
+[listeners.web]
+listen = ["127.0.0.1:0"]
+idle_timeout = "5s"
+routes = [ { path = "/new", upstream = "app" }, { path = "/", upstream = "app" } ]
+
+[listeners.tcp]
+listen = ["127.0.0.1:0"]
+protocol = "tcp"
+upstream = "app"
+
+[upstreams.app]
+servers = ["127.0.0.1:9002", "127.0.0.1:9003"]
+response_timeout = "3s"
+"#,
+        );
+        let p = plan(&a, &b, 2, &Registry::new());
+        let lines: Vec<String> = p
+            .changes
+            .iter()
+            .map(|c| format!("{}: {}", c.subject, c.what))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                "listener tcp: added on 127.0.0.1:0",
+                "listener web: routes (1 -> 2), idle_timeout 60s -> 5s",
+                "upstream app server 127.0.0.1:9001: removed",
+                "upstream app server 127.0.0.1:9003: added",
+                "upstream app: response_timeout 60s -> 3s",
+            ],
+            "{p:#?}"
+        );
+    }
+}
