@@ -382,11 +382,14 @@ impl Serving {
         // the end of the grace at the latest; a new server on the same address starts
         // its backend only after that one is gone (never two instances).
         let grace = config.server.shutdown_grace;
-        for s in old.iter().flat_map(|o| o.servers.iter()) {
+        let removed: Vec<&Arc<upstream::Server>> = old
+            .iter()
+            .flat_map(|o| o.servers.iter())
+            .filter(|s| !built.upstreams.iter().any(|u| u.has_server(s)))
+            .collect();
+        self.retire_servers(&removed, grace);
+        for s in removed {
             let Some(od) = s.on_demand() else { continue };
-            if built.upstreams.iter().any(|u| u.has_server(s)) {
-                continue;
-            }
             od.retire(tokio::time::Instant::now() + grace);
             for (_, n) in &new_servers {
                 if let Some(next) = n.on_demand().filter(|n| n.addr() == od.addr()) {
@@ -400,6 +403,49 @@ impl Serving {
         );
         commit(&mut live, Arc::new(config.clone()), built, &self.shutdown);
         Ok(plan)
+    }
+}
+
+impl Serving {
+    /// Servers a reload removed: their idle pooled connections close now and none is
+    /// pooled again; what still runs on them (exchanges, streams, tunnels) is closed
+    /// at `grace` unless it ended by then.
+    fn retire_servers(&self, removed: &[&Arc<upstream::Server>], grace: std::time::Duration) {
+        if removed.is_empty() {
+            return;
+        }
+        let at = tokio::time::Instant::now();
+        let mut ids: Vec<(Arc<str>, Arc<str>)> = Vec::new();
+        for s in removed {
+            s.pool.set_keeping(false);
+            s.pool.clear();
+            let id = s.id();
+            ids.push((id.upstream.clone(), id.addr.clone()));
+        }
+        let registry = self.registry.clone();
+        let hard = self.shutdown.hard.clone();
+        // Not on the tracker: a timer must not hold the process open.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = hard.cancelled() => return,
+            }
+            let mut closed = 0usize;
+            registry.for_each(|c| {
+                let theirs = c.side() == side::Side::Upstream
+                    && c.started() < at
+                    && ids
+                        .iter()
+                        .any(|(u, a)| **u == *c.name() && c.server_addr() == Some(&**a));
+                if theirs {
+                    c.close();
+                    closed += 1;
+                }
+            });
+            if closed > 0 {
+                tracing::info!(closed, "shutdown_grace after the reload ended: closed what was left on removed servers");
+            }
+        });
     }
 }
 

@@ -738,3 +738,54 @@ idle_stop = "{idle_stop}"
     );
     Ok(())
 }
+
+/// A tunnel to a server a reload removed goes on, then is closed at `shutdown_grace`
+/// after the reload; new tunnels go to the new server at once.
+#[tokio::test]
+async fn a_tunnel_to_a_removed_server_ends_at_the_grace() -> anyhow::Result<()> {
+    let one = TcpBackend::echo(Bind::Tcp4)?;
+    let two = TcpBackend::echo(Bind::Tcp4)?;
+    let cfg = |server: &Addr| {
+        format!(
+            r#"
+[server]
+shutdown_grace = "2s"
+
+[listeners.tcp]
+listen = ["127.0.0.1:0"]
+protocol = "tcp"
+upstream = "echo"
+
+[upstreams.echo]
+servers = ["{}"]
+"#,
+            server.to_config()
+        )
+    };
+    let tg = Tidegate::start(bin(), &cfg(one.addr())).await?;
+    let addr = tg.addr("tcp")?;
+    let mut old = connect(&addr).await?;
+    tcp_echo(&mut old, "before\n").await?;
+    std::fs::write(tg.config_path(), cfg(two.addr()))?;
+    let out = ctl(&tg, &["reload"]).await?;
+    ensure!(out.status.success(), "{out:?}");
+    ensure!(
+        text(&out.stdout).contains("1 connection: takes no new request"),
+        "{}",
+        text(&out.stdout)
+    );
+    let reloaded = Instant::now();
+    let mut new = connect(&addr).await?;
+    tcp_echo(&mut new, "new\n").await?;
+    ensure!(two.accepts() == 1 && one.accepts() == 1);
+    tcp_echo(&mut old, "after\n").await?;
+    let (_, end) = old.read_to_end(T).await?;
+    let took = reloaded.elapsed();
+    ensure!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(4),
+        "the old tunnel ended {took:?} after the reload ({end:?})"
+    );
+    // The tunnel to the kept server is not touched.
+    tcp_echo(&mut new, "still\n").await?;
+    Ok(())
+}
