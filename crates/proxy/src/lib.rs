@@ -108,9 +108,11 @@ impl Runtime {
         Runtime::bind_with(config, resolver, &mut Inherited::new())
     }
 
-    /// [`Runtime::bind`], taking each address's socket from `inherited` when one was
-    /// passed in (socket activation, a binary upgrade) and binding the rest. Sockets
-    /// not taken stay in `inherited` for the caller to report.
+    /// [`Runtime::bind`], taking each address's sockets from `inherited` when they were
+    /// passed in (socket activation, a binary upgrade: every socket of a `systemd:NAME`)
+    /// and binding the rest. A `systemd:NAME` or `fd:N` address with no socket passed is
+    /// an error ([`Inherited::missing`]). Sockets not taken stay in `inherited` for the
+    /// caller to report.
     pub fn bind_with(
         config: &Config,
         resolver: Arc<dyn Resolve>,
@@ -147,9 +149,17 @@ impl Runtime {
             });
             let mut sockets = Vec::new();
             for addr in &l.listen {
-                if let Some(mut s) = inherited.take(addr) {
-                    s.set_tcp_options(ctx.client_tcp());
-                    sockets.push((ListenKey::of(addr), s));
+                // Every socket passed for the address: `systemd:NAME` may have several.
+                let passed = inherited.take_all(addr);
+                if !passed.is_empty() {
+                    for mut s in passed {
+                        s.set_tcp_options(ctx.client_tcp());
+                        sockets.push((ListenKey::of(addr), s));
+                    }
+                    continue;
+                }
+                if addr.is_passed_in() {
+                    errors.push(inherited.missing(addr));
                     continue;
                 }
                 match Listener::bind(addr, ctx.client_tcp()) {

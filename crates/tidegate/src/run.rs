@@ -22,11 +22,16 @@ use tidegate_proxy::Runtime;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::RunArgs;
+use crate::systemd::{ListenFds, Notify};
 
 /// How long closed connections get to finish closing after the hard stop.
 const CLOSE_BOUND: Duration = Duration::from_secs(1);
 
 pub fn run(args: RunArgs) -> ExitCode {
+    // First, while this is the only thread: both read and unset environment variables,
+    // and passed descriptors are taken before anything else can open one.
+    let notify = Notify::from_env();
+    let mut passed = ListenFds::from_env();
     let loaded = load(&args)
         .and_then(|mut c| crate::admin::apply_override(&mut c, args.admin.as_deref()).map(|()| c));
     let config = match loaded {
@@ -36,6 +41,8 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Still the only thread: `fd:N` descriptors not from socket activation.
+    passed.claim_numbered(&config);
     init_logging(&config);
     raise_nofile_limit();
     let workers = match config.server.workers {
@@ -58,7 +65,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = rt.block_on(serve(config, workers));
+    let code = rt.block_on(serve(config, workers, notify, passed));
     // getaddrinfo calls on the blocking pool can't be cancelled; don't wait for them.
     rt.shutdown_timeout(Duration::from_millis(100));
     code
@@ -124,7 +131,10 @@ fn raise_nofile_limit() {
     }
 }
 
-async fn serve(config: Config, workers: usize) -> ExitCode {
+/// `notify` is the sd_notify channel (a no-op without `NOTIFY_SOCKET`); a reload calls
+/// `notify.reloading()` before and `notify.ready()` after. `passed` holds the sockets
+/// passed in at start (`systemd:NAME`, `fd:N`).
+async fn serve(config: Config, workers: usize, notify: Notify, passed: ListenFds) -> ExitCode {
     // Signal handlers first: a TERM that arrives while binding must not kill us with
     // half-created socket files.
     #[allow(
@@ -157,7 +167,9 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut runtime = match Runtime::bind(&config, Arc::new(SystemResolver)) {
+    passed.log_warnings();
+    let mut inherited = passed.into_inherited(&config);
+    let mut runtime = match Runtime::bind_with(&config, Arc::new(SystemResolver), &mut inherited) {
         Ok(r) => r,
         Err(errors) => {
             for e in &errors {
@@ -180,7 +192,7 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
         runtime.registry(),
         runtime.metrics(),
     ));
-    let admin = match crate::admin::start(&config, control.clone()) {
+    let admin = match crate::admin::start(&config, control.clone(), &mut inherited) {
         Ok(a) => a,
         Err(e) => {
             tracing::error!("{e}");
@@ -188,21 +200,36 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    crate::systemd::close_unused(&mut inherited);
     let children = runtime.children();
     runtime.set_access_log(access_log.clone());
+    let addresses: Vec<String> = runtime
+        .addresses()
+        .iter()
+        .map(|(_, a)| a.to_string())
+        .collect();
     let shutdown = Shutdown::new();
     let _serving = runtime.start(&shutdown);
     tracing::info!("ready");
+    notify.ready();
+    notify.status(&crate::systemd::serving_status(
+        config.listeners.len(),
+        &addresses,
+    ));
 
     let fast = loop {
         tokio::select! {
             _ = term.recv() => break false,
             _ = int.recv() => break true,
+            // Reload goes here: `notify.reloading()`, then `notify.ready()` and a
+            // `notify.status(…)` once applied (or refused).
             _ = hup.recv() => tracing::warn!("SIGHUP received: config reload is not supported yet; nothing changed"),
         }
     };
     control.set_draining();
+    notify.stopping();
     if fast {
+        notify.status("stopping: closing every connection now (SIGINT)");
         tracing::info!("SIGINT: closing every connection now");
         children.stop_by(tokio::time::Instant::now());
         shutdown.abort();
@@ -213,13 +240,21 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
             "SIGTERM: draining (listeners closed; in-flight requests may finish)"
         );
         shutdown.drain();
+        notify.status(&format!(
+            "draining: listeners closed; in-flight requests may finish within {}",
+            tidegate_config::parse::format_duration(grace)
+        ));
         // On-demand backends: SIGTERM at `shutdown_grace - stop_timeout` (so they are
         // gone when the grace ends), or as soon as the drain ends, whichever is first.
         children.stop_by(tokio::time::Instant::now() + grace);
         tokio::select! {
-            _ = shutdown.tracker.wait() => tracing::info!("drained"),
+            _ = shutdown.tracker.wait() => {
+                tracing::info!("drained");
+                notify.status("drained; stopping");
+            }
             _ = tokio::time::sleep(grace) => {
                 tracing::info!(open = shutdown.tracker.len(), "shutdown_grace ended; closing what is left");
+                notify.status("shutdown_grace ended; closing what is left");
                 shutdown.abort();
             }
             _ = term.recv() => { tracing::info!("second SIGTERM: closing every connection now"); shutdown.abort(); }
