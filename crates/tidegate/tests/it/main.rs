@@ -26,4 +26,5 @@ mod pool;
 mod proxy;
 mod repo;
 mod slow_clients;
+mod systemd;
 mod tcp;
