@@ -594,6 +594,65 @@ mod tests {
         assert!(Listener::from_fd(OwnedFd::from(f), false).is_err());
     }
 
+    fn tcp_listener() -> Listener {
+        let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Listener::from_fd(OwnedFd::from(std), false).unwrap()
+    }
+
+    #[tokio::test]
+    async fn inherited_holds_every_socket_of_a_systemd_name_and_one_per_other_address() {
+        let web = ListenAddr::Systemd("web".into());
+        let (a, b, c) = (tcp_listener(), tcp_listener(), tcp_listener());
+        let (a_addr, b_addr) = (a.local_addr().clone(), b.local_addr().clone());
+        let LocalAddr::Tcp(c_addr) = c.local_addr().clone() else {
+            panic!("tcp")
+        };
+        let mut inherited = Inherited::new();
+        inherited.push(ListenKey::of(&web), a);
+        inherited.push(ListenKey::of(&web), b);
+        assert!(inherited.insert(ListenKey::Tcp(c_addr), c).is_none());
+        let all: Vec<LocalAddr> = inherited
+            .take_all(&web)
+            .iter()
+            .map(|l| l.local_addr().clone())
+            .collect();
+        assert_eq!(all, [a_addr, b_addr], "in the order passed");
+        assert!(inherited.take_all(&web).is_empty());
+        let tcp = ListenAddr::Tcp(c_addr);
+        assert!(!inherited.is_empty());
+        assert!(inherited.take(&tcp).is_some());
+        assert!(inherited.take(&tcp).is_none());
+        assert!(inherited.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_passed_in_address_without_its_socket_says_why() {
+        let web = ListenAddr::Systemd("web".into());
+        let e = Listener::bind(&web, TcpOptions::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot listen on systemd:web: systemd passed no socket named web (no sockets were passed in)"
+        );
+        let mut inherited = Inherited::new();
+        inherited.set_systemd_passed("LISTEN_FDNAMES has: a, b".into());
+        inherited.refuse(ListenKey::Fd(5), "descriptor 5 is not open".into());
+        assert_eq!(
+            inherited.missing(&web).to_string(),
+            "cannot listen on systemd:web: systemd passed no socket named web (LISTEN_FDNAMES has: a, b)"
+        );
+        assert_eq!(
+            inherited.missing(&ListenAddr::Fd(5)).to_string(),
+            "cannot listen on fd:5: descriptor 5 is not open"
+        );
+        assert_eq!(
+            inherited.missing(&ListenAddr::Fd(6)).to_string(),
+            "cannot listen on fd:6: descriptor 6 was not passed in"
+        );
+        assert!(!ListenKey::Systemd("web".into()).owns_file());
+        assert!(!ListenKey::Fd(3).owns_file());
+        assert!(ListenKey::Unix("/a.sock".into()).owns_file());
+    }
+
     #[tokio::test]
     async fn a_unix_socket_file_is_removed_on_drop_only_when_owned_and_not_disowned() {
         let dir = temp_dir("fromfd");
