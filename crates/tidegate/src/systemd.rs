@@ -406,6 +406,9 @@ impl ListenFds {
                         describe_io_error(&e)
                     );
                     if used.contains(&key) {
+                        // Other sockets of the same name may still serve the address;
+                        // if none does, this is the error it fails with.
+                        tracing::warn!("socket activation: {why}; ignoring it");
                         inherited.refuse(key, why);
                     } else {
                         tracing::warn!(

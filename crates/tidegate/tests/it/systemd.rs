@@ -592,3 +592,67 @@ async fn an_fd_address_that_is_not_a_listening_socket_refuses_to_start() -> anyh
     }
     bail!("every port picked was taken ({PORT_ATTEMPTS} attempts)")
 }
+
+// === what children inherit ===
+
+#[tokio::test]
+async fn on_demand_backends_inherit_neither_notify_socket_nor_listen_variables(
+) -> anyhow::Result<()> {
+    let app = tidegate_testkit::lazy_app::LazyApp::new()?;
+    let dir = short_dir();
+    let mut notify = NotifySocket::at_path(&dir.path().join("notify.sock"));
+    let env_file = app.dir().join("child-env");
+    // `sh -c` writes the backend's environment, then execs the lazy app.
+    let inner = app.command(&[]);
+    let inner = inner.trim_start_matches('[').trim_end_matches(']');
+    let script = format!("env > {}; exec \"$@\"", env_file.display());
+    let config = format!(
+        r#"
+[admin]
+listen = "unix:admin.sock"
+
+[listeners.web]
+listen = ["127.0.0.1:0"]
+[[listeners.web.routes]]
+upstream = "app"
+
+[upstreams.app]
+servers = ["{}"]
+
+[upstreams.app.on_demand]
+command = ["sh", "-c", {script:?}, "sh", {inner}]
+"#,
+        app.server()
+    );
+    let launch = Launch {
+        env: vec![
+            (os("NOTIFY_SOCKET"), notify.env.clone()),
+            // Meant for another process: ignored, and unset all the same.
+            (os("LISTEN_PID"), os("1")),
+            (os("LISTEN_FDS"), os("1")),
+            (os("LISTEN_FDNAMES"), os("web")),
+        ],
+        ..Launch::default()
+    };
+    let mut tg = Tidegate::spawn_with(bin(), &config, &launch)?;
+    notify.wait_for("READY=1").await?;
+    tg.wait_ready().await?;
+    let resp = get(&tg.addr("web")?, "/", "x").await?;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let env = std::fs::read_to_string(&env_file)
+        .with_context(|| format!("read {}", env_file.display()))?;
+    for var in [
+        "NOTIFY_SOCKET=",
+        "LISTEN_PID=",
+        "LISTEN_FDS=",
+        "LISTEN_FDNAMES=",
+    ] {
+        assert!(
+            !env.lines().any(|l| l.starts_with(var)),
+            "the backend inherited {var}:\n{env}"
+        );
+    }
+    tg.signal(Signal::SIGTERM)?;
+    assert!(tg.wait_exit(SOON).await?.success());
+    Ok(())
+}
