@@ -9,6 +9,9 @@
 //! - On-demand backends: SIGTERM when the drain ends or at `shutdown_grace -
 //!   stop_timeout`, whichever is first (at once on SIGINT or a second signal), SIGKILL
 //!   `stop_timeout` later; the process exits only once they have exited.
+//! - systemd (`systemd.rs`): sockets passed in are taken before anything else runs;
+//!   with `NOTIFY_SOCKET`, `READY=1` and a `STATUS=` line once every socket accepts,
+//!   `STOPPING=1` and `STATUS=` lines when the drain starts and ends.
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -75,8 +75,8 @@ struct Target {
 
 impl Notify {
     /// Reads `NOTIFY_SOCKET` (a socket path, or `@name` in the abstract namespace) and
-    /// unsets it. Without it, every method does nothing. Call before any thread starts:
-    /// it changes the environment.
+    /// unsets it. Without it, every method does nothing. Call once (a second call finds
+    /// the variable gone), before any thread starts: it changes the environment.
     pub fn from_env() -> Notify {
         #[allow(
             clippy::disallowed_methods,
