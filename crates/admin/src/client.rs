@@ -41,7 +41,7 @@ impl AdminAddr {
     pub fn parse(s: &str, base: &Path) -> Result<AdminAddr, String> {
         if s.starts_with("unix:") {
             return match tidegate_config::parse::listen_addr(s, base) {
-                Ok(a) => Ok(AdminAddr::from(&a)),
+                Ok(a) => AdminAddr::try_from(&a),
                 Err(e) => Err(e.0),
             };
         }
@@ -57,11 +57,21 @@ impl AdminAddr {
     }
 }
 
-impl From<&ListenAddr> for AdminAddr {
-    fn from(a: &ListenAddr) -> Self {
+/// Where a client finds a listen address; a socket passed in (`systemd:NAME`, `fd:N`)
+/// has its address outside the config (in the socket unit), so the error says to give it
+/// with `--admin`.
+impl TryFrom<&ListenAddr> for AdminAddr {
+    type Error = String;
+
+    fn try_from(a: &ListenAddr) -> Result<Self, String> {
         match a {
-            ListenAddr::Tcp(a) => AdminAddr::Tcp(*a),
-            ListenAddr::Unix(u) => AdminAddr::Unix(u.path.clone()),
+            ListenAddr::Tcp(a) => Ok(AdminAddr::Tcp(*a)),
+            ListenAddr::Unix(u) => Ok(AdminAddr::Unix(u.path.clone())),
+            passed @ (ListenAddr::Systemd(_) | ListenAddr::Fd(_)) => Err(format!(
+                "the admin API listens on {passed}, a socket passed in by whatever started \
+                 tidegate (the socket unit says its address); give that address with \
+                 --admin, e.g. --admin unix:/run/tidegate/admin.sock"
+            )),
         }
     }
 }

@@ -7,10 +7,13 @@
 //! command-line overrides such as `run --listen ADDR`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::addr::{ListenAddr, UnixListen, UpstreamAddr, MAX_UNIX_PATH};
+use crate::addr::{
+    ListenAddr, UnixListen, UpstreamAddr, FIRST_PASSED_FD, MAX_SYSTEMD_NAME, MAX_UNIX_PATH,
+};
 use crate::defaults::MAX_DURATION;
 use crate::model::HostMatch;
 
@@ -133,13 +136,29 @@ pub fn format_size(n: usize) -> String {
 }
 
 /// A listener address (docs/design.md, "Address syntax"): an IP address and port (`127.0.0.1:8080`,
-/// `[::1]:8080`, `0.0.0.0:80`; port 0 = any free port), or
-/// `unix:PATH[:mode=660][:owner=NAME|UID][:group=NAME|GID]`. A relative `PATH` is
-/// resolved against `base` (the config file's folder); owner and group names are looked
-/// up now, so an unknown user is a load error.
+/// `[::1]:8080`, `0.0.0.0:80`; port 0 = any free port),
+/// `unix:PATH[:mode=660][:owner=NAME|UID][:group=NAME|GID]`, `systemd:NAME` (the
+/// sockets systemd passed with `FileDescriptorName=NAME`) or `fd:N` (descriptor N ≥ 3,
+/// left open by whatever started tidegate). A relative `PATH` is resolved against `base`
+/// (the config file's folder); owner and group names are looked up now, so an unknown
+/// user is a load error.
+///
+/// ```
+/// use tidegate_config::{parse::listen_addr, ListenAddr};
+/// let base = std::path::Path::new("/etc/tidegate");
+/// assert_eq!(listen_addr("systemd:web", base).unwrap(), ListenAddr::Systemd("web".into()));
+/// assert_eq!(listen_addr("fd:3", base).unwrap(), ListenAddr::Fd(3));
+/// assert!(listen_addr("fd:2", base).is_err());
+/// ```
 pub fn listen_addr(s: &str, base: &Path) -> Result<ListenAddr> {
     if let Some(rest) = s.strip_prefix("unix:") {
         return unix_listen(s, rest, base).map(ListenAddr::Unix);
+    }
+    if let Some(name) = s.strip_prefix("systemd:") {
+        return systemd_name(s, name).map(ListenAddr::Systemd);
+    }
+    if let Some(n) = s.strip_prefix("fd:") {
+        return passed_fd(s, n).map(ListenAddr::Fd);
     }
     if let Ok(addr) = s.parse::<SocketAddr>() {
         return Ok(ListenAddr::Tcp(addr));
@@ -503,6 +522,58 @@ fn unix_listen(s: &str, rest: &str, base: &Path) -> Result<UnixListen> {
     Ok(listen)
 }
 
+/// The `NAME` of `systemd:NAME`, as systemd allows it in `FileDescriptorName=`: printable
+/// ASCII without `:` (the separator of `LISTEN_FDNAMES`), at most [`MAX_SYSTEMD_NAME`]
+/// characters.
+fn systemd_name(s: &str, name: &str) -> Result<String> {
+    if name.is_empty() {
+        return invalid(format!(
+            "{s:?}: missing the socket's name, as the socket unit sets it with \
+             FileDescriptorName= (e.g. \"systemd:web\")"
+        ));
+    }
+    if name.contains(':') {
+        return invalid(format!(
+            "{s:?}: a socket name cannot contain \":\" (systemd separates names with it); \
+             a passed socket takes no options: its mode and owner are set in the socket \
+             unit (SocketMode=, SocketUser=, SocketGroup=)"
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| !(' '..='~').contains(c)) {
+        return invalid(format!(
+            "{s:?}: {c:?} is not allowed in a socket name (systemd allows printable ASCII \
+             other than \":\")"
+        ));
+    }
+    if name.len() > MAX_SYSTEMD_NAME {
+        return invalid(format!(
+            "{s:?}: the socket name is {} characters long; systemd allows at most \
+             {MAX_SYSTEMD_NAME}",
+            name.len()
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// The `N` of `fd:N`: a descriptor number of at least [`FIRST_PASSED_FD`].
+fn passed_fd(s: &str, n: &str) -> Result<RawFd> {
+    let parsed = match n.parse::<RawFd>() {
+        Ok(fd) if n.bytes().all(|b| b.is_ascii_digit()) => fd,
+        _ => {
+            return invalid(format!(
+                "{s:?}: expected a descriptor number after \"fd:\", as in \"fd:3\""
+            ))
+        }
+    };
+    if parsed < FIRST_PASSED_FD {
+        return invalid(format!(
+            "{s:?}: descriptors 0, 1 and 2 are standard input, output and error; a passed \
+             socket is descriptor {FIRST_PASSED_FD} or above"
+        ));
+    }
+    Ok(parsed)
+}
+
 fn mode(s: &str, value: &str) -> Result<u32> {
     match u32::from_str_radix(value, 8) {
         Ok(m) if !value.is_empty() && value.len() <= 4 && !value.starts_with('+') => Ok(m),
@@ -592,6 +663,35 @@ mod tests {
         assert!(listen_addr("unix:/a.sock:mode=660:mode=600", base).is_err());
         assert!(listen_addr("unix:/a.sock:color=red", base).is_err());
         assert!(listen_addr("unix:", base).is_err());
+    }
+
+    #[test]
+    fn passed_in_listener_addresses() {
+        let base = Path::new("/etc/tidegate");
+        assert_eq!(
+            listen_addr("systemd:web-1.socket", base).unwrap(),
+            ListenAddr::Systemd("web-1.socket".into())
+        );
+        assert_eq!(listen_addr("fd:12", base).unwrap(), ListenAddr::Fd(12));
+        for (bad, says) in [
+            ("systemd:", "missing the socket's name"),
+            ("systemd:web:mode=600", "cannot contain \":\""),
+            ("systemd:w\u{e9}b", "not allowed in a socket name"),
+            ("fd:2", "standard input, output and error"),
+            ("fd:0", "standard input, output and error"),
+            ("fd:x", "expected a descriptor number"),
+            ("fd:", "expected a descriptor number"),
+            ("fd:+3", "expected a descriptor number"),
+            ("fd:99999999999", "expected a descriptor number"),
+        ] {
+            let e = listen_addr(bad, base).unwrap_err().0;
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let long = format!("systemd:{}", "a".repeat(MAX_SYSTEMD_NAME + 1));
+        assert!(listen_addr(&long, base)
+            .unwrap_err()
+            .0
+            .contains("at most 255"));
     }
 
     #[test]

@@ -1411,7 +1411,10 @@ fn host_text(h: &HostMatch) -> String {
 }
 
 /// Whether binding both would fail: the same Unix path, or TCP addresses of one family
-/// on the same port (not 0) where the IPs are equal or one is the wildcard. IPv6
+/// on the same port (not 0) where the IPs are equal or one is the wildcard; or the same
+/// passed-in socket (`systemd:NAME`, `fd:N`). Whether `fd:3` is one of `systemd:web`'s
+/// sockets is known only at startup, from the environment: the binary then leaves it
+/// to `fd:3`. IPv6
 /// listeners are `IPV6_V6ONLY`, so `[::]:80` and `0.0.0.0:80` do not overlap.
 fn overlaps(a: &ListenAddr, b: &ListenAddr) -> bool {
     match (a, b) {
@@ -1422,6 +1425,9 @@ fn overlaps(a: &ListenAddr, b: &ListenAddr) -> bool {
                 && (x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified())
         }
         (ListenAddr::Unix(x), ListenAddr::Unix(y)) => x.path == y.path,
+        // One name is every socket of that name: two listeners cannot share them.
+        (ListenAddr::Systemd(x), ListenAddr::Systemd(y)) => x == y,
+        (ListenAddr::Fd(x), ListenAddr::Fd(y)) => x == y,
         _ => false,
     }
 }

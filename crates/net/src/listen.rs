@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use nix::errno::Errno;
@@ -152,6 +152,17 @@ pub enum ListenError {
         /// The configured address.
         addr: ListenAddr,
     },
+    /// A `systemd:NAME` or `fd:N` address without a usable socket passed in: nothing
+    /// was passed under that name or number, or what was is not a listening socket.
+    /// `why` says which, e.g. `systemd passed no socket named web (LISTEN_FDNAMES has:
+    /// a, b)` or `descriptor 5 is not a listening socket: the socket is not listening`.
+    #[error("cannot listen on {addr}: {why}")]
+    NotPassed {
+        /// The configured address.
+        addr: ListenAddr,
+        /// What is missing, or what is wrong with what was passed.
+        why: String,
+    },
 }
 
 fn os_message(doing: Option<&str>, error: &io::Error, hint: Option<&str>) -> String {
@@ -179,7 +190,8 @@ impl ListenError {
             | ListenError::NotASocket { addr, .. }
             | ListenError::NoDirectory { addr, .. }
             | ListenError::PathTooLong { addr, .. }
-            | ListenError::NoRuntime { addr } => addr,
+            | ListenError::NoRuntime { addr }
+            | ListenError::NotPassed { addr, .. } => addr,
         }
     }
 
@@ -226,6 +238,9 @@ impl Listener {
     ///
     /// `tcp` is applied to every connection accepted on a TCP listener; a Unix listener
     /// ignores it (there is nothing to apply: see [`crate::endpoint`]).
+    ///
+    /// A `systemd:NAME` or `fd:N` address has nothing to bind: its socket must have been
+    /// passed in ([`Inherited`]), and this returns [`ListenError::NotPassed`].
     pub fn bind(addr: &ListenAddr, tcp: TcpOptions) -> Result<Listener, ListenError> {
         // tokio's `from_std` panics outside a runtime; a startup error is kinder.
         if tokio::runtime::Handle::try_current().is_err() {
@@ -259,6 +274,7 @@ impl Listener {
                     local: LocalAddr::Unix(cfg.path.clone()),
                 })
             }
+            ListenAddr::Systemd(_) | ListenAddr::Fd(_) => Err(Inherited::new().missing(addr)),
         }
     }
 
@@ -315,15 +331,8 @@ impl Listener {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(invalid("not called inside a tokio runtime".into()));
         }
+        check_listening(&fd)?;
         let socket = Socket::from(fd);
-        // ENOTSOCK here: a file, a pipe, a terminal.
-        let ty = socket.r#type()?;
-        if ty != Type::STREAM {
-            return Err(invalid("the socket is not a stream socket".into()));
-        }
-        if !socket.is_listener()? {
-            return Err(invalid("the socket is not listening".into()));
-        }
         socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
         if let Some(sa) = local.as_socket() {
@@ -376,16 +385,39 @@ impl Listener {
     }
 }
 
+/// Whether `fd` is a listening stream socket, as [`Listener::from_fd`] requires; the
+/// error says what it is instead (`the socket is not listening`, `the socket is not a
+/// stream socket`, or `ENOTSOCK` for a file, a pipe, a terminal). For a caller that must
+/// know before taking a descriptor over.
+pub fn check_listening(fd: &impl AsFd) -> io::Result<()> {
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_owned());
+    let socket = socket2::SockRef::from(fd);
+    if socket.r#type()? != Type::STREAM {
+        return Err(invalid("the socket is not a stream socket"));
+    }
+    if !socket.is_listener()? {
+        return Err(invalid("the socket is not listening"));
+    }
+    Ok(())
+}
+
 /// Which configured address a listening socket serves, to match sockets passed in
 /// (socket activation, a binary upgrade) to the config's addresses. A TCP key is the
 /// address as configured, port 0 included: the new process of an upgrade, given the
 /// same config, asks for the same key and gets the socket the old one bound.
+///
+/// A `systemd:NAME` key may have several sockets (every one systemd passed under that
+/// name); the other keys have one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ListenKey {
     /// `ip:port` as configured.
     Tcp(SocketAddr),
     /// A Unix socket file's path.
     Unix(PathBuf),
+    /// `systemd:NAME`: the sockets systemd passed with `FileDescriptorName=NAME`.
+    Systemd(String),
+    /// `fd:N`: descriptor N as it was passed in.
+    Fd(RawFd),
 }
 
 impl ListenKey {
@@ -394,7 +426,18 @@ impl ListenKey {
         match addr {
             ListenAddr::Tcp(a) => ListenKey::Tcp(*a),
             ListenAddr::Unix(u) => ListenKey::Unix(u.path.clone()),
+            ListenAddr::Systemd(name) => ListenKey::Systemd(name.clone()),
+            ListenAddr::Fd(n) => ListenKey::Fd(*n),
         }
+    }
+
+    /// Whether a socket under this key has a socket file tidegate owns (removes on
+    /// exit): only a `unix:` address tidegate bound. A `systemd:` or `fd:` socket's file
+    /// belongs to whoever created it, so a process taking such a socket over (from
+    /// systemd or, in an upgrade, from the old process) passes `owns_file = false` to
+    /// [`Listener::from_fd`].
+    pub fn owns_file(&self) -> bool {
+        matches!(self, ListenKey::Unix(_))
     }
 }
 
@@ -403,6 +446,8 @@ impl fmt::Display for ListenKey {
         match self {
             ListenKey::Tcp(a) => write!(f, "{a}"),
             ListenKey::Unix(p) => write!(f, "unix:{}", p.display()),
+            ListenKey::Systemd(name) => write!(f, "systemd:{name}"),
+            ListenKey::Fd(n) => write!(f, "fd:{n}"),
         }
     }
 }
@@ -410,9 +455,17 @@ impl fmt::Display for ListenKey {
 /// Listening sockets passed in before the config is bound (socket activation, a
 /// binary upgrade), taken by the addresses that name them; those left over are closed
 /// by the caller, with a warning.
+///
+/// It also says why an address that needs a passed socket has none
+/// ([`Inherited::missing`]): what systemd passed ([`Inherited::set_systemd_passed`]) and
+/// sockets that were passed but cannot be used ([`Inherited::refuse`]).
 #[derive(Debug, Default)]
 pub struct Inherited {
-    sockets: HashMap<ListenKey, Listener>,
+    sockets: HashMap<ListenKey, Vec<Listener>>,
+    /// What systemd passed, for the message of a `systemd:NAME` with no socket.
+    systemd_passed: Option<String>,
+    /// Why a key's passed socket cannot be used.
+    refused: HashMap<ListenKey, String>,
 }
 
 impl Inherited {
@@ -421,24 +474,82 @@ impl Inherited {
         Inherited::default()
     }
 
-    /// Adds a socket for `key`, returning the one it replaces.
+    /// Sets the socket for `key`, returning the one it replaces (the first, if `key`
+    /// had several). To give a key several sockets (`systemd:NAME`), use
+    /// [`Inherited::push`].
     pub fn insert(&mut self, key: ListenKey, listener: Listener) -> Option<Listener> {
-        self.sockets.insert(key, listener)
+        self.sockets
+            .insert(key, vec![listener])
+            .and_then(|old| old.into_iter().next())
     }
 
-    /// Takes the socket for `addr`, if one was passed in.
+    /// Adds one more socket for `key`, after those it has.
+    pub fn push(&mut self, key: ListenKey, listener: Listener) {
+        self.sockets.entry(key).or_default().push(listener);
+    }
+
+    /// Takes one socket for `addr` (the first passed), if any was passed in.
     pub fn take(&mut self, addr: &ListenAddr) -> Option<Listener> {
-        self.sockets.remove(&ListenKey::of(addr))
+        let key = ListenKey::of(addr);
+        let list = self.sockets.get_mut(&key)?;
+        let first = (!list.is_empty()).then(|| list.remove(0));
+        if list.is_empty() {
+            self.sockets.remove(&key);
+        }
+        first
+    }
+
+    /// Takes every socket for `addr`, in the order they were passed: all the sockets of
+    /// a `systemd:NAME`, the one of any other address, or none.
+    pub fn take_all(&mut self, addr: &ListenAddr) -> Vec<Listener> {
+        self.sockets
+            .remove(&ListenKey::of(addr))
+            .unwrap_or_default()
     }
 
     /// Whether no socket is left.
     pub fn is_empty(&self) -> bool {
-        self.sockets.is_empty()
+        self.sockets.values().all(Vec::is_empty)
     }
 
     /// Every socket left, with its key.
     pub fn drain(&mut self) -> impl Iterator<Item = (ListenKey, Listener)> + '_ {
-        self.sockets.drain()
+        self.sockets
+            .drain()
+            .flat_map(|(k, list)| list.into_iter().map(move |l| (k.clone(), l)))
+    }
+
+    /// Records what systemd passed (e.g. `LISTEN_FDNAMES has: web, admin`, or why
+    /// nothing was), for the error of a `systemd:NAME` that has no socket.
+    pub fn set_systemd_passed(&mut self, summary: String) {
+        self.systemd_passed = Some(summary);
+    }
+
+    /// Records that the socket passed for `key` cannot be used, and why (`descriptor 5
+    /// is not a listening socket: …`): the error of an address with that key says so.
+    pub fn refuse(&mut self, key: ListenKey, why: String) {
+        self.refused.insert(key, why);
+    }
+
+    /// The error for `addr` when it needs a passed socket (`systemd:NAME`, `fd:N`) and
+    /// none is left for it: the reason given to [`Inherited::refuse`], else that
+    /// nothing was passed under that name or number.
+    pub fn missing(&self, addr: &ListenAddr) -> ListenError {
+        let why = match (self.refused.get(&ListenKey::of(addr)), addr) {
+            (Some(why), _) => why.clone(),
+            (None, ListenAddr::Systemd(name)) => format!(
+                "systemd passed no socket named {name} ({})",
+                self.systemd_passed
+                    .as_deref()
+                    .unwrap_or("no sockets were passed in")
+            ),
+            (None, ListenAddr::Fd(n)) => format!("descriptor {n} was not passed in"),
+            (None, other) => format!("no socket was passed in for {other}"),
+        };
+        ListenError::NotPassed {
+            addr: addr.clone(),
+            why,
+        }
     }
 }
 
@@ -491,6 +602,65 @@ mod tests {
         // Not a socket at all.
         let f = std::fs::File::open("/dev/null").unwrap();
         assert!(Listener::from_fd(OwnedFd::from(f), false).is_err());
+    }
+
+    fn tcp_listener() -> Listener {
+        let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Listener::from_fd(OwnedFd::from(std), false).unwrap()
+    }
+
+    #[tokio::test]
+    async fn inherited_holds_every_socket_of_a_systemd_name_and_one_per_other_address() {
+        let web = ListenAddr::Systemd("web".into());
+        let (a, b, c) = (tcp_listener(), tcp_listener(), tcp_listener());
+        let (a_addr, b_addr) = (a.local_addr().clone(), b.local_addr().clone());
+        let LocalAddr::Tcp(c_addr) = c.local_addr().clone() else {
+            panic!("tcp")
+        };
+        let mut inherited = Inherited::new();
+        inherited.push(ListenKey::of(&web), a);
+        inherited.push(ListenKey::of(&web), b);
+        assert!(inherited.insert(ListenKey::Tcp(c_addr), c).is_none());
+        let all: Vec<LocalAddr> = inherited
+            .take_all(&web)
+            .iter()
+            .map(|l| l.local_addr().clone())
+            .collect();
+        assert_eq!(all, [a_addr, b_addr], "in the order passed");
+        assert!(inherited.take_all(&web).is_empty());
+        let tcp = ListenAddr::Tcp(c_addr);
+        assert!(!inherited.is_empty());
+        assert!(inherited.take(&tcp).is_some());
+        assert!(inherited.take(&tcp).is_none());
+        assert!(inherited.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_passed_in_address_without_its_socket_says_why() {
+        let web = ListenAddr::Systemd("web".into());
+        let e = Listener::bind(&web, TcpOptions::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot listen on systemd:web: systemd passed no socket named web (no sockets were passed in)"
+        );
+        let mut inherited = Inherited::new();
+        inherited.set_systemd_passed("LISTEN_FDNAMES has: a, b".into());
+        inherited.refuse(ListenKey::Fd(5), "descriptor 5 is not open".into());
+        assert_eq!(
+            inherited.missing(&web).to_string(),
+            "cannot listen on systemd:web: systemd passed no socket named web (LISTEN_FDNAMES has: a, b)"
+        );
+        assert_eq!(
+            inherited.missing(&ListenAddr::Fd(5)).to_string(),
+            "cannot listen on fd:5: descriptor 5 is not open"
+        );
+        assert_eq!(
+            inherited.missing(&ListenAddr::Fd(6)).to_string(),
+            "cannot listen on fd:6: descriptor 6 was not passed in"
+        );
+        assert!(!ListenKey::Systemd("web".into()).owns_file());
+        assert!(!ListenKey::Fd(3).owns_file());
+        assert!(ListenKey::Unix("/a.sock".into()).owns_file());
     }
 
     #[tokio::test]

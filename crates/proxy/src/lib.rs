@@ -180,9 +180,11 @@ impl Runtime {
         Runtime::bind_with(config, resolver, &mut Inherited::new())
     }
 
-    /// [`Runtime::bind`], taking each address's socket from `inherited` when one was
-    /// passed in (socket activation, a binary upgrade) and binding the rest. Sockets
-    /// not taken stay in `inherited` for the caller to report.
+    /// [`Runtime::bind`], taking each address's sockets from `inherited` when they were
+    /// passed in (socket activation, a binary upgrade: every socket of a `systemd:NAME`)
+    /// and binding the rest. A `systemd:NAME` or `fd:N` address with no socket passed is
+    /// an error ([`Inherited::missing`]). Sockets not taken stay in `inherited` for the
+    /// caller to report.
     pub fn bind_with(
         config: &Config,
         resolver: Arc<dyn Resolve>,
@@ -534,12 +536,31 @@ fn build(
             });
             if let Some(i) = kept {
                 taken[i] = true;
+                // A passed-in address (`systemd:NAME`) may have several sockets: every
+                // one of them stays with it.
+                if addr.is_passed_in() {
+                    for (j, s) in old.iter().flat_map(|o| o.sockets.iter()).enumerate() {
+                        if !taken[j] && s.key == key && s.socket.strong_count() > 0 {
+                            taken[j] = true;
+                            sockets.push((key.clone(), index, Socket::Kept(j)));
+                        }
+                    }
+                }
                 sockets.push((key, index, Socket::Kept(i)));
                 continue;
             }
-            if let Some(mut s) = inherited.take(addr) {
-                s.set_tcp_options(client_tcp);
-                sockets.push((key, index, Socket::New(s)));
+            // Every socket passed for the address: `systemd:NAME` may have several.
+            let passed = inherited.take_all(addr);
+            if !passed.is_empty() {
+                for mut s in passed {
+                    s.set_tcp_options(client_tcp);
+                    sockets.push((key.clone(), index, Socket::New(s)));
+                }
+                continue;
+            }
+            if addr.is_passed_in() {
+                // A reload cannot get a socket systemd did not pass at startup.
+                errors.push(inherited.missing(addr));
                 continue;
             }
             match Listener::bind(addr, client_tcp) {

@@ -62,7 +62,10 @@
 //! log lines, and waits for readiness: one `listening listener=NAME address=ADDR` event
 //! per bound address, then a `ready` event, on one stream (text or JSON logs). Then
 //! `addr(name)`, `logs()`, `wait_log`, `signal`, `wait_exit`; `Tidegate::check(bin, toml)`
-//! runs `bin check`. Dropping it kills and reaps the process.
+//! runs `bin check`. Dropping it kills and reaps the process. `Tidegate::spawn_with(bin,
+//! toml, &Launch { wrapper, env, dir })` starts it behind a wrapper that execs it
+//! (`systemd-socket-activate`) with more environment, without waiting; `wait_ready()`
+//! then waits.
 //!
 //! # Caveats
 //! - A Unix socket has no reset: the "reset" replies and [`RawConn::reset`] close it
@@ -110,6 +113,8 @@ pub use backend::{Backend, BackendOptions, ConnEnd, ConnInfo, Reply, Request, Ss
 pub use blackhole::{blackhole_listener, Blackhole};
 pub use client::{connect, get, End, RawConn, Response, ResponseHead, DEFAULT_TIMEOUT};
 pub use curl::curl_unix;
-pub use process::{parse_log_line, strip_ansi, LogEvent, Tidegate, CHECK_TIMEOUT, READY_TIMEOUT};
+pub use process::{
+    parse_log_line, strip_ansi, Launch, LogEvent, Tidegate, CHECK_TIMEOUT, READY_TIMEOUT,
+};
 pub use procfs::{close_wait_sockets, process_gone, vm_hwm_kib, vm_rss_kib};
 pub use tcp_echo::TcpBackend;

@@ -2,6 +2,7 @@
 //! temporary directory, captures every log line, knows its listening addresses, and
 //! never leaks the process.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -258,6 +259,21 @@ fn lock(logs: &Logs) -> MutexGuard<'_, Vec<String>> {
     logs.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// How [`Tidegate::spawn_with`] starts the binary, beyond `BIN run --config FILE`.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// A program and its arguments run in front of `BIN run --config FILE`, which it
+    /// must exec in the same process (`systemd-socket-activate -l ADDR`, `env -u VAR`):
+    /// the handle's pid is the wrapper's.
+    pub wrapper: Vec<OsString>,
+    /// Environment variables set besides the usual ones (`NOTIFY_SOCKET`). A wrapper
+    /// may not pass them on (`systemd-socket-activate` needs `-E NAME=VALUE`).
+    pub env: Vec<(OsString, OsString)>,
+    /// The directory for `tidegate.toml` (kept afterwards); a new temporary one when
+    /// `None`.
+    pub dir: Option<PathBuf>,
+}
+
 /// A running tidegate process (`tidegate run --config DIR/tidegate.toml`).
 ///
 /// Ready means: the log shows one `listening` event (fields `listener`, `address`) per
@@ -270,6 +286,7 @@ fn lock(logs: &Logs) -> MutexGuard<'_, Vec<String>> {
 /// Dropping it sends SIGKILL and reaps the process; it also dies (PR_SET_PDEATHSIG) if
 /// the thread that started it exits, so even an aborted test run leaves none behind.
 pub struct Tidegate {
+    bin: PathBuf,
     child: Child,
     pid: u32,
     exit: Option<ExitStatus>,
@@ -299,10 +316,40 @@ impl Tidegate {
     }
 
     async fn launch(dir: RunDir, bin: &Path, config_toml: &str) -> anyhow::Result<Tidegate> {
+        let mut tg = Self::spawn(dir, bin, config_toml, &Launch::default())?;
+        tg.wait_ready().await?;
+        Ok(tg)
+    }
+
+    /// Starts the binary as `launch` says (a wrapper in front, more environment) and
+    /// returns without waiting for `ready`: a socket-activation wrapper execs tidegate
+    /// only at the first connection. [`Tidegate::wait_ready`] waits.
+    pub fn spawn_with(bin: &Path, config_toml: &str, launch: &Launch) -> anyhow::Result<Tidegate> {
+        let dir = match &launch.dir {
+            Some(d) => RunDir::Kept(d.clone()),
+            None => RunDir::Temp(short_tempdir()?),
+        };
+        Self::spawn(dir, bin, config_toml, launch)
+    }
+
+    fn spawn(
+        dir: RunDir,
+        bin: &Path,
+        config_toml: &str,
+        launch: &Launch,
+    ) -> anyhow::Result<Tidegate> {
         let config_path = dir.path().join("tidegate.toml");
         std::fs::write(&config_path, config_toml)
             .with_context(|| format!("write {}", config_path.display()))?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = match launch.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.envs(launch.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
@@ -332,7 +379,8 @@ impl Tidegate {
         }
         let mut child = cmd.spawn().with_context(|| {
             format!(
-                "spawn {} run --config {}",
+                "spawn {:?} {} run --config {}",
+                launch.wrapper,
                 bin.display(),
                 config_path.display()
             )
@@ -348,7 +396,8 @@ impl Tidegate {
         }
         let reader_aborts = readers.iter().map(JoinHandle::abort_handle).collect();
         // From here on, Drop kills and reaps it whatever happens.
-        let mut tg = Tidegate {
+        Ok(Tidegate {
+            bin: bin.to_path_buf(),
             child,
             pid,
             exit: None,
@@ -358,12 +407,13 @@ impl Tidegate {
             reader_aborts,
             listeners: Vec::new(),
             dir,
-        };
-        tg.wait_ready(bin).await?;
-        Ok(tg)
+        })
     }
 
-    async fn wait_ready(&mut self, bin: &Path) -> anyhow::Result<()> {
+    /// Waits (up to [`READY_TIMEOUT`]) for the `ready` log line, and learns the
+    /// listening addresses. An exit or a timeout first is an error carrying the logs.
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let bin = self.bin.clone();
         let deadline = Instant::now() + READY_TIMEOUT;
         // Bounded by the deadline.
         loop {

@@ -16,7 +16,7 @@ use tidegate_admin::server::{self, Limits};
 use tidegate_admin::Control;
 use tidegate_config::{defaults, Config, ListenAddr, UnixListen};
 use tidegate_proxy::endpoint::TcpOptions;
-use tidegate_proxy::listen::{ListenError, Listener};
+use tidegate_proxy::listen::{Inherited, ListenError, Listener, LocalAddr};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -63,11 +63,12 @@ fn private(addr: ListenAddr) -> ListenAddr {
 }
 
 /// Where `tidegate ctl` finds the admin API of `config` (its `[admin] listen`, else the
-/// default socket).
-pub fn client_addr(config: &Config) -> AdminAddr {
+/// default socket). An error for a socket passed in (`systemd:NAME`, `fd:N`), whose
+/// address only the socket unit knows.
+pub fn client_addr(config: &Config) -> Result<AdminAddr, String> {
     match &config.admin.listen {
-        Some(a) => AdminAddr::from(a),
-        None => AdminAddr::Unix(default_socket()),
+        Some(a) => AdminAddr::try_from(a),
+        None => Ok(AdminAddr::Unix(default_socket())),
     }
 }
 
@@ -77,9 +78,15 @@ pub struct AdminServer {
     task: JoinHandle<()>,
 }
 
-/// Binds the admin socket of `config`, logs `listening listener=admin address=…`, and
-/// serves it with `control` until [`AdminServer::stop`]. Must run inside the runtime.
-pub fn start(config: &Config, control: Arc<dyn Control>) -> Result<AdminServer, String> {
+/// Binds the admin socket of `config` (or takes it from `inherited`, where a socket
+/// passed in for its address is: `systemd:NAME`, `fd:N`, a binary upgrade), logs
+/// `listening listener=admin address=…`, and serves it with `control` until
+/// [`AdminServer::stop`]. Must run inside the runtime.
+pub fn start(
+    config: &Config,
+    control: Arc<dyn Control>,
+    inherited: &mut Inherited,
+) -> Result<AdminServer, String> {
     let (addr, default) = match &config.admin.listen {
         Some(a) => (a.clone(), false),
         None => {
@@ -95,9 +102,20 @@ pub fn start(config: &Config, control: Arc<dyn Control>) -> Result<AdminServer, 
             (addr, true)
         }
     };
-    let listener =
-        Listener::bind(&addr, TcpOptions::default()).map_err(|e| bind_error(e, default))?;
-    if let ListenAddr::Tcp(a) = &addr {
+    let mut passed = inherited.take_all(&addr);
+    if passed.len() > 1 {
+        return Err(format!(
+            "cannot listen on {addr} ([admin] listen): {} sockets were passed under that \
+             name; the admin API listens on one",
+            passed.len()
+        ));
+    }
+    let listener = match passed.pop() {
+        Some(l) => l,
+        None if addr.is_passed_in() => return Err(bind_error(inherited.missing(&addr), default)),
+        None => Listener::bind(&addr, TcpOptions::default()).map_err(|e| bind_error(e, default))?,
+    };
+    if let LocalAddr::Tcp(a) = listener.local_addr() {
         warn_if_not_loopback(*a);
     }
     tracing::info!(listener = %"admin", address = %listener.local_addr(), "listening");

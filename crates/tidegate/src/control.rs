@@ -34,8 +34,11 @@ pub struct Live {
     reloading: Mutex<()>,
     /// Told when a reload starts applying and when it is done (systemd's
     /// `RELOADING=1` and `READY=1`).
-    on_reload: Box<dyn Fn(ReloadPhase) + Send + Sync>,
+    on_reload: ReloadHook,
 }
+
+/// Told where a reload is, with a status line for an operator (systemd's `STATUS=`).
+pub type ReloadHook = Box<dyn Fn(ReloadPhase, &str) + Send + Sync>;
 
 /// Where a reload is, for [`Live`]'s hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +68,7 @@ impl Live {
         started: Instant,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
-        on_reload: Box<dyn Fn(ReloadPhase) + Send + Sync>,
+        on_reload: ReloadHook,
     ) -> Self {
         Live {
             started,
@@ -127,17 +130,23 @@ impl Live {
                 changes,
             });
         }
-        (self.on_reload)(ReloadPhase::Applying);
+        (self.on_reload)(ReloadPhase::Applying, "reloading");
         let applied = serving.reload(&new);
-        (self.on_reload)(ReloadPhase::Done);
-        let plan = applied.map_err(|errors| ControlError::Invalid {
-            message: format!(
-                "{}: {} new address(es) cannot be bound; nothing changed",
-                self.config,
-                errors.len()
-            ),
-            errors: errors.iter().map(ToString::to_string).collect(),
-        })?;
+        let plan = match applied {
+            Ok(plan) => plan,
+            Err(errors) => {
+                let message = format!(
+                    "{}: {} new address(es) cannot be bound; nothing changed",
+                    self.config,
+                    errors.len()
+                );
+                (self.on_reload)(ReloadPhase::Done, &format!("reload refused: {message}"));
+                return Err(ControlError::Invalid {
+                    message,
+                    errors: errors.iter().map(ToString::to_string).collect(),
+                });
+            }
+        };
         let changes = changes(plan.changes, process);
         for c in &changes {
             tracing::info!(subject = %c.subject, what = %c.what, connections = c.connections,
@@ -158,6 +167,14 @@ impl Live {
             changes = changes.len(),
             "{message}"
         );
+        (self.on_reload)(
+            ReloadPhase::Done,
+            &format!(
+                "{}; config generation {}",
+                crate::systemd::serving_status(new.listeners.len(), &addresses(serving)),
+                plan.generation
+            ),
+        );
         Ok(ReloadView {
             applied: true,
             generation: plan.generation,
@@ -165,6 +182,15 @@ impl Live {
             message,
         })
     }
+}
+
+/// Every address the proxy accepts on now.
+fn addresses(serving: &Serving) -> Vec<String> {
+    serving
+        .addresses()
+        .iter()
+        .map(|(_, a)| a.to_string())
+        .collect()
 }
 
 /// The data plane's changes then the process's, as the API shows them.

@@ -94,7 +94,8 @@ fn resolve(args: &CtlArgs) -> Result<AdminAddr, String> {
     }
     if let Some(path) = &args.config {
         return match tidegate_config::load_file(path) {
-            Ok(config) => Ok(crate::admin::client_addr(&config)),
+            Ok(config) => crate::admin::client_addr(&config)
+                .map_err(|e| format!("cannot find the admin socket in {}: {e}", path.display())),
             Err(errors) => Err(format!(
                 "cannot find the admin socket in {}: {} error(s):\n{errors}",
                 path.display(),

@@ -1,6 +1,8 @@
 //! The `tidegate` binary: `run`, `check`, `ctl`, `version`. The one place that reads
 //! the environment, installs signal handlers, raises limits and exits the process.
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: the one exception is taking over a descriptor passed in at start
+// (socket activation, `fd:N`), alone in `systemd::claim`.
+#![deny(unsafe_code)]
 // The binary talks to a person: `version`, `check` and `ctl` print their answer, and
 // errors before logging is set up go to stderr. Libraries log through `tracing` instead.
 #![allow(
@@ -15,6 +17,7 @@ mod control;
 mod ctl;
 mod reload;
 mod run;
+mod systemd;
 
 use std::process::ExitCode;
 

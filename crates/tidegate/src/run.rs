@@ -10,6 +10,9 @@
 //! - On-demand backends: SIGTERM when the drain ends or at `shutdown_grace -
 //!   stop_timeout`, whichever is first (at once on SIGINT or a second signal), SIGKILL
 //!   `stop_timeout` later; the process exits only once they have exited.
+//! - systemd (`systemd.rs`): sockets passed in are taken before anything else runs;
+//!   with `NOTIFY_SOCKET`, `READY=1` and a `STATUS=` line once every socket accepts,
+//!   `STOPPING=1` and `STATUS=` lines when the drain starts and ends.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -23,11 +26,16 @@ use tidegate_proxy::Runtime;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::RunArgs;
+use crate::systemd::{ListenFds, Notify};
 
 /// How long closed connections get to finish closing after the hard stop.
 const CLOSE_BOUND: Duration = Duration::from_secs(1);
 
 pub fn run(args: RunArgs) -> ExitCode {
+    // First, while this is the only thread: both read and unset environment variables,
+    // and passed descriptors are taken before anything else can open one.
+    let notify = Notify::from_env();
+    let mut passed = ListenFds::from_env();
     let loaded = load(&args)
         .and_then(|mut c| crate::admin::apply_override(&mut c, args.admin.as_deref()).map(|()| c));
     let config = match loaded {
@@ -37,6 +45,8 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Still the only thread: `fd:N` descriptors not from socket activation.
+    passed.claim_numbered(&config);
     init_logging(&config);
     raise_nofile_limit();
     let workers = match config.server.workers {
@@ -63,7 +73,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         path: args.config.clone(),
         admin: args.admin.clone(),
     };
-    let code = rt.block_on(serve(config, source, workers));
+    let code = rt.block_on(serve(config, source, workers, notify, passed));
     // getaddrinfo calls on the blocking pool can't be cancelled; don't wait for them.
     rt.shutdown_timeout(Duration::from_millis(100));
     code
@@ -129,7 +139,17 @@ fn raise_nofile_limit() {
     }
 }
 
-async fn serve(config: Config, reload_from: crate::reload::Source, workers: usize) -> ExitCode {
+/// `notify` is the sd_notify channel (a no-op without `NOTIFY_SOCKET`): `READY=1` once
+/// listening, `RELOADING=1` then `READY=1` around each reload, `STOPPING=1` on the
+/// drain. `passed` holds the sockets passed in at start (`systemd:NAME`, `fd:N`);
+/// `reload_from` is where a reload reads the config.
+async fn serve(
+    config: Config,
+    reload_from: crate::reload::Source,
+    workers: usize,
+    notify: Notify,
+    passed: ListenFds,
+) -> ExitCode {
     // Signal handlers first: a TERM that arrives while binding must not kill us with
     // half-created socket files.
     #[allow(
@@ -162,7 +182,9 @@ async fn serve(config: Config, reload_from: crate::reload::Source, workers: usiz
             return ExitCode::FAILURE;
         }
     };
-    let mut runtime = match Runtime::bind(&config, Arc::new(SystemResolver)) {
+    passed.log_warnings();
+    let mut inherited = passed.into_inherited(&config);
+    let mut runtime = match Runtime::bind_with(&config, Arc::new(SystemResolver), &mut inherited) {
         Ok(r) => r,
         Err(errors) => {
             for e in &errors {
@@ -183,9 +205,18 @@ async fn serve(config: Config, reload_from: crate::reload::Source, workers: usiz
         std::time::Instant::now(),
         runtime.registry(),
         runtime.metrics(),
-        Box::new(|_phase| {}),
+        {
+            let notify = notify.clone();
+            Box::new(move |phase, status: &str| match phase {
+                crate::control::ReloadPhase::Applying => notify.reloading(),
+                crate::control::ReloadPhase::Done => {
+                    notify.ready();
+                    notify.status(status);
+                }
+            })
+        },
     ));
-    let admin = match crate::admin::start(&config, control.clone()) {
+    let admin = match crate::admin::start(&config, control.clone(), &mut inherited) {
         Ok(a) => a,
         Err(e) => {
             tracing::error!("{e}");
@@ -193,12 +224,23 @@ async fn serve(config: Config, reload_from: crate::reload::Source, workers: usiz
             return ExitCode::FAILURE;
         }
     };
+    crate::systemd::close_unused(&mut inherited);
     let children = runtime.children();
     runtime.set_access_log(access_log.clone());
+    let addresses: Vec<String> = runtime
+        .addresses()
+        .iter()
+        .map(|(_, a)| a.to_string())
+        .collect();
     let shutdown = Shutdown::new();
     let serving = Arc::new(runtime.start(&shutdown));
     control.attach(serving.clone());
     tracing::info!("ready");
+    notify.ready();
+    notify.status(&crate::systemd::serving_status(
+        config.listeners.len(),
+        &addresses,
+    ));
 
     let fast = loop {
         tokio::select! {
@@ -220,7 +262,9 @@ async fn serve(config: Config, reload_from: crate::reload::Source, workers: usiz
         }
     };
     control.set_draining();
+    notify.stopping();
     if fast {
+        notify.status("stopping: closing every connection now (SIGINT)");
         tracing::info!("SIGINT: closing every connection now");
         children.stop_by(tokio::time::Instant::now());
         shutdown.abort();
@@ -232,13 +276,21 @@ async fn serve(config: Config, reload_from: crate::reload::Source, workers: usiz
             "SIGTERM: draining (listeners closed; in-flight requests may finish)"
         );
         shutdown.drain();
+        notify.status(&format!(
+            "draining: listeners closed; in-flight requests may finish within {}",
+            tidegate_config::parse::format_duration(grace)
+        ));
         // On-demand backends: SIGTERM at `shutdown_grace - stop_timeout` (so they are
         // gone when the grace ends), or as soon as the drain ends, whichever is first.
         children.stop_by(tokio::time::Instant::now() + grace);
         tokio::select! {
-            _ = shutdown.tracker.wait() => tracing::info!("drained"),
+            _ = shutdown.tracker.wait() => {
+                tracing::info!("drained");
+                notify.status("drained; stopping");
+            }
             _ = tokio::time::sleep(grace) => {
                 tracing::info!(open = shutdown.tracker.len(), "shutdown_grace ended; closing what is left");
+                notify.status("shutdown_grace ended; closing what is left");
                 shutdown.abort();
             }
             _ = term.recv() => { tracing::info!("second SIGTERM: closing every connection now"); shutdown.abort(); }

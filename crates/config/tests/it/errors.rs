@@ -792,3 +792,17 @@ fn request_buffering_defaults_and_values_load() {
     );
     assert_eq!(b.max_ejected_percent, 0);
 }
+
+// === passed-in sockets ===
+
+#[test]
+fn a_passed_in_socket_is_listened_on_once() {
+    let text = "[admin]\nlisten = \"systemd:web\"\n\n[listeners.web]\nlisten = [\"systemd:web\", \"fd:3\", \"fd:3\", \"systemd:other\"]\n[[listeners.web.routes]]\nrespond = { status = 200 }\n";
+    assert_eq!(
+        errors(text),
+        [
+            "tidegate.toml:5:11: listeners.web.listen[0]: systemd:web is listened on twice: also at admin.listen (tidegate.toml:2:10)",
+            "tidegate.toml:5:34: listeners.web.listen[2]: fd:3 is listened on twice: also at listeners.web.listen[1] (tidegate.toml:5:26)",
+        ]
+    );
+}

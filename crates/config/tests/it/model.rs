@@ -378,3 +378,27 @@ fall = 1
         })
     );
 }
+
+#[test]
+fn passed_in_sockets_reach_the_model_as_written() {
+    let text = r#"
+[admin]
+listen = "systemd:admin"
+
+[listeners.web]
+listen = ["systemd:web", "fd:3"]
+
+[[listeners.web.routes]]
+respond = { status = 200 }
+"#;
+    let config = load_str(text, Some(Path::new("/etc/tidegate/tidegate.toml"))).expect("loads");
+    // No `mode=` is added to a socket systemd created: its mode is the socket unit's.
+    assert_eq!(
+        config.admin.listen,
+        Some(ListenAddr::Systemd("admin".into()))
+    );
+    assert_eq!(
+        config.listeners[0].listen,
+        [ListenAddr::Systemd("web".into()), ListenAddr::Fd(3)]
+    );
+}

@@ -27,4 +27,5 @@ mod proxy;
 mod reload;
 mod repo;
 mod slow_clients;
+mod systemd;
 mod tcp;
