@@ -104,6 +104,22 @@ pub enum Stream {
 // === impl Stream ===
 
 impl Stream {
+    /// The other end: a TCP peer's address, or `Unix` (Unix peers are unnamed).
+    pub fn peer_addr(&self) -> io::Result<PeerAddr> {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().map(PeerAddr::Tcp),
+            Stream::Unix(_) => Ok(PeerAddr::Unix),
+        }
+    }
+
+    /// Our end's address, on TCP.
+    pub fn local_tcp_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Stream::Tcp(s) => s.local_addr().ok(),
+            Stream::Unix(_) => None,
+        }
+    }
+
     /// Resolves when the socket has something to read (bytes, EOF or an error); reads
     /// nothing, so a parked connection needs no buffer while it waits.
     pub async fn readable(&self) -> io::Result<()> {

@@ -461,7 +461,9 @@ impl fmt::Display for ListenKey {
 /// sockets that were passed but cannot be used ([`Inherited::refuse`]).
 #[derive(Debug, Default)]
 pub struct Inherited {
-    sockets: HashMap<ListenKey, Vec<Listener>>,
+    /// By key: each socket with the listener it served in the process that passed it
+    /// (a binary upgrade names it; systemd does not).
+    sockets: HashMap<ListenKey, Vec<(Option<String>, Listener)>>,
     /// What systemd passed, for the message of a `systemd:NAME` with no socket.
     systemd_passed: Option<String>,
     /// Why a key's passed socket cannot be used.
@@ -479,20 +481,57 @@ impl Inherited {
     /// [`Inherited::push`].
     pub fn insert(&mut self, key: ListenKey, listener: Listener) -> Option<Listener> {
         self.sockets
-            .insert(key, vec![listener])
+            .insert(key, vec![(None, listener)])
             .and_then(|old| old.into_iter().next())
+            .map(|(_, l)| l)
     }
 
     /// Adds one more socket for `key`, after those it has.
     pub fn push(&mut self, key: ListenKey, listener: Listener) {
-        self.sockets.entry(key).or_default().push(listener);
+        self.sockets.entry(key).or_default().push((None, listener));
+    }
+
+    /// Adds a socket that served `listener` in the process that passed it (a binary
+    /// upgrade): an address written the same in two listeners (`127.0.0.1:0` in both)
+    /// then still gets each listener its own socket back.
+    pub fn push_for(&mut self, listener: &str, key: ListenKey, socket: Listener) {
+        self.sockets
+            .entry(key)
+            .or_default()
+            .push((Some(listener.to_owned()), socket));
+    }
+
+    /// The sockets passed for `addr` of listener `listener`: every one for a
+    /// `systemd:NAME` or `fd:N` address; for a TCP or Unix address one, the one that
+    /// served the same listener if the passer said (a TCP address with port 0 takes
+    /// only such a one, or one no listener was named for).
+    pub fn take_for(&mut self, listener: &str, addr: &ListenAddr) -> Vec<Listener> {
+        let key = ListenKey::of(addr);
+        let Some(list) = self.sockets.get_mut(&key) else {
+            return Vec::new();
+        };
+        let taken = if addr.is_passed_in() {
+            std::mem::take(list)
+        } else {
+            let any_port = matches!(&key, ListenKey::Tcp(a) if a.port() == 0);
+            let same = list
+                .iter()
+                .position(|(o, _)| o.as_deref() == Some(listener))
+                .or_else(|| list.iter().position(|(o, _)| o.is_none()))
+                .or_else(|| (!any_port && !list.is_empty()).then_some(0));
+            same.map(|i| vec![list.remove(i)]).unwrap_or_default()
+        };
+        if list.is_empty() {
+            self.sockets.remove(&key);
+        }
+        taken.into_iter().map(|(_, l)| l).collect()
     }
 
     /// Takes one socket for `addr` (the first passed), if any was passed in.
     pub fn take(&mut self, addr: &ListenAddr) -> Option<Listener> {
         let key = ListenKey::of(addr);
         let list = self.sockets.get_mut(&key)?;
-        let first = (!list.is_empty()).then(|| list.remove(0));
+        let first = (!list.is_empty()).then(|| list.remove(0).1);
         if list.is_empty() {
             self.sockets.remove(&key);
         }
@@ -505,6 +544,9 @@ impl Inherited {
         self.sockets
             .remove(&ListenKey::of(addr))
             .unwrap_or_default()
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect()
     }
 
     /// Whether no socket is left.
@@ -516,7 +558,7 @@ impl Inherited {
     pub fn drain(&mut self) -> impl Iterator<Item = (ListenKey, Listener)> + '_ {
         self.sockets
             .drain()
-            .flat_map(|(k, list)| list.into_iter().map(move |l| (k.clone(), l)))
+            .flat_map(|(k, list)| list.into_iter().map(move |(_, l)| (k.clone(), l)))
     }
 
     /// Records what systemd passed (e.g. `LISTEN_FDNAMES has: web, admin`, or why

@@ -20,6 +20,9 @@ pub struct Shutdown {
     pub hard: CancellationToken,
     /// Every connection task (client connections, tunnels).
     pub tracker: TaskTracker,
+    /// A binary upgrade: connections that can move hand themselves over (see
+    /// [`crate::handoff`]).
+    pub export: crate::handoff::Export,
 }
 
 impl Shutdown {
@@ -41,6 +44,7 @@ impl Shutdown {
             graceful: self.graceful.child_token(),
             hard: self.hard.child_token(),
             tracker: self.tracker.clone(),
+            export: self.export.clone(),
         }
     }
 

@@ -21,6 +21,7 @@ pub use tidegate_net::{endpoint, errno, listen};
 pub mod access_log;
 pub mod drain;
 pub mod failure;
+pub mod handoff;
 pub mod http;
 pub mod listener_stats;
 pub mod metrics;
@@ -325,19 +326,25 @@ impl Serving {
             .collect()
     }
 
-    /// Every socket still accepting, with the configured address it serves.
-    pub fn listening(&self) -> Vec<(ListenKey, Arc<Listener>)> {
+    /// Every socket still accepting, with its listener's name and the configured
+    /// address it serves (what a new process needs to take it over: see
+    /// [`Inherited::push_for`]).
+    pub fn listening(&self) -> Vec<(String, ListenKey, Arc<Listener>)> {
         self.live()
             .sockets
             .iter()
-            .filter_map(|s| s.socket.upgrade().map(|l| (s.key.clone(), l)))
+            .filter_map(|s| {
+                s.socket
+                    .upgrade()
+                    .map(|l| (s.listener.clone(), s.key.clone(), l))
+            })
             .collect()
     }
 
     /// Leaves every Unix socket file in place when its listener closes: the sockets
     /// have been handed to a new process, which owns the files from now on.
     pub fn disown_all(&self) {
-        for (_, l) in self.listening() {
+        for (_, _, l) in self.listening() {
             l.disown();
         }
     }
@@ -409,6 +416,121 @@ impl Serving {
 }
 
 impl Serving {
+    /// Stops accepting on every socket now (a binary upgrade: the new process accepts
+    /// on the same sockets, which stay open there). Connections go on.
+    pub fn stop_accepting(&self) {
+        for s in &self.live().sockets {
+            s.stop.cancel();
+        }
+    }
+
+    /// Starts handing connections to a new process (see [`handoff`]): idle keep-alive
+    /// connections and tunnels send themselves to the receiver as soon as they can
+    /// (in-flight exchanges finish here). `None` if an export already ran.
+    pub fn start_export(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<Box<handoff::Handoff>>> {
+        self.shutdown.export.start()
+    }
+
+    /// Ends the export: connections that had not moved stay, and drain, here.
+    pub fn finish_export(&self) {
+        self.shutdown.export.finish();
+    }
+
+    /// Serves a connection handed over by the process before a binary upgrade, under
+    /// its listener of the same name (and protocol) in this config. A connection whose
+    /// listener, upstream or server this config does not have is closed (logged).
+    pub fn adopt(&self, h: Box<handoff::Handoff>) {
+        use handoff::HandoffKind;
+        let h = *h;
+        let live = self.live();
+        let Some(l) = live.listeners.iter().find(|l| l.name == h.listener) else {
+            tracing::info!(listener = %h.listener, "a connection handed over names a listener this config does not have; closing it");
+            return;
+        };
+        // Counted against max_connections when a permit is free; one that is not is
+        // still taken (it was open before the upgrade), outside the count.
+        let permit = l
+            .limit
+            .clone()
+            .try_acquire_owned()
+            .or_else(|_| Arc::new(Semaphore::new(1)).try_acquire_owned());
+        let Ok(permit) = permit else { return };
+        let shutdown = l.shutdown.clone();
+        let local = |s: &endpoint::Stream| match s.local_tcp_addr() {
+            Some(a) => registry::SockAddr::Tcp(a),
+            None => registry::SockAddr::Unix(
+                live.sockets
+                    .iter()
+                    .find(|s| s.listener == h.listener && matches!(s.local, LocalAddr::Unix(_)))
+                    .map(|s| Arc::from(s.local.to_string().as_str())),
+            ),
+        };
+        match (h.kind, &l.kind) {
+            (HandoffKind::Idle { client, read }, ListenerKind::Http(slot)) => {
+                let local = local(&client);
+                let task = http::adopt_connection(
+                    slot.clone(),
+                    client,
+                    bytes::Bytes::from(read),
+                    local,
+                    shutdown.clone(),
+                );
+                shutdown.tracker.spawn(async move {
+                    task.await;
+                    drop(permit);
+                });
+            }
+            (
+                HandoffKind::Tunnel {
+                    protocol,
+                    client,
+                    upstream,
+                    pending,
+                    upstream_name,
+                    server,
+                },
+                kind,
+            ) => {
+                let ctx = match kind {
+                    ListenerKind::Tcp(slot) => slot.load_full(),
+                    ListenerKind::Http(slot) => {
+                        let Some(up) = live.upstreams.iter().find(|u| u.name == upstream_name)
+                        else {
+                            tracing::info!(listener = %h.listener, upstream = %upstream_name,
+                                "a tunnel handed over names an upstream this config does not have; closing it");
+                            return;
+                        };
+                        Arc::new(TunnelListener::for_adopted(
+                            &slot.load(),
+                            up.clone(),
+                            self.resolver.clone(),
+                        ))
+                    }
+                };
+                let local = local(&client);
+                let task = tcp::adopt_tunnel(
+                    ctx,
+                    protocol,
+                    client,
+                    upstream,
+                    pending,
+                    server,
+                    local,
+                    shutdown.clone(),
+                );
+                shutdown.tracker.spawn(async move {
+                    task.await;
+                    drop(permit);
+                });
+            }
+            (HandoffKind::Idle { .. }, ListenerKind::Tcp(_)) => {
+                tracing::info!(listener = %h.listener, "an idle HTTP connection handed over names a TCP-mode listener in this config; closing it");
+            }
+        }
+    }
+
     /// Servers a reload removed: their idle pooled connections close now and none is
     /// pooled again; what still runs on them (exchanges, streams, tunnels) is closed
     /// at `grace` unless it ended by then.
@@ -550,7 +672,7 @@ fn build(
                 continue;
             }
             // Every socket passed for the address: `systemd:NAME` may have several.
-            let passed = inherited.take_all(addr);
+            let passed = inherited.take_for(&l.name, addr);
             if !passed.is_empty() {
                 for mut s in passed {
                     s.set_tcp_options(client_tcp);

@@ -37,6 +37,31 @@ pub fn serve_connection(
     local: SockAddr,
     shutdown: Shutdown,
 ) -> impl Future<Output = ()> + Send {
+    serve_from(slot, stream, peer, local, shutdown, bytes::Bytes::new())
+}
+
+/// Serves an idle keep-alive connection handed over by the process before a binary
+/// upgrade, `read` being what it had read and not served: from here on it is as if it
+/// had been accepted here.
+pub fn adopt_connection(
+    slot: Arc<ArcSwap<HttpListener>>,
+    stream: Stream,
+    read: bytes::Bytes,
+    local: SockAddr,
+    shutdown: Shutdown,
+) -> impl Future<Output = ()> + Send {
+    let peer = stream.peer_addr().unwrap_or(PeerAddr::Unix);
+    serve_from(slot, stream, peer, local, shutdown, read)
+}
+
+fn serve_from(
+    slot: Arc<ArcSwap<HttpListener>>,
+    stream: Stream,
+    peer: PeerAddr,
+    local: SockAddr,
+    shutdown: Shutdown,
+    read: bytes::Bytes,
+) -> impl Future<Output = ()> + Send {
     // A child of `hard`: one token to select on closes the connection at the end of
     // the grace or when an operator closes it.
     let close = shutdown.hard.child_token();
@@ -56,7 +81,11 @@ pub fn serve_connection(
         totals: Some(ctx.metrics.totals.clone()),
         generation: ctx.generation,
     }));
-    let io: ClientIo = Rewind::new(Observed::new(stream, client.clone()));
+    let mut io: ClientIo = Rewind::new(Observed::new(stream, client.clone()));
+    if !read.is_empty() {
+        io.put_back(read);
+        client.head_started();
+    }
     let driver = Driver {
         ctx,
         slot,
@@ -66,6 +95,16 @@ pub fn serve_connection(
         peer,
     };
     driver.run(io)
+}
+
+/// How a parked connection's wait ended.
+enum Parked {
+    /// The client sent something: serve it.
+    Readable,
+    /// Close it (a timer, the drain, the grace's end, an operator).
+    Close,
+    /// Hand it to the new process (a binary upgrade).
+    Export,
 }
 
 /// How a turn of serving ended.
@@ -102,8 +141,19 @@ impl Driver {
         loop {
             // Parked: nothing of hyper's is held while the client is quiet. Bytes put
             // back (a pipelined request hyper had started to read) are served at once.
-            if !io.has_prefix() && !self.park(io.get_ref().get_ref()).await {
-                return;
+            if !io.has_prefix() {
+                match self.park(io.get_ref().get_ref()).await {
+                    Parked::Readable => {}
+                    Parked::Close => return,
+                    Parked::Export => match self.hand_over(io) {
+                        None => return,
+                        // The export ended meanwhile: go on here.
+                        Some(back) => {
+                            io = back;
+                            continue;
+                        }
+                    },
+                }
             }
             // A reload since the last turn: this turn's requests use the new routes,
             // upstreams and timeouts. A pointer comparison when nothing changed.
@@ -136,7 +186,16 @@ impl Driver {
                     io.put_back(parts.read_buf);
                     let registry = self.ctx.registry.clone();
                     // Boxed for the same reason as hyper's connection.
-                    Box::pin(super::tunnel::tunnel(io, upgrade, self.client, registry)).await;
+                    let name = self.ctx.name.clone();
+                    Box::pin(super::tunnel::tunnel(
+                        io,
+                        upgrade,
+                        self.client,
+                        registry,
+                        &self.shutdown,
+                        &name,
+                    ))
+                    .await;
                     return;
                 }
             }
@@ -146,28 +205,61 @@ impl Driver {
     /// Waits, holding no buffer, until `stream` is readable (true) or the connection
     /// should close (false): `idle_timeout`, the drain (an idle connection closes at
     /// once), the end of the grace or an operator.
-    async fn park(&self, stream: &Stream) -> bool {
+    async fn park(&self, stream: &Stream) -> Parked {
+        // Bounded: each turn waits for the client, a timer, the drain, an export or a
+        // close.
         loop {
+            // Before the drain: a binary upgrade drains this process while its idle
+            // connections move to the new one.
+            if self.shutdown.export.is_open() {
+                return Parked::Export;
+            }
             if self.shutdown.graceful.is_cancelled() {
                 tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing idle client connection: draining");
-                return false;
+                return Parked::Close;
             }
             let Some(wake) = self.next_check() else {
-                return false;
+                return Parked::Close;
             };
             tokio::select! {
                 res = stream.readable() => {
                     // An error is hyper's to find (and report) when it reads.
                     let _ = res;
-                    return true;
+                    return Parked::Readable;
                 }
                 _ = self.shutdown.graceful.cancelled() => {}
+                _ = self.shutdown.export.token().cancelled(), if !self.shutdown.export.token().is_cancelled() => {}
                 _ = self.close.cancelled() => {
                     self.closed();
-                    return false;
+                    return Parked::Close;
                 }
                 _ = tokio::time::sleep_until(wake) => {}
             }
+        }
+    }
+
+    /// Sends the parked connection to the new process (a binary upgrade); gives the
+    /// socket back when the export has ended meanwhile.
+    fn hand_over(&self, io: ClientIo) -> Option<ClientIo> {
+        let (read, observed) = io.into_parts();
+        let handoff = crate::handoff::Handoff {
+            listener: self.ctx.name.clone(),
+            kind: crate::handoff::HandoffKind::Idle {
+                client: observed.into_inner(),
+                read: read.to_vec(),
+            },
+        };
+        match self.shutdown.export.send(Box::new(handoff)) {
+            Ok(()) => {
+                tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "idle client connection handed to the new process");
+                None
+            }
+            Err(back) => match back.kind {
+                crate::handoff::HandoffKind::Idle { client, .. } => {
+                    Some(Rewind::new(Observed::new(client, self.client.clone())))
+                }
+                crate::handoff::HandoffKind::Tunnel { .. } => None,
+            },
         }
     }
 

@@ -35,5 +35,5 @@ mod service;
 mod tunnel;
 mod upgrade;
 
-pub use driver::serve_connection;
+pub use driver::{adopt_connection, serve_connection};
 pub use listener::HttpListener;

@@ -50,6 +50,12 @@ impl<T> Rewind<T> {
     pub fn get_ref(&self) -> &T {
         &self.inner
     }
+
+    /// The bytes put back and still unread, and the stream (a connection handed to
+    /// another process takes both).
+    pub fn into_parts(self) -> (Bytes, T) {
+        (self.prefix, self.inner)
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {

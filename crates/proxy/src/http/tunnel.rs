@@ -1,5 +1,7 @@
 //! After a 101: the client's socket and the upstream's joined into a tunnel, in the
-//! client connection's own task.
+//! client connection's own task. The copy is `tcp::copy`'s (the same pumps as TCP mode),
+//! so a tunnel can be handed to a new process in a binary upgrade with every byte read
+//! and not yet written (see [`crate::handoff`]).
 
 use std::sync::Arc;
 
@@ -7,23 +9,42 @@ use hyper_util::rt::TokioIo;
 
 use super::client_conn::{ClientConn, ClientIo, Phase, Verdict};
 use super::upgrade::Upgrade;
-use crate::registry::{ConnProtocol, ConnState, Registry};
+use crate::drain::Shutdown;
+use crate::endpoint::Stream;
+use crate::handoff::{Handoff, HandoffKind, Pending};
+use crate::observed::Observed;
+use crate::registry::{Conn, ConnProtocol, ConnState, Registry};
+use crate::tcp::copy::{self, Ending, PendingError, TunnelStats};
+
+/// The upstream connection's I/O inside hyper's client (`upstream::pool`): what an
+/// upgraded upstream is downcast to, to get its socket back.
+type UpstreamIo = TokioIo<Observed<Stream, Conn>>;
+
+impl PendingError for ClientIo {
+    fn take_error(&self) -> std::io::Result<Option<std::io::Error>> {
+        self.get_ref().get_ref().take_error()
+    }
+}
 
 /// After a 101: bytes both ways between `socket` (the client's socket, with whatever
 /// it sent after its request put back in front) and the upstream, until either side
 /// closes, the exchange's idle timer expires, the drain's grace ends or the connection
 /// is closed through the registry. `client` is the client connection's state (the `Observed`
 /// inside `socket` still counts its bytes); holding it keeps the connection listed.
+/// With an export running (`shutdown.export`), the tunnel is handed to the new process
+/// instead, `listener` naming the listener it belongs to.
 pub(crate) async fn tunnel(
-    mut socket: ClientIo,
+    socket: ClientIo,
     upgrade: Box<Upgrade>,
     client: Arc<ClientConn>,
     registry: Arc<Registry>,
+    shutdown: &Shutdown,
+    listener: &str,
 ) {
     let Upgrade {
         upstream,
         conn,
-        active: _active,
+        active,
         idle,
     } = *upgrade;
     let upstream = match upstream.await {
@@ -34,30 +55,114 @@ pub(crate) async fn tunnel(
         }
     };
     let close = client.conn().close_token().clone();
-    // The upstream connection now belongs to the tunnel; it never returns to the pool.
-    // Its pool task ends with the upgrade, so the tunnel enters it anew, as the
-    // upstream end of this tunnel.
+    // The upstream side's entry, as a tunnel end: dropped with the tunnel.
     let _upstream_entry = conn.entry().map(|e| {
         registry.register_mirror(
             e.successor(ConnProtocol::Websocket, ConnState::Tunnel, close.clone()),
             client.conn(),
         )
     });
+    // The checkout's own entry goes: the successor above lists the socket now.
     drop(conn);
     client.set_exchange_idle(idle);
-    let mut upstream = TokioIo::new(upstream);
-    tokio::select! {
-        res = tokio::io::copy_bidirectional(&mut socket, &mut upstream) => match res {
-            Ok((up, down)) => tracing::debug!(to_upstream = up, to_client = down, "tunnel closed"),
-            Err(e) => tracing::debug!(error = %crate::errno::describe_io_error(&e), "tunnel closed"),
-        },
-        _ = expired(&client, idle) => tracing::debug!("tunnel closed: idle_timeout"),
-        _ = close.cancelled() => tracing::debug!("tunnel closed: shutdown or closed by the operator"),
+    let parts = match upstream.downcast::<UpstreamIo>() {
+        Ok(parts) => parts,
+        Err(upstream) => {
+            // Not the pool's socket type (cannot happen today): a plain copy, which
+            // cannot be handed over.
+            let mut socket = socket;
+            let mut upstream = TokioIo::new(upstream);
+            tokio::select! {
+                res = tokio::io::copy_bidirectional(&mut socket, &mut upstream) => match res {
+                    Ok((up, down)) => tracing::debug!(to_upstream = up, to_client = down, "tunnel closed"),
+                    Err(e) => tracing::debug!(error = %crate::errno::describe_io_error(&e), "tunnel closed"),
+                },
+                _ = expired(&client, idle) => tracing::debug!("tunnel closed: idle_timeout"),
+                _ = close.cancelled() => tracing::debug!("tunnel closed: shutdown or closed by the operator"),
+            }
+            return;
+        }
+    };
+    let mut upstream_stream = parts.io.into_inner().into_inner();
+    // What the upstream sent after its 101, read by hyper: the client's first.
+    let mut pending = Pending {
+        to_upstream: Vec::new(),
+        to_client: parts.read_buf.to_vec(),
+    };
+    let mut socket = socket;
+    // Bytes are counted by the `Observed` inside `socket` (the client's entry, which
+    // the upstream end mirrors): this copy's own counters are detached.
+    let stats = TunnelStats::new();
+    // Bounded: a turn ends the tunnel, hands it over (a return), or finds the export
+    // closed meanwhile, after which no turn stops for it.
+    let ending = loop {
+        let export = &shutdown.export;
+        let watching = !export.token().is_cancelled() || export.is_open();
+        let ending = copy::run_with(
+            &mut socket,
+            &mut upstream_stream,
+            idle,
+            &close,
+            &stats,
+            watching.then(|| export.token()),
+            std::mem::take(&mut pending),
+        )
+        .await;
+        let Ending::Exported(mut moving) = ending else {
+            break ending;
+        };
+        // Bytes the client sent with its request, not yet read by the copy, go first.
+        let (prefix, observed) = socket.into_parts();
+        if !prefix.is_empty() {
+            let mut first = prefix.to_vec();
+            first.extend_from_slice(&moving.to_upstream);
+            moving.to_upstream = first;
+        }
+        let handoff = Handoff {
+            listener: listener.to_owned(),
+            kind: HandoffKind::Tunnel {
+                protocol: ConnProtocol::Websocket,
+                client: observed.into_inner(),
+                upstream: upstream_stream,
+                pending: moving,
+                upstream_name: active.upstream().name.clone(),
+                server: active.server().addr.to_string(),
+            },
+        };
+        let Err(back) = export.send(Box::new(handoff)) else {
+            tracing::debug!(listener, "tunnel handed to the new process");
+            return;
+        };
+        // The export ended meanwhile: go on here (the bytes now wait in the pumps).
+        let HandoffKind::Tunnel {
+            client: c,
+            upstream: u,
+            pending: p,
+            ..
+        } = back.kind
+        else {
+            return;
+        };
+        socket = ClientIo::new(Observed::new(c, client.clone()));
+        (upstream_stream, pending) = (u, p);
+    };
+    match ending {
+        Ending::Failed { side, op, error } => tracing::debug!(%side, op = op.as_str(),
+            error = %crate::errno::describe_io_error(&error), "tunnel closed"),
+        Ending::Idle => tracing::debug!("tunnel closed: idle_timeout"),
+        Ending::Shutdown => {
+            tracing::debug!("tunnel closed: shutdown or closed by the operator")
+        }
+        Ending::Closed { first } => tracing::debug!(%first, "tunnel closed"),
+        Ending::Exported(_) => {}
     }
+    drop(active);
 }
 
-/// Resolves when `client`'s timers say the connection has been quiet too long.
+/// When the tunnel's idle timer expires (no byte either way for `idle`), as the
+/// exchange's phase it expired in.
 pub(crate) async fn expired(client: &ClientConn, idle: std::time::Duration) -> Phase {
+    // Bounded: each turn sleeps until the next deadline the connection state gives.
     loop {
         match client.verdict(idle, idle) {
             Verdict::Expired(phase) => return phase,

@@ -35,6 +35,7 @@ use tokio::time::{sleep, sleep_until, Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::Stream;
+pub use crate::handoff::Pending;
 use crate::registry::{Conn, ConnProtocol, ConnState, Registration};
 use crate::side::Side;
 
@@ -182,6 +183,10 @@ pub enum Ending {
     Idle,
     /// The hard shutdown fired.
     Shutdown,
+    /// The tunnel is handed to another process (a binary upgrade): the bytes read from
+    /// each side and not yet written to the other go with it. Only a tunnel with both
+    /// directions open is handed over.
+    Exported(Pending),
 }
 
 /// Copies between `client` and `upstream` until both directions end, one fails, no byte
@@ -200,14 +205,56 @@ where
     C: AsyncRead + AsyncWrite + PendingError + Unpin,
     U: AsyncRead + AsyncWrite + PendingError + Unpin,
 {
+    run_with(
+        client,
+        upstream,
+        idle,
+        hard,
+        stats,
+        None,
+        Pending::default(),
+    )
+    .await
+}
+
+/// [`run`], starting with `pending` bytes to write (a tunnel adopted from the process
+/// before an upgrade), and ending with [`Ending::Exported`] when `export` is cancelled
+/// while both directions are open (a tunnel handed to the process after an upgrade).
+/// A half-closed tunnel is not handed over: it finishes here.
+pub async fn run_with<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    idle: Duration,
+    hard: &CancellationToken,
+    stats: &TunnelStats,
+    export: Option<&CancellationToken>,
+    pending: Pending,
+) -> Ending
+where
+    C: AsyncRead + AsyncWrite + PendingError + Unpin,
+    U: AsyncRead + AsyncWrite + PendingError + Unpin,
+{
     let mut pumps = Pumps::new(stats.started());
+    pumps.to_upstream.preload(pending.to_upstream);
+    pumps.to_client.preload(pending.to_client);
+    let mut exporting = export.is_some();
+    let never = CancellationToken::new();
+    let export = export.unwrap_or(&never);
     // Bounded: each turn either returns or found the deadline moved (a byte moved since
-    // the timer was set), which only happens while the tunnel makes progress.
+    // the timer was set), which only happens while the tunnel makes progress; the
+    // export branch fires at most once without returning.
     loop {
         let deadline = pumps.last_activity + idle;
         let step = tokio::select! {
             biased;
             _ = hard.cancelled() => return Ending::Shutdown,
+            _ = export.cancelled(), if exporting => {
+                if let Some(pending) = pumps.export() {
+                    return Ending::Exported(pending);
+                }
+                exporting = false;
+                continue;
+            }
             ending = poll_fn(|cx| pumps.poll(cx, client, upstream, stats)) => Some(ending),
             _ = sleep_until(deadline) => None,
         };
@@ -247,6 +294,20 @@ impl Pumps {
             check: None,
             check_armed: false,
         }
+    }
+
+    /// What is read and not yet written each way, when both directions are open (a
+    /// half-close in progress cannot be handed over: the other process could not tell
+    /// which side it must still shut down).
+    fn export(&mut self) -> Option<Pending> {
+        let open = |p: &Pump| !p.saw_eof && !p.done;
+        if !open(&self.to_upstream) || !open(&self.to_client) {
+            return None;
+        }
+        Some(Pending {
+            to_upstream: self.to_upstream.take(),
+            to_client: self.to_client.take(),
+        })
     }
 
     fn poll<C, U>(
@@ -380,6 +441,30 @@ impl Pump {
     }
 
     /// Holds bytes its destination has not taken: it is not reading its source.
+    /// Starts with `bytes` to write (a larger buffer if they need it).
+    fn preload(&mut self, bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        if bytes.len() > self.buf.len() {
+            self.buf = bytes.into_boxed_slice();
+            self.pos = 0;
+            self.end = self.buf.len();
+            return;
+        }
+        self.buf[..bytes.len()].copy_from_slice(&bytes);
+        self.pos = 0;
+        self.end = bytes.len();
+    }
+
+    /// The bytes read and not yet written, taken out.
+    fn take(&mut self) -> Vec<u8> {
+        let out = self.buf[self.pos..self.end].to_vec();
+        self.pos = 0;
+        self.end = 0;
+        out
+    }
+
     fn blocked(&self) -> bool {
         self.pos < self.end
     }

@@ -32,6 +32,7 @@ use crate::drain::Shutdown;
 use crate::endpoint::{PeerAddr, Stream, TcpOptions};
 use crate::errno::describe_io_error;
 use crate::failure::{Retry, UpstreamFailure};
+use crate::handoff::{Handoff, HandoffKind, Pending};
 use crate::listener_stats::ListenerMetrics;
 use crate::registry::{ConnProtocol, ConnState, NewConn, Registry, SockAddr};
 use crate::side::Side;
@@ -70,6 +71,26 @@ impl std::fmt::Debug for TunnelListener {
 // === impl TunnelListener ===
 
 impl TunnelListener {
+    /// The tunnel side of an HTTP listener, for a WebSocket tunnel handed over by the
+    /// process before a binary upgrade: relayed like a TCP-mode tunnel to `upstream`,
+    /// under the upstream's `idle_timeout`, counted in the HTTP listener's `metrics`.
+    pub fn for_adopted(
+        http: &crate::http::HttpListener,
+        upstream: Arc<Upstream>,
+        resolver: Arc<dyn Resolve>,
+    ) -> Self {
+        TunnelListener {
+            name: http.name.clone(),
+            idle_timeout: upstream.timeouts.idle,
+            client_tcp: http.client_tcp,
+            upstream,
+            resolver,
+            registry: http.registry.clone(),
+            metrics: http.metrics().clone(),
+            generation: http.generation,
+        }
+    }
+
     /// Builds the run-time listener. `None` (logged at error) when the config names no
     /// upstream or one not in `upstreams` — the config validator refuses both, so this
     /// only guards against a validator bug without a panic.
@@ -114,7 +135,7 @@ impl TunnelListener {
 /// module's lifecycle). `local` is our end of the client socket.
 pub async fn serve_tunnel(
     ctx: Arc<TunnelListener>,
-    mut client: Stream,
+    client: Stream,
     peer: PeerAddr,
     local: SockAddr,
     shutdown: Shutdown,
@@ -149,6 +170,91 @@ pub async fn serve_tunnel(
     let Some((active, upstream)) = connected else {
         return;
     };
+    relay(
+        &ctx,
+        client,
+        peer,
+        stats,
+        close,
+        active,
+        upstream,
+        Pending::default(),
+        &shutdown,
+    )
+    .await;
+}
+
+/// Serves a tunnel handed over by the process before a binary upgrade: `client` and
+/// `upstream` are its sockets, `pending` the bytes it had read and not yet written,
+/// `server` the server's address as configured. The tunnel goes on as if it had been
+/// accepted here (and can be handed over again).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of a tunnel that moved"
+)]
+pub async fn adopt_tunnel(
+    ctx: Arc<TunnelListener>,
+    protocol: ConnProtocol,
+    client: Stream,
+    upstream: Stream,
+    pending: Pending,
+    server: String,
+    local: SockAddr,
+    shutdown: Shutdown,
+) {
+    let server = server.as_str();
+    let peer = client.peer_addr().unwrap_or(PeerAddr::Unix);
+    let close = shutdown.hard.child_token();
+    let Some(active) = ctx.upstream.guard_for(server) else {
+        tracing::info!(listener = %ctx.name, %peer, server, "a tunnel handed over names a server this config does not have; closing it");
+        return;
+    };
+    let stats = TunnelStats::registered(ctx.registry.register(NewConn {
+        side: Side::Client,
+        name: ctx.metrics.name.clone(),
+        peer: match peer {
+            PeerAddr::Tcp(a) => SockAddr::Tcp(a),
+            PeerAddr::Unix => SockAddr::Unix(None),
+        },
+        local,
+        protocol,
+        state: ConnState::Tunnel,
+        close: close.clone(),
+        server: None,
+        totals: Some(ctx.metrics.totals.clone()),
+        generation: ctx.generation,
+    }));
+    stats.conn().add_request();
+    let connected = Connected {
+        peer: upstream.peer_addr().ok().and_then(|p| match p {
+            PeerAddr::Tcp(a) => Some(a),
+            PeerAddr::Unix => None,
+        }),
+        local: upstream.local_tcp_addr(),
+        stream: upstream,
+    };
+    tracing::debug!(listener = %ctx.name, %peer, server, "tunnel adopted from the previous process");
+    relay(
+        &ctx, client, peer, stats, close, active, connected, pending, &shutdown,
+    )
+    .await;
+}
+
+/// Relays between `client` and the connected `upstream` until the tunnel ends or is
+/// handed to a new process (a binary upgrade), then closes both (resetting the other
+/// side of a failure) and logs the end.
+#[allow(clippy::too_many_arguments, reason = "one tunnel's parts, moved in")]
+async fn relay(
+    ctx: &TunnelListener,
+    mut client: Stream,
+    peer: PeerAddr,
+    stats: TunnelStats,
+    close: tokio_util::sync::CancellationToken,
+    active: ActiveGuard,
+    upstream: Connected,
+    mut pending: Pending,
+    shutdown: &Shutdown,
+) {
     let upstream_entry = ctx.registry.register_mirror(
         active.server().upstream_conn(
             &upstream,
@@ -175,14 +281,51 @@ pub async fn serve_tunnel(
         listener = %ctx.name, %peer, upstream = %ctx.upstream.name, server = %server.addr,
         %address, %local, "tunnel open"
     );
-    let ending = copy::run(
-        &mut client,
-        &mut upstream_stream,
-        ctx.idle_timeout,
-        &close,
-        &stats,
-    )
-    .await;
+    // Bounded: a turn ends the tunnel, hands it over (a return), or finds the export
+    // closed meanwhile, after which no turn stops for it.
+    let ending = loop {
+        let export = &shutdown.export;
+        let watching = !export.token().is_cancelled() || export.is_open();
+        let ending = copy::run_with(
+            &mut client,
+            &mut upstream_stream,
+            ctx.idle_timeout,
+            &close,
+            &stats,
+            watching.then(|| export.token()),
+            std::mem::take(&mut pending),
+        )
+        .await;
+        let Ending::Exported(moving) = ending else {
+            break ending;
+        };
+        let handoff = Handoff {
+            listener: ctx.name.clone(),
+            kind: HandoffKind::Tunnel {
+                protocol: ConnProtocol::Tcp,
+                client,
+                upstream: upstream_stream,
+                pending: moving,
+                upstream_name: ctx.upstream.name.clone(),
+                server: server.addr.to_string(),
+            },
+        };
+        let Err(back) = export.send(Box::new(handoff)) else {
+            tracing::debug!(listener = %ctx.name, %peer, "tunnel handed to the new process");
+            return;
+        };
+        // The export ended meanwhile: go on here.
+        let HandoffKind::Tunnel {
+            client: c,
+            upstream: u,
+            pending: p,
+            ..
+        } = back.kind
+        else {
+            return;
+        };
+        (client, upstream_stream, pending) = (c, u, p);
+    };
     if let Ending::Failed { side, .. } = &ending {
         match side.other() {
             Side::Client => reset(client, &ctx.name, peer),
@@ -192,7 +335,7 @@ pub async fn serve_tunnel(
         drop(client);
         drop(upstream_stream);
     }
-    log_end(&ctx, peer, &active, &address, &ending, &stats, &shutdown);
+    log_end(ctx, peer, &active, &address, &ending, &stats, shutdown);
 }
 
 /// Why a connection's close token fired: the grace ended, or an operator closed it.
@@ -304,6 +447,7 @@ fn log_end(
             None,
         ),
         Ending::Shutdown => (format!("tunnel closed: {}", closed_why(shutdown)), None),
+        Ending::Exported(_) => ("tunnel handed to the new process".to_owned(), None),
     };
     match failed {
         Some((Side::Upstream, reason)) => {

@@ -319,6 +319,21 @@ impl Upstream {
         })
     }
 
+    /// The guard of a connection that already goes to the server configured as `addr`
+    /// (a tunnel handed over by the process before a binary upgrade): counted as
+    /// active there, like a pick, but not as a new request. `None` when this upstream
+    /// has no such server.
+    pub fn guard_for(self: &Arc<Self>, addr: &str) -> Option<ActiveGuard> {
+        let index = self.servers.iter().position(|s| *s.id().addr == *addr)?;
+        let server = &self.servers[index];
+        server.active.fetch_add(1, Ordering::Relaxed);
+        Some(ActiveGuard {
+            upstream: self.clone(),
+            index,
+            _usage: server.on_demand.as_ref().map(|s| s.acquire()),
+        })
+    }
+
     /// The balancer's choice among `candidates` (already in rotating order).
     fn choose(&self, mut candidates: impl Iterator<Item = usize>) -> Option<usize> {
         match self.balance {

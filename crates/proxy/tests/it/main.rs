@@ -14,6 +14,7 @@
 )]
 
 mod common;
+mod handoff;
 mod happy_eyeballs;
 mod health;
 mod listen;
