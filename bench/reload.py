@@ -232,7 +232,10 @@ class Haproxy:
             for i in range(k + 1))
         with open(self.config, "w") as f:
             f.write(f"""global
-    maxconn {N + 1000}
+    maxconn {N + 500}
+    # HAProxy reserves two descriptors per connection (client and server); these are
+    # client connections only (the answers are its own), so a lower limit is enough.
+    no strict-limits
     nbthread 1
 defaults
     mode http
@@ -312,7 +315,11 @@ def main():
             print(f"reload.py: {name} is not installed (bench/run installs it)", file=sys.stderr)
             sys.exit(1)
         print(f"reload.py: {name}: {N} idle connections, {RELOADS} reloads", flush=True)
-        results.append(run(cls))
+        try:
+            results.append(run(cls))
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            print(f"reload.py: {name} failed: {e}", file=sys.stderr)
+            sys.exit(1)
     tg = next((r for r in results if r["proxy"] == "tidegate"), None)
     lines = [
         f"# Reload with {N:,} idle keep-alive connections ({RELOADS} reloads, medians)", "",
