@@ -387,6 +387,34 @@ servers = ["{}"]
         "the unused socket is closed"
     );
 
+    // A reload keeps every passed socket (both of `systemd:web`, and `fd:6`), and a
+    // new route answers on them.
+    std::fs::write(
+        tg.config_path(),
+        config.replace(
+            "[listeners.byfd]",
+            "[[listeners.web.routes]]\npath = \"/new\"\nrespond = { status = 200, body = \"new\\n\" }\n\n[listeners.byfd]",
+        ),
+    )?;
+    let out = tokio::process::Command::new(bin())
+        .args(["ctl", "--admin"])
+        .arg(format!("unix:{}", admin_sock.display()))
+        .arg("reload")
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "ctl reload: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for a in [&tcp, &unix] {
+        let resp = get(a, "/new", "example.com").await?;
+        assert_eq!((resp.status, resp.text()), (200, "new\n".to_owned()), "{a}");
+    }
+    let resp = get(&Addr::Unix(numbered_sock.clone()), "/", "x").await?;
+    assert_eq!((resp.status, resp.text()), (200, "by number\n".to_owned()));
+
     tg.signal(Signal::SIGTERM)?;
     assert!(tg.wait_exit(SOON).await?.success());
     // tidegate created none of these files, so it removed none.
