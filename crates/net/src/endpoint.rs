@@ -104,6 +104,33 @@ pub enum Stream {
 // === impl Stream ===
 
 impl Stream {
+    /// Takes over a connected stream socket passed by another process (a binary
+    /// upgrade hands its connections over): TCP or Unix by the socket's family, made
+    /// non-blocking. Must be called inside a tokio runtime.
+    pub fn from_fd(fd: std::os::fd::OwnedFd) -> io::Result<Stream> {
+        let socket = socket2::Socket::from(fd);
+        if socket.r#type()? != socket2::Type::STREAM {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a stream socket",
+            ));
+        }
+        socket.set_nonblocking(true)?;
+        let domain = socket.domain()?;
+        if domain == socket2::Domain::UNIX {
+            let std: std::os::unix::net::UnixStream = socket.into();
+            Ok(Stream::Unix(UnixStream::from_std(std)?))
+        } else if domain == socket2::Domain::IPV4 || domain == socket2::Domain::IPV6 {
+            let std: std::net::TcpStream = socket.into();
+            Ok(Stream::Tcp(TcpStream::from_std(std)?))
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "neither a TCP nor a Unix socket",
+            ))
+        }
+    }
+
     /// The other end: a TCP peer's address, or `Unix` (Unix peers are unnamed).
     pub fn peer_addr(&self) -> io::Result<PeerAddr> {
         match self {
@@ -249,6 +276,16 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The socket itself (to pass it to another process).
+impl std::os::fd::AsFd for Stream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
         }
     }
 }

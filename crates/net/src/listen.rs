@@ -376,6 +376,16 @@ impl Listener {
         }
     }
 
+    /// Stops the socket listening now, from any thread, while an accept may be waiting
+    /// on it: new connections are refused at once (`shutdown(2)` on a listening socket
+    /// ends its listening state; a waiting accept fails and its loop ends). Only for a
+    /// socket no other process shares: it acts on the socket, not this descriptor.
+    pub fn stop_listening(&self) {
+        if let Err(e) = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Both) {
+            tracing::debug!(listener = %self.local, error = %describe_io_error(&e), "cannot shut the listening socket down; it closes when its accept loop ends");
+        }
+    }
+
     /// Leaves this listener's Unix socket file in place when it is dropped: the socket
     /// has been handed to another process, which now owns the file. No-op on TCP.
     pub fn disown(&self) {
@@ -724,6 +734,28 @@ mod tests {
             assert_eq!(!path.exists(), removed, "owns {owns} disown {disown}");
             let _ = std::fs::remove_file(&path);
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn stop_listening_refuses_new_connections_at_once_tcp_and_unix() {
+        let l = Listener::from_fd(
+            OwnedFd::from(std::net::TcpListener::bind("127.0.0.1:0").unwrap()),
+            false,
+        )
+        .unwrap();
+        let LocalAddr::Tcp(addr) = l.local_addr().clone() else {
+            panic!()
+        };
+        l.stop_listening();
+        assert!(std::net::TcpStream::connect(addr).is_err());
+        let dir = temp_dir("stop");
+        let path = dir.join("s.sock");
+        let u =
+            Listener::from_fd(OwnedFd::from(StdUnixListener::bind(&path).unwrap()), true).unwrap();
+        u.stop_listening();
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_err());
+        drop(u);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

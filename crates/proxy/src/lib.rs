@@ -792,8 +792,12 @@ fn commit(live: &mut Live, config: Arc<Config>, built: Built, shutdown: &Shutdow
             }
         }
     }
-    // Addresses no listener has any more: closed now.
+    // Addresses no listener has any more: refused from this moment (the accept loop
+    // then ends and closes the socket).
     for s in old_sockets.into_iter().flatten() {
+        if let Some(l) = s.socket.upgrade() {
+            l.stop_listening();
+        }
         s.stop.cancel();
     }
     for o in before {
