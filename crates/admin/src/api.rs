@@ -262,8 +262,8 @@ pub struct AdminClientView {
     pub idle_s: f64,
     /// Requests it made.
     pub requests: u64,
-    /// A request has begun arriving and is not whole yet: this client is not evicted
-    /// for a newcomer.
+    /// A request has begun arriving and is not whole yet, or is being answered: this
+    /// client is not evicted for a newcomer.
     pub in_request: bool,
 }
 
@@ -317,6 +317,18 @@ pub struct AdminBusy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReloadView {
     /// What changed, in words.
+    pub message: String,
+}
+
+/// Answer of `POST /v1/upgrade`: the new process has reported ready and serves every
+/// listening socket now; the old one (which answers) drains and exits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeView {
+    /// The process that answered, now draining.
+    pub old_pid: u32,
+    /// The new process, serving.
+    pub new_pid: u32,
+    /// What happened, in words.
     pub message: String,
 }
 

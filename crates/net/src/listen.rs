@@ -364,6 +364,16 @@ impl Listener {
             f.disown();
         }
     }
+
+    /// Undoes [`Listener::disown`]: the file is removed on drop again (if still the
+    /// same). A new process of an upgrade disowns the sockets it was handed until the
+    /// old process has let go of them, so that a failed start never removes the files
+    /// the old one still serves; then it reclaims them.
+    pub fn reclaim(&self) {
+        if let Inner::Unix { file: Some(f), .. } = &self.inner {
+            f.reclaim();
+        }
+    }
 }
 
 /// Which configured address a listening socket serves, to match sockets passed in
@@ -497,6 +507,11 @@ mod tests {
             assert_eq!(l.local_addr(), &LocalAddr::Unix(path.clone()));
             if disown {
                 l.disown();
+            }
+            if owns && !disown {
+                // Disowned, then reclaimed: owned again.
+                l.disown();
+                l.reclaim();
             }
             drop(l);
             assert_eq!(!path.exists(), removed, "owns {owns} disown {disown}");

@@ -31,6 +31,9 @@ use crate::api::{AdminBusy, AdminClientView, AdminClients, AdminEviction};
 const NONE: u64 = u64::MAX;
 /// `request_since` of a client claimed for eviction: no later byte starts a request.
 const EVICTED: u64 = u64::MAX - 1;
+/// `request_since` while the whole request is in and its answer is being computed (an
+/// upgrade waits for a new process): the timers wait, and the client is not evicted.
+const ANSWERING: u64 = u64::MAX - 2;
 /// Evictions kept for `GET /v1/admin-clients` (the newest).
 pub(crate) const RECENT_EVICTIONS: usize = 16;
 
@@ -67,10 +70,10 @@ impl Activity {
     }
 
     fn now_ms(&self) -> u64 {
-        // Below both sentinels: a real time is never mistaken for one.
+        // Below every sentinel: a real time is never mistaken for one.
         u64::try_from(self.base.elapsed().as_millis())
-            .unwrap_or(EVICTED - 1)
-            .min(EVICTED - 1)
+            .unwrap_or(ANSWERING - 1)
+            .min(ANSWERING - 1)
     }
 
     fn at(&self, ms: u64) -> Instant {
@@ -98,6 +101,28 @@ impl Activity {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The whole request is in and its answer is being computed: no timer runs until
+    /// [`Activity::answered`]. Counts the request like [`Activity::request_read`].
+    pub(crate) fn answering(&self) {
+        let _ = self
+            .request_since
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                (v != EVICTED).then_some(ANSWERING)
+            });
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The answer is ready: the idle timer starts over from now.
+    pub(crate) fn answered(&self) {
+        self.last_read.store(self.now_ms(), Ordering::Relaxed);
+        let _ = self.request_since.compare_exchange(
+            ANSWERING,
+            NONE,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
     /// Claims this client for eviction if no request is in progress; after `true`, no
     /// later byte starts one.
     fn claim_for_eviction(&self) -> bool {
@@ -106,7 +131,8 @@ impl Activity {
             .is_ok()
     }
 
-    /// Whether a request is in progress (its first byte arrived, not yet all of it).
+    /// Whether a request is in progress (its first byte arrived, not yet all of it, or
+    /// it is being answered).
     fn in_request(&self) -> bool {
         !matches!(self.request_since.load(Ordering::Relaxed), NONE | EVICTED)
     }
@@ -116,6 +142,8 @@ impl Activity {
         let idle = self.at(self.last_read.load(Ordering::Relaxed)) + timeout;
         match self.request_since.load(Ordering::Relaxed) {
             NONE | EVICTED => (idle, Expired::Idle),
+            // Looked at again once the answer is out (it moves `last_read`).
+            ANSWERING => (Instant::now() + timeout, Expired::Idle),
             since => {
                 let request = self.at(since) + timeout;
                 if request < idle {
