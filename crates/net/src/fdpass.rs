@@ -138,7 +138,10 @@ impl Channel {
         if fds.len() > MAX_FDS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{} descriptors in one message; at most {MAX_FDS}", fds.len()),
+                format!(
+                    "{} descriptors in one message; at most {MAX_FDS}",
+                    fds.len()
+                ),
             ));
         }
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
@@ -152,9 +155,7 @@ impl Channel {
     /// every message it sent has been read.
     pub async fn recv(&self) -> io::Result<Option<Message>> {
         let fd = self.io.as_raw_fd();
-        self.io
-            .async_io(Interest::READABLE, || recv_raw(fd))
-            .await
+        self.io.async_io(Interest::READABLE, || recv_raw(fd)).await
     }
 }
 
@@ -163,12 +164,7 @@ fn recv_raw(fd: RawFd) -> io::Result<Option<Message>> {
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (bytes, flags, received) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<UnixAddr>(
-            fd,
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )?;
+        let msg = recvmsg::<UnixAddr>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
         let mut received = Vec::new();
         // `Err` (ENOBUFS) when the control data was truncated: the descriptors that did
         // fit cannot be found safely, so they leak; the message is refused below.
@@ -227,7 +223,11 @@ mod tests {
         let m = b.recv().await.unwrap().unwrap();
         assert_eq!((m.bytes.as_slice(), m.fds.len()), (&b"one"[..], 1));
         let flags = nix::fcntl::fcntl(&m.fds[0], nix::fcntl::FcntlArg::F_GETFD).unwrap();
-        assert_ne!(flags & nix::libc::FD_CLOEXEC, 0, "received fds are close-on-exec");
+        assert_ne!(
+            flags & nix::libc::FD_CLOEXEC,
+            0,
+            "received fds are close-on-exec"
+        );
         let m = b.recv().await.unwrap().unwrap();
         assert_eq!((m.bytes.as_slice(), m.fds.len()), (&b"two"[..], 0));
         drop(a);

@@ -19,7 +19,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use socket2::{Socket, Type};
@@ -301,6 +301,20 @@ impl Listener {
     /// `fd:N` fails at startup rather than at the first accept. Must be called inside
     /// a tokio runtime.
     pub fn from_fd(fd: OwnedFd, owns_file: bool) -> io::Result<Listener> {
+        Listener::adopt(fd, owns_file, None)
+    }
+
+    /// [`Listener::from_fd`] for a Unix socket handed over by the old process of a
+    /// binary upgrade, serving the file at `path` (owned from now on, removed on drop if
+    /// still the same). The path is given because the socket's own address cannot say
+    /// it: a socket is bound under a temporary name and then renamed into place (see the
+    /// `unix` submodule), and `getsockname` still reports the temporary name. Refuses a
+    /// TCP socket.
+    pub fn from_fd_at(fd: OwnedFd, path: &Path) -> io::Result<Listener> {
+        Listener::adopt(fd, true, Some(path))
+    }
+
+    fn adopt(fd: OwnedFd, owns_file: bool, at: Option<&Path>) -> io::Result<Listener> {
         let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(invalid("not called inside a tokio runtime".into()));
@@ -316,6 +330,12 @@ impl Listener {
         }
         socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
+        if let (Some(_), Some(p)) = (local.as_socket(), at) {
+            return Err(invalid(format!(
+                "the socket for {} is a TCP socket",
+                p.display()
+            )));
+        }
         if let Some(sa) = local.as_socket() {
             let listener = TcpListener::from_std(socket.into())?;
             return Ok(Listener {
@@ -328,7 +348,10 @@ impl Listener {
         }
         if local.is_unix() {
             // An abstract or unnamed socket has no file to own.
-            let path = local.as_pathname().map(|p| p.to_path_buf());
+            let path = match at {
+                Some(p) => Some(p.to_path_buf()),
+                None => local.as_pathname().map(|p| p.to_path_buf()),
+            };
             let file = match (&path, owns_file) {
                 (Some(p), true) => Some(unix::SocketFile::adopt(p.clone())?),
                 _ => None,
@@ -491,6 +514,28 @@ mod tests {
         // Not a socket at all.
         let f = std::fs::File::open("/dev/null").unwrap();
         assert!(Listener::from_fd(OwnedFd::from(f), false).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_unix_socket_serves_the_path_it_was_renamed_to() {
+        let dir = temp_dir("fromfdat");
+        let path = dir.join("b.sock");
+        let addr =
+            tidegate_config::parse::listen_addr(&format!("unix:{}", path.display()), &dir).unwrap();
+        let bound = Listener::bind(&addr, TcpOptions::default()).unwrap();
+        let fd = bound.as_fd().try_clone_to_owned().unwrap();
+        bound.disown();
+        drop(bound);
+        let l = Listener::from_fd_at(fd, &path).unwrap();
+        assert_eq!(l.local_addr(), &LocalAddr::Unix(path.clone()));
+        let client = tokio::net::UnixStream::connect(&path);
+        let (accepted, _) = tokio::join!(l.accept(), client);
+        assert!(matches!(accepted.unwrap().0, Stream::Unix(_)));
+        drop(l);
+        assert!(!path.exists(), "owned: removed on drop");
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(Listener::from_fd_at(OwnedFd::from(tcp), &path).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use tidegate_admin::server::{self, Limits};
 use tidegate_admin::Control;
 use tidegate_config::{defaults, Config, ListenAddr, UnixListen};
 use tidegate_proxy::endpoint::TcpOptions;
-use tidegate_proxy::listen::{ListenError, Listener};
+use tidegate_proxy::listen::{Inherited, ListenError, ListenKey, Listener};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -75,11 +75,17 @@ pub fn client_addr(config: &Config) -> AdminAddr {
 pub struct AdminServer {
     stop: CancellationToken,
     task: JoinHandle<()>,
+    socket: crate::upgrade::AdminSocket,
 }
 
-/// Binds the admin socket of `config`, logs `listening listener=admin address=…`, and
-/// serves it with `control` until [`AdminServer::stop`]. Must run inside the runtime.
-pub fn start(config: &Config, control: Arc<dyn Control>) -> Result<AdminServer, String> {
+/// Binds the admin socket of `config` (or takes it from `inherited`, handed over by the
+/// old process of an upgrade), logs `listening listener=admin address=…`, and serves it
+/// with `control` until [`AdminServer::stop`]. Must run inside the runtime.
+pub fn start(
+    config: &Config,
+    control: Arc<dyn Control>,
+    inherited: &mut Inherited,
+) -> Result<AdminServer, String> {
     let (addr, default) = match &config.admin.listen {
         Some(a) => (a.clone(), false),
         None => {
@@ -95,20 +101,29 @@ pub fn start(config: &Config, control: Arc<dyn Control>) -> Result<AdminServer, 
             (addr, true)
         }
     };
-    let listener =
-        Listener::bind(&addr, TcpOptions::default()).map_err(|e| bind_error(e, default))?;
+    let listener = match inherited.take(&addr) {
+        Some(l) => l,
+        None => Listener::bind(&addr, TcpOptions::default()).map_err(|e| bind_error(e, default))?,
+    };
     if let ListenAddr::Tcp(a) = &addr {
         warn_if_not_loopback(*a);
     }
     tracing::info!(listener = %"admin", address = %listener.local_addr(), "listening");
     let stop = CancellationToken::new();
-    let task = tokio::spawn(server::serve(
+    let listener = Arc::new(listener);
+    let socket = crate::upgrade::AdminSocket {
+        key: ListenKey::of(&addr),
+        listener: Arc::downgrade(&listener),
+        stop_accepting: CancellationToken::new(),
+    };
+    let task = tokio::spawn(server::serve_with(
         listener,
         control,
         Limits::from(&config.admin),
         stop.clone(),
+        socket.stop_accepting.clone(),
     ));
-    Ok(AdminServer { stop, task })
+    Ok(AdminServer { stop, task, socket })
 }
 
 /// Says what to do about a socket another process holds: with the default path that is
@@ -144,6 +159,11 @@ fn warn_if_not_loopback(a: SocketAddr) {
 // === impl AdminServer ===
 
 impl AdminServer {
+    /// Its socket, for a binary upgrade to hand over.
+    pub fn socket(&self) -> crate::upgrade::AdminSocket {
+        self.socket.clone()
+    }
+
     /// Closes the admin socket (removing its file) and every admin connection.
     pub async fn stop(self) {
         self.stop.cancel();

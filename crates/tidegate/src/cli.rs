@@ -98,6 +98,9 @@ pub enum CtlCommand {
     },
     /// Re-read the config file (nothing changes if it has errors).
     Reload,
+    /// Start the binary again (the file tidegate was started from, so a replaced file
+    /// is picked up) and hand it every listening socket; the old process drains.
+    Upgrade,
     /// Who holds admin API slots.
     Clients,
     /// The Prometheus metrics.

@@ -3,13 +3,13 @@
 //! types into the admin wire types (the proxy crate never depends on the admin crate).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use tidegate_admin::{
     ConnProtocol, ConnSide, ConnState, ConnectionView, Control, ControlError, Health, ListenerView,
-    OnDemandState, OnDemandView, ProcessState, ReloadView, ServerState, ServerView, Status,
-    UpstreamSide, UpstreamView,
+    OnDemandState, OnDemandView, Pending, ProcessState, ReloadView, ServerState, ServerView,
+    Status, UpgradeView, UpstreamSide, UpstreamView,
 };
 use tidegate_config::Config;
 use tidegate_proxy::listen::LocalAddr;
@@ -33,6 +33,8 @@ pub struct Live {
     balances: Vec<String>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
+    /// Set once the runtime serves (`POST /v1/upgrade` before that: try again).
+    upgrader: OnceLock<Arc<crate::upgrade::Upgrader>>,
 }
 
 impl std::fmt::Debug for Live {
@@ -87,12 +89,18 @@ impl Live {
             balances,
             registry,
             metrics,
+            upgrader: OnceLock::new(),
             config: config.source.as_ref().map_or_else(
                 || tidegate_config::QUICKSTART_NAME.to_owned(),
                 |p| p.display().to_string(),
             ),
             listeners,
         }
+    }
+
+    /// `POST /v1/upgrade` goes to `upgrader` from now on.
+    pub fn set_upgrader(&self, upgrader: Arc<crate::upgrade::Upgrader>) {
+        let _ = self.upgrader.set(upgrader);
     }
 
     /// SIGTERM or SIGINT: `/v1/status` says `draining` from now on.
@@ -236,6 +244,32 @@ impl Control for Live {
 
     fn metrics(&self) -> String {
         self.metrics.encode()
+    }
+
+    fn upgrade(&self) -> Pending<UpgradeView> {
+        let upgrader = self.upgrader.get().cloned();
+        Box::pin(async move {
+            let Some(upgrader) = upgrader else {
+                return Err(ControlError::Conflict(
+                    "tidegate is still starting; try again once it is ready".to_owned(),
+                ));
+            };
+            match upgrader.upgrade().await {
+                Ok(u) => Ok(UpgradeView {
+                    old_pid: u.old_pid,
+                    new_pid: u.new_pid,
+                    message: format!(
+                        "upgraded: process {} serves every listening socket; process {} \
+                         finishes its exchanges in flight (shutdown_grace) and exits",
+                        u.new_pid, u.old_pid
+                    ),
+                }),
+                Err(crate::upgrade::UpgradeError::Busy(m)) => Err(ControlError::Conflict(m)),
+                Err(crate::upgrade::UpgradeError::Failed { message, detail }) => {
+                    Err(ControlError::Failed { message, detail })
+                }
+            }
+        })
     }
 }
 

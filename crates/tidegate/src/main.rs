@@ -14,6 +14,7 @@ mod cli;
 mod control;
 mod ctl;
 mod run;
+mod upgrade;
 
 use std::process::ExitCode;
 

@@ -27,11 +27,23 @@ use crate::cli::RunArgs;
 const CLOSE_BOUND: Duration = Duration::from_secs(1);
 
 pub fn run(args: RunArgs) -> ExitCode {
+    // First, while single-threaded: an upgrade's handover socket, and what to start again.
+    let incoming = match crate::upgrade::incoming_from_env() {
+        Ok(i) => i,
+        Err(msg) => {
+            eprintln!("tidegate: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let origin = crate::upgrade::Origin::capture();
     let loaded = load(&args)
         .and_then(|mut c| crate::admin::apply_override(&mut c, args.admin.as_deref()).map(|()| c));
     let config = match loaded {
         Ok(c) => c,
         Err(msg) => {
+            if let Some(i) = &incoming {
+                i.fail_now(&msg);
+            }
             eprint!("{msg}");
             return ExitCode::FAILURE;
         }
@@ -58,7 +70,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = rt.block_on(serve(config, workers));
+    let code = rt.block_on(serve(config, workers, origin, incoming));
     // getaddrinfo calls on the blocking pool can't be cancelled; don't wait for them.
     rt.shutdown_timeout(Duration::from_millis(100));
     code
@@ -124,19 +136,25 @@ fn raise_nofile_limit() {
     }
 }
 
-async fn serve(config: Config, workers: usize) -> ExitCode {
+async fn serve(
+    config: Config,
+    workers: usize,
+    origin: crate::upgrade::Origin,
+    incoming: Option<crate::upgrade::Incoming>,
+) -> ExitCode {
     // Signal handlers first: a TERM that arrives while binding must not kill us with
     // half-created socket files.
     #[allow(
         clippy::disallowed_methods,
         reason = "the binary owns signal handling; the data plane only sees a Shutdown"
     )]
-    let (mut term, mut int, mut hup) = match (
+    let (mut term, mut int, mut hup, mut usr2) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined2()),
     ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        (Ok(t), Ok(i), Ok(h), Ok(u)) => (t, i, h, u),
         _ => {
             tracing::error!("cannot install signal handlers");
             return ExitCode::FAILURE;
@@ -147,6 +165,14 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
         .as_ref()
         .map_or_else(|| "<quickstart>".to_owned(), |p| p.display().to_string());
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %source, workers, pid = std::process::id(), "starting");
+    let mut startup = match crate::upgrade::Startup::receive(incoming).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("tidegate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Opened before binding: an unwritable access log refuses the start like a bind
     // failure does.
     let access_log = match AccessLog::start(&config.server.access_log) {
@@ -154,16 +180,20 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("tidegate: {e}");
+            startup.fail(&e.to_string()).await;
             return ExitCode::FAILURE;
         }
     };
-    let mut runtime = match Runtime::bind(&config, Arc::new(SystemResolver)) {
+    let resolver = Arc::new(SystemResolver);
+    let mut runtime = match Runtime::bind_with(&config, resolver, startup.inherited()) {
         Ok(r) => r,
         Err(errors) => {
             for e in &errors {
                 tracing::error!("{e}");
                 eprintln!("tidegate: {e}");
             }
+            let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            startup.fail(&all.join("\n")).await;
             return ExitCode::FAILURE;
         }
     };
@@ -180,18 +210,23 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
         runtime.registry(),
         runtime.metrics(),
     ));
-    let admin = match crate::admin::start(&config, control.clone()) {
+    let admin = match crate::admin::start(&config, control.clone(), startup.admin()) {
         Ok(a) => a,
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("tidegate: {e}");
+            startup.fail(&e).await;
             return ExitCode::FAILURE;
         }
     };
     let children = runtime.children();
     runtime.set_access_log(access_log.clone());
     let shutdown = Shutdown::new();
-    let _serving = runtime.start(&shutdown);
+    startup.hold_on_demand(&children);
+    let serving = runtime.start(&shutdown);
+    let upgrader = crate::upgrade::Upgrader::new(origin, config.server.shutdown_grace, &children);
+    control.set_upgrader(upgrader.clone());
+    upgrader.serving(serving, admin.socket(), startup).await;
     tracing::info!("ready");
 
     let fast = loop {
@@ -199,6 +234,8 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
             _ = term.recv() => break false,
             _ = int.recv() => break true,
             _ = hup.recv() => tracing::warn!("SIGHUP received: config reload is not supported yet; nothing changed"),
+            _ = usr2.recv() => upgrader.on_signal(),
+            () = upgrader.handed_over() => break false,
         }
     };
     control.set_draining();
@@ -210,7 +247,7 @@ async fn serve(config: Config, workers: usize) -> ExitCode {
         let grace = config.server.shutdown_grace;
         tracing::info!(
             grace_ms = grace.as_millis() as u64,
-            "SIGTERM: draining (listeners closed; in-flight requests may finish)"
+            "draining (SIGTERM, or handed over to a new process by an upgrade): listeners closed; in-flight requests may finish"
         );
         shutdown.drain();
         // On-demand backends: SIGTERM at `shutdown_grace - stop_timeout` (so they are
