@@ -160,6 +160,18 @@ impl Channel {
 }
 
 fn recv_raw(fd: RawFd) -> io::Result<Option<Message>> {
+    match recv_one(fd) {
+        // A peer that closed with our messages unread leaves ECONNRESET, which Linux
+        // reports before the messages it sent us; reading on delivers them, then the end.
+        Err(e) if e.raw_os_error() == Some(Errno::ECONNRESET as i32) => match recv_one(fd) {
+            Err(e) if e.raw_os_error() == Some(Errno::ECONNRESET as i32) => Ok(None),
+            other => other,
+        },
+        other => other,
+    }
+}
+
+fn recv_one(fd: RawFd) -> io::Result<Option<Message>> {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (bytes, flags, received) = {
@@ -232,6 +244,18 @@ mod tests {
         assert_eq!((m.bytes.as_slice(), m.fds.len()), (&b"two"[..], 0));
         drop(a);
         assert!(b.recv().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_closes_with_unread_messages_is_still_heard() {
+        let (a, b) = pair().unwrap();
+        let (a, b) = (Channel::new(a).unwrap(), Channel::new(b).unwrap());
+        a.send(b"unread", &[]).await.unwrap();
+        b.send(b"last words", &[]).await.unwrap();
+        drop(b);
+        let m = a.recv().await.unwrap().unwrap();
+        assert_eq!(m.bytes, b"last words");
+        assert!(a.recv().await.unwrap().is_none());
     }
 
     #[tokio::test]

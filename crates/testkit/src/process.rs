@@ -272,6 +272,9 @@ fn lock(logs: &Logs) -> MutexGuard<'_, Vec<String>> {
 pub struct Tidegate {
     child: Child,
     pid: u32,
+    /// Processes later binary upgrades started, oldest first (not our children: each
+    /// outlives the process that started it). The last one serves.
+    upgraded: Vec<u32>,
     exit: Option<ExitStatus>,
     config_path: PathBuf,
     logs: Logs,
@@ -351,6 +354,7 @@ impl Tidegate {
         let mut tg = Tidegate {
             child,
             pid,
+            upgraded: Vec::new(),
             exit: None,
             config_path,
             logs,
@@ -420,9 +424,39 @@ impl Tidegate {
             .with_context(|| format!("run {} check", bin.display()))
     }
 
-    /// The process id.
+    /// The process id of the process serving: the one started, or the last one a
+    /// binary upgrade started ([`Tidegate::follow`]).
     pub fn pid(&self) -> u32 {
+        self.upgraded.last().copied().unwrap_or(self.pid)
+    }
+
+    /// The process this handle started.
+    pub fn first_pid(&self) -> u32 {
         self.pid
+    }
+
+    /// A binary upgrade started `pid`, which serves from now on: [`Tidegate::pid`] and
+    /// [`Tidegate::signal`] name it, and dropping this handle kills it too. Its log lines
+    /// arrive with the others (it inherits the stderr of the process that started it).
+    pub fn follow(&mut self, pid: u32) {
+        self.upgraded.push(pid);
+    }
+
+    /// Waits until process `pid` has exited: gone, or a zombie nobody has reaped yet.
+    /// A timeout is an error carrying the logs.
+    pub async fn wait_gone(&self, pid: u32, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        // Bounded by the deadline.
+        while pid_alive(pid) {
+            if Instant::now() >= deadline {
+                bail!(
+                    "process {pid} still running after {within:?}; logs:\n{}",
+                    self.logs().join("\n")
+                );
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+        Ok(())
     }
 
     /// The directory holding `tidegate.toml` (and the process's working directory).
@@ -467,6 +501,11 @@ impl Tidegate {
     /// Sends `sig` to the process. An error once it has been reaped (its pid may be
     /// someone else's by then).
     pub fn signal(&self, sig: Signal) -> anyhow::Result<()> {
+        if let Some(&pid) = self.upgraded.last() {
+            let pid = i32::try_from(pid).context("pid out of range")?;
+            return nix::sys::signal::kill(Pid::from_raw(pid), sig)
+                .with_context(|| format!("kill -{sig} {pid}"));
+        }
         if let Some(status) = self.exit {
             bail!("tidegate (pid {}) already exited ({status})", self.pid);
         }
@@ -523,8 +562,26 @@ impl Tidegate {
     }
 }
 
+/// Whether process `pid` runs (exists and is not a zombie).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses, which may hold anything.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
 impl Drop for Tidegate {
     fn drop(&mut self) {
+        for &pid in &self.upgraded {
+            if pid_alive(pid) {
+                if let Ok(raw) = i32::try_from(pid) {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
+                }
+            }
+        }
         if self.exit.is_none() {
             let _ = self.child.start_kill();
             // SIGKILL cannot be caught, so this ends quickly; bounded all the same.

@@ -874,6 +874,17 @@ impl Upgrader {
             },
             admin.clone(),
         ));
+        // Two addresses configured as the same `ip:0` cannot be told apart by key.
+        for (i, (e, _)) in entries.iter().enumerate() {
+            if entries[..i].iter().any(|(other, _)| other == e) {
+                return Err(failed(format!(
+                    "cannot hand over: two listening sockets are configured as {} (port 0 \
+                     picks a new port each time), so the new process could not tell them \
+                     apart; give them fixed ports",
+                    e.key
+                )));
+            }
+        }
         let (ours, theirs) = fdpass::pair().map_err(|e| {
             failed(format!(
                 "cannot create the handover socket: {}",

@@ -90,10 +90,11 @@ impl Driver {
     async fn run(self, mut io: ClientIo) {
         // Bounded: every turn either waits for the client (bounded by the timers) or
         // serves at least one readable event.
+        let mut fresh = true;
         loop {
             // Parked: nothing of hyper's is held while the client is quiet. Bytes put
             // back (a pipelined request hyper had started to read) are served at once.
-            if !io.has_prefix() && !self.park(io.get_ref().get_ref()).await {
+            if !io.has_prefix() && !self.park(io.get_ref().get_ref(), fresh).await {
                 return;
             }
             // Built for each turn (a parked connection keeps none of it).
@@ -106,7 +107,9 @@ impl Driver {
             let end = self.end_watch(io.get_ref().get_ref());
             // Boxed: the task keeps only what a parked connection needs.
             let conn = Box::new(self.ctx.builder.serve_connection(TokioIo::new(io), service));
-            match self.serve(conn, end).await {
+            let served = self.serve(conn, end, fresh).await;
+            fresh = false;
+            match served {
                 Served::Closed => return,
                 Served::Parked(parts) => {
                     io = parts.io.into_inner();
@@ -129,10 +132,14 @@ impl Driver {
 
     /// Waits, holding no buffer, until `stream` is readable (true) or the connection
     /// should close (false): `idle_timeout`, the drain (an idle connection closes at
-    /// once), the end of the grace or an operator.
-    async fn park(&self, stream: &Stream) -> bool {
+    /// once; a `fresh` one, that has sent nothing yet, gets [`FIRST_BYTES_AT_DRAIN`]),
+    /// the end of the grace or an operator.
+    async fn park(&self, stream: &Stream, fresh: bool) -> bool {
         loop {
             if self.shutdown.graceful.is_cancelled() {
+                if fresh {
+                    return self.first_bytes_at_drain(stream).await;
+                }
                 tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing idle client connection: draining");
                 return false;
             }
@@ -151,6 +158,31 @@ impl Driver {
                     return false;
                 }
                 _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Draining, and this connection has sent nothing yet: it was accepted before the
+    /// listener closed (a binary upgrade hands the listener to a new process while this
+    /// one drains), so its client is about to send a request it has every right to have
+    /// answered. It gets [`FIRST_BYTES_AT_DRAIN`] for its first bytes; then its first
+    /// request is served (hyper's graceful shutdown of a connection that has not read a
+    /// request yet serves one, then closes).
+    async fn first_bytes_at_drain(&self, stream: &Stream) -> bool {
+        tokio::select! {
+            biased;
+            res = stream.readable() => {
+                // An error is hyper's to find (and report) when it reads.
+                let _ = res;
+                true
+            }
+            _ = self.close.cancelled() => {
+                self.closed();
+                false
+            }
+            _ = tokio::time::sleep(FIRST_BYTES_AT_DRAIN) => {
+                tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing new client connection: draining, and it sent nothing");
+                false
             }
         }
     }
@@ -176,26 +208,42 @@ impl Driver {
     }
 
     /// Drives hyper's connection until it ends, parks or upgrades, enforcing the
-    /// connection's timers, the drain and `close`.
-    async fn serve(&self, mut conn: Box<HyperConn>, mut end: ClientEnd) -> Served {
+    /// connection's timers, the drain and `close`. `fresh`: the connection's first turn.
+    async fn serve(&self, mut conn: Box<HyperConn>, mut end: ClientEnd, fresh: bool) -> Served {
+        // hyper's graceful shutdown of a connection that has read nothing yet closes it
+        // at once. A connection here was readable, or is new (accepted just before the
+        // drain: its client is about to send a request it has every right to have
+        // answered), so when the drain comes before hyper has read anything, the
+        // shutdown is held until it has (the request is then served, and the connection
+        // closes), for at most FIRST_BYTES_AT_DRAIN.
+        let reads_at_start = self.client.reads();
+        let mut hold: Option<Instant> = None;
         let mut draining = self.shutdown.graceful.is_cancelled();
         if draining {
-            Pin::new(&mut *conn).graceful_shutdown();
+            hold = Some(Instant::now() + FIRST_BYTES_AT_DRAIN);
         }
         // One park attempt per turn: a failed one has turned keep-alive off.
         let mut may_park = !draining;
         // When the park timer is set to fire (see `Turn`).
         let mut park_at: Option<Instant> = None;
         loop {
+            if let Some(until) = hold {
+                if self.client.reads() != reads_at_start || Instant::now() >= until {
+                    hold = None;
+                    Pin::new(&mut *conn).graceful_shutdown();
+                }
+            }
             let Some(wake) = self.next_check() else {
                 return Served::Closed;
             };
             let wake = park_at.map_or(wake, |t| wake.min(t));
+            let wake = hold.map_or(wake, |t| wake.min(t));
             let turn = Turn {
                 conn: &mut conn,
                 client: &self.client,
                 may_park: &mut may_park,
                 park_at: &mut park_at,
+                watch_reads: hold.map(|_| reads_at_start),
             };
             let step = tokio::select! {
                 // First: what the client did must be seen before hyper sends a response
@@ -210,7 +258,11 @@ impl Driver {
                 _ = self.shutdown.graceful.cancelled(), if !draining => {
                     draining = true;
                     may_park = false;
-                    Pin::new(&mut *conn).graceful_shutdown();
+                    if fresh && self.client.reads() == reads_at_start {
+                        hold = Some(Instant::now() + FIRST_BYTES_AT_DRAIN);
+                    } else {
+                        Pin::new(&mut *conn).graceful_shutdown();
+                    }
                     continue;
                 }
                 _ = self.close.cancelled() => {
@@ -328,6 +380,12 @@ enum Step {
     Rearm,
 }
 
+/// During the drain, how long a connection accepted just before it may take to send its
+/// first bytes before it is closed unserved (see `Driver::first_bytes_at_drain`): the
+/// bytes of a client that connected follow within a round trip, and the bound keeps a
+/// silent pre-connection from holding the drain open.
+pub const FIRST_BYTES_AT_DRAIN: Duration = Duration::from_secs(2);
+
 /// How long a connection stays idle before it is parked. Parking costs a few thousand
 /// instructions (hyper's connection and buffers are dropped and built again), so a
 /// client that sends its next request at once keeps its connection as it is; one that
@@ -351,6 +409,9 @@ struct Turn<'a> {
     /// The park timer: set (by the driver, on [`Step::SetParkTimer`]) to when the idle
     /// connection is due to park; `None` when it is not set.
     park_at: &'a mut Option<Instant>,
+    /// While the drain's shutdown is held for a first read: the read count to watch
+    /// (any read ends the turn, so the driver shuts down gracefully at once).
+    watch_reads: Option<u32>,
 }
 
 impl Future for Turn<'_> {
@@ -361,6 +422,9 @@ impl Future for Turn<'_> {
         let conn = &mut **this.conn;
         if let Poll::Ready(res) = Pin::new(&mut *conn).poll(cx) {
             return Poll::Ready(Step::Ended(res));
+        }
+        if this.watch_reads.is_some_and(|r| this.client.reads() != r) {
+            return Poll::Ready(Step::Rearm);
         }
         // The service set the exchange's idle limit during that poll: the driver looks
         // at its timers again.

@@ -27,3 +27,4 @@ mod proxy;
 mod repo;
 mod slow_clients;
 mod tcp;
+mod upgrade;
