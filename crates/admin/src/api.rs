@@ -262,8 +262,8 @@ pub struct AdminClientView {
     pub idle_s: f64,
     /// Requests it made.
     pub requests: u64,
-    /// A request has begun arriving and is not whole yet, or is being answered: this
-    /// client is not evicted for a newcomer.
+    /// A request has begun arriving and is not whole yet: this client is not evicted
+    /// for a newcomer (nor is one whose answer is being computed, an upgrade).
     pub in_request: bool,
 }
 

@@ -6,6 +6,8 @@
 //! - A second SIGTERM or SIGINT during the drain: close everything now.
 //! - SIGHUP: logged (reload comes later); tokio never restores a signal's default once
 //!   handled, so it must be caught for as long as the process runs.
+//! - SIGUSR2 (or `POST /v1/upgrade`): binary upgrade (`crate::upgrade`); once the new
+//!   process has taken over the sockets, this one drains as on SIGTERM.
 //! - On-demand backends: SIGTERM when the drain ends or at `shutdown_grace -
 //!   stop_timeout`, whichever is first (at once on SIGINT or a second signal), SIGKILL
 //!   `stop_timeout` later; the process exits only once they have exited.

@@ -131,10 +131,13 @@ impl Activity {
             .is_ok()
     }
 
-    /// Whether a request is in progress (its first byte arrived, not yet all of it, or
-    /// it is being answered).
+    /// Whether a request is in progress (its first byte arrived, not yet all of it).
+    /// One being answered is not (though it is not evicted either: its claim fails).
     fn in_request(&self) -> bool {
-        !matches!(self.request_since.load(Ordering::Relaxed), NONE | EVICTED)
+        !matches!(
+            self.request_since.load(Ordering::Relaxed),
+            NONE | EVICTED | ANSWERING
+        )
     }
 
     /// When the client's timers expire, and which one expires first.
@@ -511,6 +514,32 @@ mod tests {
         let last_byte = start + Duration::from_millis(200);
         assert_eq!(activity.deadline(t), (last_byte + t, Expired::Idle));
         assert_eq!(activity.requests.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_being_answered_has_no_timer_running_and_is_not_evicted() {
+        let slots = Slots::new(1, Duration::from_secs(10));
+        let a = slots.acquire("unix".into()).expect("first").slot;
+        a.activity().read();
+        a.activity().answering();
+        // An answer that takes longer than idle_timeout (an upgrade): the deadline
+        // keeps moving on while it is computed.
+        tokio::time::advance(Duration::from_secs(25)).await;
+        let (at, _) = a.activity().deadline(Duration::from_secs(10));
+        assert!(at > Instant::now());
+        assert!(!a.activity().in_request());
+        assert!(
+            slots.acquire("unix".into()).is_err(),
+            "not evicted while answered"
+        );
+        // Answered: the idle timer runs from now.
+        a.activity().answered();
+        let now = Instant::now();
+        assert_eq!(
+            a.activity().deadline(Duration::from_secs(10)),
+            (now + Duration::from_secs(10), Expired::Idle)
+        );
+        assert_eq!(a.activity().requests.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test(start_paused = true)]

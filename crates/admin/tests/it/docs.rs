@@ -194,6 +194,14 @@ fn samples() -> Vec<(&'static str, BTreeSet<String>)> {
             }),
         ),
         (
+            "UpgradeView",
+            keys(&UpgradeView {
+                old_pid: 1,
+                new_pid: 2,
+                message: "ok".into(),
+            }),
+        ),
+        (
             "ErrorBody",
             keys(&ErrorBody {
                 error: "x".into(),
@@ -369,6 +377,7 @@ fn every_example_is_exactly_a_value_of_its_type() {
             "Closed" => round_trip::<Closed>(ty, value),
             "AdminClients" => round_trip::<AdminClients>(ty, value),
             "ReloadView" => round_trip::<ReloadView>(ty, value),
+            "UpgradeView" => round_trip::<UpgradeView>(ty, value),
             "ErrorBody" => round_trip::<ErrorBody>(ty, value),
             other => panic!("an example of unknown type `{other}`"),
         }
@@ -383,6 +392,7 @@ fn every_example_is_exactly_a_value_of_its_type() {
         "Closed",
         "AdminClients",
         "ReloadView",
+        "UpgradeView",
         "ErrorBody",
     ] {
         assert!(
