@@ -864,6 +864,12 @@ impl Upgrader {
             .into_iter()
             .map(|(key, l)| (Entry { admin: false, key }, l))
             .collect();
+        if entries.is_empty() {
+            // The accept loops have stopped: SIGTERM or SIGINT came first.
+            return Err(UpgradeError::Busy(
+                "this process is stopping (its listeners are closed); nothing to hand over".into(),
+            ));
+        }
         let admin = sockets.admin.listener.upgrade().ok_or_else(|| {
             failed("the admin socket is closed (this process is stopping); nothing to hand over")
         })?;
@@ -952,7 +958,7 @@ impl Upgrader {
         match reply {
             Reply::Ready { pid } if pid == new_pid => {}
             Reply::Ready { pid } => {
-                let _ = finish(&mut child).await;
+                kill(&mut child).await;
                 return Err(failed(format!(
                     "the new process (pid {new_pid}) reported ready as pid {pid}; killed it, still serving"
                 )));
@@ -968,6 +974,14 @@ impl Upgrader {
                     detail: lines.collect(),
                 });
             }
+        }
+        if sockets.serving.listening().is_empty() {
+            // A SIGTERM or SIGINT drain began meanwhile and closed our sockets (and
+            // removed their files): the new process must not serve half a handover.
+            kill(&mut child).await;
+            return Err(failed(format!(
+                "this process began stopping while the new process (pid {new_pid}) started; killed it"
+            )));
         }
         // Committed: the new process serves every socket. Ours stop accepting (the
         // files stay: they are the new process's now), then run.rs drains.
@@ -1031,7 +1045,16 @@ async fn wait_answer(
 /// Waits briefly for a failed new process to exit, kills it if it does not, and says
 /// how it ended (` (exit status: 1)`).
 async fn finish(child: &mut tokio::process::Child) -> String {
-    let status = match tokio::time::timeout(EXIT_WAIT, child.wait()).await {
+    finish_within(child, EXIT_WAIT).await
+}
+
+/// Kills a new process that would serve on (it reported ready), and reaps it.
+async fn kill(child: &mut tokio::process::Child) {
+    let _ = finish_within(child, Duration::ZERO).await;
+}
+
+async fn finish_within(child: &mut tokio::process::Child, wait: Duration) -> String {
+    let status = match tokio::time::timeout(wait, child.wait()).await {
         Ok(Ok(s)) => s,
         _ => {
             let _ = child.start_kill();
