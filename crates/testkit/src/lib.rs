@@ -110,8 +110,6 @@ pub use backend::{Backend, BackendOptions, ConnEnd, ConnInfo, Reply, Request, Ss
 pub use blackhole::{blackhole_listener, Blackhole};
 pub use client::{connect, get, End, RawConn, Response, ResponseHead, DEFAULT_TIMEOUT};
 pub use curl::curl_unix;
-pub use process::{
-    parse_log_line, pid_alive, strip_ansi, LogEvent, Tidegate, CHECK_TIMEOUT, READY_TIMEOUT,
-};
+pub use process::{parse_log_line, strip_ansi, LogEvent, Tidegate, CHECK_TIMEOUT, READY_TIMEOUT};
 pub use procfs::{close_wait_sockets, process_gone, vm_hwm_kib, vm_rss_kib};
 pub use tcp_echo::TcpBackend;

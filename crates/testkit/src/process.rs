@@ -447,7 +447,7 @@ impl Tidegate {
     pub async fn wait_gone(&self, pid: u32, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         // Bounded by the deadline.
-        while pid_alive(pid) {
+        while !crate::procfs::process_gone(pid) {
             if Instant::now() >= deadline {
                 bail!(
                     "process {pid} still running after {within:?}; logs:\n{}",
@@ -562,21 +562,10 @@ impl Tidegate {
     }
 }
 
-/// Whether process `pid` runs (exists and is not a zombie).
-pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name in parentheses, which may hold anything.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
-        Err(_) => false,
-    }
-}
-
 impl Drop for Tidegate {
     fn drop(&mut self) {
         for &pid in &self.upgraded {
-            if pid_alive(pid) {
+            if !crate::procfs::process_gone(pid) {
                 if let Ok(raw) = i32::try_from(pid) {
                     let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
                 }

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use nix::sys::signal::Signal;
-use tidegate_testkit::{connect, get, pid_alive, Addr, Backend, Bind, Reply, Tidegate};
+use tidegate_testkit::lazy_app::{AppEvent, LazyApp};
+use tidegate_testkit::{connect, get, process_gone, Addr, Backend, Bind, Reply, Tidegate};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_tidegate"))
@@ -133,10 +134,7 @@ fn unix_path(tg: &Tidegate) -> anyhow::Result<PathBuf> {
 }
 
 fn tcp_addr(tg: &Tidegate) -> anyhow::Result<Addr> {
-    tg.addrs("web")
-        .into_iter()
-        .find(|a| matches!(a, Addr::Tcp(_)))
-        .context("no TCP address for web")
+    tcp_addr_of(tg, "web")
 }
 
 fn inode(p: &Path) -> anyhow::Result<u64> {
@@ -260,7 +258,7 @@ async fn two_upgrades_in_a_row_refuse_no_connection_and_keep_the_socket_file() -
         let new = upgrade(&mut tg).await?;
         assert_eq!(status_pid(&tg).await?, new, "round {round}");
         tg.wait_gone(old, EXIT).await?;
-        assert!(pid_alive(new), "round {round}: the new process is gone");
+        assert!(!process_gone(new), "round {round}: the new process is gone");
         assert_eq!(inode(&sock)?, ino, "round {round}: the socket file changed");
         probes_pass(&probes, 20).await?;
     }
@@ -282,18 +280,24 @@ async fn two_upgrades_in_a_row_refuse_no_connection_and_keep_the_socket_file() -
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_exchange_in_flight_finishes_in_the_old_process() -> anyhow::Result<()> {
-    let app = Backend::start(Bind::Tcp4, |_| {
-        Reply::delay(
-            Duration::from_millis(1500),
-            Reply::text(200, "slow answer\n"),
-        )
+/// tidegate with `GET /slow` in flight to a backend that answers `slow answer` after
+/// `delay`: the backend, tidegate, and the client connection waiting for the answer.
+async fn slow_request_in_flight(
+    delay: Duration,
+) -> anyhow::Result<(Backend, Tidegate, tidegate_testkit::RawConn)> {
+    let app = Backend::start(Bind::Tcp4, move |_| {
+        Reply::delay(delay, Reply::text(200, "slow answer\n"))
     })?;
-    let mut tg = Tidegate::start(bin(), &config(Some(app.addr()))).await?;
+    let tg = Tidegate::start(bin(), &config(Some(app.addr()))).await?;
     let mut c = connect(&tcp_addr(&tg)?).await?;
     c.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await?;
     app.wait_for(|b| b.requests().len() == 1, SOON).await?;
+    Ok((app, tg, c))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_in_flight_finishes_in_the_old_process() -> anyhow::Result<()> {
+    let (_app, mut tg, mut c) = slow_request_in_flight(Duration::from_millis(1500)).await?;
     let old = tg.pid();
     let new = upgrade(&mut tg).await?;
     let resp = c.read_response(SOON).await?;
@@ -362,16 +366,7 @@ async fn a_binary_that_cannot_start_leaves_the_old_process_serving() -> anyhow::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_upgrade_while_the_old_process_drains_is_refused() -> anyhow::Result<()> {
-    let app = Backend::start(Bind::Tcp4, |_| {
-        Reply::delay(
-            Duration::from_millis(2500),
-            Reply::text(200, "slow answer\n"),
-        )
-    })?;
-    let mut tg = Tidegate::start(bin(), &config(Some(app.addr()))).await?;
-    let mut c = connect(&tcp_addr(&tg)?).await?;
-    c.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await?;
-    app.wait_for(|b| b.requests().len() == 1, SOON).await?;
+    let (_app, mut tg, mut c) = slow_request_in_flight(Duration::from_millis(2500)).await?;
     let old = tg.pid();
     let new = upgrade(&mut tg).await?;
     let out = ctl(&tg, &["upgrade"]).await?;
@@ -380,7 +375,10 @@ async fn a_second_upgrade_while_the_old_process_drains_is_refused() -> anyhow::R
     let want =
         format!("an upgrade is in progress: the previous process {old} is still draining (up to ");
     assert!(err.contains(&want), "{err}");
-    assert!(pid_alive(old), "the old process should still be draining");
+    assert!(
+        !process_gone(old),
+        "the old process should still be draining"
+    );
     assert_eq!(status_pid(&tg).await?, new);
     // Once the old process has exited, upgrading is allowed again.
     let resp = c.read_response(SOON).await?;
@@ -459,4 +457,86 @@ async fn garbage_in_the_upgrade_variable_is_a_clear_startup_error() -> anyhow::R
         assert!(!err.contains("panicked"), "{value}: {err}");
     }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_demand_backend_never_runs_twice_across_an_upgrade() -> anyhow::Result<()> {
+    let app = LazyApp::new()?;
+    let config = format!(
+        r#"
+[server]
+shutdown_grace = "{}s"
+
+[listeners.web]
+listen = ["127.0.0.1:0"]
+[[listeners.web.routes]]
+upstream = "app"
+
+[upstreams.app]
+servers = ["{}"]
+keepalive = 0
+
+[upstreams.app.on_demand]
+command = {}
+stop_timeout = "2s"
+"#,
+        GRACE.as_secs(),
+        app.server(),
+        app.command(&[])
+    );
+    let mut tg = Tidegate::start(bin(), &config).await?;
+    let addr = tcp_addr_of(&tg, "web")?;
+    let first = get(&addr, "/", "x").await?;
+    let old_child = child_pid(&first)?;
+    // A request in flight to the old process's child keeps it (and the old process's
+    // drain) alive across the upgrade.
+    let slow = tokio::spawn({
+        let addr = addr.clone();
+        async move { get(&addr, "/slow?delay=1.5", "x").await }
+    });
+    app.wait_for("the slow request", SOON, |e| {
+        e.iter()
+            .filter(|e| matches!(e, AppEvent::Accept(..)))
+            .count()
+            >= 3
+    })
+    .await?;
+    let old = tg.pid();
+    upgrade(&mut tg).await?;
+    // The new process serves this one, with a child of its own, started only once the
+    // old process's child has exited.
+    let second = get(&addr, "/", "x").await?;
+    let new_child = child_pid(&second)?;
+    assert_ne!(new_child, old_child);
+    assert_eq!(
+        child_pid(&slow.await??)?,
+        old_child,
+        "finished in the old process"
+    );
+    tg.wait_gone(old, EXIT).await?;
+    let events = app.events();
+    let exited = events.iter().position(|e| *e == AppEvent::Exit(old_child));
+    let started = events.iter().position(|e| *e == AppEvent::Start(new_child));
+    assert!(
+        matches!((exited, started), (Some(x), Some(s)) if x < s),
+        "the new child started before the old one exited: {events:?}"
+    );
+    Ok(())
+}
+
+fn tcp_addr_of(tg: &Tidegate, listener: &str) -> anyhow::Result<Addr> {
+    tg.addrs(listener)
+        .into_iter()
+        .find(|a| matches!(a, Addr::Tcp(_)))
+        .with_context(|| format!("no TCP address for {listener}"))
+}
+
+/// The lazy app's `pid=N` answer.
+fn child_pid(resp: &tidegate_testkit::Response) -> anyhow::Result<u32> {
+    let text = resp.text();
+    ensure!(resp.status == 200, "{} {text:?}", resp.status);
+    text.strip_prefix("pid=")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("no pid in {text:?}"))
 }
