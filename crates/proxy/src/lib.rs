@@ -80,6 +80,10 @@ pub struct Serving {
     // drain refuses new connections at once instead of leaving them in a backlog
     // nobody accepts from.
     sockets: Vec<(ListenKey, Weak<Listener>)>,
+    /// Each listener by name, with its `max_connections`: where [`Serving::adopt`]
+    /// puts a connection handed over.
+    kinds: Vec<(ListenerKind, Arc<Semaphore>)>,
+    shutdown: Shutdown,
 }
 
 impl Serving {
@@ -97,6 +101,48 @@ impl Serving {
         for (_, l) in self.listening() {
             l.disown();
         }
+    }
+
+    /// At the drain, idle HTTP client connections go to `to` instead of being closed
+    /// (see [`drain::Shutdown::hand_off_idle`]). Call before the drain starts.
+    pub fn hand_off_idle(&self, to: tokio::sync::mpsc::UnboundedSender<drain::Handoff>) {
+        self.shutdown.hand_off_idle(to);
+    }
+
+    /// Serves `stream`, a client connection another process accepted on HTTP listener
+    /// `listener` and handed over idle (a binary upgrade), as if it had just been
+    /// accepted here: it takes one of the listener's `max_connections`. `local` is our
+    /// end, as the connection registry shows it. Refused (the connection is closed)
+    /// when there is no such HTTP listener, it is at `max_connections`, or this process
+    /// drains.
+    pub fn adopt(
+        &self,
+        listener: &str,
+        local: registry::SockAddr,
+        stream: endpoint::Stream,
+    ) -> Result<(), String> {
+        if self.shutdown.graceful.is_cancelled() {
+            return Err("this process is draining".into());
+        }
+        let Some((kind, limit)) = self
+            .kinds
+            .iter()
+            .find(|(k, _)| k.name() == listener && matches!(k, ListenerKind::Http(_)))
+        else {
+            return Err(format!("no HTTP listener named {listener:?}"));
+        };
+        let permit = limit
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| format!("listener {listener} is at max_connections"))?;
+        let peer = match &stream {
+            endpoint::Stream::Tcp(s) => {
+                endpoint::PeerAddr::Tcp(s.peer_addr().map_err(|e| errno::describe_io_error(&e))?)
+            }
+            endpoint::Stream::Unix(_) => endpoint::PeerAddr::Unix,
+        };
+        kind.spawn(stream, peer, &local, &self.shutdown, permit);
+        Ok(())
     }
 }
 
@@ -243,7 +289,9 @@ impl Runtime {
         // Not on the tracker: checks must never hold the process open; none while draining.
         self.checks.spawn(&shutdown.graceful);
         let mut sockets = Vec::new();
+        let mut kinds = Vec::new();
         for l in self.listeners {
+            kinds.push((l.ctx.clone(), l.limit.clone()));
             for (key, socket) in l.sockets {
                 let socket = Arc::new(socket);
                 sockets.push((key, Arc::downgrade(&socket)));
@@ -258,6 +306,8 @@ impl Runtime {
         Serving {
             upstreams: self.upstreams,
             sockets,
+            kinds,
+            shutdown: shutdown.clone(),
         }
     }
 }

@@ -41,6 +41,11 @@ impl<T, O> Observed<T, O> {
     pub fn get_ref(&self) -> &T {
         &self.inner
     }
+
+    /// The wrapped stream, unwrapped.
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
 }
 
 impl<T: AsyncRead + Unpin, O: IoObserver> AsyncRead for Observed<T, O> {

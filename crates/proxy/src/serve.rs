@@ -58,7 +58,7 @@ impl ListenerKind {
     /// Spawns the task that serves one accepted connection until it ends, holding
     /// `permit` meanwhile. `listening` is the listening socket's address (our end of an
     /// accepted Unix connection).
-    fn spawn(
+    pub(crate) fn spawn(
         &self,
         stream: Stream,
         peer: PeerAddr,

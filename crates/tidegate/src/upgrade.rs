@@ -14,6 +14,8 @@
 //!             (one line per descriptor the message carries, at most FDS_PER_MESSAGE)
 //! new → old   ready NEW          or   error / the reason, line by line
 //! old → new   committed          (the old process has let go of the sockets)
+//! old → new   conn web tcp  /  conn web unix unix:/run/x.sock
+//!             (one per idle keep-alive connection its drain hands over, with the socket)
 //! old exits   → the new process reads end of file
 //! ```
 //!
@@ -28,9 +30,12 @@
 //!
 //! On `ready` the old process disowns its socket files, stops accepting (the admin
 //! socket included, though the request that asked for the upgrade is still answered),
-//! and drains exactly as on SIGTERM (run.rs). It keeps its end of the pair open until
-//! it exits: the new process reads end of file then, which is how it knows that its
-//! predecessor (and that one's on-demand backends) are gone.
+//! and drains exactly as on SIGTERM (run.rs), except that idle keep-alive connections
+//! are handed to the new process instead of closed (`Serving::hand_off_idle`; the new
+//! one serves them with `Serving::adopt`). Tunnels and exchanges in flight stay. It
+//! keeps its end of the pair open until it exits: the new process reads end of file
+//! then, which is how it knows that its predecessor (and that one's on-demand backends)
+//! are gone.
 //!
 //! # One old process at most
 //! A process refuses to start an upgrade while one is starting, once it has handed
@@ -52,6 +57,7 @@ use std::time::Duration;
 use tidegate_net::errno::describe_io_error;
 use tidegate_net::fdpass::{self, Channel};
 use tidegate_proxy::listen::{Inherited, ListenKey, Listener};
+use tidegate_proxy::registry::SockAddr;
 use tidegate_proxy::upstream::on_demand::Children;
 use tidegate_proxy::Serving;
 use tokio::time::Instant;
@@ -657,7 +663,7 @@ pub struct Upgrader {
     handed_over: CancellationToken,
     /// Our end of the handover socket, kept open until we exit (the new process reads
     /// end of file then).
-    kept: Mutex<Vec<Channel>>,
+    kept: Mutex<Vec<Arc<Channel>>>,
 }
 
 impl Upgrader {
@@ -738,6 +744,7 @@ impl Upgrader {
     ) {
         let mut leftover = Some(leftover);
         let mut held = true;
+        let mut adopted: u64 = 0;
         // Bounded: each turn reads a message, the end, or the hold's deadline.
         loop {
             let got = tokio::select! {
@@ -757,6 +764,15 @@ impl Upgrader {
                         "the old process has handed over every socket"
                     );
                 }
+                Ok(Some(m)) if m.bytes.starts_with(b"conn ") => {
+                    adopted += 1;
+                    if let Err(e) = self.adopt(m) {
+                        tracing::warn!(
+                            old_pid = pid,
+                            "an idle connection handed over is closed: {e}"
+                        );
+                    }
+                }
                 Ok(Some(m)) => {
                     tracing::warn!(old_pid = pid, message = %String::from_utf8_lossy(&m.bytes), "unexpected message from the old process; ignored");
                 }
@@ -772,7 +788,38 @@ impl Upgrader {
                 *s = State::Idle;
             }
         }
-        tracing::info!(old_pid = pid, "the old process has exited");
+        tracing::info!(
+            old_pid = pid,
+            idle_connections = adopted,
+            "the old process has exited"
+        );
+    }
+
+    /// Serves an idle connection the old process handed over.
+    fn adopt(&self, m: fdpass::Message) -> Result<(), String> {
+        let text =
+            std::str::from_utf8(&m.bytes).map_err(|_| "a message that is not UTF-8".to_owned())?;
+        let conn = parse_conn(text)?;
+        let mut fds = m.fds.into_iter();
+        let (Some(fd), None) = (fds.next(), fds.next()) else {
+            return Err(format!("{text:?} must carry exactly one descriptor"));
+        };
+        let stream = stream_from_fd(fd, conn.unix.is_some())?;
+        let local = match conn.unix {
+            Some(l) => SockAddr::Unix(l.map(Arc::from)),
+            None => match &stream {
+                tidegate_proxy::endpoint::Stream::Tcp(s) => {
+                    SockAddr::Tcp(s.local_addr().map_err(|e| describe_io_error(&e))?)
+                }
+                tidegate_proxy::endpoint::Stream::Unix(_) => SockAddr::Unix(None),
+            },
+        };
+        let serving = &self
+            .sockets
+            .get()
+            .ok_or_else(|| "not serving yet".to_owned())?
+            .serving;
+        serving.adopt(&conn.listener, local, stream)
     }
 
     /// The old process has let go: the socket files are ours (removed when we stop),
@@ -993,6 +1040,12 @@ impl Upgrader {
         if let Err(e) = channel.send(b"committed", &[]).await {
             tracing::warn!(new_pid, error = %describe_io_error(&e), "cannot tell the new process that the sockets are its own");
         }
+        // Idle keep-alive connections follow the sockets: the drain hands them over
+        // instead of closing them.
+        let channel = Arc::new(channel);
+        let (to, idle) = tokio::sync::mpsc::unbounded_channel();
+        sockets.serving.hand_off_idle(to);
+        tokio::spawn(forward_idle(channel.clone(), idle, new_pid));
         self.kept
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1012,7 +1065,109 @@ impl Upgrader {
     }
 }
 
+/// Sends every idle connection the drain hands off to the new process, one message
+/// each: `conn LISTENER tcp` or `conn LISTENER unix [LOCAL]`, with the socket.
+async fn forward_idle(
+    channel: Arc<Channel>,
+    mut idle: tokio::sync::mpsc::UnboundedReceiver<tidegate_proxy::drain::Handoff>,
+    new_pid: u32,
+) {
+    let mut sent: u64 = 0;
+    // Bounded by the drain: connections are handed off only while it starts.
+    while let Some(h) = idle.recv().await {
+        let conn = Conn {
+            listener: h.listener,
+            unix: match &h.local {
+                SockAddr::Tcp(_) => None,
+                SockAddr::Unix(l) => Some(l.as_deref().map(str::to_owned)),
+            },
+        };
+        let fd = match h.stream {
+            tidegate_proxy::endpoint::Stream::Tcp(s) => s.into_std().map(OwnedFd::from),
+            tidegate_proxy::endpoint::Stream::Unix(s) => s.into_std().map(OwnedFd::from),
+        };
+        match fd {
+            Ok(fd) => match channel
+                .send(encode_conn(&conn).as_bytes(), &[fd.as_fd()])
+                .await
+            {
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    tracing::warn!(new_pid, error = %describe_io_error(&e), "cannot hand an idle connection to the new process; closing it")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(new_pid, error = %describe_io_error(&e), "cannot take an idle connection out of the runtime; closing it")
+            }
+        }
+        // Ours is closed now (dropped): the new process holds the connection.
+        let _ = h.done.send(());
+        tracing::debug!(new_pid, sent, "idle connection handed over");
+    }
+}
+
+/// A handed-over idle connection: its listener, and for a Unix one our end's address
+/// as the registry shows it (`None` inside: unnamed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Conn {
+    listener: String,
+    unix: Option<Option<String>>,
+}
+
+fn encode_conn(c: &Conn) -> String {
+    match &c.unix {
+        None => format!("conn {} tcp", c.listener),
+        Some(None) => format!("conn {} unix", c.listener),
+        Some(Some(local)) => format!("conn {} unix {}", c.listener, escape(local.as_bytes())),
+    }
+}
+
+fn parse_conn(line: &str) -> Result<Conn, String> {
+    let bad = || format!("expected `conn LISTENER tcp|unix [ADDRESS]`, found {line:?}");
+    let mut parts = line.split(' ');
+    if parts.next() != Some("conn") {
+        return Err(bad());
+    }
+    let listener = parts
+        .next()
+        .filter(|n| tidegate_config::parse::is_name(n))
+        .ok_or_else(bad)?;
+    let unix = match (parts.next(), parts.next(), parts.next()) {
+        (Some("tcp"), None, None) => None,
+        (Some("unix"), None, None) => Some(None),
+        (Some("unix"), Some(local), None) => Some(Some(
+            String::from_utf8(unescape(local)?).map_err(|_| bad())?,
+        )),
+        _ => return Err(bad()),
+    };
+    Ok(Conn {
+        listener: listener.to_owned(),
+        unix,
+    })
+}
+
+/// A connected stream socket of the family the message named, registered with tokio.
+fn stream_from_fd(fd: OwnedFd, unix: bool) -> Result<tidegate_proxy::endpoint::Stream, String> {
+    let socket = socket2::Socket::from(fd);
+    let e = |e: std::io::Error| describe_io_error(&e);
+    if socket.r#type().map_err(e)? != socket2::Type::STREAM {
+        return Err("the descriptor is not a stream socket".into());
+    }
+    socket.set_nonblocking(true).map_err(e)?;
+    let local = socket.local_addr().map_err(e)?;
+    match (unix, local.is_unix()) {
+        (false, false) => tokio::net::TcpStream::from_std(socket.into())
+            .map(tidegate_proxy::endpoint::Stream::Tcp)
+            .map_err(e),
+        (true, true) => tokio::net::UnixStream::from_std(socket.into())
+            .map(tidegate_proxy::endpoint::Stream::Unix)
+            .map_err(e),
+        _ => Err("the descriptor is not of the family its message names".into()),
+    }
+}
+
 /// The new process's answer, within [`READY_TIMEOUT`].
+
 async fn wait_answer(
     channel: &Channel,
     child: &mut tokio::process::Child,
@@ -1148,6 +1303,39 @@ mod tests {
         let long = encode_error(&"é".repeat(MAX_ERROR));
         assert!(long.len() <= MAX_ERROR + 16);
         assert!(std::str::from_utf8(&long).is_ok());
+    }
+
+    #[test]
+    fn handed_over_connections_round_trip_and_garbage_is_refused() {
+        for c in [
+            Conn {
+                listener: "web".into(),
+                unix: None,
+            },
+            Conn {
+                listener: "web".into(),
+                unix: Some(None),
+            },
+            Conn {
+                listener: "api-2".into(),
+                unix: Some(Some("unix:/run/a b.sock".into())),
+            },
+        ] {
+            assert_eq!(parse_conn(&encode_conn(&c)), Ok(c));
+        }
+        for bad in [
+            "conn",
+            "conn web",
+            "conn web udp",
+            "conn web tcp extra",
+            "conn we/b tcp",
+            "conn  tcp",
+            "conn web unix a b",
+            "conn web unix %zz",
+            "listen web tcp",
+        ] {
+            assert!(parse_conn(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub fn serve_connection(
     // A child of `hard`: one token to select on closes the connection at the end of
     // the grace or when an operator closes it.
     let close = shutdown.hard.child_token();
+    let local_copy = local.clone();
     let client = ClientConn::registered(ctx.registry.register(NewConn {
         side: Side::Client,
         name: ctx.metrics.name.clone(),
@@ -57,6 +58,7 @@ pub fn serve_connection(
         ctx,
         client,
         shutdown,
+        local: local_copy,
         close,
         peer,
     };
@@ -81,8 +83,20 @@ struct Driver {
     ctx: Arc<HttpListener>,
     client: Arc<ClientConn>,
     shutdown: Shutdown,
+    /// Our end of the socket (for a handoff).
+    local: SockAddr,
     close: tokio_util::sync::CancellationToken,
     peer: PeerAddr,
+}
+
+/// How parking ended.
+enum Park {
+    /// The client sent something: serve it.
+    Readable,
+    /// Close the connection.
+    Close,
+    /// The drain hands idle connections to a new process: this one goes there.
+    HandOff,
 }
 
 impl Driver {
@@ -94,8 +108,12 @@ impl Driver {
         loop {
             // Parked: nothing of hyper's is held while the client is quiet. Bytes put
             // back (a pipelined request hyper had started to read) are served at once.
-            if !io.has_prefix() && !self.park(io.get_ref().get_ref(), fresh).await {
-                return;
+            if !io.has_prefix() {
+                match self.park(io.get_ref().get_ref(), fresh).await {
+                    Park::Readable => {}
+                    Park::Close => return,
+                    Park::HandOff => return self.hand_off(io).await,
+                }
             }
             // Built for each turn (a parked connection keeps none of it).
             let service = super::service::ConnService {
@@ -134,32 +152,67 @@ impl Driver {
     /// should close (false): `idle_timeout`, the drain (an idle connection closes at
     /// once; a `fresh` one, that has sent nothing yet, gets [`FIRST_BYTES_AT_DRAIN`]),
     /// the end of the grace or an operator.
-    async fn park(&self, stream: &Stream, fresh: bool) -> bool {
+    async fn park(&self, stream: &Stream, fresh: bool) -> Park {
         loop {
             if self.shutdown.graceful.is_cancelled() {
+                if self.shutdown.handoff().is_some() {
+                    return Park::HandOff;
+                }
                 if fresh {
-                    return self.first_bytes_at_drain(stream).await;
+                    return match self.first_bytes_at_drain(stream).await {
+                        true => Park::Readable,
+                        false => Park::Close,
+                    };
                 }
                 tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing idle client connection: draining");
-                return false;
+                return Park::Close;
             }
             let Some(wake) = self.next_check() else {
-                return false;
+                return Park::Close;
             };
             tokio::select! {
                 res = stream.readable() => {
                     // An error is hyper's to find (and report) when it reads.
                     let _ = res;
-                    return true;
+                    return Park::Readable;
                 }
                 _ = self.shutdown.graceful.cancelled() => {}
                 _ = self.close.cancelled() => {
                     self.closed();
-                    return false;
+                    return Park::Close;
                 }
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }
+    }
+
+    /// Hands this idle connection to the drain's handoff (a binary upgrade's new
+    /// process) and waits, boundedly, until it is on its way: the task holds the drain
+    /// open until then. Whatever the client sends meanwhile stays in the socket, for the
+    /// new process to read.
+    async fn hand_off(self, io: ClientIo) {
+        let Some(to) = self.shutdown.handoff() else {
+            return;
+        };
+        let Ok(observed) = io.into_inner() else {
+            // Only a connection with nothing put back is parked; a bug otherwise.
+            tracing::error!(listener = %self.ctx.name, peer = %self.peer, "idle connection with unread bytes not handed off (a bug); closing it");
+            return;
+        };
+        let (done, sent) = tokio::sync::oneshot::channel();
+        let handoff = crate::drain::Handoff {
+            listener: self.ctx.name.clone(),
+            local: self.local.clone(),
+            stream: observed.into_inner(),
+            done,
+        };
+        if to.send(handoff).is_err() {
+            tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing idle client connection: nobody takes it over");
+            return;
+        }
+        tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "idle client connection handed off");
+        // The receiver sends (or drops) at once; the bound only guards against a bug.
+        let _ = tokio::time::timeout(HANDOFF_BOUND, sent).await;
     }
 
     /// Draining, and this connection has sent nothing yet: it was accepted before the
@@ -216,14 +269,19 @@ impl Driver {
         // answered), so when the drain comes before hyper has read anything, the
         // shutdown is held until it has (the request is then served, and the connection
         // closes), for at most FIRST_BYTES_AT_DRAIN.
+        //
+        // When the drain hands idle connections to a new process (a binary upgrade),
+        // there is no shutdown at all: the connection is parked as soon as it is idle
+        // (after its exchange in flight, if any), and parking hands it over.
         let reads_at_start = self.client.reads();
         let mut hold: Option<Instant> = None;
         let mut draining = self.shutdown.graceful.is_cancelled();
-        if draining {
+        let mut park_now = draining && self.shutdown.handoff().is_some();
+        if draining && !park_now {
             hold = Some(Instant::now() + FIRST_BYTES_AT_DRAIN);
         }
         // One park attempt per turn: a failed one has turned keep-alive off.
-        let mut may_park = !draining;
+        let mut may_park = !draining || park_now;
         // When the park timer is set to fire (see `Turn`).
         let mut park_at: Option<Instant> = None;
         loop {
@@ -244,6 +302,7 @@ impl Driver {
                 may_park: &mut may_park,
                 park_at: &mut park_at,
                 watch_reads: hold.map(|_| reads_at_start),
+                park_now,
             };
             let step = tokio::select! {
                 // First: what the client did must be seen before hyper sends a response
@@ -257,6 +316,10 @@ impl Driver {
                 step = turn => step,
                 _ = self.shutdown.graceful.cancelled(), if !draining => {
                     draining = true;
+                    if self.shutdown.handoff().is_some() {
+                        park_now = true;
+                        continue;
+                    }
                     may_park = false;
                     if fresh && self.client.reads() == reads_at_start {
                         hold = Some(Instant::now() + FIRST_BYTES_AT_DRAIN);
@@ -380,6 +443,9 @@ enum Step {
     Rearm,
 }
 
+/// How long a connection task waits for its handoff to be on its way.
+const HANDOFF_BOUND: Duration = Duration::from_secs(5);
+
 /// During the drain, how long a connection accepted just before it may take to send its
 /// first bytes before it is closed unserved (see `Driver::first_bytes_at_drain`): the
 /// bytes of a client that connected follow within a round trip, and the bound keeps a
@@ -412,6 +478,9 @@ struct Turn<'a> {
     /// While the drain's shutdown is held for a first read: the read count to watch
     /// (any read ends the turn, so the driver shuts down gracefully at once).
     watch_reads: Option<u32>,
+    /// Park as soon as the connection is idle, not `PARK_AFTER` later (the drain hands
+    /// idle connections over).
+    park_now: bool,
 }
 
 impl Future for Turn<'_> {
@@ -437,7 +506,12 @@ impl Future for Turn<'_> {
         // A connection that went idle is parked only once it has stayed idle for
         // `PARK_AFTER`; until then the park timer wakes the driver. One timer at a time:
         // a client that keeps sending resets nothing per request.
-        let Some(due) = this.client.park_due(PARK_AFTER) else {
+        let after = if this.park_now {
+            Duration::ZERO
+        } else {
+            PARK_AFTER
+        };
+        let Some(due) = this.client.park_due(after) else {
             return Poll::Pending;
         };
         if due > Instant::now() {

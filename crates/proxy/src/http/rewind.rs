@@ -50,6 +50,16 @@ impl<T> Rewind<T> {
     pub fn get_ref(&self) -> &T {
         &self.inner
     }
+
+    /// The wrapped stream, or `Err(self)` while bytes put back are unread (they would
+    /// be lost).
+    pub fn into_inner(self) -> Result<T, Self> {
+        if self.has_prefix() {
+            Err(self)
+        } else {
+            Ok(self.inner)
+        }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {

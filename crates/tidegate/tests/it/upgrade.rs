@@ -540,3 +540,40 @@ fn child_pid(resp: &tidegate_testkit::Response) -> anyhow::Result<u32> {
         .and_then(|p| p.parse().ok())
         .with_context(|| format!("no pid in {text:?}"))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_move_to_the_new_process() -> anyhow::Result<()> {
+    let mut tg = Tidegate::start(bin(), &config(None)).await?;
+    let mut conns = Vec::new();
+    for addr in tg.addrs("web") {
+        let mut c = connect(&addr).await?;
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+        let r = c.read_response(SOON).await?;
+        assert_eq!(r.text(), "hello\n", "{addr}");
+        conns.push(c);
+    }
+    let old = tg.pid();
+    upgrade(&mut tg).await?;
+    tg.wait_gone(old, EXIT).await?;
+    // The old process is gone: the same connections are served by the new one.
+    for c in &mut conns {
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+        let r = c.read_response(SOON).await?;
+        assert_eq!(r.text(), "hello\n", "{}", c.addr());
+    }
+    let tcp = conns
+        .iter()
+        .find_map(|c| c.local_addr())
+        .context("a TCP connection")?;
+    let out = ctl(&tg, &["--json", "conns"]).await?;
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert!(
+        listed
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c["peer"] == tcp.to_string())),
+        "the new process does not list {tcp}: {listed}"
+    );
+    let line = tg.wait_log("the old process has exited", SOON).await?;
+    assert!(line.contains("idle_connections=2"), "{line}");
+    Ok(())
+}
