@@ -1167,7 +1167,6 @@ fn stream_from_fd(fd: OwnedFd, unix: bool) -> Result<tidegate_proxy::endpoint::S
 }
 
 /// The new process's answer, within [`READY_TIMEOUT`].
-
 async fn wait_answer(
     channel: &Channel,
     child: &mut tokio::process::Child,
