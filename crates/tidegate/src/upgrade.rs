@@ -695,22 +695,30 @@ impl Upgrader {
     /// docs); the handed-over sockets no address of the config took are closed once
     /// the old process has let go of them.
     pub async fn serving(self: &Arc<Self>, serving: Serving, admin: AdminSocket, startup: Startup) {
-        if self.sockets.set(Sockets { serving, admin }).is_err() {
-            tracing::error!("the upgrader was given the sockets twice (a bug)");
-        }
         let Startup {
             from,
             mut inherited,
             admin: mut admin_left,
             release,
         } = startup;
+        if let Some((_, header)) = &from {
+            // Before the sockets are set: no upgrade may start while the predecessor
+            // drains.
+            let until = Instant::now() + header.drain;
+            *self.lock() = State::Predecessor {
+                pid: header.pid,
+                until,
+            };
+        }
+        if self.sockets.set(Sockets { serving, admin }).is_err() {
+            tracing::error!("the upgrader was given the sockets twice (a bug)");
+        }
         let Some((channel, header)) = from else {
             release.cancel();
             return;
         };
         let pid = header.pid;
         let until = Instant::now() + header.drain;
-        *self.lock() = State::Predecessor { pid, until };
         let mut leftover: Vec<(ListenKey, Listener)> = inherited.drain().collect();
         leftover.extend(admin_left.drain());
         for (key, _) in &leftover {
