@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 /// How long stopping the admin server may take (it closes everything at once; the
 /// bound only guards against a bug).
 const STOP_BOUND: Duration = Duration::from_secs(1);
+/// After a handover, how long the old process's admin clients may take to finish.
+const HANDED_OVER_GRACE: Duration = Duration::from_secs(2);
 
 /// The default admin socket for this process: `$XDG_RUNTIME_DIR/tidegate/admin.sock`,
 /// else `/run/tidegate/admin.sock` for root, else `/tmp/tidegate-$UID/admin.sock`.
@@ -164,8 +166,20 @@ impl AdminServer {
         self.socket.clone()
     }
 
-    /// Closes the admin socket (removing its file) and every admin connection.
-    pub async fn stop(self) {
+    /// Closes the admin socket (removing its file) and every admin connection. After a
+    /// handover (a binary upgrade) the socket is the new process's: the clients this
+    /// process had accepted get [`HANDED_OVER_GRACE`] to finish their exchange first
+    /// (`ctl` closes once answered), so none is cut off mid-request.
+    pub async fn stop(mut self) {
+        if self.socket.stop_accepting.is_cancelled() {
+            // The server's task ends by itself once its last client has closed.
+            if tokio::time::timeout(HANDED_OVER_GRACE, &mut self.task)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
         self.stop.cancel();
         if tokio::time::timeout(STOP_BOUND, self.task).await.is_err() {
             tracing::warn!("the admin server did not stop in time; exiting anyway");

@@ -993,13 +993,17 @@ impl Upgrader {
         // Our references must not keep a socket open once its accept loop stops.
         drop(entries);
         drop(admin);
-        let answer = if let Err(e) = sent {
-            Err(format!(
-                "cannot send the sockets: {}",
-                describe_io_error(&e)
-            ))
-        } else {
-            wait_answer(&channel, &mut child).await
+        let answer = match sent {
+            Ok(()) => wait_answer(&channel, &mut child).await,
+            // It gave up before taking the sockets (a config error): its reason is
+            // queued for us all the same.
+            Err(e) => match wait_answer(&channel, &mut child).await {
+                Ok(Reply::Error(m)) => Ok(Reply::Error(m)),
+                _ => Err(format!(
+                    "cannot send the sockets: {}",
+                    describe_io_error(&e)
+                )),
+            },
         };
         let reply = match answer {
             Ok(r) => r,

@@ -273,7 +273,8 @@ impl Driver {
         // When the drain hands idle connections to a new process (a binary upgrade),
         // there is no shutdown at all: the connection is parked as soon as it is idle
         // (after its exchange in flight, if any), and parking hands it over.
-        let reads_at_start = self.client.reads();
+        // Bytes, not read attempts: hyper may have tried (and found nothing) already.
+        let bytes_at_start = self.client.conn().bytes_in();
         let mut hold: Option<Instant> = None;
         let mut draining = self.shutdown.graceful.is_cancelled();
         let mut park_now = draining && self.shutdown.handoff().is_some();
@@ -286,7 +287,7 @@ impl Driver {
         let mut park_at: Option<Instant> = None;
         loop {
             if let Some(until) = hold {
-                if self.client.reads() != reads_at_start || Instant::now() >= until {
+                if self.client.conn().bytes_in() != bytes_at_start || Instant::now() >= until {
                     hold = None;
                     Pin::new(&mut *conn).graceful_shutdown();
                 }
@@ -301,7 +302,7 @@ impl Driver {
                 client: &self.client,
                 may_park: &mut may_park,
                 park_at: &mut park_at,
-                watch_reads: hold.map(|_| reads_at_start),
+                watch_bytes: hold.map(|_| bytes_at_start),
                 park_now,
             };
             let step = tokio::select! {
@@ -321,7 +322,7 @@ impl Driver {
                         continue;
                     }
                     may_park = false;
-                    if fresh && self.client.reads() == reads_at_start {
+                    if fresh && self.client.conn().bytes_in() == 0 {
                         hold = Some(Instant::now() + FIRST_BYTES_AT_DRAIN);
                     } else {
                         Pin::new(&mut *conn).graceful_shutdown();
@@ -475,9 +476,9 @@ struct Turn<'a> {
     /// The park timer: set (by the driver, on [`Step::SetParkTimer`]) to when the idle
     /// connection is due to park; `None` when it is not set.
     park_at: &'a mut Option<Instant>,
-    /// While the drain's shutdown is held for a first read: the read count to watch
-    /// (any read ends the turn, so the driver shuts down gracefully at once).
-    watch_reads: Option<u32>,
+    /// While the drain's shutdown is held for a first read: the client's byte count to
+    /// watch (any byte ends the turn, so the driver shuts down gracefully at once).
+    watch_bytes: Option<u64>,
     /// Park as soon as the connection is idle, not `PARK_AFTER` later (the drain hands
     /// idle connections over).
     park_now: bool,
@@ -492,7 +493,10 @@ impl Future for Turn<'_> {
         if let Poll::Ready(res) = Pin::new(&mut *conn).poll(cx) {
             return Poll::Ready(Step::Ended(res));
         }
-        if this.watch_reads.is_some_and(|r| this.client.reads() != r) {
+        if this
+            .watch_bytes
+            .is_some_and(|b| this.client.conn().bytes_in() != b)
+        {
             return Poll::Ready(Step::Rearm);
         }
         // The service set the exchange's idle limit during that poll: the driver looks

@@ -577,3 +577,68 @@ async fn idle_keep_alive_connections_move_to_the_new_process() -> anyhow::Result
     assert!(line.contains("idle_connections=2"), "{line}");
     Ok(())
 }
+
+#[tokio::test]
+async fn garbage_from_the_old_process_is_a_clear_startup_error() -> anyhow::Result<()> {
+    use std::os::fd::AsFd as _;
+    use tidegate_net::fdpass::{self, Channel};
+
+    let dir = tempfile::tempdir()?;
+    let config_path = dir.path().join("tidegate.toml");
+    std::fs::write(&config_path, config(None))?;
+    let null = std::fs::File::open("/dev/null")?;
+    let cases: [(&[&[u8]], &str); 3] = [
+        (&[b"hello there"], "not a handover from tidegate"),
+        (
+            &[
+                b"tidegate-upgrade 1\npid 1\ndrain_ms 1\nsockets 1\n",
+                b"listen tcp 127.0.0.1:1\n",
+            ],
+            "127.0.0.1:1: not a socket (ENOTSOCK)",
+        ),
+        (
+            &[
+                b"tidegate-upgrade 1\npid 1\ndrain_ms 1\nsockets 1\n",
+                b"listen tcp nowhere\n",
+            ],
+            "not an IP:PORT address",
+        ),
+    ];
+    for (messages, says) in cases {
+        let (ours, theirs) = fdpass::pair()?;
+        let ours = Channel::new(ours)?;
+        let child = tokio::process::Command::new(bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(dir.path())
+            .env("XDG_RUNTIME_DIR", dir.path())
+            .env("TIDEGATE_UPGRADE_FD", "0")
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        for (i, m) in messages.iter().enumerate() {
+            // The second message of a case carries a descriptor that is not a socket.
+            let fds = if i == 1 { vec![null.as_fd()] } else { vec![] };
+            ours.send(m, &fds).await?;
+        }
+        let reply = tokio::time::timeout(SOON, ours.recv())
+            .await??
+            .context("no answer")?;
+        let reply = text(&reply.bytes);
+        assert!(
+            reply.starts_with("error\n") && reply.contains(says),
+            "{says}: {reply}"
+        );
+        let out = tokio::time::timeout(SOON, child.wait_with_output()).await??;
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{says}: {err}");
+        assert!(
+            err.contains(says) && !err.contains("panicked"),
+            "{says}: {err}"
+        );
+    }
+    Ok(())
+}
