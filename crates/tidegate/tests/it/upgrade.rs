@@ -487,7 +487,7 @@ stop_timeout = "2s"
     let mut tg = Tidegate::start(bin(), &config).await?;
     let addr = tcp_addr_of(&tg, "web")?;
     let first = get(&addr, "/", "x").await?;
-    let old_child = child_pid(&first)?;
+    let old_child = crate::on_demand::pid_of(&first)?;
     // A request in flight to the old process's child keeps it (and the old process's
     // drain) alive across the upgrade.
     let slow = tokio::spawn({
@@ -506,10 +506,10 @@ stop_timeout = "2s"
     // The new process serves this one, with a child of its own, started only once the
     // old process's child has exited.
     let second = get(&addr, "/", "x").await?;
-    let new_child = child_pid(&second)?;
+    let new_child = crate::on_demand::pid_of(&second)?;
     assert_ne!(new_child, old_child);
     assert_eq!(
-        child_pid(&slow.await??)?,
+        crate::on_demand::pid_of(&slow.await??)?,
         old_child,
         "finished in the old process"
     );
@@ -529,16 +529,6 @@ fn tcp_addr_of(tg: &Tidegate, listener: &str) -> anyhow::Result<Addr> {
         .into_iter()
         .find(|a| matches!(a, Addr::Tcp(_)))
         .with_context(|| format!("no TCP address for {listener}"))
-}
-
-/// The lazy app's `pid=N` answer.
-fn child_pid(resp: &tidegate_testkit::Response) -> anyhow::Result<u32> {
-    let text = resp.text();
-    ensure!(resp.status == 200, "{} {text:?}", resp.status);
-    text.strip_prefix("pid=")
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .with_context(|| format!("no pid in {text:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
