@@ -562,9 +562,32 @@ impl Tidegate {
     }
 }
 
+/// Every process still running this instance's config (`run --config PATH`): the one
+/// started and any a binary upgrade started after it, followed or not (a test that
+/// failed half-way through an upgrade must leave none behind).
+fn instances_of(config_path: &Path) -> Vec<u32> {
+    let needle = config_path.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == needle))
+        })
+        .collect()
+}
+
 impl Drop for Tidegate {
     fn drop(&mut self) {
-        for &pid in &self.upgraded {
+        let mut pids = self.upgraded.clone();
+        for pid in instances_of(&self.config_path) {
+            if pid != self.pid && !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+        for pid in pids {
             if !crate::procfs::process_gone(pid) {
                 if let Ok(raw) = i32::try_from(pid) {
                     let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
