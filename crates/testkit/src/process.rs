@@ -267,8 +267,10 @@ fn lock(logs: &Logs) -> MutexGuard<'_, Vec<String>> {
 /// Its working directory and `XDG_RUNTIME_DIR` are its directory (so relative `unix:`
 /// paths and the default admin socket are per instance), `NO_COLOR=1` is set, and stdout
 /// and stderr are captured line by line (ANSI codes removed) into [`Tidegate::logs`].
-/// Dropping it sends SIGKILL and reaps the process; it also dies (PR_SET_PDEATHSIG) if
-/// the thread that started it exits, so even an aborted test run leaves none behind.
+/// Dropping it sends SIGKILL and reaps the process (and kills any process a binary
+/// upgrade started on the same config); it also dies (PR_SET_PDEATHSIG) if the thread
+/// that started it exits, so even an aborted test run leaves none behind. (A process an
+/// upgrade started is not covered by PR_SET_PDEATHSIG: only the drop kills it.)
 pub struct Tidegate {
     child: Child,
     pid: u32,
