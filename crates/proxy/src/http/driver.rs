@@ -219,8 +219,8 @@ impl Driver {
     /// listener closed (a binary upgrade hands the listener to a new process while this
     /// one drains), so its client is about to send a request it has every right to have
     /// answered. It gets [`FIRST_BYTES_AT_DRAIN`] for its first bytes; then its first
-    /// request is served (hyper's graceful shutdown of a connection that has not read a
-    /// request yet serves one, then closes).
+    /// request is served (`Driver::serve` holds hyper's graceful shutdown until hyper
+    /// has read it, since hyper closes a connection that has read nothing at once).
     async fn first_bytes_at_drain(&self, stream: &Stream) -> bool {
         tokio::select! {
             biased;
