@@ -267,7 +267,7 @@ pub struct AdminClientView {
     /// Requests it made.
     pub requests: u64,
     /// A request has begun arriving and is not whole yet: this client is not evicted
-    /// for a newcomer.
+    /// for a newcomer (nor is one whose answer is being computed, an upgrade).
     pub in_request: bool,
 }
 
@@ -350,6 +350,18 @@ pub struct ReloadChange {
     pub connections: u64,
     /// What happens to them (or why it waits for an upgrade or restart).
     pub effect: String,
+}
+
+/// Answer of `POST /v1/upgrade`: the new process has reported ready and serves every
+/// listening socket now; the old one (which answers) drains and exits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeView {
+    /// The process that answered, now draining.
+    pub old_pid: u32,
+    /// The new process, serving.
+    pub new_pid: u32,
+    /// What happened, in words.
+    pub message: String,
 }
 
 /// Every error answer: `{"error": "...", "detail": ...}`.

@@ -25,8 +25,15 @@ pub mod server;
 
 pub use api::*;
 
+use std::future::Future;
+use std::pin::Pin;
+
+/// An answer [`Control`] computes over time (an upgrade waits for a new process).
+pub type Pending<T> = Pin<Box<dyn Future<Output = Result<T, ControlError>> + Send + 'static>>;
+
 /// What the admin server needs from the running proxy. Every method is cheap and never
-/// blocks (a snapshot of atomics and short-held locks).
+/// blocks (a snapshot of atomics and short-held locks), except [`Control::upgrade`],
+/// whose answer is a future.
 pub trait Control: Send + Sync + 'static {
     /// `GET /v1/status`.
     fn status(&self) -> Status;
@@ -48,6 +55,15 @@ pub trait Control: Send + Sync + 'static {
     fn reload(&self, dry_run: bool) -> Result<ReloadView, ControlError>;
     /// `GET /metrics`: Prometheus text exposition.
     fn metrics(&self) -> String;
+    /// `POST /v1/upgrade`: starts the binary again, hands it every listening socket and
+    /// resolves once it reported ready (or failed). The default: not supported.
+    fn upgrade(&self) -> Pending<UpgradeView> {
+        Box::pin(async {
+            Err(ControlError::NotImplemented(
+                "binary upgrade is not supported by this server".to_owned(),
+            ))
+        })
+    }
 }
 
 /// Why a control action failed; the server maps it to a status and an
@@ -67,6 +83,18 @@ pub enum ControlError {
         message: String,
         /// Every error, `file:line:col: key: message`.
         errors: Vec<String>,
+    },
+    /// 409: refused because of what is going on (an upgrade in progress).
+    #[error("{0}")]
+    Conflict(String),
+    /// 500: the action was tried and failed (a new process that did not start); nothing
+    /// changed. `detail`: more lines (the new process's error, line by line).
+    #[error("{message}")]
+    Failed {
+        /// Summary.
+        message: String,
+        /// More, line by line.
+        detail: Vec<String>,
     },
     /// 501: not built yet.
     #[error("{0}")]

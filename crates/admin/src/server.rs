@@ -116,6 +116,30 @@ pub async fn serve(
     limits: Limits,
     stop: CancellationToken,
 ) {
+    serve_with(
+        Arc::new(listener),
+        control,
+        limits,
+        stop,
+        CancellationToken::new(),
+    )
+    .await;
+}
+
+/// [`serve`], and when `stop_accepting` is cancelled (the socket has been handed to a
+/// new process in a binary upgrade) it stops accepting and drops its hold on the
+/// listener at once, but keeps serving the clients it has (the one whose
+/// `POST /v1/upgrade` is being answered among them) until they close or `stop` fires.
+/// The listener is an `Arc` so the caller can reach the socket to hand it over; keep
+/// only a `Weak` to it, or the socket stays open (and queues connections) after this
+/// server has stopped accepting.
+pub async fn serve_with(
+    listener: Arc<Listener>,
+    control: Arc<dyn Control>,
+    limits: Limits,
+    stop: CancellationToken,
+    stop_accepting: CancellationToken,
+) {
     let address = listener.local_addr().clone();
     let tcp = match &address {
         tidegate_net::listen::LocalAddr::Tcp(a) => Some(a.ip()),
@@ -142,6 +166,7 @@ pub async fn serve(
         let accepted = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
+            _ = stop_accepting.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -210,6 +235,14 @@ pub async fn serve(
     }
     drop(listener);
     tracing::debug!(listener = %"admin", %address, "admin listener closed");
+    if !stop.is_cancelled() {
+        // Handed over: the clients we have finish (bounded by their timers) unless the
+        // final stop comes first.
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = async { while tasks.join_next().await.is_some() {} } => {}
+        }
+    }
     // Every task ends at once on `stop`; refusals are aborted.
     tasks.shutdown().await;
 }
@@ -298,14 +331,16 @@ async fn respond(
             return to_response(answer);
         }
     };
-    activity.request_read();
+    activity.answering();
     let answer = handle(
         shared.control.as_ref(),
         &|| shared.slots.views(),
         parts.method.as_str(),
         parts.uri.path(),
         &body,
-    );
+    )
+    .await;
+    activity.answered();
     to_response(answer)
 }
 

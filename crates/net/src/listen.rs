@@ -19,7 +19,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use socket2::{Socket, Type};
@@ -327,6 +327,20 @@ impl Listener {
     /// `fd:N` fails at startup rather than at the first accept. Must be called inside
     /// a tokio runtime.
     pub fn from_fd(fd: OwnedFd, owns_file: bool) -> io::Result<Listener> {
+        Listener::adopt(fd, owns_file, None)
+    }
+
+    /// [`Listener::from_fd`] for a Unix socket handed over by the old process of a
+    /// binary upgrade, serving the file at `path` (owned from now on, removed on drop if
+    /// still the same). The path is given because the socket's own address cannot say
+    /// it: a socket is bound under a temporary name and then renamed into place (see the
+    /// `unix` submodule), and `getsockname` still reports the temporary name. Refuses a
+    /// TCP socket.
+    pub fn from_fd_at(fd: OwnedFd, path: &Path) -> io::Result<Listener> {
+        Listener::adopt(fd, true, Some(path))
+    }
+
+    fn adopt(fd: OwnedFd, owns_file: bool, at: Option<&Path>) -> io::Result<Listener> {
         let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(invalid("not called inside a tokio runtime".into()));
@@ -335,6 +349,12 @@ impl Listener {
         let socket = Socket::from(fd);
         socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
+        if let (Some(_), Some(p)) = (local.as_socket(), at) {
+            return Err(invalid(format!(
+                "the socket for {} is a TCP socket",
+                p.display()
+            )));
+        }
         if let Some(sa) = local.as_socket() {
             let listener = TcpListener::from_std(socket.into())?;
             return Ok(Listener {
@@ -347,7 +367,10 @@ impl Listener {
         }
         if local.is_unix() {
             // An abstract or unnamed socket has no file to own.
-            let path = local.as_pathname().map(|p| p.to_path_buf());
+            let path = match at {
+                Some(p) => Some(p.to_path_buf()),
+                None => local.as_pathname().map(|p| p.to_path_buf()),
+            };
             let file = match (&path, owns_file) {
                 (Some(p), true) => Some(unix::SocketFile::adopt(p.clone())?),
                 _ => None,
@@ -391,6 +414,16 @@ impl Listener {
     pub fn disown(&self) {
         if let Inner::Unix { file: Some(f), .. } = &self.inner {
             f.disown();
+        }
+    }
+
+    /// Undoes [`Listener::disown`]: the file is removed on drop again (if still the
+    /// same). A new process of an upgrade disowns the sockets it was handed until the
+    /// old process has let go of them, so that a failed start never removes the files
+    /// the old one still serves; then it reclaims them.
+    pub fn reclaim(&self) {
+        if let Inner::Unix { file: Some(f), .. } = &self.inner {
+            f.reclaim();
         }
     }
 }
@@ -716,6 +749,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_handed_over_unix_socket_serves_the_path_it_was_renamed_to() {
+        let dir = temp_dir("fromfdat");
+        let path = dir.join("b.sock");
+        let addr =
+            tidegate_config::parse::listen_addr(&format!("unix:{}", path.display()), &dir).unwrap();
+        let bound = Listener::bind(&addr, TcpOptions::default()).unwrap();
+        let fd = bound.as_fd().try_clone_to_owned().unwrap();
+        bound.disown();
+        drop(bound);
+        let l = Listener::from_fd_at(fd, &path).unwrap();
+        assert_eq!(l.local_addr(), &LocalAddr::Unix(path.clone()));
+        let client = tokio::net::UnixStream::connect(&path);
+        let (accepted, _) = tokio::join!(l.accept(), client);
+        assert!(matches!(accepted.unwrap().0, Stream::Unix(_)));
+        drop(l);
+        assert!(!path.exists(), "owned: removed on drop");
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(Listener::from_fd_at(OwnedFd::from(tcp), &path).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
     async fn a_unix_socket_file_is_removed_on_drop_only_when_owned_and_not_disowned() {
         let dir = temp_dir("fromfd");
         let path = dir.join("a.sock");
@@ -729,6 +784,11 @@ mod tests {
             assert_eq!(l.local_addr(), &LocalAddr::Unix(path.clone()));
             if disown {
                 l.disown();
+            }
+            if owns && !disown {
+                // Disowned, then reclaimed: owned again.
+                l.disown();
+                l.reclaim();
             }
             drop(l);
             assert_eq!(!path.exists(), removed, "owns {owns} disown {disown}");

@@ -3,7 +3,8 @@
 //!
 //! Invariants: every connection task is spawned on [`Shutdown::tracker`], so the binary
 //! can wait for all of them; `graceful` is cancelled first (stop accepting, finish
-//! in-flight exchanges, close idle keep-alive connections), `hard` later (close
+//! in-flight exchanges, close idle keep-alive connections — or, while a binary upgrade
+//! exports connections, hand them over: see [`crate::handoff`]), `hard` later (close
 //! everything now). The grace period itself lives in the binary.
 
 use tokio_util::sync::CancellationToken;

@@ -84,9 +84,10 @@ impl ListenerKind {
         }
     }
 
-    /// Spawns the connection's task on the tracker. `listening` is the address the
-    /// socket listens on; the connection's own local address is read from it.
-    fn spawn(
+    /// Spawns the task that serves one accepted connection until it ends, holding
+    /// `permit` meanwhile. `listening` is the listening socket's address (our end of an
+    /// accepted Unix connection).
+    pub(crate) fn spawn(
         &self,
         stream: Stream,
         peer: PeerAddr,

@@ -283,12 +283,17 @@ pub struct Launch {
 /// Its working directory and `XDG_RUNTIME_DIR` are its directory (so relative `unix:`
 /// paths and the default admin socket are per instance), `NO_COLOR=1` is set, and stdout
 /// and stderr are captured line by line (ANSI codes removed) into [`Tidegate::logs`].
-/// Dropping it sends SIGKILL and reaps the process; it also dies (PR_SET_PDEATHSIG) if
-/// the thread that started it exits, so even an aborted test run leaves none behind.
+/// Dropping it sends SIGKILL and reaps the process (and kills any process a binary
+/// upgrade started on the same config); it also dies (PR_SET_PDEATHSIG) if the thread
+/// that started it exits, so even an aborted test run leaves none behind. (A process an
+/// upgrade started is not covered by PR_SET_PDEATHSIG: only the drop kills it.)
 pub struct Tidegate {
     bin: PathBuf,
     child: Child,
     pid: u32,
+    /// Processes later binary upgrades started, oldest first (not our children: each
+    /// outlives the process that started it). The last one serves.
+    upgraded: Vec<u32>,
     exit: Option<ExitStatus>,
     config_path: PathBuf,
     logs: Logs,
@@ -400,6 +405,7 @@ impl Tidegate {
             bin: bin.to_path_buf(),
             child,
             pid,
+            upgraded: Vec::new(),
             exit: None,
             config_path,
             logs,
@@ -470,9 +476,39 @@ impl Tidegate {
             .with_context(|| format!("run {} check", bin.display()))
     }
 
-    /// The process id.
+    /// The process id of the process serving: the one started, or the last one a
+    /// binary upgrade started ([`Tidegate::follow`]).
     pub fn pid(&self) -> u32 {
+        self.upgraded.last().copied().unwrap_or(self.pid)
+    }
+
+    /// The process this handle started.
+    pub fn first_pid(&self) -> u32 {
         self.pid
+    }
+
+    /// A binary upgrade started `pid`, which serves from now on: [`Tidegate::pid`] and
+    /// [`Tidegate::signal`] name it, and dropping this handle kills it too. Its log lines
+    /// arrive with the others (it inherits the stderr of the process that started it).
+    pub fn follow(&mut self, pid: u32) {
+        self.upgraded.push(pid);
+    }
+
+    /// Waits until process `pid` has exited: gone, or a zombie nobody has reaped yet.
+    /// A timeout is an error carrying the logs.
+    pub async fn wait_gone(&self, pid: u32, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        // Bounded by the deadline.
+        while !crate::procfs::process_gone(pid) {
+            if Instant::now() >= deadline {
+                bail!(
+                    "process {pid} still running after {within:?}; logs:\n{}",
+                    self.logs().join("\n")
+                );
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+        Ok(())
     }
 
     /// The directory holding `tidegate.toml` (and the process's working directory).
@@ -517,6 +553,11 @@ impl Tidegate {
     /// Sends `sig` to the process. An error once it has been reaped (its pid may be
     /// someone else's by then).
     pub fn signal(&self, sig: Signal) -> anyhow::Result<()> {
+        if let Some(&pid) = self.upgraded.last() {
+            let pid = i32::try_from(pid).context("pid out of range")?;
+            return nix::sys::signal::kill(Pid::from_raw(pid), sig)
+                .with_context(|| format!("kill -{sig} {pid}"));
+        }
         if let Some(status) = self.exit {
             bail!("tidegate (pid {}) already exited ({status})", self.pid);
         }
@@ -573,8 +614,38 @@ impl Tidegate {
     }
 }
 
+/// Every process still running this instance's config (`run --config PATH`): the one
+/// started and any a binary upgrade started after it, followed or not (a test that
+/// failed half-way through an upgrade must leave none behind).
+fn instances_of(config_path: &Path) -> Vec<u32> {
+    let needle = config_path.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == needle))
+        })
+        .collect()
+}
+
 impl Drop for Tidegate {
     fn drop(&mut self) {
+        let mut pids = self.upgraded.clone();
+        for pid in instances_of(&self.config_path) {
+            if pid != self.pid && !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+        for pid in pids {
+            if !crate::procfs::process_gone(pid) {
+                if let Ok(raw) = i32::try_from(pid) {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
+                }
+            }
+        }
         if self.exit.is_none() {
             let _ = self.child.start_kill();
             // SIGKILL cannot be caught, so this ends quickly; bounded all the same.

@@ -16,13 +16,15 @@ use tidegate_admin::server::{self, Limits};
 use tidegate_admin::Control;
 use tidegate_config::{defaults, Config, ListenAddr, UnixListen};
 use tidegate_proxy::endpoint::TcpOptions;
-use tidegate_proxy::listen::{Inherited, ListenError, Listener, LocalAddr};
+use tidegate_proxy::listen::{Inherited, ListenError, ListenKey, Listener, LocalAddr};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// How long stopping the admin server may take (it closes everything at once; the
 /// bound only guards against a bug).
 const STOP_BOUND: Duration = Duration::from_secs(1);
+/// After a handover, how long the old process's admin clients may take to finish.
+const HANDED_OVER_GRACE: Duration = Duration::from_secs(2);
 
 /// The default admin socket for this process: `$XDG_RUNTIME_DIR/tidegate/admin.sock`,
 /// else `/run/tidegate/admin.sock` for root, else `/tmp/tidegate-$UID/admin.sock`.
@@ -76,6 +78,7 @@ pub fn client_addr(config: &Config) -> Result<AdminAddr, String> {
 pub struct AdminServer {
     stop: CancellationToken,
     task: JoinHandle<()>,
+    socket: crate::upgrade::AdminSocket,
 }
 
 /// Binds the admin socket of `config` (or takes it from `inherited`, where a socket
@@ -120,13 +123,20 @@ pub fn start(
     }
     tracing::info!(listener = %"admin", address = %listener.local_addr(), "listening");
     let stop = CancellationToken::new();
-    let task = tokio::spawn(server::serve(
+    let listener = Arc::new(listener);
+    let socket = crate::upgrade::AdminSocket {
+        key: ListenKey::of(&addr),
+        listener: Arc::downgrade(&listener),
+        stop_accepting: CancellationToken::new(),
+    };
+    let task = tokio::spawn(server::serve_with(
         listener,
         control,
         Limits::from(&config.admin),
         stop.clone(),
+        socket.stop_accepting.clone(),
     ));
-    Ok(AdminServer { stop, task })
+    Ok(AdminServer { stop, task, socket })
 }
 
 /// Says what to do about a socket another process holds: with the default path that is
@@ -162,8 +172,25 @@ fn warn_if_not_loopback(a: SocketAddr) {
 // === impl AdminServer ===
 
 impl AdminServer {
-    /// Closes the admin socket (removing its file) and every admin connection.
-    pub async fn stop(self) {
+    /// Its socket, for a binary upgrade to hand over.
+    pub fn socket(&self) -> crate::upgrade::AdminSocket {
+        self.socket.clone()
+    }
+
+    /// Closes the admin socket (removing its file) and every admin connection. After a
+    /// handover (a binary upgrade) the socket is the new process's: the clients this
+    /// process had accepted get [`HANDED_OVER_GRACE`] to finish their exchange first
+    /// (`ctl` closes once answered), so none is cut off mid-request.
+    pub async fn stop(mut self) {
+        if self.socket.stop_accepting.is_cancelled() {
+            // The server's task ends by itself once its last client has closed.
+            if tokio::time::timeout(HANDED_OVER_GRACE, &mut self.task)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
         self.stop.cancel();
         if tokio::time::timeout(STOP_BOUND, self.task).await.is_err() {
             tracing::warn!("the admin server did not stop in time; exiting anyway");

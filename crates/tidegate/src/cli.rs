@@ -104,6 +104,9 @@ pub enum CtlCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Start the binary again (the file tidegate was started from, so a replaced file
+    /// is picked up) and hand it every listening socket; the old process drains.
+    Upgrade,
     /// Who holds admin API slots.
     Clients,
     /// The Prometheus metrics.

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use tidegate_admin::{
     ConnProtocol, ConnSide, ConnState, ConnectionView, Control, ControlError, Health, ListenerView,
-    OnDemandState, OnDemandView, ProcessState, ReloadChange, ReloadView, ServerState, ServerView,
-    Status, UpstreamSide, UpstreamView,
+    OnDemandState, OnDemandView, Pending, ProcessState, ReloadChange, ReloadView, ServerState,
+    ServerView, Status, UpgradeView, UpstreamSide, UpstreamView,
 };
 use tidegate_config::Config;
 use tidegate_proxy::metrics::Metrics;
@@ -35,6 +35,8 @@ pub struct Live {
     /// Told when a reload starts applying and when it is done (systemd's
     /// `RELOADING=1` and `READY=1`).
     on_reload: ReloadHook,
+    /// Set once the runtime serves (`POST /v1/upgrade` before that: try again).
+    upgrader: OnceLock<Arc<crate::upgrade::Upgrader>>,
 }
 
 /// Told where a reload is, with a status line for an operator (systemd's `STATUS=`).
@@ -79,6 +81,7 @@ impl Live {
             source,
             reloading: Mutex::new(()),
             on_reload,
+            upgrader: OnceLock::new(),
             config: config.source.as_ref().map_or_else(
                 || tidegate_config::QUICKSTART_NAME.to_owned(),
                 |p| p.display().to_string(),
@@ -91,6 +94,11 @@ impl Live {
         if self.serving.set(serving).is_err() {
             tracing::error!("the data plane was attached twice to the admin API; ignored");
         }
+    }
+
+    /// `POST /v1/upgrade` goes to `upgrader` from now on.
+    pub fn set_upgrader(&self, upgrader: Arc<crate::upgrade::Upgrader>) {
+        let _ = self.upgrader.set(upgrader);
     }
 
     /// SIGTERM or SIGINT: `/v1/status` says `draining` from now on.
@@ -359,6 +367,32 @@ impl Control for Live {
 
     fn metrics(&self) -> String {
         self.metrics.encode()
+    }
+
+    fn upgrade(&self) -> Pending<UpgradeView> {
+        let upgrader = self.upgrader.get().cloned();
+        Box::pin(async move {
+            let Some(upgrader) = upgrader else {
+                return Err(ControlError::Conflict(
+                    "tidegate is still starting; try again once it is ready".to_owned(),
+                ));
+            };
+            match upgrader.upgrade().await {
+                Ok(u) => Ok(UpgradeView {
+                    old_pid: u.old_pid,
+                    new_pid: u.new_pid,
+                    message: format!(
+                        "upgraded: process {} serves every listening socket; process {} \
+                         finishes its exchanges in flight (shutdown_grace) and exits",
+                        u.new_pid, u.old_pid
+                    ),
+                }),
+                Err(crate::upgrade::UpgradeError::Busy(m)) => Err(ControlError::Conflict(m)),
+                Err(crate::upgrade::UpgradeError::Failed { message, detail }) => {
+                    Err(ControlError::Failed { message, detail })
+                }
+            }
+        })
     }
 }
 

@@ -16,10 +16,14 @@ use serde::de::DeserializeOwned;
 use tidegate_admin::client::{AdminAddr, Client, ClientError, Reply, DEFAULT_TIMEOUT};
 use tidegate_admin::{
     AdminClients, Closed, ConnSide, ConnectionView, ReloadView, ServerState, ServerView, Status,
-    UpstreamView,
+    UpgradeView, UpstreamView,
 };
 
 use crate::cli::{CtlArgs, CtlCommand};
+
+/// How much longer than the new process's ready bound `ctl upgrade` waits for the
+/// answer (the old process kills a silent new process at the bound, then answers).
+const UPGRADE_SLACK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs `tidegate ctl`.
 pub fn run(args: CtlArgs) -> ExitCode {
@@ -47,7 +51,12 @@ pub fn run(args: CtlArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let client = Client::new(addr, DEFAULT_TIMEOUT);
+    // An upgrade waits for the new process to report ready.
+    let timeout = match args.command {
+        CtlCommand::Upgrade => crate::upgrade::READY_TIMEOUT + UPGRADE_SLACK,
+        _ => DEFAULT_TIMEOUT,
+    };
+    let client = Client::new(addr, timeout);
     let reply = match rt.block_on(client.request(request.method, &request.path, request.body)) {
         Ok(r) => r,
         Err(e) => {
@@ -188,6 +197,11 @@ impl Request {
                         .map_err(|e| format!("cannot encode the request: {e}"))?,
                 ),
             },
+            CtlCommand::Upgrade => Request {
+                method: "POST",
+                path: "/v1/upgrade".to_owned(),
+                body: None,
+            },
         })
     }
 }
@@ -238,6 +252,10 @@ fn render(command: &CtlCommand, reply: &Reply) -> Result<String, String> {
             format!("closed connection {}\n", closed.closed)
         }
         CtlCommand::Reload { .. } => reload(&decode(reply)?),
+        CtlCommand::Upgrade => {
+            let view: UpgradeView = decode(reply)?;
+            format!("{}\n", view.message)
+        }
         CtlCommand::Metrics => reply.text(),
     })
 }

@@ -15,9 +15,11 @@ mod admin;
 mod cli;
 mod control;
 mod ctl;
+mod handover;
 mod reload;
 mod run;
 mod systemd;
+mod upgrade;
 
 use std::process::ExitCode;
 

@@ -7,6 +7,9 @@
 //! - SIGHUP: reload the config file (as `tidegate ctl reload`; errors are logged and
 //!   nothing changes); tokio never restores a signal's default once handled, so it
 //!   must be caught for as long as the process runs.
+//! - SIGUSR2 (or `POST /v1/upgrade`): binary upgrade (`crate::upgrade`); once the new
+//!   process has taken over the sockets, this one drains as on SIGTERM, handing its idle
+//!   connections and tunnels over.
 //! - On-demand backends: SIGTERM when the drain ends or at `shutdown_grace -
 //!   stop_timeout`, whichever is first (at once on SIGINT or a second signal), SIGKILL
 //!   `stop_timeout` later; the process exits only once they have exited.
@@ -32,8 +35,18 @@ use crate::systemd::{ListenFds, Notify};
 const CLOSE_BOUND: Duration = Duration::from_secs(1);
 
 pub fn run(args: RunArgs) -> ExitCode {
-    // First, while this is the only thread: both read and unset environment variables,
-    // and passed descriptors are taken before anything else can open one.
+    // First, while this is the only thread: an upgrade's handover socket and what to
+    // start again (NOTIFY_SOCKET included, before `Notify::from_env` unsets it), then
+    // the environment variables systemd set, and passed descriptors, taken before
+    // anything else can open one.
+    let incoming = match crate::upgrade::incoming_from_env() {
+        Ok(i) => i,
+        Err(msg) => {
+            eprintln!("tidegate: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let origin = crate::upgrade::Origin::capture();
     let notify = Notify::from_env();
     let mut passed = ListenFds::from_env();
     let loaded = load(&args)
@@ -41,12 +54,18 @@ pub fn run(args: RunArgs) -> ExitCode {
     let config = match loaded {
         Ok(c) => c,
         Err(msg) => {
+            if let Some(i) = &incoming {
+                i.fail_now(&msg);
+            }
             eprint!("{msg}");
             return ExitCode::FAILURE;
         }
     };
-    // Still the only thread: `fd:N` descriptors not from socket activation.
-    passed.claim_numbered(&config);
+    // Still the only thread: `fd:N` descriptors not from socket activation (after an
+    // upgrade they come with the others from the old process, not by number).
+    if incoming.is_none() {
+        passed.claim_numbered(&config);
+    }
     init_logging(&config);
     raise_nofile_limit();
     let workers = match config.server.workers {
@@ -73,7 +92,17 @@ pub fn run(args: RunArgs) -> ExitCode {
         path: args.config.clone(),
         admin: args.admin.clone(),
     };
-    let code = rt.block_on(serve(config, source, workers, notify, passed));
+    let code = rt.block_on(serve(
+        config,
+        workers,
+        Passed {
+            reload_from: source,
+            notify,
+            fds: passed,
+            origin,
+            incoming,
+        },
+    ));
     // getaddrinfo calls on the blocking pool can't be cancelled; don't wait for them.
     rt.shutdown_timeout(Duration::from_millis(100));
     code
@@ -139,29 +168,43 @@ fn raise_nofile_limit() {
     }
 }
 
-/// `notify` is the sd_notify channel (a no-op without `NOTIFY_SOCKET`): `READY=1` once
-/// listening, `RELOADING=1` then `READY=1` around each reload, `STOPPING=1` on the
-/// drain. `passed` holds the sockets passed in at start (`systemd:NAME`, `fd:N`);
-/// `reload_from` is where a reload reads the config.
-async fn serve(
-    config: Config,
+/// What `run` read before the runtime existed.
+struct Passed {
+    /// Where a reload reads the config.
     reload_from: crate::reload::Source,
-    workers: usize,
+    /// The sd_notify channel (a no-op without `NOTIFY_SOCKET`): `READY=1` once
+    /// listening, `RELOADING=1` then `READY=1` around each reload, `STOPPING=1` on the
+    /// drain.
     notify: Notify,
-    passed: ListenFds,
-) -> ExitCode {
+    /// The sockets systemd (or a supervisor) passed at start (`systemd:NAME`, `fd:N`).
+    fds: ListenFds,
+    /// What an upgrade starts again.
+    origin: crate::upgrade::Origin,
+    /// The handover socket, when an upgrade started this process.
+    incoming: Option<crate::upgrade::Incoming>,
+}
+
+async fn serve(config: Config, workers: usize, passed: Passed) -> ExitCode {
+    let Passed {
+        reload_from,
+        notify,
+        fds: passed,
+        origin,
+        incoming,
+    } = passed;
     // Signal handlers first: a TERM that arrives while binding must not kill us with
     // half-created socket files.
     #[allow(
         clippy::disallowed_methods,
         reason = "the binary owns signal handling; the data plane only sees a Shutdown"
     )]
-    let (mut term, mut int, mut hup) = match (
+    let (mut term, mut int, mut hup, mut usr2) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined2()),
     ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        (Ok(t), Ok(i), Ok(h), Ok(u)) => (t, i, h, u),
         _ => {
             tracing::error!("cannot install signal handlers");
             return ExitCode::FAILURE;
@@ -172,6 +215,14 @@ async fn serve(
         .as_ref()
         .map_or_else(|| "<quickstart>".to_owned(), |p| p.display().to_string());
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %source, workers, pid = std::process::id(), "starting");
+    let mut startup = match crate::upgrade::Startup::receive(incoming).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("tidegate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Opened before binding: an unwritable access log refuses the start like a bind
     // failure does.
     let access_log = match AccessLog::start(&config.server.access_log) {
@@ -179,11 +230,18 @@ async fn serve(
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("tidegate: {e}");
+            startup.fail(&e.to_string()).await;
             return ExitCode::FAILURE;
         }
     };
-    passed.log_warnings();
-    let mut inherited = passed.into_inherited(&config);
+    // Sockets come from the old process in an upgrade (systemd's among them, passed on
+    // by it), else from systemd (or a supervisor) if it passed any.
+    let mut inherited = if startup.is_upgrade() {
+        std::mem::take(startup.inherited())
+    } else {
+        passed.log_warnings();
+        passed.into_inherited(&config)
+    };
     let mut runtime = match Runtime::bind_with(&config, Arc::new(SystemResolver), &mut inherited) {
         Ok(r) => r,
         Err(errors) => {
@@ -191,6 +249,8 @@ async fn serve(
                 tracing::error!("{e}");
                 eprintln!("tidegate: {e}");
             }
+            let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            startup.fail(&all.join("\n")).await;
             return ExitCode::FAILURE;
         }
     };
@@ -216,11 +276,17 @@ async fn serve(
             })
         },
     ));
-    let admin = match crate::admin::start(&config, control.clone(), &mut inherited) {
+    let admin_passed = if startup.is_upgrade() {
+        startup.admin()
+    } else {
+        &mut inherited
+    };
+    let admin = match crate::admin::start(&config, control.clone(), admin_passed) {
         Ok(a) => a,
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("tidegate: {e}");
+            startup.fail(&e).await;
             return ExitCode::FAILURE;
         }
     };
@@ -233,8 +299,19 @@ async fn serve(
         .map(|(_, a)| a.to_string())
         .collect();
     let shutdown = Shutdown::new();
+    startup.hold_on_demand(&children);
     let serving = Arc::new(runtime.start(&shutdown));
     control.attach(serving.clone());
+    let upgrader = crate::upgrade::Upgrader::new(
+        origin,
+        config.server.shutdown_grace,
+        &children,
+        notify.clone(),
+    );
+    control.set_upgrader(upgrader.clone());
+    upgrader
+        .serving(serving.clone(), admin.socket(), startup)
+        .await;
     tracing::info!("ready");
     notify.ready();
     notify.status(&crate::systemd::serving_status(
@@ -259,6 +336,8 @@ async fn serve(
                     }
                 }
             }
+            _ = usr2.recv() => upgrader.on_signal(),
+            () = upgrader.handed_over() => break false,
         }
     };
     control.set_draining();
@@ -273,7 +352,7 @@ async fn serve(
         let grace = serving.config().server.shutdown_grace;
         tracing::info!(
             grace_ms = grace.as_millis() as u64,
-            "SIGTERM: draining (listeners closed; in-flight requests may finish)"
+            "draining (SIGTERM, or handed over to a new process by an upgrade): listeners closed; in-flight requests may finish"
         );
         shutdown.drain();
         notify.status(&format!(
@@ -296,6 +375,8 @@ async fn serve(
             _ = term.recv() => { tracing::info!("second SIGTERM: closing every connection now"); shutdown.abort(); }
             _ = int.recv() => { tracing::info!("SIGINT during drain: closing every connection now"); shutdown.abort(); }
         }
+        // After an upgrade: what moved is sent before this process exits.
+        upgrader.finish_handoffs().await;
         children.stop_by(tokio::time::Instant::now());
     }
     // Closing is immediate once `hard` fires; the bound only guards against a bug.

@@ -104,6 +104,12 @@ impl Answer {
             ControlError::Invalid { message, errors } => {
                 Answer::error(422, message, Some(serde_json::json!(errors)))
             }
+            ControlError::Conflict(m) => Answer::error(409, m, None),
+            ControlError::Failed { message, detail } => Answer::error(
+                500,
+                message,
+                (!detail.is_empty()).then(|| serde_json::json!(detail)),
+            ),
             ControlError::NotImplemented(m) => Answer::error(501, m, None),
         }
     }
@@ -246,10 +252,11 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// Answers one request. `clients` lists the admin clients (for
 /// `GET /v1/admin-clients`); `body` is the whole request body.
 ///
-/// A `HEAD` is answered like a `GET` (hyper leaves the body out).
-pub fn handle(
+/// A `HEAD` is answered like a `GET` (hyper leaves the body out). Every answer but
+/// `POST /v1/upgrade`'s is ready at once.
+pub async fn handle(
     control: &dyn Control,
-    clients: &dyn Fn() -> AdminClients,
+    clients: &(dyn Fn() -> AdminClients + Sync),
     method: &str,
     path: &str,
     body: &[u8],
@@ -342,6 +349,15 @@ pub fn handle(
                 Err(e) => Answer::control_error(e),
             }
         }
+        ["v1", "upgrade"] => {
+            if let Some(no) = allowed("POST") {
+                return no;
+            }
+            match control.upgrade().await {
+                Ok(view) => Answer::json(200, &view),
+                Err(e) => Answer::control_error(e),
+            }
+        }
         ["metrics"] => allowed("GET").unwrap_or_else(|| Answer {
             status: 200,
             content_type: METRICS,
@@ -365,6 +381,7 @@ fn not_found(path: &str) -> Answer {
                 "DELETE /v1/connections/{id}",
                 "GET /v1/admin-clients",
                 "POST /v1/reload",
+                "POST /v1/upgrade",
                 "GET /metrics",
             ]
         })),

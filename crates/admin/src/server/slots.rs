@@ -31,6 +31,9 @@ use crate::api::{AdminBusy, AdminClientView, AdminClients, AdminEviction};
 const NONE: u64 = u64::MAX;
 /// `request_since` of a client claimed for eviction: no later byte starts a request.
 const EVICTED: u64 = u64::MAX - 1;
+/// `request_since` while the whole request is in and its answer is being computed (an
+/// upgrade waits for a new process): the timers wait, and the client is not evicted.
+const ANSWERING: u64 = u64::MAX - 2;
 /// Evictions kept for `GET /v1/admin-clients` (the newest).
 pub(crate) const RECENT_EVICTIONS: usize = 16;
 
@@ -67,10 +70,10 @@ impl Activity {
     }
 
     fn now_ms(&self) -> u64 {
-        // Below both sentinels: a real time is never mistaken for one.
+        // Below every sentinel: a real time is never mistaken for one.
         u64::try_from(self.base.elapsed().as_millis())
-            .unwrap_or(EVICTED - 1)
-            .min(EVICTED - 1)
+            .unwrap_or(ANSWERING - 1)
+            .min(ANSWERING - 1)
     }
 
     fn at(&self, ms: u64) -> Instant {
@@ -98,6 +101,28 @@ impl Activity {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The whole request is in and its answer is being computed: no timer runs until
+    /// [`Activity::answered`]. Counts the request like [`Activity::request_read`].
+    pub(crate) fn answering(&self) {
+        let _ = self
+            .request_since
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                (v != EVICTED).then_some(ANSWERING)
+            });
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The answer is ready: the idle timer starts over from now.
+    pub(crate) fn answered(&self) {
+        self.last_read.store(self.now_ms(), Ordering::Relaxed);
+        let _ = self.request_since.compare_exchange(
+            ANSWERING,
+            NONE,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
     /// Claims this client for eviction if no request is in progress; after `true`, no
     /// later byte starts one.
     fn claim_for_eviction(&self) -> bool {
@@ -107,8 +132,12 @@ impl Activity {
     }
 
     /// Whether a request is in progress (its first byte arrived, not yet all of it).
+    /// One being answered is not (though it is not evicted either: its claim fails).
     fn in_request(&self) -> bool {
-        !matches!(self.request_since.load(Ordering::Relaxed), NONE | EVICTED)
+        !matches!(
+            self.request_since.load(Ordering::Relaxed),
+            NONE | EVICTED | ANSWERING
+        )
     }
 
     /// When the client's timers expire, and which one expires first.
@@ -116,6 +145,8 @@ impl Activity {
         let idle = self.at(self.last_read.load(Ordering::Relaxed)) + timeout;
         match self.request_since.load(Ordering::Relaxed) {
             NONE | EVICTED => (idle, Expired::Idle),
+            // Looked at again once the answer is out (it moves `last_read`).
+            ANSWERING => (Instant::now() + timeout, Expired::Idle),
             since => {
                 let request = self.at(since) + timeout;
                 if request < idle {
@@ -483,6 +514,32 @@ mod tests {
         let last_byte = start + Duration::from_millis(200);
         assert_eq!(activity.deadline(t), (last_byte + t, Expired::Idle));
         assert_eq!(activity.requests.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_being_answered_has_no_timer_running_and_is_not_evicted() {
+        let slots = Slots::new(1, Duration::from_secs(10));
+        let a = slots.acquire("unix".into()).expect("first").slot;
+        a.activity().read();
+        a.activity().answering();
+        // An answer that takes longer than idle_timeout (an upgrade): the deadline
+        // keeps moving on while it is computed.
+        tokio::time::advance(Duration::from_secs(25)).await;
+        let (at, _) = a.activity().deadline(Duration::from_secs(10));
+        assert!(at > Instant::now());
+        assert!(!a.activity().in_request());
+        assert!(
+            slots.acquire("unix".into()).is_err(),
+            "not evicted while answered"
+        );
+        // Answered: the idle timer runs from now.
+        a.activity().answered();
+        let now = Instant::now();
+        assert_eq!(
+            a.activity().deadline(Duration::from_secs(10)),
+            (now + Duration::from_secs(10), Expired::Idle)
+        );
+        assert_eq!(a.activity().requests.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -199,6 +199,14 @@ fn samples() -> Vec<(&'static str, BTreeSet<String>)> {
         ),
         ("ReloadChange", keys(&reload_change())),
         (
+            "UpgradeView",
+            keys(&UpgradeView {
+                old_pid: 1,
+                new_pid: 2,
+                message: "ok".into(),
+            }),
+        ),
+        (
             "ErrorBody",
             keys(&ErrorBody {
                 error: "x".into(),
@@ -374,6 +382,7 @@ fn every_example_is_exactly_a_value_of_its_type() {
             "Closed" => round_trip::<Closed>(ty, value),
             "AdminClients" => round_trip::<AdminClients>(ty, value),
             "ReloadView" => round_trip::<ReloadView>(ty, value),
+            "UpgradeView" => round_trip::<UpgradeView>(ty, value),
             "ErrorBody" => round_trip::<ErrorBody>(ty, value),
             other => panic!("an example of unknown type `{other}`"),
         }
@@ -388,6 +397,7 @@ fn every_example_is_exactly_a_value_of_its_type() {
         "Closed",
         "AdminClients",
         "ReloadView",
+        "UpgradeView",
         "ErrorBody",
     ] {
         assert!(

@@ -449,6 +449,11 @@ impl SocketFile {
     pub(super) fn disown(&self) {
         self.disowned.store(true, Ordering::Relaxed);
     }
+
+    /// Removed on drop again (the other process has let go of it).
+    pub(super) fn reclaim(&self) {
+        self.disowned.store(false, Ordering::Relaxed);
+    }
 }
 
 impl Drop for SocketFile {

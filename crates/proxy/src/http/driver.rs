@@ -138,11 +138,12 @@ impl Driver {
     async fn run(mut self, mut io: ClientIo) {
         // Bounded: every turn either waits for the client (bounded by the timers) or
         // serves at least one readable event.
+        let mut fresh = true;
         loop {
             // Parked: nothing of hyper's is held while the client is quiet. Bytes put
             // back (a pipelined request hyper had started to read) are served at once.
             if !io.has_prefix() {
-                match self.park(io.get_ref().get_ref()).await {
+                match self.park(io.get_ref().get_ref(), fresh).await {
                     Parked::Readable => {}
                     Parked::Close => return,
                     Parked::Export => match self.hand_over(io) {
@@ -172,7 +173,9 @@ impl Driver {
             let end = self.end_watch(io.get_ref().get_ref());
             // Boxed: the task keeps only what a parked connection needs.
             let conn = Box::new(self.ctx.builder.serve_connection(TokioIo::new(io), service));
-            match self.serve(conn, end).await {
+            let served = self.serve(conn, end, fresh).await;
+            fresh = false;
+            match served {
                 Served::Closed => return,
                 Served::Parked(parts) => {
                     io = parts.io.into_inner();
@@ -204,8 +207,10 @@ impl Driver {
 
     /// Waits, holding no buffer, until `stream` is readable (true) or the connection
     /// should close (false): `idle_timeout`, the drain (an idle connection closes at
-    /// once), the end of the grace or an operator.
-    async fn park(&self, stream: &Stream) -> Parked {
+    /// once; a `fresh` one, that has sent nothing yet, gets [`FIRST_BYTES_AT_DRAIN`]),
+    /// the end of the grace or an operator; or, while a binary upgrade hands
+    /// connections over, until it can go.
+    async fn park(&self, stream: &Stream, fresh: bool) -> Parked {
         // Bounded: each turn waits for the client, a timer, the drain, an export or a
         // close.
         loop {
@@ -215,6 +220,12 @@ impl Driver {
                 return Parked::Export;
             }
             if self.shutdown.graceful.is_cancelled() {
+                if fresh {
+                    return match self.first_bytes_at_drain(stream).await {
+                        true => Parked::Readable,
+                        false => Parked::Close,
+                    };
+                }
                 tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing idle client connection: draining");
                 return Parked::Close;
             }
@@ -263,6 +274,31 @@ impl Driver {
         }
     }
 
+    /// Draining, and this connection has sent nothing yet: it was accepted before the
+    /// listener closed (a binary upgrade hands the listener to a new process while this
+    /// one drains), so its client is about to send a request it has every right to have
+    /// answered. It gets [`FIRST_BYTES_AT_DRAIN`] for its first bytes; then its first
+    /// request is served (`Driver::serve` holds hyper's graceful shutdown until hyper
+    /// has read it, since hyper closes a connection that has read nothing at once).
+    async fn first_bytes_at_drain(&self, stream: &Stream) -> bool {
+        tokio::select! {
+            biased;
+            res = stream.readable() => {
+                // An error is hyper's to find (and report) when it reads.
+                let _ = res;
+                true
+            }
+            _ = self.close.cancelled() => {
+                self.closed();
+                false
+            }
+            _ = tokio::time::sleep(FIRST_BYTES_AT_DRAIN) => {
+                tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing new client connection: draining, and it sent nothing");
+                false
+            }
+        }
+    }
+
     /// With `half_close`, a watch on the client's end for this turn of serving (hyper
     /// reads nothing while it serves a request, so it would not see a client leave).
     fn end_watch(&self, stream: &Stream) -> ClientEnd {
@@ -284,26 +320,49 @@ impl Driver {
     }
 
     /// Drives hyper's connection until it ends, parks or upgrades, enforcing the
-    /// connection's timers, the drain and `close`.
-    async fn serve(&self, mut conn: Box<HyperConn>, mut end: ClientEnd) -> Served {
+    /// connection's timers, the drain and `close`. `fresh`: the connection's first turn.
+    async fn serve(&self, mut conn: Box<HyperConn>, mut end: ClientEnd, fresh: bool) -> Served {
+        // hyper's graceful shutdown of a connection that has read nothing yet closes it
+        // at once. A connection here was readable, or is new (accepted just before the
+        // drain: its client is about to send a request it has every right to have
+        // answered), so when the drain comes before hyper has read anything, the
+        // shutdown is held until it has (the request is then served, and the connection
+        // closes), for at most FIRST_BYTES_AT_DRAIN.
+        //
+        // When the drain hands idle connections to a new process (a binary upgrade),
+        // there is no shutdown at all: the connection is parked as soon as it is idle
+        // (after its exchange in flight, if any), and parking hands it over.
+        // Bytes, not read attempts: hyper may have tried (and found nothing) already.
+        let bytes_at_start = self.client.conn().bytes_in();
+        let mut hold: Option<Instant> = None;
         let mut draining = self.shutdown.graceful.is_cancelled();
-        if draining {
-            Pin::new(&mut *conn).graceful_shutdown();
+        let mut park_now = draining && self.shutdown.export.is_open();
+        if draining && !park_now {
+            hold = Some(Instant::now() + FIRST_BYTES_AT_DRAIN);
         }
         // One park attempt per turn: a failed one has turned keep-alive off.
-        let mut may_park = !draining;
+        let mut may_park = !draining || park_now;
         // When the park timer is set to fire (see `Turn`).
         let mut park_at: Option<Instant> = None;
         loop {
+            if let Some(until) = hold {
+                if self.client.conn().bytes_in() != bytes_at_start || Instant::now() >= until {
+                    hold = None;
+                    Pin::new(&mut *conn).graceful_shutdown();
+                }
+            }
             let Some(wake) = self.next_check() else {
                 return Served::Closed;
             };
             let wake = park_at.map_or(wake, |t| wake.min(t));
+            let wake = hold.map_or(wake, |t| wake.min(t));
             let turn = Turn {
                 conn: &mut conn,
                 client: &self.client,
                 may_park: &mut may_park,
                 park_at: &mut park_at,
+                watch_bytes: hold.map(|_| bytes_at_start),
+                park_now,
             };
             let step = tokio::select! {
                 // First: what the client did must be seen before hyper sends a response
@@ -317,8 +376,16 @@ impl Driver {
                 step = turn => step,
                 _ = self.shutdown.graceful.cancelled(), if !draining => {
                     draining = true;
+                    if self.shutdown.export.is_open() {
+                        park_now = true;
+                        continue;
+                    }
                     may_park = false;
-                    Pin::new(&mut *conn).graceful_shutdown();
+                    if fresh && self.client.conn().bytes_in() == 0 {
+                        hold = Some(Instant::now() + FIRST_BYTES_AT_DRAIN);
+                    } else {
+                        Pin::new(&mut *conn).graceful_shutdown();
+                    }
                     continue;
                 }
                 _ = self.close.cancelled() => {
@@ -436,6 +503,12 @@ enum Step {
     Rearm,
 }
 
+/// During the drain, how long a connection accepted just before it may take to send its
+/// first bytes before it is closed unserved (see `Driver::first_bytes_at_drain`): the
+/// bytes of a client that connected follow within a round trip, and the bound keeps a
+/// silent pre-connection from holding the drain open.
+pub const FIRST_BYTES_AT_DRAIN: Duration = Duration::from_secs(2);
+
 /// How long a connection stays idle before it is parked. Parking costs a few thousand
 /// instructions (hyper's connection and buffers are dropped and built again), so a
 /// client that sends its next request at once keeps its connection as it is; one that
@@ -459,6 +532,12 @@ struct Turn<'a> {
     /// The park timer: set (by the driver, on [`Step::SetParkTimer`]) to when the idle
     /// connection is due to park; `None` when it is not set.
     park_at: &'a mut Option<Instant>,
+    /// While the drain's shutdown is held for a first read: the client's byte count to
+    /// watch (any byte ends the turn, so the driver shuts down gracefully at once).
+    watch_bytes: Option<u64>,
+    /// Park as soon as the connection is idle, not `PARK_AFTER` later (the drain hands
+    /// idle connections over).
+    park_now: bool,
 }
 
 impl Future for Turn<'_> {
@@ -469,6 +548,12 @@ impl Future for Turn<'_> {
         let conn = &mut **this.conn;
         if let Poll::Ready(res) = Pin::new(&mut *conn).poll(cx) {
             return Poll::Ready(Step::Ended(res));
+        }
+        if this
+            .watch_bytes
+            .is_some_and(|b| this.client.conn().bytes_in() != b)
+        {
+            return Poll::Ready(Step::Rearm);
         }
         // The service set the exchange's idle limit during that poll: the driver looks
         // at its timers again.
@@ -481,7 +566,12 @@ impl Future for Turn<'_> {
         // A connection that went idle is parked only once it has stayed idle for
         // `PARK_AFTER`; until then the park timer wakes the driver. One timer at a time:
         // a client that keeps sending resets nothing per request.
-        let Some(due) = this.client.park_due(PARK_AFTER) else {
+        let after = if this.park_now {
+            Duration::ZERO
+        } else {
+            PARK_AFTER
+        };
+        let Some(due) = this.client.park_due(after) else {
             return Poll::Pending;
         };
         if due > Instant::now() {

@@ -56,6 +56,16 @@ impl<T> Rewind<T> {
     pub fn into_parts(self) -> (Bytes, T) {
         (self.prefix, self.inner)
     }
+
+    /// The wrapped stream, or `Err(self)` while bytes put back are unread (they would
+    /// be lost).
+    pub fn into_inner(self) -> Result<T, Self> {
+        if self.has_prefix() {
+            Err(self)
+        } else {
+            Ok(self.inner)
+        }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {

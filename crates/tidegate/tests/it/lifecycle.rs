@@ -1078,3 +1078,41 @@ async fn the_soft_open_files_limit_is_raised_to_the_hard_limit_at_start() -> any
     assert_eq!(tg.wait_exit(SOON).await?.code(), Some(0));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_the_first_request_of_a_connection_accepted_just_before(
+) -> anyhow::Result<()> {
+    use tidegate_admin::client::{AdminAddr, Client};
+
+    let mut tg = Tidegate::start(bin(), &respond_config("shutdown_grace = \"5s\"", "")).await?;
+    let addr = tg.addr("web")?;
+    let Addr::Unix(admin) = tg.addr("admin")? else {
+        bail!("the admin API is not on a Unix socket");
+    };
+    let admin = Client::new(AdminAddr::Unix(admin), Duration::from_secs(5));
+    // Connected, and accepted by tidegate (it lists the connection), but nothing sent.
+    let mut c = connect(&addr).await?;
+    let local = c.local_addr().context("a TCP connection")?.to_string();
+    let deadline = Instant::now() + SOON;
+    loop {
+        let reply = admin.request("GET", "/v1/connections", None).await?;
+        let conns: serde_json::Value = serde_json::from_slice(&reply.body)?;
+        if conns
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c["peer"] == local.as_str()))
+        {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "tidegate never listed {local}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tg.signal(Signal::SIGTERM)?;
+    wait_until_refused(&addr, SOON).await?;
+    // The drain has begun; the request comes now, and is answered.
+    c.send(&keep_alive_get("/")).await?;
+    let resp = c.read_response(SOON).await?;
+    assert_eq!((resp.status, resp.text().as_str()), (200, "hello\n"));
+    let status = tg.wait_exit(SOON).await?;
+    assert!(status.success(), "{status}");
+    Ok(())
+}

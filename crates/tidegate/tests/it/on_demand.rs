@@ -53,7 +53,8 @@ command = {}
     )
 }
 
-fn pid_of(resp: &Response) -> anyhow::Result<u32> {
+/// The lazy app's `pid=N` answer (the upgrade tests use it too).
+pub(crate) fn pid_of(resp: &Response) -> anyhow::Result<u32> {
     let text = resp.text();
     ensure!(resp.status == 200, "{} {text:?}", resp.status);
     text.strip_prefix("pid=")

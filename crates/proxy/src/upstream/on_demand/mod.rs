@@ -54,6 +54,7 @@ use std::time::Duration;
 use tidegate_config::UpstreamAddr;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::connect::Resolve;
 use super::pool::Pool;
@@ -142,6 +143,13 @@ pub enum OnDemandError {
     /// tidegate is stopping: a stopped backend is not started again.
     #[error("on-demand backend is not started again: tidegate is shutting down")]
     ShuttingDown,
+    /// Starts are held (a binary upgrade: the previous tidegate's backend may still run)
+    /// and were not released within the bound.
+    #[error("on-demand backend not started: the previous tidegate process's backends were still running after {}", human(*.waited))]
+    Held {
+        /// How long the request waited.
+        waited: Duration,
+    },
     /// Waited longer than the stop and the start together could take (a bug guard).
     #[error("on-demand backend not ready after waiting {}", human(*.waited))]
     NotReady {
@@ -197,6 +205,8 @@ pub struct Supervisor {
     /// changed `[on_demand]`): its process must be gone before this one starts one, so
     /// that two instances never run at once.
     predecessor: Mutex<Option<Arc<Supervisor>>>,
+    /// While set and not cancelled, nothing is started ([`Children::hold_starts`]).
+    hold: Mutex<Option<CancellationToken>>,
 }
 
 #[derive(Debug)]
@@ -345,6 +355,7 @@ impl Supervisor {
             changed: watch::Sender::new(()),
             wake: Notify::new(),
             predecessor: Mutex::new(None),
+            hold: Mutex::new(None),
         })
     }
 
@@ -387,6 +398,7 @@ impl Supervisor {
         resolver: &Arc<dyn Resolve>,
     ) -> Result<(), OnDemandError> {
         let bound = self.stop_timeout + self.ready_timeout + WAIT_SLACK;
+        self.wait_hold(bound).await?;
         let deadline = Instant::now() + bound;
         let mut changed = self.changed.subscribe();
         // The start this caller waits for: a failure of that one (or a later one) is its
@@ -422,6 +434,23 @@ impl Supervisor {
                 // The sender lives in `self`: never closed while we hold `self`.
                 Ok(Err(_)) | Err(_) => return Err(OnDemandError::NotReady { waited: bound }),
             }
+        }
+    }
+
+    /// Waits (at most `bound`) while starts are held.
+    async fn wait_hold(&self, bound: Duration) -> Result<(), OnDemandError> {
+        let hold = {
+            let h = self.hold.lock().unwrap_or_else(|e| e.into_inner());
+            h.clone().filter(|t| !t.is_cancelled())
+        };
+        let Some(hold) = hold else {
+            return Ok(());
+        };
+        tracing::info!(upstream = %self.upstream, server = %self.addr,
+            "on-demand backend: waiting for the previous tidegate process's backends to exit before starting it");
+        match tokio::time::timeout(bound, hold.cancelled()).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(OnDemandError::Held { waited: bound }),
         }
     }
 
@@ -769,6 +798,17 @@ impl Children {
     pub fn stop_by(&self, deadline: Instant) {
         for s in &self.list() {
             s.stop_by(deadline);
+        }
+    }
+
+    /// Starts nothing until `release` is cancelled: a new process of a binary upgrade
+    /// holds its on-demand backends while the old process's may still run (the same
+    /// socket path or port), so two never run at once. A request meanwhile waits (for
+    /// at most its usual bound, `stop_timeout + ready_timeout` and a little) before its
+    /// start begins. Call before the runtime serves.
+    pub fn hold_starts(&self, release: CancellationToken) {
+        for s in &self.list() {
+            *s.hold.lock().unwrap_or_else(|e| e.into_inner()) = Some(release.clone());
         }
     }
 
