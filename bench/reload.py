@@ -70,6 +70,18 @@ def wait_answer(port, path, body, deadline_s):
     return None
 
 
+def running(pid):
+    """Running (a zombie, exited and not yet reaped by its parent, is not)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("State:"):
+                    return "Z" not in line.split()[1]
+    except OSError:
+        return False
+    return False
+
+
 def rss_kib(pids):
     total = 0
     for pid in pids:
@@ -161,11 +173,37 @@ respond = {{ status = 200, body = "ok\\n" }}
         return took
 
     def pids(self):
-        return [self.p.pid]
+        return [self.pid]
+
+    @property
+    def pid(self):
+        return getattr(self, "current", self.p.pid)
+
+    def upgrade(self):
+        """`ctl upgrade`: (old pid, new pid, seconds the command took)."""
+        t = time.monotonic()
+        r = subprocess.run([TIDEGATE, "ctl", "--admin", f"unix:{self.admin}", "--json", "upgrade"],
+                           capture_output=True, text=True, timeout=120)
+        took = time.monotonic() - t
+        if r.returncode != 0:
+            raise RuntimeError(f"ctl upgrade failed: {r.stderr}")
+        v = json.loads(r.stdout)
+        self.current = v["new_pid"]
+        return v["old_pid"], v["new_pid"], took
 
     def stop(self):
-        self.p.send_signal(signal.SIGINT)
-        self.p.wait(timeout=30)
+        for pid in {self.p.pid, self.pid}:
+            try:
+                os.kill(pid, signal.SIGINT)
+            except OSError:
+                pass
+        try:
+            self.p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and running(self.pid):
+            time.sleep(0.05)
 
 
 class Nginx:
@@ -269,6 +307,30 @@ frontend web
                 pass
 
 
+def measure_upgrade(px, hold):
+    """tidegate only: `ctl upgrade` with the N idle connections open. The old process's
+    RSS is sampled every 10 ms while it drains (its idle connections move to the new
+    process), until it exits."""
+    rss_before = rss_kib([px.pid])
+    old, new, took = px.upgrade()
+    start = time.monotonic()
+    peak, samples = 0, []
+    while running(old) and time.monotonic() - start < 60:
+        r = rss_kib([old])
+        peak = max(peak, r)
+        samples.append(r)
+        time.sleep(0.01)
+    gone_after = time.monotonic() - start
+    time.sleep(0.5)
+    alive = hold.alive()
+    return {
+        "command_ms": took * 1000, "old_gone_ms": gone_after * 1000,
+        "rss_before_kib": rss_before, "old_peak_kib": peak,
+        "old_median_kib": sorted(samples)[len(samples) // 2] if samples else 0,
+        "new_rss_kib": rss_kib([new]), "open_after": int(alive.get("open", 0)),
+    }
+
+
 def run(cls):
     work = tempfile.mkdtemp(prefix=f"reload-{cls.name}-")
     os.makedirs(os.path.join(work, "tmp"), exist_ok=True)
@@ -292,7 +354,9 @@ def run(cls):
         time.sleep(2)
         alive = hold.alive()
         rss_after = rss_kib(px.pids())
+        upgrade = measure_upgrade(px, hold) if isinstance(px, Tidegate) else None
         return {
+            "upgrade": upgrade,
             "proxy": cls.name, "opened": opened, "open_after": int(alive.get("open", 0)),
             "command_ms": sorted(command)[len(command) // 2] * 1000,
             "visible_ms": sorted(visible)[len(visible) // 2] * 1000,
@@ -331,6 +395,15 @@ def main():
         lines.append(
             f"| {r['proxy']} | {r['command_ms']:.1f} | {r['visible_ms']:.1f} ({r['visible_max_ms']:.1f}) | "
             f"{r['open_after']:,} of {r['opened']:,} | {r['rss_before_kib'] / 1024:.1f} → {r['rss_after_kib'] / 1024:.1f} | {ratio} |")
+    if tg and tg.get("upgrade"):
+        u = tg["upgrade"]
+        lines += [
+            "", f"## Binary upgrade with {N:,} idle keep-alive connections (tidegate)", "",
+            "| `ctl upgrade`, ms | old process gone after, ms | old process RSS while draining: peak / median, MiB | RSS before → new process, MiB | idle connections still open after |",
+            "|---:|---:|---:|---:|---:|",
+            f"| {u['command_ms']:.0f} | {u['old_gone_ms']:.0f} | {u['old_peak_kib'] / 1024:.1f} / {u['old_median_kib'] / 1024:.1f} | "
+            f"{u['rss_before_kib'] / 1024:.1f} → {u['new_rss_kib'] / 1024:.1f} | {u['open_after']:,} of {tg['opened']:,} |",
+        ]
     text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
