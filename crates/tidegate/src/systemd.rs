@@ -105,13 +105,6 @@ impl Notify {
         }
     }
 
-    /// `NOTIFY_SOCKET` as it was set, to pass to a process that takes over as the
-    /// service's main process (a binary upgrade); `None` when it was not set.
-    #[allow(dead_code, reason = "for the binary upgrade, which passes it on")]
-    pub fn env_value(&self) -> Option<OsString> {
-        self.target.as_ref().map(|t| t.env.clone())
-    }
-
     /// `READY=1`: every listener is bound and accepting, or a reload is done.
     pub fn ready(&self) {
         self.send_raw("READY=1");
@@ -137,7 +130,6 @@ impl Notify {
     /// binary upgrade, sent by the old process, the main one until then: with
     /// `NotifyAccess=main` systemd takes notifications from the main process only). Once
     /// `pid` is another process, this one sends nothing more.
-    #[allow(dead_code, reason = "for the binary upgrade, which calls it")]
     pub fn mainpid(&self, pid: u32) {
         self.send_raw(&format!("MAINPID={pid}"));
         if pid != std::process::id() {

@@ -738,3 +738,56 @@ async fn a_reload_sends_reloading_then_ready() -> anyhow::Result<()> {
     assert!(exit.success());
     Ok(())
 }
+
+/// A binary upgrade under systemd: the old process (still the main one) sends
+/// `MAINPID=` with the new pid once the new one is ready, and nothing after it (not its
+/// drain's `STOPPING=1`); the new process, started with the same `NOTIFY_SOCKET`, is
+/// the one heard from then on.
+#[tokio::test]
+async fn an_upgrade_sends_mainpid_and_the_new_process_is_heard_after_it() -> anyhow::Result<()> {
+    let dir = short_dir();
+    let mut notify = NotifySocket::at_path(&dir.path().join("notify.sock"));
+    let launch = Launch {
+        env: vec![(os("NOTIFY_SOCKET"), notify.env.clone())],
+        ..Launch::default()
+    };
+    let mut tg = Tidegate::spawn_with(bin(), &respond_config(r#""127.0.0.1:0""#), &launch)?;
+    notify.wait_for("READY=1").await?;
+    tg.wait_ready().await?;
+    let old = tg.pid();
+    let out = tokio::process::Command::new(bin())
+        .args(["ctl", "--admin"])
+        .arg(format!("unix:{}", tg.dir().join("admin.sock").display()))
+        .args(["--json", "upgrade"])
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "ctl upgrade: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let new = v["new_pid"].as_u64().context("new_pid")? as u32;
+    tg.follow(new);
+    notify.wait_for(&format!("MAINPID={new}")).await?;
+    tg.wait_gone(old, SOON).await?;
+    // The new process speaks on the same socket: its drain says STOPPING=1, the only
+    // one (the old process sent none after MAINPID=).
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(new as i32), Signal::SIGTERM)?;
+    notify.wait_for("STOPPING=1").await?;
+    tg.wait_gone(new, SOON).await?;
+    let mainpid = notify
+        .seen
+        .iter()
+        .position(|m| *m == format!("MAINPID={new}"));
+    let stopping: Vec<usize> = notify
+        .seen
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| *m == "STOPPING=1")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(stopping.len(), 1, "{:?}", notify.seen);
+    assert!(mainpid < Some(stopping[0]), "{:?}", notify.seen);
+    Ok(())
+}
