@@ -789,3 +789,56 @@ servers = ["{}"]
     tcp_echo(&mut new, "still\n").await?;
     Ok(())
 }
+
+/// Requests that start after a reload use its timeouts; one in flight keeps its own.
+#[tokio::test]
+async fn requests_after_a_reload_use_its_timeouts() -> anyhow::Result<()> {
+    let app = Backend::start(Bind::Tcp4, |_| {
+        Reply::delay(Duration::from_millis(800), Reply::text(200, "late\n"))
+    })?;
+    let cfg = |timeout: &str| {
+        format!(
+            r#"
+[listeners.web]
+listen = ["127.0.0.1:0"]
+[[listeners.web.routes]]
+upstream = "app"
+[upstreams.app]
+servers = ["{}"]
+response_timeout = "{timeout}"
+"#,
+            app.addr().to_config()
+        )
+    };
+    let tg = Tidegate::start(bin(), &cfg("5s")).await?;
+    let web = tg.addr("web")?;
+    // In flight across the reload: keeps the 5 s it started with.
+    let mut slow = connect(&web).await?;
+    slow.send(b"GET /in-flight HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        .await?;
+    app.wait_for(|b| !b.requests().is_empty(), T).await?;
+    std::fs::write(tg.config_path(), cfg("200ms"))?;
+    let out = ctl(&tg, &["reload"]).await?;
+    ensure!(out.status.success(), "{out:?}");
+    ensure!(
+        text(&out.stdout).contains("response_timeout 5s -> 200ms"),
+        "{}",
+        text(&out.stdout)
+    );
+    let r = slow.read_response(T).await?;
+    ensure!(
+        r.status == 200 && r.text() == "late\n",
+        "in flight: {} {:?}",
+        r.status,
+        r.text()
+    );
+    // New: the 200 ms limit.
+    let r = get(&web, "/new", "example.com").await?;
+    ensure!(
+        r.status == 504,
+        "after the reload: {} {:?}",
+        r.status,
+        r.text()
+    );
+    Ok(())
+}
