@@ -117,6 +117,13 @@ impl Live {
     /// one path of SIGHUP, `POST /v1/reload` and `tidegate ctl reload`.
     pub fn reload_config(&self, dry_run: bool) -> Result<ReloadView, ControlError> {
         let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        // A draining process (SIGTERM, or an upgrade's old process, whose sockets the new
+        // one serves now) must not change them: reload the process that serves.
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(ControlError::BadRequest(
+                "this process is draining (stopping, or handed over to a new process by an upgrade); nothing to reload: reload the process that serves now".into(),
+            ));
+        }
         let serving = self.serving.get().ok_or_else(|| {
             ControlError::BadRequest("tidegate is still starting; try again".into())
         })?;

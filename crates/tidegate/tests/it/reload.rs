@@ -842,3 +842,33 @@ response_timeout = "{timeout}"
     );
     Ok(())
 }
+
+/// A draining process refuses a reload (its admin API still answers during the drain):
+/// what it still serves is finishing, and a reload could close a socket it no longer
+/// owns (an upgrade's old process).
+#[tokio::test]
+async fn a_draining_process_refuses_a_reload() -> anyhow::Result<()> {
+    let app = Backend::start(Bind::Tcp4, |_| {
+        Reply::delay(Duration::from_millis(1500), Reply::text(200, "late\n"))
+    })?;
+    let config = format!(
+        "[listeners.web]\nlisten = [\"127.0.0.1:0\"]\n[[listeners.web.routes]]\nupstream = \"app\"\n[upstreams.app]\nservers = [\"{}\"]\n",
+        app.addr().to_config()
+    );
+    let tg = Tidegate::start(bin(), &config).await?;
+    let mut slow = connect(&tg.addr("web")?).await?;
+    slow.send(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        .await?;
+    app.wait_for(|b| !b.requests().is_empty(), T).await?;
+    tg.signal(Signal::SIGTERM)?;
+    tg.wait_log("draining", T).await?;
+    let out = ctl(&tg, &["reload"]).await?;
+    ensure!(out.status.code() == Some(1), "{out:?}");
+    ensure!(
+        text(&out.stderr).contains("draining"),
+        "{}",
+        text(&out.stderr)
+    );
+    ensure!(slow.read_response(T).await?.text() == "late\n");
+    Ok(())
+}
