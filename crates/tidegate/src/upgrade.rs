@@ -10,12 +10,14 @@
 //!
 //! ```text
 //! old → new   tidegate-upgrade 1 / pid OLD / drain_ms N / sockets K
-//! old → new   listen tcp 127.0.0.1:8080 / listen unix /run/x.sock / admin unix /run/a.sock
+//! old → new   listen tcp 127.0.0.1:8080 @web / listen unix /run/x.sock @web /
+//!             listen systemd web @web / admin unix /run/a.sock
 //!             (one line per descriptor the message carries, at most FDS_PER_MESSAGE)
 //! new → old   ready NEW          or   error / the reason, line by line
 //! old → new   committed          (the old process has let go of the sockets)
-//! old → new   conn web tcp  /  conn web unix unix:/run/x.sock
-//!             (one per idle keep-alive connection its drain hands over, with the socket)
+//! old → new   idle web 0 / tunnel tcp tcp echo 10.0.0.1:5672 0 12   (`crate::handover`)
+//!             (one per connection that moves — an idle keep-alive connection, a
+//!             WebSocket or a TCP-mode tunnel — with its sockets and unwritten bytes)
 //! old exits   → the new process reads end of file
 //! ```
 //!
@@ -30,9 +32,11 @@
 //!
 //! On `ready` the old process disowns its socket files, stops accepting (the admin
 //! socket included, though the request that asked for the upgrade is still answered),
-//! and drains exactly as on SIGTERM (run.rs), except that idle keep-alive connections
-//! are handed to the new process instead of closed (`Serving::hand_off_idle`; the new
-//! one serves them with `Serving::adopt`). Tunnels and exchanges in flight stay. It
+//! sends systemd `MAINPID=` with the new pid, and drains exactly as on SIGTERM (run.rs),
+//! except that idle keep-alive connections, WebSockets and TCP-mode tunnels are handed
+//! to the new process instead of closed (`Serving::start_export`; see
+//! `tidegate_proxy::handoff`; the new one serves them with `Serving::adopt`). Only
+//! exchanges in flight stay, and move once idle again. It
 //! keeps its end of the pair open until it exits: the new process reads end of file
 //! then, which is how it knows that its predecessor (and that one's on-demand backends)
 //! are gone.
