@@ -52,20 +52,24 @@ pub enum HandoffKind {
         read: Vec<u8>,
     },
     /// A tunnel: TCP mode, or an HTTP connection after its 101.
-    Tunnel {
-        /// `tcp` or `websocket` (the protocol it shows in the registry).
-        protocol: ConnProtocol,
-        /// The client's socket.
-        client: Stream,
-        /// The upstream server's socket.
-        upstream: Stream,
-        /// Bytes read and not yet written, each way.
-        pending: Pending,
-        /// The upstream's name.
-        upstream_name: String,
-        /// The server's address as configured.
-        server: String,
-    },
+    Tunnel(Tunnel),
+}
+
+/// A tunnel on its way to another process.
+#[derive(Debug)]
+pub struct Tunnel {
+    /// `tcp` or `websocket` (the protocol it shows in the registry).
+    pub protocol: ConnProtocol,
+    /// The client's socket.
+    pub client: Stream,
+    /// The upstream server's socket.
+    pub upstream: Stream,
+    /// Bytes read and not yet written, each way.
+    pub pending: Pending,
+    /// The upstream's name.
+    pub upstream_name: String,
+    /// The server's address as configured.
+    pub server: String,
 }
 
 /// The export signal and channel, shared by every connection of the process (it rides
@@ -93,6 +97,23 @@ impl Export {
         match self.lock().as_ref() {
             Some(tx) => tx.send(h).map_err(|e| e.0),
             None => Err(h),
+        }
+    }
+
+    /// Hands tunnel `t` of `listener` over; when no export runs any more, it comes back
+    /// to go on where it was.
+    pub fn send_tunnel(&self, listener: &str, t: Tunnel) -> Result<(), Box<Tunnel>> {
+        let h = Handoff {
+            listener: listener.to_owned(),
+            kind: HandoffKind::Tunnel(t),
+        };
+        match self.send(Box::new(h)) {
+            Ok(()) => Ok(()),
+            Err(back) => match back.kind {
+                HandoffKind::Tunnel(t) => Err(Box::new(t)),
+                // What comes back is what was sent.
+                HandoffKind::Idle { .. } => Ok(()),
+            },
         }
     }
 

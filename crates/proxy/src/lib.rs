@@ -483,14 +483,14 @@ impl Serving {
                 });
             }
             (
-                HandoffKind::Tunnel {
+                HandoffKind::Tunnel(handoff::Tunnel {
                     protocol,
                     client,
                     upstream,
                     pending,
                     upstream_name,
                     server,
-                },
+                }),
                 kind,
             ) => {
                 let ctx = match kind {

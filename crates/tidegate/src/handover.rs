@@ -17,7 +17,7 @@
 use std::os::fd::OwnedFd;
 
 use tidegate_proxy::endpoint::Stream;
-use tidegate_proxy::handoff::{Handoff, HandoffKind, Pending};
+use tidegate_proxy::handoff::{Handoff, HandoffKind, Pending, Tunnel};
 use tidegate_proxy::registry::ConnProtocol;
 
 /// Whether a message from the old process is a handed-over connection.
@@ -34,14 +34,14 @@ pub fn encode(h: Box<Handoff>) -> (Vec<u8>, Vec<OwnedFd>) {
             out.extend_from_slice(&read);
             (out, into_fd(client).into_iter().collect())
         }
-        HandoffKind::Tunnel {
+        HandoffKind::Tunnel(Tunnel {
             protocol,
             client,
             upstream,
             pending,
             upstream_name,
             server,
-        } => {
+        }) => {
             let mut out = format!(
                 "tunnel\t{listener}\t{}\t{upstream_name}\t{server}\t{}\t{}\n",
                 protocol.as_str(),
@@ -120,7 +120,7 @@ pub fn decode(frame: &[u8], fds: Vec<OwnedFd>) -> Result<Box<Handoff>, String> {
             };
             Handoff {
                 listener: (*listener).to_owned(),
-                kind: HandoffKind::Tunnel {
+                kind: HandoffKind::Tunnel(Tunnel {
                     protocol,
                     client: stream("client")?,
                     upstream: stream("upstream")?,
@@ -130,7 +130,7 @@ pub fn decode(frame: &[u8], fds: Vec<OwnedFd>) -> Result<Box<Handoff>, String> {
                     },
                     upstream_name: (*upstream).to_owned(),
                     server: (*server).to_owned(),
-                },
+                }),
             }
         }
         _ => return Err(format!("unknown frame {header:?}")),
@@ -149,7 +149,7 @@ mod tests {
         let (u1, _u2) = UnixStream::pair().unwrap();
         let h = Box::new(Handoff {
             listener: "web".into(),
-            kind: HandoffKind::Tunnel {
+            kind: HandoffKind::Tunnel(Tunnel {
                 protocol: ConnProtocol::Websocket,
                 client: Stream::Unix(c1),
                 upstream: Stream::Unix(u1),
@@ -159,20 +159,20 @@ mod tests {
                 },
                 upstream_name: "ws".into(),
                 server: "127.0.0.1:9".into(),
-            },
+            }),
         });
         let (payload, fds) = encode(h);
         assert_eq!(fds.len(), 2);
         let h = decode(&payload, fds).unwrap();
         assert_eq!(h.listener, "web");
-        let HandoffKind::Tunnel {
+        let HandoffKind::Tunnel(Tunnel {
             protocol,
             client,
             pending,
             upstream_name,
             server,
             ..
-        } = h.kind
+        }) = h.kind
         else {
             panic!("not a tunnel");
         };

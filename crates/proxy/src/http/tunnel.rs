@@ -11,7 +11,7 @@ use super::client_conn::{ClientConn, ClientIo, Phase, Verdict};
 use super::upgrade::Upgrade;
 use crate::drain::Shutdown;
 use crate::endpoint::Stream;
-use crate::handoff::{Handoff, HandoffKind, Pending};
+use crate::handoff::{Pending, Tunnel};
 use crate::observed::Observed;
 use crate::registry::{Conn, ConnProtocol, ConnState, Registry};
 use crate::tcp::copy::{self, Ending, PendingError, TunnelStats};
@@ -118,33 +118,22 @@ pub(crate) async fn tunnel(
             first.extend_from_slice(&moving.to_upstream);
             moving.to_upstream = first;
         }
-        let handoff = Handoff {
-            listener: listener.to_owned(),
-            kind: HandoffKind::Tunnel {
-                protocol: ConnProtocol::Websocket,
-                client: observed.into_inner(),
-                upstream: upstream_stream,
-                pending: moving,
-                upstream_name: active.upstream().name.clone(),
-                server: active.server().addr.to_string(),
-            },
+        let tunnel = Tunnel {
+            protocol: ConnProtocol::Websocket,
+            client: observed.into_inner(),
+            upstream: upstream_stream,
+            pending: moving,
+            upstream_name: active.upstream().name.clone(),
+            server: active.server().addr.to_string(),
         };
-        let Err(back) = export.send(Box::new(handoff)) else {
+        let Err(back) = export.send_tunnel(listener, tunnel) else {
             tracing::debug!(listener, "tunnel handed to the new process");
             return;
         };
         // The export ended meanwhile: go on here (the bytes now wait in the pumps).
-        let HandoffKind::Tunnel {
-            client: c,
-            upstream: u,
-            pending: p,
-            ..
-        } = back.kind
-        else {
-            return;
-        };
-        socket = ClientIo::new(Observed::new(c, client.clone()));
-        (upstream_stream, pending) = (u, p);
+        let back = *back;
+        socket = ClientIo::new(Observed::new(back.client, client.clone()));
+        (upstream_stream, pending) = (back.upstream, back.pending);
     };
     match ending {
         Ending::Failed { side, op, error } => tracing::debug!(%side, op = op.as_str(),

@@ -32,7 +32,7 @@ use crate::drain::Shutdown;
 use crate::endpoint::{PeerAddr, Stream, TcpOptions};
 use crate::errno::describe_io_error;
 use crate::failure::{Retry, UpstreamFailure};
-use crate::handoff::{Handoff, HandoffKind, Pending};
+use crate::handoff::{Pending, Tunnel};
 use crate::listener_stats::ListenerMetrics;
 use crate::registry::{ConnProtocol, ConnState, NewConn, Registry, SockAddr};
 use crate::side::Side;
@@ -299,32 +299,21 @@ async fn relay(
         let Ending::Exported(moving) = ending else {
             break ending;
         };
-        let handoff = Handoff {
-            listener: ctx.name.clone(),
-            kind: HandoffKind::Tunnel {
-                protocol: ConnProtocol::Tcp,
-                client,
-                upstream: upstream_stream,
-                pending: moving,
-                upstream_name: ctx.upstream.name.clone(),
-                server: server.addr.to_string(),
-            },
+        let tunnel = Tunnel {
+            protocol: ConnProtocol::Tcp,
+            client,
+            upstream: upstream_stream,
+            pending: moving,
+            upstream_name: ctx.upstream.name.clone(),
+            server: server.addr.to_string(),
         };
-        let Err(back) = export.send(Box::new(handoff)) else {
+        let Err(back) = export.send_tunnel(&ctx.name, tunnel) else {
             tracing::debug!(listener = %ctx.name, %peer, "tunnel handed to the new process");
             return;
         };
         // The export ended meanwhile: go on here.
-        let HandoffKind::Tunnel {
-            client: c,
-            upstream: u,
-            pending: p,
-            ..
-        } = back.kind
-        else {
-            return;
-        };
-        (client, upstream_stream, pending) = (c, u, p);
+        let back = *back;
+        (client, upstream_stream, pending) = (back.client, back.upstream, back.pending);
     };
     if let Ending::Failed { side, .. } = &ending {
         match side.other() {

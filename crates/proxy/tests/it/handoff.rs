@@ -126,7 +126,7 @@ async fn idle_connections_websockets_and_tunnels_move_to_the_new_proxy() -> anyh
             .context("channel closed")?;
         moved.push(match &h.kind {
             HandoffKind::Idle { .. } => format!("idle {}", h.listener),
-            HandoffKind::Tunnel { protocol, .. } => format!("{protocol:?} {}", h.listener),
+            HandoffKind::Tunnel(t) => format!("{:?} {}", t.protocol, h.listener),
         });
         new.adopt(h);
     }
