@@ -259,6 +259,9 @@ async fn serve(config: Config, workers: usize, passed: Passed) -> ExitCode {
     }
     // The admin API: off the drain's tracker, so it answers during the drain and stops
     // last. `control.rs` holds its view of the proxy.
+    // A process an upgrade started is not systemd's main process until the old one has
+    // said so (MAINPID=): it notifies once told (see `upgrade`).
+    let upgraded = startup.is_upgrade();
     let control = Arc::new(crate::control::Live::new(
         &config,
         reload_from,
@@ -313,11 +316,13 @@ async fn serve(config: Config, workers: usize, passed: Passed) -> ExitCode {
         .serving(serving.clone(), admin.socket(), startup)
         .await;
     tracing::info!("ready");
-    notify.ready();
-    notify.status(&crate::systemd::serving_status(
-        config.listeners.len(),
-        &addresses,
-    ));
+    if !upgraded {
+        notify.ready();
+        notify.status(&crate::systemd::serving_status(
+            config.listeners.len(),
+            &addresses,
+        ));
+    }
 
     let fast = loop {
         tokio::select! {

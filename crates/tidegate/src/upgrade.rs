@@ -836,6 +836,11 @@ impl Upgrader {
             match got {
                 Ok(Some(m)) if m.bytes == b"committed" => {
                     self.take_ownership(&mut leftover);
+                    // The main process now, for systemd (the old one sent MAINPID=).
+                    self.notify.ready();
+                    self.notify.status(&format!(
+                        "serving; took over from process {pid} (binary upgrade)"
+                    ));
                     tracing::info!(
                         old_pid = pid,
                         "the old process has handed over every socket"
@@ -1098,12 +1103,13 @@ impl Upgrader {
             l.disown();
         }
         sockets.admin.stop_accepting.cancel();
+        // systemd hears the new process from now on (sent by us, still the main one:
+        // see docs/operations.md, "systemd"); before `committed`, on which the new one
+        // tells systemd it is ready.
+        self.notify.mainpid(new_pid);
         if let Err(e) = channel.send(b"committed", &[]).await {
             tracing::warn!(new_pid, error = %describe_io_error(&e), "cannot tell the new process that the sockets are its own");
         }
-        // systemd hears the new process from now on (sent by us, still the main one:
-        // see docs/operations.md, "systemd").
-        self.notify.mainpid(new_pid);
         // Idle keep-alive connections and tunnels follow the sockets: they hand
         // themselves over (before the drain, which would close the idle ones).
         let channel = Arc::new(channel);

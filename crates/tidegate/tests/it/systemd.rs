@@ -770,6 +770,27 @@ async fn an_upgrade_sends_mainpid_and_the_new_process_is_heard_after_it() -> any
     let new = v["new_pid"].as_u64().context("new_pid")? as u32;
     tg.follow(new);
     notify.wait_for(&format!("MAINPID={new}")).await?;
+    // Then the new process, main now, says it is ready (and only then: not at its own
+    // start, when systemd would have refused it).
+    notify
+        .wait_until(
+            |m| m.starts_with(&format!("STATUS=serving; took over from process {old}")),
+            "STATUS=serving; took over…",
+        )
+        .await?;
+    let readies: Vec<usize> = notify
+        .seen
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| *m == "READY=1")
+        .map(|(i, _)| i)
+        .collect();
+    let mainpid_at = notify
+        .seen
+        .iter()
+        .position(|m| *m == format!("MAINPID={new}"));
+    assert_eq!(readies.len(), 2, "{:?}", notify.seen);
+    assert!(Some(readies[1]) > mainpid_at, "{:?}", notify.seen);
     tg.wait_gone(old, SOON).await?;
     // The new process speaks on the same socket: its drain says STOPPING=1, the only
     // one (the old process sent none after MAINPID=).
