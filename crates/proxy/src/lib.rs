@@ -123,7 +123,7 @@ struct LiveListener {
     name: String,
     protocol: Protocol,
     kind: ListenerKind,
-    limit: Arc<Semaphore>,
+    limit: Limit,
     max_connections: usize,
     /// Its own drain signals (children of the process's), cancelled when a reload
     /// removes it.
@@ -453,6 +453,7 @@ impl Serving {
         // still taken (it was open before the upgrade), outside the count.
         let permit = l
             .limit
+            .permits
             .clone()
             .try_acquire_owned()
             .or_else(|_| Arc::new(Semaphore::new(1)).try_acquire_owned());
@@ -733,7 +734,7 @@ fn commit(live: &mut Live, config: Arc<Config>, built: Built, shutdown: &Shutdow
                         tracing::error!(listener = %b.name, "listener kind changed under the same protocol")
                     }
                 }
-                resize(&o.limit, o.max_connections, b.max_connections);
+                o.limit.resize(o.max_connections, b.max_connections);
                 LiveListener {
                     max_connections: b.max_connections,
                     metrics: b.metrics,
@@ -747,7 +748,7 @@ fn commit(live: &mut Live, config: Arc<Config>, built: Built, shutdown: &Shutdow
                 },
                 name: b.name,
                 protocol: b.protocol,
-                limit: Arc::new(Semaphore::new(b.max_connections)),
+                limit: Limit::new(b.max_connections),
                 max_connections: b.max_connections,
                 shutdown: shutdown.child(),
                 metrics: b.metrics,
@@ -763,7 +764,7 @@ fn commit(live: &mut Live, config: Arc<Config>, built: Built, shutdown: &Shutdow
         let l = &listeners[index];
         let binding = Binding {
             kind: l.kind.clone(),
-            limit: l.limit.clone(),
+            limit: l.limit.permits.clone(),
             shutdown: l.shutdown.clone(),
         };
         match socket {
@@ -811,23 +812,110 @@ fn commit(live: &mut Live, config: Arc<Config>, built: Built, shutdown: &Shutdow
     live.config = config;
 }
 
-/// Changes a listener's `max_connections` from `from` to `to` while its connections
-/// hold permits: more permits at once, or fewer as soon as enough are free (the
-/// connections over the new limit are not closed; accepting waits until they end).
-fn resize(limit: &Arc<Semaphore>, from: usize, to: usize) {
-    if to > from {
-        limit.add_permits(to - from);
-    } else if from > to {
-        let want = from - to;
-        let got = limit.forget_permits(want);
-        if got < want {
-            let limit = limit.clone();
-            let rest = u32::try_from(want - got).unwrap_or(u32::MAX);
-            tokio::spawn(async move {
-                if let Ok(p) = limit.acquire_many_owned(rest).await {
-                    p.forget();
-                }
-            });
+/// A listener's `max_connections` semaphore, resizable while its connections hold
+/// permits.
+#[derive(Debug, Clone)]
+struct Limit {
+    permits: Arc<Semaphore>,
+    /// Permits a shrink is still owed: taken (and forgotten) as connections end.
+    owed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Limit {
+    fn new(max: usize) -> Limit {
+        Limit {
+            permits: Arc::new(Semaphore::new(max)),
+            owed: Arc::default(),
         }
+    }
+
+    /// From `from` to `to` permits: more at once (paying off what a shrink still owes
+    /// first), or fewer as soon as enough are free (the connections over the new limit
+    /// are not closed; accepting waits until they end).
+    fn resize(&self, from: usize, to: usize) {
+        use std::sync::atomic::Ordering;
+        if to > from {
+            let mut more = to - from;
+            // Bounded: each turn pays off part of the debt or stops.
+            loop {
+                let owed = self.owed.load(Ordering::Acquire);
+                let pay = owed.min(more);
+                if pay == 0 {
+                    break;
+                }
+                if self
+                    .owed
+                    .compare_exchange(owed, owed - pay, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    more -= pay;
+                    break;
+                }
+            }
+            self.permits.add_permits(more);
+        } else if from > to {
+            let want = from - to;
+            let got = self.permits.forget_permits(want);
+            if got < want && self.owed.fetch_add(want - got, Ordering::AcqRel) == 0 {
+                // One collector for the whole debt: a permit that frees up is forgotten
+                // while anything is owed, and given back once nothing is.
+                let (permits, owed) = (self.permits.clone(), self.owed.clone());
+                tokio::spawn(async move {
+                    // Bounded: each turn takes one permit, and the debt only shrinks
+                    // (a later shrink while this runs adds to it and is paid here too).
+                    while owed.load(Ordering::Acquire) > 0 {
+                        let Ok(p) = permits.clone().acquire_owned().await else {
+                            return;
+                        };
+                        let paid = owed
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| o.checked_sub(1))
+                            .is_ok();
+                        if paid {
+                            p.forget();
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    /// Waits (bounded) until `limit` has `n` permits free.
+    async fn free(limit: &Limit, n: usize) {
+        for _ in 0..1000 {
+            if limit.permits.available_permits() == n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        panic!(
+            "{} permits free, expected {n}",
+            limit.permits.available_permits()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shrink_waits_for_connections_to_end_and_a_growth_pays_its_debt_first() {
+        let limit = Limit::new(4);
+        let held: Vec<_> = (0..3)
+            .map(|_| limit.permits.clone().try_acquire_owned().unwrap())
+            .collect();
+        // 4 -> 1 with 3 in use: the free one goes now, 2 more as connections end.
+        limit.resize(4, 1);
+        free(&limit, 0).await;
+        let mut held = held.into_iter();
+        drop(held.next());
+        free(&limit, 0).await; // taken for the debt
+                               // 1 -> 3: one permit still owed is forgiven, one is added: 2 in use, 1 free.
+        limit.resize(1, 3);
+        free(&limit, 1).await;
+        // The two still held come back as permits (nothing is owed any more).
+        drop(held);
+        free(&limit, 3).await;
+        assert_eq!(limit.owed.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 }
