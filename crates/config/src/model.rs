@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::addr::{ListenAddr, UpstreamAddr};
-pub use crate::kinds::{AccessLogTo, Balance, LogFormat, LogLevel};
+pub use crate::kinds::{AccessLogTo, Balance, LogFormat, LogLevel, TlsVersion};
+pub use crate::tls::Certificate;
 
 /// A whole, valid configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +24,9 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// `[upstreams.NAME]`, in the order of their names (sorted).
     pub upstreams: Vec<Upstream>,
+    /// What is valid but deserves a look (a certificate close to its expiry), in file
+    /// order; `check` prints them and exits 0, `run` and a reload log them at warn.
+    pub warnings: Vec<crate::ConfigError>,
 }
 
 impl Config {
@@ -110,6 +114,25 @@ pub struct Listener {
     /// HTTP: a client's FIN after a complete request is a half-close, answered; off, it
     /// ends the connection at once (default [`crate::defaults::HALF_CLOSE`]).
     pub half_close: bool,
+    /// `tls = { … }`: the listener terminates TLS; `None` = plain.
+    pub tls: Option<Tls>,
+}
+
+/// A listener's `tls = { certificates = [...], min_version, handshake_timeout, alpn }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    /// `certificates`, loaded, in file order (at least one); the first is the default
+    /// for a client without SNI or with a name none of them serves.
+    pub certificates: Vec<Certificate>,
+    /// `min_version`: the oldest TLS version accepted (default
+    /// [`crate::defaults::TLS_MIN_VERSION`]).
+    pub min_version: TlsVersion,
+    /// `handshake_timeout`: from accept to a complete handshake (default
+    /// [`crate::defaults::TLS_HANDSHAKE_TIMEOUT`]).
+    pub handshake_timeout: Duration,
+    /// `alpn`: the protocols offered, in order of preference (HTTP listeners; only
+    /// `http/1.1` today). Empty for TCP listeners, which offer none.
+    pub alpn: Vec<String>,
 }
 
 /// A listener's protocol.
