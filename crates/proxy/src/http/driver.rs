@@ -11,6 +11,7 @@ use crate::endpoint::{EndWatch, PeerAddr, Stream, Waiting};
 use crate::observed::Observed;
 use crate::registry::{ConnProtocol, ConnState, NewConn, SockAddr};
 use crate::side::Side;
+use crate::tls::ClientStream;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
@@ -26,7 +27,8 @@ use tokio::time::Instant;
 type HyperConn = http1::Connection<TokioIo<ClientIo>, super::service::ConnService>;
 
 /// Serves one client connection until it ends (see the module's invariants). `local`
-/// is our end of the socket.
+/// is our end of the socket. On a TLS listener the handshake runs first, here in the
+/// connection's task (`crate::tls`).
 ///
 /// Not an `async fn`: the connection is set up here, and the future returned keeps
 /// only what a parked connection needs (an `async fn` would also keep its arguments).
@@ -37,7 +39,25 @@ pub fn serve_connection(
     local: SockAddr,
     shutdown: Shutdown,
 ) -> impl Future<Output = ()> + Send {
-    serve_from(slot, stream, peer, local, shutdown, bytes::Bytes::new())
+    use futures_util::future::Either;
+    let Some(tls) = slot.load().tls.clone() else {
+        let plain = ClientStream::Plain(stream);
+        return Either::Left(serve_from(
+            slot,
+            plain,
+            peer,
+            local,
+            shutdown,
+            bytes::Bytes::new(),
+        ));
+    };
+    Either::Right(async move {
+        let Some(stream) = tls.accept(stream, peer, &shutdown.hard).await else {
+            return;
+        };
+        drop(tls);
+        serve_from(slot, stream, peer, local, shutdown, bytes::Bytes::new()).await;
+    })
 }
 
 /// Serves an idle keep-alive connection handed over by the process before a binary
@@ -51,12 +71,19 @@ pub fn adopt_connection(
     shutdown: Shutdown,
 ) -> impl Future<Output = ()> + Send {
     let peer = stream.peer_addr().unwrap_or(PeerAddr::Unix);
-    serve_from(slot, stream, peer, local, shutdown, read)
+    serve_from(
+        slot,
+        ClientStream::Plain(stream),
+        peer,
+        local,
+        shutdown,
+        read,
+    )
 }
 
 fn serve_from(
     slot: Arc<ArcSwap<HttpListener>>,
-    stream: Stream,
+    stream: ClientStream,
     peer: PeerAddr,
     local: SockAddr,
     shutdown: Shutdown,
@@ -142,7 +169,7 @@ impl Driver {
             // Parked: nothing of hyper's is held while the client is quiet. Bytes put
             // back (a pipelined request hyper had started to read) are served at once.
             if !io.has_prefix() {
-                match self.park(io.get_ref().get_ref()).await {
+                match self.park(io.inner_mut().inner_mut()).await {
                     Parked::Readable => {}
                     Parked::Close => return,
                     Parked::Export => match self.hand_over(io) {
@@ -169,7 +196,10 @@ impl Driver {
                 client: self.client.clone(),
                 forwarded_for: headers::forwarded_for(self.peer.ip()),
             };
-            let end = self.end_watch(io.get_ref().get_ref());
+            // On TLS it sees records, not requests: a TCP FIN or reset is seen as on a
+            // plain socket; a `close_notify` (bytes) counts as bytes waiting, so it
+            // never cuts a response short (the next read or write finds it).
+            let end = self.end_watch(io.get_ref().get_ref().raw());
             // Boxed: the task keeps only what a parked connection needs.
             let conn = Box::new(self.ctx.builder.serve_connection(TokioIo::new(io), service));
             match self.serve(conn, end).await {
@@ -205,13 +235,17 @@ impl Driver {
     /// Waits, holding no buffer, until `stream` is readable (true) or the connection
     /// should close (false): `idle_timeout`, the drain (an idle connection closes at
     /// once), the end of the grace or an operator.
-    async fn park(&self, stream: &Stream) -> Parked {
+    ///
+    /// A TLS connection waits on [`ClientStream::readable`], which first looks at what
+    /// rustls has already decrypted; it is never exported (its session state lives in
+    /// this process): it stays and ends with the drain.
+    async fn park(&self, stream: &mut ClientStream) -> Parked {
         // Bounded: each turn waits for the client, a timer, the drain, an export or a
         // close.
         loop {
             // Before the drain: a binary upgrade drains this process while its idle
             // connections move to the new one.
-            if self.shutdown.export.is_open() {
+            if self.shutdown.export.is_open() && !stream.is_tls() {
                 return Parked::Export;
             }
             if self.shutdown.graceful.is_cancelled() {
@@ -242,10 +276,19 @@ impl Driver {
     /// socket back when the export has ended meanwhile.
     fn hand_over(&self, io: ClientIo) -> Option<ClientIo> {
         let (read, observed) = io.into_parts();
+        let client = match observed.into_inner().into_plain() {
+            Ok(plain) => plain,
+            // Not parked for an export (see `park`); kept here all the same.
+            Err(tls) => {
+                let mut io = Rewind::new(Observed::new(tls, self.client.clone()));
+                io.put_back(read);
+                return Some(io);
+            }
+        };
         let handoff = crate::handoff::Handoff {
             listener: self.ctx.name.clone(),
             kind: crate::handoff::HandoffKind::Idle {
-                client: observed.into_inner(),
+                client,
                 read: read.to_vec(),
             },
         };
@@ -255,9 +298,9 @@ impl Driver {
                 None
             }
             Err(back) => match back.kind {
-                crate::handoff::HandoffKind::Idle { client, .. } => {
-                    Some(Rewind::new(Observed::new(client, self.client.clone())))
-                }
+                crate::handoff::HandoffKind::Idle { client, .. } => Some(Rewind::new(
+                    Observed::new(ClientStream::Plain(client), self.client.clone()),
+                )),
                 crate::handoff::HandoffKind::Tunnel { .. } => None,
             },
         }

@@ -36,6 +36,7 @@ use crate::handoff::{Handoff, HandoffKind, Pending};
 use crate::listener_stats::ListenerMetrics;
 use crate::registry::{ConnProtocol, ConnState, NewConn, Registry, SockAddr};
 use crate::side::Side;
+use crate::tls::ClientStream;
 use crate::upstream::connect::{Connected, Resolve};
 use crate::upstream::health::Outcome;
 use crate::upstream::{ActiveGuard, Upstream};
@@ -57,6 +58,9 @@ pub struct TunnelListener {
     metrics: Arc<ListenerMetrics>,
     /// The config generation it was built from, shown for each connection.
     pub generation: u64,
+    /// `tls`: each connection's handshake before the upstream is dialled; the tunnel
+    /// then carries the plaintext.
+    tls: Option<Arc<crate::tls::Terminator>>,
 }
 
 impl std::fmt::Debug for TunnelListener {
@@ -88,6 +92,8 @@ impl TunnelListener {
             registry: http.registry.clone(),
             metrics: http.metrics().clone(),
             generation: http.generation,
+            // An adopted tunnel was a plain one (a TLS session never moves).
+            tls: None,
         }
     }
 
@@ -110,7 +116,12 @@ impl TunnelListener {
             tracing::error!(listener = %cfg.name, upstream = %name, "TCP listener names an unknown upstream; not listening");
             return None;
         };
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(|t| Arc::new(crate::tls::Terminator::new(&cfg.name, t, metrics.clone())));
         Some(TunnelListener {
+            tls,
             name: cfg.name.clone(),
             idle_timeout: cfg.idle_timeout,
             client_tcp: TcpOptions {
@@ -132,7 +143,8 @@ impl TunnelListener {
 }
 
 /// Serves one client connection of a TCP listener until its tunnel ends (see the
-/// module's lifecycle). `local` is our end of the client socket.
+/// module's lifecycle). `local` is our end of the client socket. With `tls`, the
+/// handshake comes first, before any upstream is dialled.
 pub async fn serve_tunnel(
     ctx: Arc<TunnelListener>,
     client: Stream,
@@ -140,6 +152,13 @@ pub async fn serve_tunnel(
     local: SockAddr,
     shutdown: Shutdown,
 ) {
+    let client = match &ctx.tls {
+        None => ClientStream::Plain(client),
+        Some(tls) => match tls.accept(client, peer, &shutdown.hard).await {
+            Some(s) => s,
+            None => return,
+        },
+    };
     // A child of `hard`: the copy selects on one token for the grace's end and for a
     // close through the registry.
     let close = shutdown.hard.child_token();
@@ -234,6 +253,7 @@ pub async fn adopt_tunnel(
         stream: upstream,
     };
     tracing::debug!(listener = %ctx.name, %peer, server, "tunnel adopted from the previous process");
+    let client = ClientStream::Plain(client);
     relay(
         &ctx, client, peer, stats, close, active, connected, pending, &shutdown,
     )
@@ -246,7 +266,7 @@ pub async fn adopt_tunnel(
 #[allow(clippy::too_many_arguments, reason = "one tunnel's parts, moved in")]
 async fn relay(
     ctx: &TunnelListener,
-    mut client: Stream,
+    mut client: ClientStream,
     peer: PeerAddr,
     stats: TunnelStats,
     close: tokio_util::sync::CancellationToken,
@@ -285,7 +305,8 @@ async fn relay(
     // closed meanwhile, after which no turn stops for it.
     let ending = loop {
         let export = &shutdown.export;
-        let watching = !export.token().is_cancelled() || export.is_open();
+        // A TLS session cannot move to another process: it ends here.
+        let watching = !client.is_tls() && (!export.token().is_cancelled() || export.is_open());
         let ending = copy::run_with(
             &mut client,
             &mut upstream_stream,
@@ -299,11 +320,19 @@ async fn relay(
         let Ending::Exported(moving) = ending else {
             break ending;
         };
+        let plain = match client.into_plain() {
+            Ok(plain) => plain,
+            // Not watched for an export (above); goes on here all the same.
+            Err(tls) => {
+                (client, pending) = (tls, moving);
+                continue;
+            }
+        };
         let handoff = Handoff {
             listener: ctx.name.clone(),
             kind: HandoffKind::Tunnel {
                 protocol: ConnProtocol::Tcp,
-                client,
+                client: plain,
                 upstream: upstream_stream,
                 pending: moving,
                 upstream_name: ctx.upstream.name.clone(),
@@ -324,11 +353,13 @@ async fn relay(
         else {
             return;
         };
-        (client, upstream_stream, pending) = (c, u, p);
+        (client, upstream_stream, pending) = (ClientStream::Plain(c), u, p);
     };
     if let Ending::Failed { side, .. } = &ending {
         match side.other() {
-            Side::Client => reset(client, &ctx.name, peer),
+            // A TLS client gets a reset too, without a close_notify: the stream did not
+            // end cleanly.
+            Side::Client => reset(client.into_raw(), &ctx.name, peer),
             Side::Upstream => reset(upstream_stream, &ctx.name, peer),
         }
     } else {

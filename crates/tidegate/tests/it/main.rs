@@ -29,3 +29,4 @@ mod repo;
 mod slow_clients;
 mod systemd;
 mod tcp;
+mod tls;
