@@ -23,6 +23,9 @@
 //! - `upstream_connections{upstream, server, state}`: open upstream connections
 //!   (`idle` = pooled).
 //! - `bytes_total{listener, direction}`: client bytes, `in` (from clients) and `out`.
+//! - `tls_handshake_failures_total{listener, reason}`: failed TLS handshakes (reasons:
+//!   `listener_stats::HandshakeFailure`); `tls_certificate_expiry_seconds{listener,
+//!   names}`: seconds until each served certificate's `notAfter`.
 //! - `upstream_connect_failures_total{upstream, server, reason}`: `refused`, `timeout`,
 //!   `unreachable`, `resolve`, `other`.
 //! - `upstream_checkouts_total{upstream, server, connection}`: connections used for a

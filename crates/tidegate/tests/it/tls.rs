@@ -81,6 +81,12 @@ servers = ["{upstream}"]
     )
 }
 
+async fn status_json(tg: &Tidegate) -> anyhow::Result<serde_json::Value> {
+    let out = crate::admin::tidegate(&["ctl", "--json", "status"], tg.dir()).await?;
+    ensure!(out.status.success(), "ctl status: {}", text(&out.stderr));
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 async fn metrics(tg: &Tidegate) -> anyhow::Result<String> {
     let out = crate::admin::tidegate(&["ctl", "metrics"], tg.dir()).await?;
     ensure!(out.status.success(), "ctl metrics: {}", text(&out.stderr));
@@ -305,9 +311,33 @@ async fn a_reload_serves_the_new_certificate_to_new_connections_and_keeps_open_o
     let mut open = ca.connect(&web, "a.test", T).await?;
     ask(&mut open, "a.test").await?;
     let before = peer_certificate(&open);
+    let names = |status: &serde_json::Value| -> Vec<String> {
+        status["certificates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                format!(
+                    "{} {} {}",
+                    c["listener"].as_str().unwrap_or_default(),
+                    c["names"],
+                    c["issuer"].as_str().unwrap_or_default()
+                )
+            })
+            .collect()
+    };
+    let status = status_json(&tg).await?;
+    assert_eq!(
+        names(&status),
+        [
+            r#"web ["a.test"] CN=tidegate test CA"#,
+            r#"web ["b.test"] CN=tidegate test CA"#
+        ]
+    );
+    ensure!(status["certificates"][0]["expires_in_s"].as_i64() > Some(86_400 * 365));
 
     // Rotation: new files under the same names, then a reload.
-    ca.leaf(dir.path(), "a", &["a.test"], None)?;
+    ca.leaf(dir.path(), "a", &["a.test", "www.a.test"], None)?;
     let out = crate::admin::tidegate(&["ctl", "reload"], tg.dir()).await?;
     ensure!(
         out.status.success(),
@@ -317,6 +347,20 @@ async fn a_reload_serves_the_new_certificate_to_new_connections_and_keeps_open_o
     );
 
     let fresh = ca.connect(&web, "a.test", T).await?;
+    let status = status_json(&tg).await?;
+    assert_eq!(
+        names(&status),
+        [
+            r#"web ["a.test","www.a.test"] CN=tidegate test CA"#,
+            r#"web ["b.test"] CN=tidegate test CA"#
+        ]
+    );
+    let table = crate::admin::tidegate(&["ctl", "status"], tg.dir()).await?;
+    let table = text(&table.stdout);
+    ensure!(
+        table.contains("NAMES") && table.contains("a.test, www.a.test"),
+        "{table}"
+    );
     ensure!(
         peer_certificate(&fresh) != before,
         "a new connection got the old certificate"
