@@ -65,7 +65,9 @@ impl Terminator {
 
     /// Runs the handshake on `stream` within `handshake_timeout`: the decrypted stream,
     /// or `None` when it failed (logged at debug with the reason, and counted), timed
-    /// out, or `stop` fired (the end of the grace, an operator).
+    /// out, or `stop` fired (the connection's close token: the end of the grace, an
+    /// operator). The connection is already in the registry: the caller registers it
+    /// before, so `ctl conns` shows a handshake in progress and can close it.
     pub async fn accept(
         &self,
         stream: Stream,
@@ -88,7 +90,7 @@ impl Terminator {
                 format!("no complete handshake within handshake_timeout ({}ms)", self.handshake_timeout.as_millis()),
             ),
             _ = stop.cancelled() => {
-                tracing::debug!(listener = %self.listener, %peer, "closing client connection during its TLS handshake: shutdown or closed");
+                tracing::debug!(listener = %self.listener, %peer, "closing client connection during its TLS handshake: shutdown grace ended or closed by the operator");
                 return None;
             }
         };

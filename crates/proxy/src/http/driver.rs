@@ -28,7 +28,8 @@ type HyperConn = http1::Connection<TokioIo<ClientIo>, super::service::ConnServic
 
 /// Serves one client connection until it ends (see the module's invariants). `local`
 /// is our end of the socket. On a TLS listener the handshake runs first, here in the
-/// connection's task (`crate::tls`).
+/// connection's task (`crate::tls`), the connection already in the registry (state
+/// `reading`) and closed by the same token as afterwards.
 ///
 /// Not an `async fn`: the connection is set up here, and the future returned keeps
 /// only what a parked connection needs (an `async fn` would also keep its arguments).
@@ -41,22 +42,22 @@ pub fn serve_connection(
 ) -> impl Future<Output = ()> + Send {
     use futures_util::future::Either;
     let Some(tls) = slot.load().tls.clone() else {
-        let plain = ClientStream::Plain(stream);
-        return Either::Left(serve_from(
-            slot,
-            plain,
-            peer,
-            local,
-            shutdown,
-            bytes::Bytes::new(),
-        ));
+        let driver = Driver::registered(slot, peer, local, shutdown, ConnState::Idle);
+        let io = driver.io(ClientStream::Plain(stream), bytes::Bytes::new());
+        return Either::Left(driver.run(io));
     };
+    let driver = Driver::registered(slot, peer, local, shutdown, ConnState::Reading);
     Either::Right(async move {
-        let Some(stream) = tls.accept(stream, peer, &shutdown.hard).await else {
+        let Some(stream) = tls.accept(stream, peer, &driver.close).await else {
+            if driver.close.is_cancelled() {
+                driver.closed();
+            }
             return;
         };
         drop(tls);
-        serve_from(slot, stream, peer, local, shutdown, bytes::Bytes::new()).await;
+        driver.client.conn().set_state(ConnState::Idle);
+        let io = driver.io(stream, bytes::Bytes::new());
+        driver.run(io).await;
     })
 }
 
@@ -71,56 +72,8 @@ pub fn adopt_connection(
     shutdown: Shutdown,
 ) -> impl Future<Output = ()> + Send {
     let peer = stream.peer_addr().unwrap_or(PeerAddr::Unix);
-    serve_from(
-        slot,
-        ClientStream::Plain(stream),
-        peer,
-        local,
-        shutdown,
-        read,
-    )
-}
-
-fn serve_from(
-    slot: Arc<ArcSwap<HttpListener>>,
-    stream: ClientStream,
-    peer: PeerAddr,
-    local: SockAddr,
-    shutdown: Shutdown,
-    read: bytes::Bytes,
-) -> impl Future<Output = ()> + Send {
-    // A child of `hard`: one token to select on closes the connection at the end of
-    // the grace or when an operator closes it.
-    let close = shutdown.hard.child_token();
-    let ctx = slot.load_full();
-    let client = ClientConn::registered(ctx.registry.register(NewConn {
-        side: Side::Client,
-        name: ctx.metrics.name.clone(),
-        peer: match peer {
-            PeerAddr::Tcp(a) => SockAddr::Tcp(a),
-            PeerAddr::Unix => SockAddr::Unix(None),
-        },
-        local,
-        protocol: ConnProtocol::Http1,
-        state: ConnState::Idle,
-        close: close.clone(),
-        server: None,
-        totals: Some(ctx.metrics.totals.clone()),
-        generation: ctx.generation,
-    }));
-    let mut io: ClientIo = Rewind::new(Observed::new(stream, client.clone()));
-    if !read.is_empty() {
-        io.put_back(read);
-        client.head_started();
-    }
-    let driver = Driver {
-        ctx,
-        slot,
-        client,
-        shutdown,
-        close,
-        peer,
-    };
+    let driver = Driver::registered(slot, peer, local, shutdown, ConnState::Idle);
+    let io = driver.io(ClientStream::Plain(stream), read);
     driver.run(io)
 }
 
@@ -161,6 +114,55 @@ struct Driver {
 }
 
 impl Driver {
+    /// A new client connection of the listener in `slot`, entered in its registry in
+    /// `state`.
+    fn registered(
+        slot: Arc<ArcSwap<HttpListener>>,
+        peer: PeerAddr,
+        local: SockAddr,
+        shutdown: Shutdown,
+        state: ConnState,
+    ) -> Driver {
+        // A child of `hard`: one token to select on closes the connection at the end of
+        // the grace or when an operator closes it.
+        let close = shutdown.hard.child_token();
+        let ctx = slot.load_full();
+        let client = ClientConn::registered(ctx.registry.register(NewConn {
+            side: Side::Client,
+            name: ctx.metrics.name.clone(),
+            peer: match peer {
+                PeerAddr::Tcp(a) => SockAddr::Tcp(a),
+                PeerAddr::Unix => SockAddr::Unix(None),
+            },
+            local,
+            protocol: ConnProtocol::Http1,
+            state,
+            close: close.clone(),
+            server: None,
+            totals: Some(ctx.metrics.totals.clone()),
+            generation: ctx.generation,
+        }));
+        Driver {
+            ctx,
+            slot,
+            client,
+            shutdown,
+            close,
+            peer,
+        }
+    }
+
+    /// The stream as the driver serves it, with `read` (bytes read before and not
+    /// served) put back in front.
+    fn io(&self, stream: ClientStream, read: bytes::Bytes) -> ClientIo {
+        let mut io: ClientIo = Rewind::new(Observed::new(stream, self.client.clone()));
+        if !read.is_empty() {
+            io.put_back(read);
+            self.client.head_started();
+        }
+        io
+    }
+
     /// Parks and serves `io` in turn until the connection ends.
     async fn run(mut self, mut io: ClientIo) {
         // Bounded: every turn either waits for the client (bounded by the timers) or

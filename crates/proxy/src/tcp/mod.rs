@@ -152,13 +152,6 @@ pub async fn serve_tunnel(
     local: SockAddr,
     shutdown: Shutdown,
 ) {
-    let client = match &ctx.tls {
-        None => ClientStream::Plain(client),
-        Some(tls) => match tls.accept(client, peer, &shutdown.hard).await {
-            Some(s) => s,
-            None => return,
-        },
-    };
     // A child of `hard`: the copy selects on one token for the grace's end and for a
     // close through the registry.
     let close = shutdown.hard.child_token();
@@ -171,12 +164,26 @@ pub async fn serve_tunnel(
         },
         local,
         protocol: ConnProtocol::Tcp,
-        state: ConnState::WaitingUpstream,
+        state: match ctx.tls {
+            None => ConnState::WaitingUpstream,
+            // The handshake comes first.
+            Some(_) => ConnState::Reading,
+        },
         close: close.clone(),
         server: None,
         totals: Some(ctx.metrics.totals.clone()),
         generation: ctx.generation,
     }));
+    let client = match &ctx.tls {
+        None => ClientStream::Plain(client),
+        Some(tls) => match tls.accept(client, peer, &close).await {
+            Some(s) => {
+                stats.conn().set_state(ConnState::WaitingUpstream);
+                s
+            }
+            None => return,
+        },
+    };
     stats.conn().add_request();
     let connected = tokio::select! {
         c = connect(&ctx, peer) => c,

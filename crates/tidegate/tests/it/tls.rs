@@ -271,6 +271,38 @@ async fn a_silent_client_is_closed_at_handshake_timeout_while_others_are_served(
         waited >= Duration::from_millis(900),
         "closed before handshake_timeout: {waited:?}"
     );
+    // A handshake in progress is a listed connection (`reading`) an operator can close.
+    let mut second = tokio::net::TcpStream::connect(sa).await?;
+    let local = second.local_addr()?.to_string();
+    let deadline = Instant::now() + T;
+    let id = loop {
+        let out = crate::admin::tidegate(&["ctl", "--json", "conns"], tg.dir()).await?;
+        let conns: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let found = conns
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["peer"] == local.as_str());
+        if let Some(c) = found {
+            ensure!(c["state"] == "reading" && c["listener"] == "web", "{c}");
+            break c["id"].as_u64().context("id")?;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the handshaking connection is not listed: {conns}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let killed = Instant::now();
+    let out = crate::admin::tidegate(&["ctl", "kill", &id.to_string()], tg.dir()).await?;
+    ensure!(out.status.success(), "ctl kill: {}", text(&out.stderr));
+    let n = tokio::time::timeout(T, second.read(&mut buf)).await?;
+    ensure!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    ensure!(
+        killed.elapsed() < Duration::from_millis(900),
+        "not closed by the kill"
+    );
+
     let m = metrics(&tg).await?;
     let timeouts = sample(
         &m,
