@@ -198,10 +198,9 @@ impl Driver {
                 client: self.client.clone(),
                 forwarded_for: headers::forwarded_for(self.peer.ip()),
             };
-            // On TLS it sees records, not requests: a TCP FIN or reset is seen as on a
-            // plain socket; a `close_notify` (bytes) counts as bytes waiting, so it
-            // never cuts a response short (the next read or write finds it).
-            let end = self.end_watch(io.get_ref().get_ref().raw());
+            // On TLS it sees records, not requests: a FIN behind a `close_notify` is
+            // looked for past the bytes (see `ClientEnd`).
+            let end = self.end_watch(io.get_ref().get_ref());
             // Boxed: the task keeps only what a parked connection needs.
             let conn = Box::new(self.ctx.builder.serve_connection(TokioIo::new(io), service));
             match self.serve(conn, end).await {
@@ -310,14 +309,16 @@ impl Driver {
 
     /// With `half_close`, a watch on the client's end for this turn of serving (hyper
     /// reads nothing while it serves a request, so it would not see a client leave).
-    fn end_watch(&self, stream: &Stream) -> ClientEnd {
+    fn end_watch(&self, stream: &ClientStream) -> ClientEnd {
         if !self.ctx.half_close {
             return ClientEnd::default();
         }
-        match stream.end_watch() {
+        match stream.raw().end_watch() {
             Ok(watch) => ClientEnd {
                 watch: Some(watch),
                 paused_at: None,
+                tls: stream.is_tls(),
+                recheck: None,
             },
             Err(e) => {
                 // Without it, a client gone mid-response is found by the next failed
@@ -427,6 +428,12 @@ impl Driver {
 /// reads its response; hyper closes after it), a FIN or a reset once the response is
 /// under way is a client gone, whose connection (and upstream exchange) is closed at
 /// once rather than when a write fails.
+///
+/// On TLS the socket shows records: a client that closes sends its `close_notify`
+/// (bytes) before its FIN, so bytes waiting are not the end of the watch there: the FIN
+/// behind them is looked for (`EndWatch::peer_shut_down`) at each wake-up of the
+/// connection and every [`TLS_END_RECHECK`], with the same rule: before the response
+/// head a half-close, after it a client gone.
 #[derive(Default)]
 struct ClientEnd {
     /// `None`: off, or the client has half-closed (nothing more to see).
@@ -434,7 +441,17 @@ struct ClientEnd {
     /// Unread bytes were waiting (a pipelined request) when hyper had attempted this
     /// many reads: nothing to see until hyper reads again.
     paused_at: Option<u32>,
+    /// The stream is TLS.
+    tls: bool,
+    /// TLS, bytes waiting: when to look for a FIN behind them again (allocated the first
+    /// time bytes wait).
+    recheck: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// How often a TLS connection with bytes waiting (its `close_notify`, say) is checked
+/// for a FIN behind them while nothing else wakes it: half of the one-second bound on
+/// noticing a client gone (docs/design.md, "Principles" 1).
+const TLS_END_RECHECK: Duration = Duration::from_millis(500);
 
 impl ClientEnd {
     /// Resolves when the client has gone away mid-response (what it did, for the log).
@@ -452,6 +469,29 @@ impl ClientEnd {
             self.paused_at = None;
             match watch.poll_end(cx) {
                 Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(Waiting::Bytes)) if self.tls => {
+                    match watch.peer_shut_down() {
+                        // A close_notify and a FIN before the response: a half-close.
+                        Ok(true) if !client.response_under_way() => {
+                            self.watch = None;
+                            return Poll::Pending;
+                        }
+                        Ok(true) => return Poll::Ready("client closed its connection"),
+                        // Found by the next read or write instead.
+                        Ok(false) | Err(_) => {}
+                    }
+                    // The readiness stays set while bytes wait, so no wake-up comes
+                    // for a FIN behind them: the timer brings one.
+                    let recheck = self
+                        .recheck
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(TLS_END_RECHECK)));
+                    if recheck.as_mut().poll(cx).is_ready() {
+                        recheck.as_mut().reset(Instant::now() + TLS_END_RECHECK);
+                        // Registers the waker for the new deadline.
+                        let _ = recheck.as_mut().poll(cx);
+                    }
+                    Poll::Pending
+                }
                 Poll::Ready(Ok(Waiting::Bytes)) => {
                     self.paused_at = Some(client.reads());
                     Poll::Pending

@@ -518,9 +518,6 @@ async fn tcp_mode_terminates_tls_and_relays_the_plain_bytes() -> anyhow::Result<
     let echo = TcpBackend::echo(Bind::Tcp4)?;
     let toml = format!(
         r#"
-[server]
-log = {{ level = "debug" }}
-
 [listeners.amqps]
 listen = ["127.0.0.1:0"]
 protocol = "tcp"
@@ -587,4 +584,84 @@ async fn a_kept_alive_tls_connection_is_parked_and_served_again_with_pipelined_r
         ask(&mut s, "a.test").await?;
     }
     Ok(())
+}
+
+/// Reads from `s` until `needle` has arrived.
+async fn read_until(s: &mut TlsClient, needle: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + T;
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .with_context(|| format!("waiting for {:?}, got {:?}", text(needle), text(&got)))??;
+        ensure!(n > 0, "closed before {:?}: {:?}", text(needle), text(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_closes_its_sending_side_after_its_request_still_gets_the_response(
+) -> anyhow::Result<()> {
+    // close_notify then FIN, while the upstream takes its time: a half-close, answered.
+    let dir = tempfile::tempdir()?;
+    let ca = TestCa::new()?;
+    ca.leaf(dir.path(), "a", &["a.test"], None)?;
+    ca.leaf(dir.path(), "b", &["b.test"], None)?;
+    let app = Backend::start(Bind::Tcp4, |_| {
+        Reply::delay(Duration::from_millis(300), Reply::text(200, "late\n"))
+    })?;
+    let tg = Tidegate::start_in(dir.path(), bin(), &config("", &app.addr().to_config())).await?;
+    let mut s = ca.connect(&tg.addr("web")?, "a.test", T).await?;
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await?;
+    s.shutdown().await?;
+    let got = read_until(&mut s, b"late\n").await?;
+    ensure!(got.starts_with(b"HTTP/1.1 200"), "{}", text(&got));
+    Ok(())
+}
+
+/// A TLS client reads the first SSE event through tidegate, then leaves (`notify`: with
+/// a close_notify before its FIN, as a client that closes cleanly; without: the FIN
+/// alone, as a killed client); the upstream connection must be closed within 1 s.
+async fn tls_client_leaves_mid_stream(notify: bool) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = TestCa::new()?;
+    ca.leaf(dir.path(), "a", &["a.test"], None)?;
+    ca.leaf(dir.path(), "b", &["b.test"], None)?;
+    let app = Backend::start(Bind::Tcp4, |_| {
+        Reply::sse(
+            vec!["data: one\n\n".into()],
+            tidegate_testkit::SseThen::Hold,
+        )
+    })?;
+    let tg = Tidegate::start_in(dir.path(), bin(), &config("", &app.addr().to_config())).await?;
+    let mut s = ca.connect(&tg.addr("web")?, "a.test", T).await?;
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await?;
+    read_until(&mut s, b"data: one\n\n").await?;
+    let _kept = if notify {
+        // close_notify, then FIN; the socket stays open.
+        s.shutdown().await?;
+        Some(s)
+    } else {
+        drop(s);
+        None
+    };
+    app.wait_for(|b| b.closed_connections() == 1, Duration::from_secs(1))
+        .await
+        .with_context(|| format!("upstream still open; logs:\n{}", tg.logs().join("\n")))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_gone_mid_stream_closes_the_upstream_within_1s() -> anyhow::Result<()> {
+    tls_client_leaves_mid_stream(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_closing_with_close_notify_mid_stream_closes_the_upstream_within_1s(
+) -> anyhow::Result<()> {
+    tls_client_leaves_mid_stream(true).await
 }
