@@ -40,6 +40,9 @@ pub const TLS_MIN_VERSION: crate::kinds::TlsVersion = crate::kinds::TlsVersion::
 /// Listener `tls.handshake_timeout`: a client that has not finished its TLS handshake
 /// this long after the accept is closed (it holds a `max_connections` slot meanwhile).
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP listener `tls_passthrough.hello_timeout`: a client whose ClientHello has not
+/// arrived this long after the accept is closed.
+pub const TLS_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// `tcp_keepalive`: idle time before the first probe (TCP sockets only).
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Interval between TCP keepalive probes.

@@ -116,6 +116,30 @@ pub struct Listener {
     pub half_close: bool,
     /// `tls = { … }`: the listener terminates TLS; `None` = plain.
     pub tls: Option<Tls>,
+    /// TCP listeners: `tls_passthrough = { … }`: TLS is relayed untouched, each
+    /// connection to the upstream its ClientHello's SNI name routes to (`upstream` for
+    /// a name no route has, or none).
+    pub tls_passthrough: Option<TlsPassthrough>,
+}
+
+/// A TCP listener's `tls_passthrough = { routes = [ { sni, upstream }, ... ], hello_timeout }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsPassthrough {
+    /// `routes`, in file order; the most specific match wins (an exact name over a
+    /// wildcard, a longer wildcard over a shorter one).
+    pub routes: Vec<SniRoute>,
+    /// `hello_timeout`: from accept to a complete ClientHello (default
+    /// [`crate::defaults::TLS_HELLO_TIMEOUT`]).
+    pub hello_timeout: Duration,
+}
+
+/// One `{ sni = "NAME", upstream = "NAME" }` of `tls_passthrough.routes`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SniRoute {
+    /// `sni`: `a.example.com` or `*.example.com` (any subdomain), as route hosts.
+    pub sni: HostMatch,
+    /// The upstream (validated to exist).
+    pub upstream: String,
 }
 
 /// A listener's `tls = { certificates = [...], min_version, handshake_timeout, alpn }`.
@@ -173,6 +197,22 @@ pub enum HostMatch {
     /// `*.example.com`: stored as the lowercase suffix `.example.com`; matches
     /// `a.example.com` and `a.b.example.com`, not `example.com`.
     Suffix(String),
+}
+
+impl HostMatch {
+    /// How specifically this matches `host` (compared without case; higher is more
+    /// specific: an exact name over any wildcard, then the longer), or `None`.
+    pub fn rank(&self, host: &str) -> Option<(u8, usize)> {
+        match self {
+            HostMatch::Exact(h) => h.eq_ignore_ascii_case(host).then_some((2, h.len())),
+            HostMatch::Suffix(s) => {
+                // `s` is ".example.com"; the host must have at least one more label.
+                let cut = host.len().checked_sub(s.len()).filter(|c| *c > 0)?;
+                let tail = host.get(cut..)?;
+                tail.eq_ignore_ascii_case(s).then_some((1, s.len()))
+            }
+        }
+    }
 }
 
 /// What a route does with a request.

@@ -17,7 +17,7 @@ use crate::defaults;
 use crate::error::Sink;
 use crate::model::{
     AccessLog, AccessLogTo, Admin, Config, Health, HostMatch, Listener, Log, OnDemand, Passive,
-    Protocol, Route, RouteAction, Server, Tls, TlsVersion, Upstream,
+    Protocol, Route, RouteAction, Server, SniRoute, Tls, TlsPassthrough, TlsVersion, Upstream,
 };
 use crate::model::{OverLimit, RequestBuffering};
 use crate::parse::{self, InvalidValue, DURATION_FORMS, SIZE_FORMS};
@@ -992,6 +992,7 @@ impl<'d> Cx<'_, '_> {
                 "underscores_in_headers",
                 "half_close",
                 "tls",
+                "tls_passthrough",
             ],
             &[],
         );
@@ -1181,6 +1182,28 @@ impl<'d> Cx<'_, '_> {
         let tls = self
             .table(t, "tls")
             .and_then(|tls| self.tls(&tls, protocol != Some(Protocol::Tcp)));
+        let tls_passthrough = match t.field("tls_passthrough") {
+            None => None,
+            Some(f) if protocol == Some(Protocol::Http) => {
+                self.err(
+                    f.key_span.clone(),
+                    &f.path,
+                    r#"only for TCP listeners (protocol = "tcp"); an HTTP listener reads requests, so it must terminate TLS: tls = { certificates = [...] }"#,
+                );
+                None
+            }
+            Some(f) if t.field("tls").is_some() => {
+                self.err(
+                    f.key_span.clone(),
+                    &f.path,
+                    "tls_passthrough relays TLS untouched and tls terminates it: a listener has one or the other",
+                );
+                None
+            }
+            Some(_) => self
+                .table(t, "tls_passthrough")
+                .and_then(|p| self.tls_passthrough(&p, upstreams)),
+        };
 
         let idle_default = if tcp {
             defaults::TCP_IDLE_TIMEOUT
@@ -1210,7 +1233,62 @@ impl<'d> Cx<'_, '_> {
             routes,
             half_close: half_close.unwrap_or(defaults::HALF_CLOSE),
             tls,
+            tls_passthrough,
         }
+    }
+
+    /// A TCP listener's `tls_passthrough` table. `None` after an error.
+    fn tls_passthrough(&mut self, t: &Tbl<'d>, upstreams: &[&str]) -> Option<TlsPassthrough> {
+        self.keys(t, &["routes", "hello_timeout"], &[]);
+        let hello_timeout = self
+            .timeout(t, "hello_timeout")
+            .unwrap_or(defaults::TLS_HELLO_TIMEOUT);
+        let mut routes = Vec::new();
+        let mut failed = false;
+        let mut placed: Vec<(HostMatch, Span)> = Vec::new();
+        if let Some(f) = t.field("routes") {
+            for r in self.tables(&f) {
+                self.keys(&r, &["sni", "upstream"], &[]);
+                let sni = self.parsed(&r, "sni", "a server name", parse::host_match);
+                if r.field("sni").is_none() {
+                    self.missing(&r, "sni", r#"a route names the SNI name it takes: sni = "a.example.com" (or "*.example.com")"#);
+                }
+                let upstream = match r.field("upstream") {
+                    Some(f) => self.upstream_ref(&f, upstreams),
+                    None => {
+                        self.missing(
+                            &r,
+                            "upstream",
+                            r#"a route names where its connections go: upstream = "NAME""#,
+                        );
+                        None
+                    }
+                };
+                let (Some(sni), Some(upstream)) = (sni, upstream) else {
+                    failed = true;
+                    continue;
+                };
+                if let Some((_, first)) = placed.iter().find(|(h, _)| *h == sni) {
+                    let at = self.sink.place(first.clone());
+                    self.err(
+                        r.span.clone(),
+                        &r.path,
+                        format!(
+                            "a second route for {:?} would never match (the first is at {at})",
+                            host_text(&sni)
+                        ),
+                    );
+                    failed = true;
+                    continue;
+                }
+                placed.push((sni.clone(), r.span.clone()));
+                routes.push(SniRoute { sni, upstream });
+            }
+        }
+        (!failed).then_some(TlsPassthrough {
+            routes,
+            hello_timeout,
+        })
     }
 
     /// A listener's `tls` table; `http` says whether ALPN applies. `None` after an error.

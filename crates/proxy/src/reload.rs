@@ -319,6 +319,19 @@ fn listener_fields(o: &Listener, n: &Listener) -> Vec<String> {
     field!(underscores_in_headers, |v: &bool| v.to_string());
     field!(half_close, |v: &bool| v.to_string());
     out.extend(tls_fields(o.tls.as_ref(), n.tls.as_ref()));
+    if o.tls_passthrough != n.tls_passthrough {
+        let routes = |p: &Option<tidegate_config::TlsPassthrough>| {
+            p.as_ref().map_or_else(
+                || "off".to_owned(),
+                |p| format!("{} routes", p.routes.len()),
+            )
+        };
+        out.push(format!(
+            "tls_passthrough {} -> {} (new connections)",
+            routes(&o.tls_passthrough),
+            routes(&n.tls_passthrough)
+        ));
+    }
     out
 }
 

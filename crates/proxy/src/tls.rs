@@ -80,23 +80,64 @@ impl Terminator {
                 .count_handshake_failure(HandshakeFailure::Other);
             return None;
         };
-        let failure = tokio::select! {
-            res = acceptor.accept(stream) => match res {
-                Ok(s) => return Some(ClientStream::Tls(Box::new(s))),
-                Err(e) => classify(&e),
+        let handshake = async {
+            match acceptor.accept(stream).await {
+                Ok(s) => Ok(ClientStream::Tls(Box::new(s))),
+                Err(e) => Err(classify(&e)),
+            }
+        };
+        let attempt = Attempt {
+            listener: &self.listener,
+            peer,
+            what: "TLS handshake",
+            limit: ("handshake_timeout", self.handshake_timeout),
+            metrics: &self.metrics,
+        };
+        attempt.run(handshake, stop).await
+    }
+}
+
+/// The first exchange of a TLS connection (our handshake, or reading a ClientHello for
+/// passthrough), bounded by its own deadline and the connection's close token.
+pub(crate) struct Attempt<'a> {
+    /// The listener, for the log.
+    pub(crate) listener: &'a str,
+    /// The client, for the log.
+    pub(crate) peer: PeerAddr,
+    /// What is attempted, for the log (`TLS handshake`).
+    pub(crate) what: &'static str,
+    /// The deadline's key and value.
+    pub(crate) limit: (&'static str, Duration),
+    /// Where a failure is counted.
+    pub(crate) metrics: &'a ListenerMetrics,
+}
+
+impl Attempt<'_> {
+    /// Runs `attempt` within the deadline: its value, or `None` when it failed or timed
+    /// out (logged at debug with the reason, and counted), or when `stop` fired (the
+    /// end of the grace, an operator).
+    pub(crate) async fn run<T>(
+        &self,
+        attempt: impl std::future::Future<Output = Result<T, (HandshakeFailure, String)>>,
+        stop: &CancellationToken,
+    ) -> Option<T> {
+        let (key, limit) = self.limit;
+        let (reason, error) = tokio::select! {
+            res = attempt => match res {
+                Ok(v) => return Some(v),
+                Err(failure) => failure,
             },
-            _ = tokio::time::sleep(self.handshake_timeout) => (
+            _ = tokio::time::sleep(limit) => (
                 HandshakeFailure::Timeout,
-                format!("no complete handshake within handshake_timeout ({}ms)", self.handshake_timeout.as_millis()),
+                format!("not done within {key} ({}ms)", limit.as_millis()),
             ),
             _ = stop.cancelled() => {
-                tracing::debug!(listener = %self.listener, %peer, "closing client connection during its TLS handshake: shutdown grace ended or closed by the operator");
+                tracing::debug!(listener = %self.listener, peer = %self.peer, "closing client connection during its {}: shutdown grace ended or closed by the operator", self.what);
                 return None;
             }
         };
-        let (reason, error) = failure;
         self.metrics.count_handshake_failure(reason);
-        tracing::debug!(listener = %self.listener, %peer, reason = reason.as_str(), %error, "TLS handshake failed; closing client connection");
+        tracing::debug!(listener = %self.listener, peer = %self.peer, reason = reason.as_str(), %error, "{} failed; closing client connection", self.what);
         None
     }
 }

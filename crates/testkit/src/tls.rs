@@ -79,6 +79,30 @@ impl TestCa {
         ))
     }
 
+    /// A rustls server config serving a new leaf for `names` signed by this CA (for a
+    /// TLS backend, e.g. behind a `tls_passthrough` listener).
+    pub fn server_config(&self, names: &[&str]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let first = names.first().context("a certificate needs a name")?;
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(DnType::CommonName, *first);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Ok(Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.der().clone()], der)?,
+        ))
+    }
+
+    /// A TLS acceptor over [`TestCa::server_config`] (a TLS backend's side).
+    pub fn acceptor(&self, names: &[&str]) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+        Ok(tokio_rustls::TlsAcceptor::from(self.server_config(names)?))
+    }
+
     /// A TLS connection to `addr` (TCP) for the SNI name `name`, verified against this
     /// CA, within `within`.
     pub async fn connect(
@@ -87,10 +111,24 @@ impl TestCa {
         name: &str,
         within: Duration,
     ) -> anyhow::Result<TlsClient> {
+        self.connect_sni(addr, name, true, within).await
+    }
+
+    /// [`TestCa::connect`], sending the SNI extension or not (`sni`); the certificate is
+    /// verified for `name` either way.
+    pub async fn connect_sni(
+        &self,
+        addr: &Addr,
+        name: &str,
+        sni: bool,
+        within: Duration,
+    ) -> anyhow::Result<TlsClient> {
         let Addr::Tcp(sa) = addr else {
             anyhow::bail!("TLS tests connect over TCP, not {addr}");
         };
-        let connector = tokio_rustls::TlsConnector::from(self.client_config()?);
+        let mut config = (*self.client_config()?).clone();
+        config.enable_sni = sni;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let server_name = rustls::pki_types::ServerName::try_from(name.to_owned())?;
         let handshake = async {
             let tcp = tokio::net::TcpStream::connect(sa).await?;

@@ -72,6 +72,7 @@ const ADMIN: &str = "## `[admin]`";
 const LISTENER: &str = "## `[listeners.NAME]`";
 const ROUTE: &str = "### `[[listeners.NAME.routes]]`";
 const TLS: &str = "### TLS (`tls`)";
+const PASSTHROUGH: &str = "### TLS passthrough (`tls_passthrough`)";
 const TCP_LISTENER: &str = "### TCP listeners (`protocol = \"tcp\"`)";
 const UPSTREAM: &str = "## `[upstreams.NAME]`";
 const HEALTH: &str = "### `[upstreams.NAME.health]`";
@@ -188,6 +189,10 @@ fn documented() -> Vec<(&'static str, Doc)> {
                     tidegate_config::TlsVersion::V1_3 => "1.3",
                 }),
             ),
+        ),
+        (
+            "TLS_HELLO_TIMEOUT",
+            Duration(PASSTHROUGH, "`hello_timeout`", TLS_HELLO_TIMEOUT),
         ),
         (
             "TLS_HANDSHAKE_TIMEOUT",
@@ -415,6 +420,10 @@ fn the_timers_table_agrees_with_the_key_tables() {
         ("listener `tcp_keepalive`", TCP_KEEPALIVE),
         ("TCP listener `idle_timeout`", TCP_IDLE_TIMEOUT),
         ("listener `tls.handshake_timeout`", TLS_HANDSHAKE_TIMEOUT),
+        (
+            "TCP listener `tls_passthrough.hello_timeout`",
+            TLS_HELLO_TIMEOUT,
+        ),
         ("upstream `sse_heartbeat`", SSE_HEARTBEAT),
         ("upstream `tcp_keepalive`", TCP_KEEPALIVE),
         ("health `interval`", HEALTH_INTERVAL),

@@ -113,6 +113,7 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 underscores_in_headers: defaults::UNDERSCORES_IN_HEADERS,
                 half_close: true,
                 tls: None,
+                tls_passthrough: None,
                 routes: vec![
                     Route {
                         host: Some(HostMatch::Exact("ci.example.com".into())),
@@ -148,6 +149,7 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 underscores_in_headers: true,
                 half_close: true,
                 tls: None,
+                tls_passthrough: None,
                 routes: vec![Route {
                     host: Some(HostMatch::Suffix(".example.com".into())),
                     path: "/api".into(),

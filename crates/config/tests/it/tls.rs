@@ -162,3 +162,75 @@ fn a_key_of_another_certificate_is_refused_at_the_key() {
     );
     assert!(errors.iter().any(|e| e.ends_with(&want)), "{errors:#?}");
 }
+
+#[test]
+fn tls_passthrough_loads_and_its_errors_are_named() {
+    let tcp = |extra: &str| {
+        format!(
+            "[listeners.edge]\nlisten = [\"127.0.0.1:0\"]\nprotocol = \"tcp\"\nupstream = \"d\"\n{extra}\n\
+             [upstreams.d]\nservers = [\"127.0.0.1:9\"]\n[upstreams.a]\nservers = [\"127.0.0.1:8\"]\n"
+        )
+    };
+    let text = tcp(
+        r#"tls_passthrough = { routes = [ { sni = "A.test", upstream = "a" }, { sni = "*.b.test", upstream = "a" } ] }"#,
+    );
+    let config = load_str(&text, Some(Path::new("tidegate.toml"))).expect("valid");
+    let p = config.listeners[0]
+        .tls_passthrough
+        .as_ref()
+        .expect("passthrough");
+    assert_eq!(p.hello_timeout, defaults::TLS_HELLO_TIMEOUT);
+    assert_eq!(p.routes.len(), 2);
+    assert_eq!(p.routes[0].sni.rank("a.TEST"), Some((2, 6)));
+    assert_eq!(p.routes[1].sni.rank("x.y.b.test"), Some((1, 7)));
+    assert_eq!(p.routes[1].sni.rank("b.test"), None);
+
+    let at = |text: &str, needle: &str| -> String {
+        let (line, col) = text
+            .lines()
+            .enumerate()
+            .find_map(|(i, l)| l.find(needle).map(|c| (i + 1, c + 1)))
+            .expect("needle");
+        format!("tidegate.toml:{line}:{col}: ")
+    };
+    let cases = [
+        (
+            tcp(r#"tls_passthrough = { routes = [ { sni = "a.test", upstream = "nope" } ] }"#),
+            r#""nope""#,
+            r#"listeners.edge.tls_passthrough.routes[0].upstream: no upstream named "nope""#,
+        ),
+        (
+            tcp(r#"tls_passthrough = { routes = [ { sni = "a.test", upstream = "a" }, { sni = "A.TEST", upstream = "d" } ] }"#),
+            r#"{ sni = "A.TEST""#,
+            "listeners.edge.tls_passthrough.routes[1]: a second route for \"a.test\" would never match",
+        ),
+        (
+            tcp(r#"tls_passthrough = { routes = [ { sni = "a.*.test", upstream = "a" } ] }"#),
+            r#""a.*.test""#,
+            "listeners.edge.tls_passthrough.routes[0].sni: \"a.*.test\": a wildcard is only allowed as the first label",
+        ),
+        (
+            tcp(r#"tls_passthrough = { routes = [ { upstream = "a" } ], hello = "1s" }"#),
+            "hello =",
+            "listeners.edge.tls_passthrough.hello: unknown key",
+        ),
+        (
+            tcp("tls_passthrough = { routes = [] }\ntls = { certificates = [] }"),
+            "tls_passthrough",
+            "listeners.edge.tls_passthrough: tls_passthrough relays TLS untouched and tls terminates it",
+        ),
+        (
+            "[listeners.web]\nlisten = [\"127.0.0.1:0\"]\ntls_passthrough = { routes = [] }\n[[listeners.web.routes]]\nrespond = { status = 200 }\n".to_owned(),
+            "tls_passthrough",
+            "listeners.web.tls_passthrough: only for TCP listeners",
+        ),
+    ];
+    for (text, needle, rest) in cases {
+        let want = format!("{}{rest}", at(&text, needle));
+        let errors = errors_at(&text, Path::new("tidegate.toml"));
+        assert!(
+            errors.iter().any(|e| e.starts_with(&want)),
+            "want {want}\nfor {text}\ngot {errors:#?}"
+        );
+    }
+}

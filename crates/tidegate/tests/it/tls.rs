@@ -665,3 +665,106 @@ async fn a_tls_client_closing_with_close_notify_mid_stream_closes_the_upstream_w
 ) -> anyhow::Result<()> {
     tls_client_leaves_mid_stream(true).await
 }
+
+/// A TLS backend (its own certificate for `names`): it answers each connection's first
+/// line with `NAME: LINE`, so the client sees which backend it reached, end to end.
+fn tls_backend(ca: &TestCa, names: &'static [&'static str]) -> anyhow::Result<TcpBackend> {
+    let acceptor = ca.acceptor(names)?;
+    TcpBackend::start(Bind::Tcp4, move |s| {
+        let acceptor = acceptor.clone();
+        async move {
+            let mut tls = acceptor.accept(s).await?;
+            let mut line = Vec::new();
+            // Bounded by the test's client, which sends one line.
+            while !line.ends_with(b"\n") {
+                let mut buf = [0u8; 256];
+                let n = tls.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                line.extend_from_slice(&buf[..n]);
+            }
+            tls.write_all(format!("{}: {}", names[0], text(&line)).as_bytes())
+                .await?;
+            tls.shutdown().await?;
+            Ok(())
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_passthrough_routes_by_sni_without_decrypting() -> anyhow::Result<()> {
+    let ca = TestCa::new()?;
+    let a = tls_backend(&ca, &["a.test"])?;
+    let b = tls_backend(&ca, &["x.b.test", "y.b.test"])?;
+    let fallback = tls_backend(&ca, &["default.test", "other.test"])?;
+    let toml = format!(
+        r#"
+[listeners.edge]
+listen = ["127.0.0.1:0"]
+protocol = "tcp"
+upstream = "fallback"
+tls_passthrough = {{ routes = [ {{ sni = "a.test", upstream = "a" }}, {{ sni = "*.b.test", upstream = "b" }} ], hello_timeout = "1s" }}
+
+[upstreams.a]
+servers = ["{}"]
+[upstreams.b]
+servers = ["{}"]
+[upstreams.fallback]
+servers = ["{}"]
+"#,
+        a.addr().to_config(),
+        b.addr().to_config(),
+        fallback.addr().to_config()
+    );
+    let tg = Tidegate::start(bin(), &toml).await?;
+    let edge = tg.addr("edge")?;
+    // Each client verifies the backend's own certificate: tidegate holds no key.
+    for (name, sni, backend) in [
+        ("a.test", true, "a.test"),
+        ("y.b.test", true, "x.b.test"),
+        ("other.test", true, "default.test"),
+        ("default.test", false, "default.test"),
+    ] {
+        let mut s = ca.connect_sni(&edge, name, sni, T).await?;
+        s.write_all(b"hello\n").await?;
+        let mut got = Vec::new();
+        tokio::time::timeout(T, s.read_to_end(&mut got)).await??;
+        ensure!(
+            text(&got) == format!("{backend}: hello\n"),
+            "{name} (sni {sni}) reached {:?}",
+            text(&got)
+        );
+    }
+    ensure!(a.accepts() == 1 && b.accepts() == 1 && fallback.accepts() == 2);
+
+    // Not TLS, and silent: closed, counted, and no backend is dialled.
+    let Addr::Tcp(sa) = edge.clone() else {
+        unreachable!()
+    };
+    let mut plain = tokio::net::TcpStream::connect(sa).await?;
+    plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await?;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(T, plain.read(&mut buf)).await?;
+    ensure!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(sa).await?;
+    let n = tokio::time::timeout(T, silent.read(&mut buf)).await?;
+    ensure!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    ensure!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed before hello_timeout"
+    );
+    let m = metrics(&tg).await?;
+    for reason in ["not_tls", "timeout"] {
+        let v = sample(
+            &m,
+            &format!(
+                r#"tidegate_tls_handshake_failures_total{{listener="edge",reason="{reason}"}}"#
+            ),
+        );
+        ensure!(v == Some(1.0), "{reason}: {v:?}");
+    }
+    ensure!(a.accepts() + b.accepts() + fallback.accepts() == 4);
+    Ok(())
+}
