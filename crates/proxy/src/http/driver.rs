@@ -47,8 +47,12 @@ pub fn serve_connection(
         return Either::Left(driver.run(io));
     };
     let driver = Driver::registered(slot, peer, local, shutdown, ConnState::Reading);
-    Either::Right(async move {
-        let Some(stream) = tls.accept(stream, peer, &driver.close).await else {
+    // Boxed twice: a plain connection's future stays the size of its own (rustls's
+    // handshake state is large), and a TLS one gives the handshake's memory back once
+    // it is done.
+    Either::Right(Box::pin(async move {
+        let handshake = Box::pin(tls.accept(stream, peer, &driver.close));
+        let Some(stream) = handshake.await else {
             if driver.close.is_cancelled() {
                 driver.closed();
             }
@@ -58,7 +62,7 @@ pub fn serve_connection(
         driver.client.conn().set_state(ConnState::Idle);
         let io = driver.io(stream, bytes::Bytes::new());
         driver.run(io).await;
-    })
+    }))
 }
 
 /// Serves an idle keep-alive connection handed over by the process before a binary

@@ -222,7 +222,9 @@ pub async fn serve_tunnel(
     }));
     let mut client = match &ctx.tls {
         None => ClientStream::Plain(client),
-        Some(tls) => match tls.accept(client, peer, &close).await {
+        // Boxed: a plain tunnel's future does not carry rustls's handshake state, and a
+        // TLS one gives it back once done.
+        Some(tls) => match Box::pin(tls.accept(client, peer, &close)).await {
             Some(s) => {
                 stats.conn().set_state(ConnState::WaitingUpstream);
                 s
@@ -234,7 +236,9 @@ pub async fn serve_tunnel(
     let (upstream, pending) = match &ctx.passthrough {
         None => (&ctx.upstream, Pending::default()),
         Some(p) => {
-            let Some((hello, sni)) = read_hello(&ctx, p, &mut client, peer, &close).await else {
+            // Boxed, as the handshake above.
+            let read = Box::pin(read_hello(&ctx, p, &mut client, peer, &close));
+            let Some((hello, sni)) = read.await else {
                 return;
             };
             stats.conn().set_state(ConnState::WaitingUpstream);
