@@ -21,6 +21,26 @@ pub struct Status {
     pub connections: u64,
     /// Every listener.
     pub listeners: Vec<ListenerView>,
+    /// Every certificate a TLS listener serves, listener by listener in config order.
+    pub certificates: Vec<CertificateView>,
+}
+
+/// A certificate in `/v1/status`: one `{ cert, key }` of a TLS listener, as loaded by
+/// the config in effect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertificateView {
+    /// The listener that serves it.
+    pub listener: String,
+    /// The `cert` file (resolved path).
+    pub cert: String,
+    /// The names it serves (subjectAltName DNS names, or its CN).
+    pub names: Vec<String>,
+    /// Its issuer's distinguished name.
+    pub issuer: String,
+    /// Its `notAfter`, Unix seconds.
+    pub not_after: i64,
+    /// Seconds until `not_after` (negative once past).
+    pub expires_in_s: i64,
 }
 
 /// Process state.

@@ -35,6 +35,14 @@ pub const MIN_HEADER_SIZE: usize = 8 * 1024;
 /// dropped (nginx's default: a CGI-style backend folds `X_Forwarded_Host` into the
 /// variable of `X-Forwarded-Host`).
 pub const UNDERSCORES_IN_HEADERS: bool = false;
+/// Listener `tls.min_version`: TLS 1.2 and 1.3 are accepted.
+pub const TLS_MIN_VERSION: crate::kinds::TlsVersion = crate::kinds::TlsVersion::V1_2;
+/// Listener `tls.handshake_timeout`: a client that has not finished its TLS handshake
+/// this long after the accept is closed (it holds a `max_connections` slot meanwhile).
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP listener `tls_passthrough.hello_timeout`: a client whose ClientHello has not
+/// arrived this long after the accept is closed.
+pub const TLS_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// `tcp_keepalive`: idle time before the first probe (TCP sockets only).
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Interval between TCP keepalive probes.

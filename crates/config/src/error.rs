@@ -96,6 +96,8 @@ pub(crate) struct Sink<'s> {
     file: String,
     src: &'s str,
     errors: Vec<(usize, ConfigError)>,
+    /// Valid, but worth a look (a certificate near its expiry): never fails a load.
+    warnings: Vec<(usize, ConfigError)>,
 }
 
 impl<'s> Sink<'s> {
@@ -104,14 +106,33 @@ impl<'s> Sink<'s> {
             file,
             src,
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
     /// Records an error at the start of `span` (the start of the file when unknown).
     pub(crate) fn push(&mut self, span: Option<Range<usize>>, key: &str, message: String) {
+        let e = self.at(span, key, message);
+        self.errors.push(e);
+    }
+
+    /// Records a warning, placed like an error.
+    pub(crate) fn warn(&mut self, span: Option<Range<usize>>, key: &str, message: String) {
+        let w = self.at(span, key, message);
+        self.warnings.push(w);
+    }
+
+    /// The warnings in file order.
+    pub(crate) fn take_warnings(&mut self) -> Vec<ConfigError> {
+        let mut w = std::mem::take(&mut self.warnings);
+        w.sort_by_key(|(offset, _)| *offset);
+        w.into_iter().map(|(_, e)| e).collect()
+    }
+
+    fn at(&self, span: Option<Range<usize>>, key: &str, message: String) -> (usize, ConfigError) {
         let offset = span.map_or(0, |s| s.start.min(self.src.len()));
         let (line, col) = self.line_col(offset);
-        self.errors.push((
+        (
             offset,
             ConfigError {
                 file: self.file.clone(),
@@ -120,7 +141,7 @@ impl<'s> Sink<'s> {
                 key: key.to_owned(),
                 message,
             },
-        ));
+        )
     }
 
     /// `file:line:col` of a span, to name the other place in "… also at …" messages.

@@ -33,6 +33,7 @@ mod error;
 mod kinds;
 pub mod model;
 pub mod parse;
+pub mod tls;
 mod validate;
 
 use std::path::Path;
@@ -97,6 +98,7 @@ pub fn load_str(text: &str, origin: Option<&Path>) -> Result<Config, Errors> {
     match validate::config(doc.as_table(), &mut sink, base) {
         Some(config) => Ok(Config {
             source: origin.map(Path::to_path_buf),
+            warnings: sink.take_warnings(),
             ..config
         }),
         None => Err(sink.finish()),

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::addr::{ListenAddr, UpstreamAddr};
-pub use crate::kinds::{AccessLogTo, Balance, LogFormat, LogLevel};
+pub use crate::kinds::{AccessLogTo, Balance, LogFormat, LogLevel, TlsVersion};
+pub use crate::tls::Certificate;
 
 /// A whole, valid configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +24,9 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// `[upstreams.NAME]`, in the order of their names (sorted).
     pub upstreams: Vec<Upstream>,
+    /// What is valid but deserves a look (a certificate close to its expiry), in file
+    /// order; `check` prints them and exits 0, `run` and a reload log them at warn.
+    pub warnings: Vec<crate::ConfigError>,
 }
 
 impl Config {
@@ -110,6 +114,49 @@ pub struct Listener {
     /// HTTP: a client's FIN after a complete request is a half-close, answered; off, it
     /// ends the connection at once (default [`crate::defaults::HALF_CLOSE`]).
     pub half_close: bool,
+    /// `tls = { … }`: the listener terminates TLS; `None` = plain.
+    pub tls: Option<Tls>,
+    /// TCP listeners: `tls_passthrough = { … }`: TLS is relayed untouched, each
+    /// connection to the upstream its ClientHello's SNI name routes to (`upstream` for
+    /// a name no route has, or none).
+    pub tls_passthrough: Option<TlsPassthrough>,
+}
+
+/// A TCP listener's `tls_passthrough = { routes = [ { sni, upstream }, ... ], hello_timeout }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsPassthrough {
+    /// `routes`, in file order; the most specific match wins (an exact name over a
+    /// wildcard, a longer wildcard over a shorter one).
+    pub routes: Vec<SniRoute>,
+    /// `hello_timeout`: from accept to a complete ClientHello (default
+    /// [`crate::defaults::TLS_HELLO_TIMEOUT`]).
+    pub hello_timeout: Duration,
+}
+
+/// One `{ sni = "NAME", upstream = "NAME" }` of `tls_passthrough.routes`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SniRoute {
+    /// `sni`: `a.example.com` or `*.example.com` (any subdomain), as route hosts.
+    pub sni: HostMatch,
+    /// The upstream (validated to exist).
+    pub upstream: String,
+}
+
+/// A listener's `tls = { certificates = [...], min_version, handshake_timeout, alpn }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    /// `certificates`, loaded, in file order (at least one); the first is the default
+    /// for a client without SNI or with a name none of them serves.
+    pub certificates: Vec<Certificate>,
+    /// `min_version`: the oldest TLS version accepted (default
+    /// [`crate::defaults::TLS_MIN_VERSION`]).
+    pub min_version: TlsVersion,
+    /// `handshake_timeout`: from accept to a complete handshake (default
+    /// [`crate::defaults::TLS_HANDSHAKE_TIMEOUT`]).
+    pub handshake_timeout: Duration,
+    /// `alpn`: the protocols offered, in order of preference (HTTP listeners; only
+    /// `http/1.1` today). Empty for TCP listeners, which offer none.
+    pub alpn: Vec<String>,
 }
 
 /// A listener's protocol.
@@ -150,6 +197,22 @@ pub enum HostMatch {
     /// `*.example.com`: stored as the lowercase suffix `.example.com`; matches
     /// `a.example.com` and `a.b.example.com`, not `example.com`.
     Suffix(String),
+}
+
+impl HostMatch {
+    /// How specifically this matches `host` (compared without case; higher is more
+    /// specific: an exact name over any wildcard, then the longer), or `None`.
+    pub fn rank(&self, host: &str) -> Option<(u8, usize)> {
+        match self {
+            HostMatch::Exact(h) => h.eq_ignore_ascii_case(host).then_some((2, h.len())),
+            HostMatch::Suffix(s) => {
+                // `s` is ".example.com"; the host must have at least one more label.
+                let cut = host.len().checked_sub(s.len()).filter(|c| *c > 0)?;
+                let tail = host.get(cut..)?;
+                tail.eq_ignore_ascii_case(s).then_some((1, s.len()))
+            }
+        }
+    }
 }
 
 /// What a route does with a request.

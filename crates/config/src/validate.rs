@@ -7,7 +7,7 @@
 //! built alongside is thrown away as soon as one error was recorded.
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml_edit::{Item, TableLike, Value};
@@ -17,7 +17,7 @@ use crate::defaults;
 use crate::error::Sink;
 use crate::model::{
     AccessLog, AccessLogTo, Admin, Config, Health, HostMatch, Listener, Log, OnDemand, Passive,
-    Protocol, Route, RouteAction, Server, Upstream,
+    Protocol, Route, RouteAction, Server, SniRoute, Tls, TlsPassthrough, TlsVersion, Upstream,
 };
 use crate::model::{OverLimit, RequestBuffering};
 use crate::parse::{self, InvalidValue, DURATION_FORMS, SIZE_FORMS};
@@ -77,6 +77,7 @@ pub(crate) fn config(root: &dyn TableLike, sink: &mut Sink<'_>, base: &Path) -> 
         admin,
         listeners,
         upstreams,
+        warnings: Vec::new(),
     })
 }
 
@@ -990,6 +991,8 @@ impl<'d> Cx<'_, '_> {
                 "routes",
                 "underscores_in_headers",
                 "half_close",
+                "tls",
+                "tls_passthrough",
             ],
             &[],
         );
@@ -1176,6 +1179,32 @@ impl<'d> Cx<'_, '_> {
             None
         };
 
+        let tls = self
+            .table(t, "tls")
+            .and_then(|tls| self.tls(&tls, protocol != Some(Protocol::Tcp)));
+        let tls_passthrough = match t.field("tls_passthrough") {
+            None => None,
+            Some(f) if protocol == Some(Protocol::Http) => {
+                self.err(
+                    f.key_span.clone(),
+                    &f.path,
+                    r#"only for TCP listeners (protocol = "tcp"); an HTTP listener reads requests, so it must terminate TLS: tls = { certificates = [...] }"#,
+                );
+                None
+            }
+            Some(f) if t.field("tls").is_some() => {
+                self.err(
+                    f.key_span.clone(),
+                    &f.path,
+                    "tls_passthrough relays TLS untouched and tls terminates it: a listener has one or the other",
+                );
+                None
+            }
+            Some(_) => self
+                .table(t, "tls_passthrough")
+                .and_then(|p| self.tls_passthrough(&p, upstreams)),
+        };
+
         let idle_default = if tcp {
             defaults::TCP_IDLE_TIMEOUT
         } else {
@@ -1203,7 +1232,216 @@ impl<'d> Cx<'_, '_> {
             .unwrap_or(defaults::UNDERSCORES_IN_HEADERS),
             routes,
             half_close: half_close.unwrap_or(defaults::HALF_CLOSE),
+            tls,
+            tls_passthrough,
         }
+    }
+
+    /// A TCP listener's `tls_passthrough` table. `None` after an error.
+    fn tls_passthrough(&mut self, t: &Tbl<'d>, upstreams: &[&str]) -> Option<TlsPassthrough> {
+        self.keys(t, &["routes", "hello_timeout"], &[]);
+        let hello_timeout = self
+            .timeout(t, "hello_timeout")
+            .unwrap_or(defaults::TLS_HELLO_TIMEOUT);
+        let mut routes = Vec::new();
+        let mut failed = false;
+        let mut placed: Vec<(HostMatch, Span)> = Vec::new();
+        if let Some(f) = t.field("routes") {
+            for r in self.tables(&f) {
+                self.keys(&r, &["sni", "upstream"], &[]);
+                let sni = self.parsed(&r, "sni", "a server name", parse::host_match);
+                if r.field("sni").is_none() {
+                    self.missing(&r, "sni", r#"a route names the SNI name it takes: sni = "a.example.com" (or "*.example.com")"#);
+                }
+                let upstream = match r.field("upstream") {
+                    Some(f) => self.upstream_ref(&f, upstreams),
+                    None => {
+                        self.missing(
+                            &r,
+                            "upstream",
+                            r#"a route names where its connections go: upstream = "NAME""#,
+                        );
+                        None
+                    }
+                };
+                let (Some(sni), Some(upstream)) = (sni, upstream) else {
+                    failed = true;
+                    continue;
+                };
+                if let Some((_, first)) = placed.iter().find(|(h, _)| *h == sni) {
+                    let at = self.sink.place(first.clone());
+                    self.err(
+                        r.span.clone(),
+                        &r.path,
+                        format!(
+                            "a second route for {:?} would never match (the first is at {at})",
+                            host_text(&sni)
+                        ),
+                    );
+                    failed = true;
+                    continue;
+                }
+                placed.push((sni.clone(), r.span.clone()));
+                routes.push(SniRoute { sni, upstream });
+            }
+        }
+        (!failed).then_some(TlsPassthrough {
+            routes,
+            hello_timeout,
+        })
+    }
+
+    /// A listener's `tls` table; `http` says whether ALPN applies. `None` after an error.
+    fn tls(&mut self, t: &Tbl<'d>, http: bool) -> Option<Tls> {
+        self.keys(
+            t,
+            &["certificates", "min_version", "handshake_timeout", "alpn"],
+            &[],
+        );
+        let min_version = self
+            .choice(
+                t,
+                "min_version",
+                &[("1.2", TlsVersion::V1_2), ("1.3", TlsVersion::V1_3)],
+            )
+            .unwrap_or(defaults::TLS_MIN_VERSION);
+        let handshake_timeout = self
+            .timeout(t, "handshake_timeout")
+            .unwrap_or(defaults::TLS_HANDSHAKE_TIMEOUT);
+        let mut alpn = if http {
+            vec!["http/1.1".to_owned()]
+        } else {
+            Vec::new()
+        };
+        if let Some(f) = t.field("alpn") {
+            if !http {
+                self.err(
+                    f.key_span.clone(),
+                    &f.path,
+                    r#"only for HTTP listeners (protocol = "http"); a TCP listener offers no application protocol"#,
+                );
+            } else if let Some(list) = self.alpn(&f) {
+                alpn = list;
+            }
+        }
+        let Some(f) = t.field("certificates") else {
+            self.missing(
+                t,
+                "certificates",
+                r#"a TLS listener needs at least one certificate: certificates = [ { cert = "certs/a.pem", key = "certs/a.key" } ]"#,
+            );
+            return None;
+        };
+        let tables = self.tables(&f);
+        if tables.is_empty() && f.item.as_array().is_some_and(|a| a.is_empty()) {
+            self.err(
+                f.span(),
+                &f.path,
+                "a TLS listener needs at least one certificate",
+            );
+        }
+        let now = std::time::SystemTime::now();
+        let mut certificates = Vec::new();
+        let mut failed = false;
+        for c in &tables {
+            self.keys(c, &["cert", "key"], &[]);
+            let file = |cx: &mut Self, key: &str| -> Option<(String, PathBuf, Span, String)> {
+                let Some(f) = c.field(key) else {
+                    cx.missing(c, key, "a certificate needs both: { cert = \"certs/a.pem\", key = \"certs/a.key\" }");
+                    return None;
+                };
+                let s = cx.string(&f, "a file path")?;
+                if s.is_empty() {
+                    cx.err(
+                        f.span(),
+                        &f.path,
+                        "expected a file path, found an empty string",
+                    );
+                    return None;
+                }
+                Some((s.to_owned(), cx.base.join(s), f.span(), f.path))
+            };
+            let cert = file(self, "cert");
+            let key = file(self, "key");
+            let (Some(cert), Some(key)) = (cert, key) else {
+                failed = true;
+                continue;
+            };
+            match crate::tls::load(&cert.1, &key.1, (&cert.0, &key.0), now) {
+                Ok(loaded) => {
+                    let left = loaded.seconds_left(now);
+                    if left
+                        < i64::try_from(crate::tls::EXPIRY_WARNING.as_secs()).unwrap_or(i64::MAX)
+                    {
+                        self.sink.warn(
+                            cert.2.clone(),
+                            &cert.3,
+                            format!(
+                                "the certificate in {} expires at {} (in {} day(s))",
+                                cert.0,
+                                loaded.not_after_text(),
+                                left / 86_400
+                            ),
+                        );
+                    }
+                    certificates.push(loaded);
+                }
+                Err(e) => {
+                    failed = true;
+                    let (span, path) = match e.part {
+                        crate::tls::Part::Cert => (cert.2, cert.3),
+                        crate::tls::Part::Key => (key.2, key.3),
+                    };
+                    self.err(span, &path, e.message);
+                }
+            }
+        }
+        if failed || certificates.is_empty() {
+            return None;
+        }
+        Some(Tls {
+            certificates,
+            min_version,
+            handshake_timeout,
+            alpn,
+        })
+    }
+
+    /// `alpn = ["http/1.1"]`: the protocols a TLS listener offers, in order.
+    fn alpn(&mut self, f: &Field<'d>) -> Option<Vec<String>> {
+        let Some(array) = f.item.as_array() else {
+            self.expected(f, r#"an array of protocol names, e.g. ["http/1.1"]"#);
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, v) in array.iter().enumerate() {
+            let path = format!("{}[{i}]", f.path);
+            match v.as_str() {
+                Some("http/1.1") => out.push("http/1.1".to_owned()),
+                Some("h2") => {
+                    ok = false;
+                    self.err(v.span(), &path, "h2 is not supported yet");
+                }
+                _ => {
+                    ok = false;
+                    self.err(
+                        v.span(),
+                        &path,
+                        format!(r#"expected "http/1.1", found {}"#, describe_value(v)),
+                    );
+                }
+            }
+        }
+        if ok && out.is_empty() {
+            self.err(
+                f.span(),
+                &f.path,
+                r#"a TLS listener offers at least one protocol: ["http/1.1"]"#,
+            );
+            return None;
+        }
+        ok.then_some(out)
     }
 
     /// `true` or `false`.

@@ -220,6 +220,25 @@ impl EndWatch {
             });
         }
     }
+
+    /// Whether the peer has shut down its sending side (its FIN arrived), even behind
+    /// bytes not yet read (`POLLRDHUP`), which a peek cannot see past. On TLS the bytes
+    /// waiting may be the client's `close_notify` with its FIN behind them.
+    pub fn peer_shut_down(&self) -> io::Result<bool> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let fd = match &self.0 {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        };
+        // Asking for POLLRDHUP alone, any event reported is it, a hang-up or an error
+        // (a reset): each one an end. (nix's `revents` has no name for POLLRDHUP, so
+        // the count of ready descriptors is what says it.)
+        let rdhup = PollFlags::from_bits_retain(nix::libc::POLLRDHUP);
+        let mut fds = [PollFd::new(fd, rdhup)];
+        let ready = poll(&mut fds, PollTimeout::ZERO).map_err(io::Error::from)?;
+        Ok(ready > 0)
+    }
 }
 
 impl AsyncRead for Stream {
@@ -287,5 +306,36 @@ impl std::os::fd::AsFd for Stream {
             Stream::Tcp(s) => s.as_fd(),
             Stream::Unix(s) => s.as_fd(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    #[tokio::test]
+    async fn a_fin_behind_unread_bytes_is_seen_without_reading_them() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let server = Stream::Tcp(server);
+        let watch = server.end_watch().unwrap();
+        assert!(!watch.peer_shut_down().unwrap());
+        client.write_all(b"bytes").await.unwrap();
+        client.shutdown().await.unwrap();
+        let waiting = std::future::poll_fn(|cx| watch.poll_end(cx)).await.unwrap();
+        assert_eq!(waiting, Waiting::Bytes);
+        // Bounded: the FIN is on loopback, right behind the bytes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !watch.peer_shut_down().unwrap() {
+            assert!(std::time::Instant::now() < deadline, "no FIN seen");
+            tokio::task::yield_now().await;
+        }
+        // Still unread.
+        let waiting = std::future::poll_fn(|cx| watch.poll_end(cx)).await.unwrap();
+        assert_eq!(waiting, Waiting::Bytes);
     }
 }

@@ -31,6 +31,7 @@ pub mod reload;
 pub mod serve;
 pub mod side;
 pub mod tcp;
+pub mod tls;
 pub mod upstream;
 
 #[cfg(test)]
@@ -720,6 +721,8 @@ fn commit(live: &mut Live, config: Arc<Config>, built: Built, shutdown: &Shutdow
     let mut before = std::mem::take(&mut live.listeners);
     let mut listeners = Vec::with_capacity(built.listeners.len());
     for b in built.listeners {
+        let tls = config.listeners.iter().find(|l| l.name == b.name);
+        b.metrics.set_certificates(tls.and_then(|l| l.tls.as_ref()));
         let same = before
             .iter()
             .position(|o| o.name == b.name && o.protocol == b.protocol);

@@ -90,6 +90,65 @@ pub struct ListenerMetrics {
     /// `Registration`'s drop: a closing connection's bytes may be in neither the live
     /// sum nor the totals for an instant).
     pub(crate) reported: [AtomicU64; 2],
+    /// TLS handshakes that failed, by [`HandshakeFailure`] (index = its value).
+    tls_failures: [AtomicU64; HandshakeFailure::ALL.len()],
+    /// The certificates the listener serves under the config in effect: (names joined
+    /// with `,`, `notAfter` in Unix seconds), set when a config is put in effect.
+    certificates: std::sync::Mutex<Vec<(String, i64)>>,
+}
+
+/// Why a TLS handshake failed: the `reason` label of
+/// `tidegate_tls_handshake_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// No complete handshake within `handshake_timeout`.
+    Timeout = 0,
+    /// No TLS version both sides accept (`min_version`).
+    ProtocolVersion = 1,
+    /// Nothing else in common (cipher suites, groups, signature schemes).
+    Incompatible = 2,
+    /// No ALPN protocol in common.
+    NoApplicationProtocol = 3,
+    /// The client sent an alert (it does not trust the certificate, say).
+    AlertReceived = 4,
+    /// Not a TLS client hello (plain HTTP on a TLS port, say).
+    NotTls = 5,
+    /// The client closed the connection before the handshake's end.
+    Closed = 6,
+    /// A socket error (a reset).
+    Io = 7,
+    /// Anything else.
+    Other = 8,
+}
+
+impl HandshakeFailure {
+    /// Every reason, in label order.
+    pub const ALL: [HandshakeFailure; 9] = [
+        HandshakeFailure::Timeout,
+        HandshakeFailure::ProtocolVersion,
+        HandshakeFailure::Incompatible,
+        HandshakeFailure::NoApplicationProtocol,
+        HandshakeFailure::AlertReceived,
+        HandshakeFailure::NotTls,
+        HandshakeFailure::Closed,
+        HandshakeFailure::Io,
+        HandshakeFailure::Other,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::ProtocolVersion => "protocol_version",
+            HandshakeFailure::Incompatible => "incompatible",
+            HandshakeFailure::NoApplicationProtocol => "no_application_protocol",
+            HandshakeFailure::AlertReceived => "alert_received",
+            HandshakeFailure::NotTls => "not_tls",
+            HandshakeFailure::Closed => "closed",
+            HandshakeFailure::Io => "io",
+            HandshakeFailure::Other => "other",
+        }
+    }
 }
 
 impl ListenerMetrics {
@@ -101,7 +160,40 @@ impl ListenerMetrics {
             local: RouteMetrics::new(""),
             routes: std::sync::Mutex::new(Vec::new()),
             reported: Default::default(),
+            tls_failures: Default::default(),
+            certificates: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// One TLS handshake failed for `reason`.
+    pub(crate) fn count_handshake_failure(&self, reason: HandshakeFailure) {
+        self.tls_failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failed TLS handshakes for `reason` so far.
+    pub fn handshake_failures(&self, reason: HandshakeFailure) -> u64 {
+        self.tls_failures[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// From now on, the listener serves these certificates (a config put in effect).
+    pub(crate) fn set_certificates(&self, tls: Option<&tidegate_config::Tls>) {
+        let list = tls
+            .map(|t| {
+                t.certificates
+                    .iter()
+                    .map(|c| (c.names.join(","), c.not_after))
+                    .collect()
+            })
+            .unwrap_or_default();
+        *self.certificates.lock().unwrap_or_else(|e| e.into_inner()) = list;
+    }
+
+    /// (names, `notAfter`) of each certificate served, for the scrape.
+    pub(crate) fn certificates(&self) -> Vec<(String, i64)> {
+        self.certificates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The metrics of requests to `upstream`, shared by all routes that name it.

@@ -23,6 +23,9 @@
 //! - `upstream_connections{upstream, server, state}`: open upstream connections
 //!   (`idle` = pooled).
 //! - `bytes_total{listener, direction}`: client bytes, `in` (from clients) and `out`.
+//! - `tls_handshake_failures_total{listener, reason}`: failed TLS handshakes (reasons:
+//!   `listener_stats::HandshakeFailure`); `tls_certificate_expiry_seconds{listener,
+//!   names}`: seconds until each served certificate's `notAfter`.
 //! - `upstream_connect_failures_total{upstream, server, reason}`: `refused`, `timeout`,
 //!   `unreachable`, `resolve`, `other`.
 //! - `upstream_checkouts_total{upstream, server, connection}`: connections used for a
@@ -48,7 +51,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 use crate::access_log::AccessLog;
-use crate::listener_stats::{ListenerMetrics, STATUS_CLASSES};
+use crate::listener_stats::{HandshakeFailure, ListenerMetrics, STATUS_CLASSES};
 use crate::registry::{ConnState, Registry};
 use crate::side::Side;
 use crate::upstream::health::HealthState;
@@ -329,6 +332,40 @@ impl Collector for Sources {
                         let prev = l.reported[i].fetch_max(totals[i], Ordering::Relaxed);
                         let labels: Labels<2> = [("listener", &l.name), ("direction", dir)];
                         counter(m, &labels, prev.max(totals[i]))?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+
+        family(
+            &mut enc,
+            "tidegate_tls_handshake_failures",
+            "TLS handshakes that failed, by reason",
+            C,
+            |m| {
+                for l in &view.listeners {
+                    for r in HandshakeFailure::ALL {
+                        let labels: Labels<2> = [("listener", &l.name), ("reason", r.as_str())];
+                        counter(m, &labels, l.handshake_failures(r))?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        family(
+            &mut enc,
+            "tidegate_tls_certificate_expiry_seconds",
+            "Seconds until each served certificate's notAfter (negative once expired)",
+            G,
+            |m| {
+                for l in &view.listeners {
+                    for (names, not_after) in l.certificates() {
+                        let labels: Labels<2> = [("listener", &l.name), ("names", &names)];
+                        gauge(m, &labels, not_after - now)?;
                     }
                 }
                 Ok(())

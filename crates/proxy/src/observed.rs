@@ -37,6 +37,11 @@ impl<T, O> Observed<T, O> {
         Observed { inner, observer }
     }
 
+    /// The wrapped stream, to wait on it (a parked TLS connection).
+    pub fn inner_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
     /// The wrapped stream.
     pub fn get_ref(&self) -> &T {
         &self.inner

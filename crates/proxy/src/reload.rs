@@ -318,6 +318,72 @@ fn listener_fields(o: &Listener, n: &Listener) -> Vec<String> {
         .map_or_else(|| "off".to_owned(), format_duration));
     field!(underscores_in_headers, |v: &bool| v.to_string());
     field!(half_close, |v: &bool| v.to_string());
+    out.extend(tls_fields(o.tls.as_ref(), n.tls.as_ref()));
+    if o.tls_passthrough != n.tls_passthrough {
+        let routes = |p: &Option<tidegate_config::TlsPassthrough>| {
+            p.as_ref().map_or_else(
+                || "off".to_owned(),
+                |p| format!("{} routes", p.routes.len()),
+            )
+        };
+        out.push(format!(
+            "tls_passthrough {} -> {} (new connections)",
+            routes(&o.tls_passthrough),
+            routes(&n.tls_passthrough)
+        ));
+    }
+    out
+}
+
+/// What changed in a listener's `tls`: certificates (by their names; new handshakes get
+/// the new ones, open connections keep their sessions) and settings.
+fn tls_fields(o: Option<&tidegate_config::Tls>, n: Option<&tidegate_config::Tls>) -> Vec<String> {
+    let names = |t: &tidegate_config::Tls| {
+        t.certificates
+            .iter()
+            .map(|c| c.names.join(","))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (o, n) = match (o, n) {
+        (None, None) => return Vec::new(),
+        (None, Some(_)) => return vec!["tls off -> on (new connections)".to_owned()],
+        (Some(_), None) => return vec!["tls on -> off (new connections)".to_owned()],
+        (Some(o), Some(n)) => (o, n),
+    };
+    let mut out = Vec::new();
+    if o.certificates != n.certificates {
+        out.push(format!(
+            "tls certificates ({} -> {}; new handshakes)",
+            names(o),
+            names(n)
+        ));
+    }
+    if o.min_version != n.min_version {
+        let v = |v: tidegate_config::TlsVersion| match v {
+            tidegate_config::TlsVersion::V1_2 => "1.2",
+            tidegate_config::TlsVersion::V1_3 => "1.3",
+        };
+        out.push(format!(
+            "tls min_version {} -> {}",
+            v(o.min_version),
+            v(n.min_version)
+        ));
+    }
+    if o.handshake_timeout != n.handshake_timeout {
+        out.push(format!(
+            "tls handshake_timeout {} -> {}",
+            format_duration(o.handshake_timeout),
+            format_duration(n.handshake_timeout)
+        ));
+    }
+    if o.alpn != n.alpn {
+        out.push(format!(
+            "tls alpn {} -> {}",
+            o.alpn.join(","),
+            n.alpn.join(",")
+        ));
+    }
     out
 }
 
@@ -437,6 +503,41 @@ response_timeout = "3s"
                 "upstream app server 127.0.0.1:9003: added",
                 "upstream app: response_timeout 60s -> 3s",
             ],
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn a_certificate_rotation_and_tls_settings_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = tidegate_testkit::tls::TestCa::new().unwrap();
+        ca.leaf(dir.path(), "a", &["a.test"], None).unwrap();
+        let with = |extra: &str| {
+            let toml = format!(
+                r#"
+[listeners.web]
+listen = ["127.0.0.1:0"]
+tls = {{ certificates = [ {{ cert = "a.pem", key = "a.key" }} ]{extra} }}
+routes = [ {{ path = "/", respond = {{ status = 200 }} }} ]
+"#
+            );
+            tidegate_config::load_str(&toml, Some(&dir.path().join("t.toml")))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let a = with("");
+        assert_eq!(plan(&a, &with(""), 2, &Registry::new()).changes, vec![]);
+        ca.leaf(dir.path(), "a", &["a.test", "b.test"], None)
+            .unwrap();
+        let b = with(r#", min_version = "1.3""#);
+        let p = plan(&a, &b, 2, &Registry::new());
+        let lines: Vec<String> = p
+            .changes
+            .iter()
+            .map(|c| format!("{}: {}", c.subject, c.what))
+            .collect();
+        assert_eq!(
+            lines,
+            ["listener web: tls certificates (a.test -> a.test,b.test; new handshakes), tls min_version 1.2 -> 1.3"],
             "{p:#?}"
         );
     }

@@ -67,6 +67,10 @@
 //! (`systemd-socket-activate`) with more environment, without waiting; `wait_ready()`
 //! then waits.
 //!
+//! # TLS — [`tls`]
+//! [`tls::TestCa`]: a test CA (rcgen) that writes leaf certificates and keys as PEM
+//! files (`leaf`, `write_ca`) and opens verified TLS connections (`connect`, rustls).
+//!
 //! # Caveats
 //! - A Unix socket has no reset: the "reset" replies and [`RawConn::reset`] close it
 //!   normally there.
@@ -106,6 +110,7 @@ pub mod lazy_app;
 mod process;
 pub mod procfs;
 pub mod tcp_echo;
+pub mod tls;
 mod wire;
 
 pub use addr::{Addr, Bind, Stream};

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use tidegate_admin::{
-    ConnProtocol, ConnSide, ConnState, ConnectionView, Control, ControlError, Health, ListenerView,
-    OnDemandState, OnDemandView, Pending, ProcessState, ReloadChange, ReloadView, ServerState,
-    ServerView, Status, UpgradeView, UpstreamSide, UpstreamView,
+    CertificateView, ConnProtocol, ConnSide, ConnState, ConnectionView, Control, ControlError,
+    Health, ListenerView, OnDemandState, OnDemandView, Pending, ProcessState, ReloadChange,
+    ReloadView, ServerState, ServerView, Status, UpgradeView, UpstreamSide, UpstreamView,
 };
 use tidegate_config::Config;
 use tidegate_proxy::metrics::Metrics;
@@ -264,6 +264,7 @@ impl Control for Live {
             config: self.config.clone(),
             connections: clients.len() as u64,
             listeners,
+            certificates: certificates(config.as_deref()),
         }
     }
 
@@ -439,4 +440,26 @@ fn server_view(up: &Upstream, index: usize) -> ServerView {
             uptime_s: o.uptime.map(|d| d.as_secs_f64()),
         }),
     }
+}
+
+/// Every certificate the config in effect serves, for `/v1/status`.
+fn certificates(config: Option<&tidegate_config::Config>) -> Vec<CertificateView> {
+    let now = std::time::SystemTime::now();
+    config
+        .iter()
+        .flat_map(|c| c.listeners.iter())
+        .flat_map(|l| {
+            l.tls
+                .iter()
+                .flat_map(|t| t.certificates.iter())
+                .map(move |c| CertificateView {
+                    listener: l.name.clone(),
+                    cert: c.cert_path.display().to_string(),
+                    names: c.names.clone(),
+                    issuer: c.issuer.clone(),
+                    not_after: c.not_after,
+                    expires_in_s: c.seconds_left(now),
+                })
+        })
+        .collect()
 }

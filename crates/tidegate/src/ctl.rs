@@ -281,6 +281,23 @@ fn status(s: &Status) -> String {
         ]);
     }
     out.push_str(&t.render());
+    if !s.certificates.is_empty() {
+        let mut t = Table::new(&["LISTENER", "NAMES", "NOT AFTER", "EXPIRES IN", "ISSUER"]);
+        for c in &s.certificates {
+            t.row(vec![
+                c.listener.clone(),
+                c.names.join(", "),
+                tidegate_config::tls::format_unix(c.not_after),
+                match c.expires_in_s {
+                    s if s < 0 => "expired".to_owned(),
+                    s => duration(s as f64),
+                },
+                c.issuer.clone(),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&t.render());
+    }
     out
 }
 

@@ -34,6 +34,10 @@ fn main() -> ExitCode {
         }
         cli::Command::Check { config } => match tidegate_config::load_file(&config) {
             Ok(cfg) => {
+                // Valid all the same: printed, and the exit code stays 0.
+                for w in &cfg.warnings {
+                    eprintln!("warning: {w}");
+                }
                 println!(
                     "{}: ok ({} listener(s), {} upstream(s))",
                     config.display(),

@@ -36,6 +36,9 @@ impl Source {
                 ),
                 errors: errors.iter().map(ToString::to_string).collect(),
             })?;
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
         crate::admin::apply_override(&mut config, self.admin.as_deref()).map_err(|e| {
             ControlError::Invalid {
                 message: "the --admin override does not apply; nothing changed".into(),

@@ -67,6 +67,9 @@ pub fn run(args: RunArgs) -> ExitCode {
         passed.claim_numbered(&config);
     }
     init_logging(&config);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     raise_nofile_limit();
     let workers = match config.server.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -112,6 +112,14 @@ fn samples() -> Vec<(&'static str, BTreeSet<String>)> {
         connections: 1,
         max_connections: 10,
     };
+    let certificate = CertificateView {
+        listener: "web".into(),
+        cert: "/etc/tidegate/certs/a.pem".into(),
+        names: vec!["example.com".into(), "*.example.com".into()],
+        issuer: "CN=Example CA".into(),
+        not_after: 1_800_000_000,
+        expires_in_s: 3_600,
+    };
     let upstream_side = UpstreamSide {
         name: "app".into(),
         server: "localhost:6080".into(),
@@ -129,9 +137,11 @@ fn samples() -> Vec<(&'static str, BTreeSet<String>)> {
                 config: "<quickstart>".into(),
                 connections: 1,
                 listeners: vec![listener.clone()],
+                certificates: vec![certificate.clone()],
             }),
         ),
         ("ListenerView", keys(&listener)),
+        ("CertificateView", keys(&certificate)),
         (
             "UpstreamView",
             keys(&UpstreamView {

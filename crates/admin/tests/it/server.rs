@@ -78,6 +78,7 @@ impl Control for Fake {
                 connections: 1,
                 max_connections: 10_000,
             }],
+            certificates: Vec::new(),
         }
     }
 

@@ -71,6 +71,8 @@ const SERVER: &str = "## `[server]`";
 const ADMIN: &str = "## `[admin]`";
 const LISTENER: &str = "## `[listeners.NAME]`";
 const ROUTE: &str = "### `[[listeners.NAME.routes]]`";
+const TLS: &str = "### TLS (`tls`)";
+const PASSTHROUGH: &str = "### TLS passthrough (`tls_passthrough`)";
 const TCP_LISTENER: &str = "### TCP listeners (`protocol = \"tcp\"`)";
 const UPSTREAM: &str = "## `[upstreams.NAME]`";
 const HEALTH: &str = "### `[upstreams.NAME.health]`";
@@ -176,6 +178,25 @@ fn documented() -> Vec<(&'static str, Doc)> {
         (
             "TCP_KEEPALIVE",
             Duration(LISTENER, "`tcp_keepalive`", TCP_KEEPALIVE),
+        ),
+        (
+            "TLS_MIN_VERSION",
+            Value(
+                TLS,
+                "`min_version`",
+                Written::Str(match TLS_MIN_VERSION {
+                    tidegate_config::TlsVersion::V1_2 => "1.2",
+                    tidegate_config::TlsVersion::V1_3 => "1.3",
+                }),
+            ),
+        ),
+        (
+            "TLS_HELLO_TIMEOUT",
+            Duration(PASSTHROUGH, "`hello_timeout`", TLS_HELLO_TIMEOUT),
+        ),
+        (
+            "TLS_HANDSHAKE_TIMEOUT",
+            Duration(TLS, "`handshake_timeout`", TLS_HANDSHAKE_TIMEOUT),
         ),
         (
             "HALF_CLOSE",
@@ -398,6 +419,11 @@ fn the_timers_table_agrees_with_the_key_tables() {
         ("upstream `keepalive_timeout`", KEEPALIVE_TIMEOUT),
         ("listener `tcp_keepalive`", TCP_KEEPALIVE),
         ("TCP listener `idle_timeout`", TCP_IDLE_TIMEOUT),
+        ("listener `tls.handshake_timeout`", TLS_HANDSHAKE_TIMEOUT),
+        (
+            "TCP listener `tls_passthrough.hello_timeout`",
+            TLS_HELLO_TIMEOUT,
+        ),
         ("upstream `sse_heartbeat`", SSE_HEARTBEAT),
         ("upstream `tcp_keepalive`", TCP_KEEPALIVE),
         ("health `interval`", HEALTH_INTERVAL),

@@ -11,3 +11,4 @@ mod model;
 mod on_demand;
 mod paths;
 mod robustness;
+mod tls;

@@ -112,6 +112,8 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 tcp_keepalive: Some(Duration::from_secs(30)),
                 underscores_in_headers: defaults::UNDERSCORES_IN_HEADERS,
                 half_close: true,
+                tls: None,
+                tls_passthrough: None,
                 routes: vec![
                     Route {
                         host: Some(HostMatch::Exact("ci.example.com".into())),
@@ -146,6 +148,8 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 tcp_keepalive: None,
                 underscores_in_headers: true,
                 half_close: true,
+                tls: None,
+                tls_passthrough: None,
                 routes: vec![Route {
                     host: Some(HostMatch::Suffix(".example.com".into())),
                     path: "/api".into(),
@@ -213,6 +217,7 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 request_buffering: None,
             },
         ],
+        warnings: Vec::new(),
     };
     assert_eq!(config, expected);
 }

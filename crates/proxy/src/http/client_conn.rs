@@ -18,10 +18,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::rewind::Rewind;
-use crate::endpoint::Stream;
 use crate::observed::Observed;
 use crate::registry::{Conn, ConnProtocol, ConnState, Registration};
 use crate::side::Side;
+use crate::tls::ClientStream;
 
 /// Where a client connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,7 +336,7 @@ impl crate::upstream::body::BodyEnd for ClientConn {
 
 /// A client socket as hyper sees it: counted by its [`ClientConn`], with bytes read ahead
 /// put back in front after a park or an upgrade.
-pub(crate) type ClientIo = Rewind<Observed<Stream, ClientConn>>;
+pub(crate) type ClientIo = Rewind<Observed<ClientStream, ClientConn>>;
 
 // A client stream reports its reads and writes to its `ClientConn` through
 // `Observed<_, ClientConn>`.

@@ -11,6 +11,7 @@ use crate::endpoint::{EndWatch, PeerAddr, Stream, Waiting};
 use crate::observed::Observed;
 use crate::registry::{ConnProtocol, ConnState, NewConn, SockAddr};
 use crate::side::Side;
+use crate::tls::ClientStream;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
@@ -26,7 +27,9 @@ use tokio::time::Instant;
 type HyperConn = http1::Connection<TokioIo<ClientIo>, super::service::ConnService>;
 
 /// Serves one client connection until it ends (see the module's invariants). `local`
-/// is our end of the socket.
+/// is our end of the socket. On a TLS listener the handshake runs first, here in the
+/// connection's task (`crate::tls`), the connection already in the registry (state
+/// `reading`) and closed by the same token as afterwards.
 ///
 /// Not an `async fn`: the connection is set up here, and the future returned keeps
 /// only what a parked connection needs (an `async fn` would also keep its arguments).
@@ -37,7 +40,29 @@ pub fn serve_connection(
     local: SockAddr,
     shutdown: Shutdown,
 ) -> impl Future<Output = ()> + Send {
-    serve_from(slot, stream, peer, local, shutdown, bytes::Bytes::new())
+    use futures_util::future::Either;
+    let Some(tls) = slot.load().tls.clone() else {
+        let driver = Driver::registered(slot, peer, local, shutdown, ConnState::Idle);
+        let io = driver.io(ClientStream::Plain(stream), bytes::Bytes::new());
+        return Either::Left(driver.run(io));
+    };
+    let driver = Driver::registered(slot, peer, local, shutdown, ConnState::Reading);
+    // Boxed twice: a plain connection's future stays the size of its own (rustls's
+    // handshake state is large), and a TLS one gives the handshake's memory back once
+    // it is done.
+    Either::Right(Box::pin(async move {
+        let handshake = Box::pin(tls.accept(stream, peer, &driver.close));
+        let Some(stream) = handshake.await else {
+            if driver.close.is_cancelled() {
+                driver.closed();
+            }
+            return;
+        };
+        drop(tls);
+        driver.client.conn().set_state(ConnState::Idle);
+        let io = driver.io(stream, bytes::Bytes::new());
+        driver.run(io).await;
+    }))
 }
 
 /// Serves an idle keep-alive connection handed over by the process before a binary
@@ -51,49 +76,8 @@ pub fn adopt_connection(
     shutdown: Shutdown,
 ) -> impl Future<Output = ()> + Send {
     let peer = stream.peer_addr().unwrap_or(PeerAddr::Unix);
-    serve_from(slot, stream, peer, local, shutdown, read)
-}
-
-fn serve_from(
-    slot: Arc<ArcSwap<HttpListener>>,
-    stream: Stream,
-    peer: PeerAddr,
-    local: SockAddr,
-    shutdown: Shutdown,
-    read: bytes::Bytes,
-) -> impl Future<Output = ()> + Send {
-    // A child of `hard`: one token to select on closes the connection at the end of
-    // the grace or when an operator closes it.
-    let close = shutdown.hard.child_token();
-    let ctx = slot.load_full();
-    let client = ClientConn::registered(ctx.registry.register(NewConn {
-        side: Side::Client,
-        name: ctx.metrics.name.clone(),
-        peer: match peer {
-            PeerAddr::Tcp(a) => SockAddr::Tcp(a),
-            PeerAddr::Unix => SockAddr::Unix(None),
-        },
-        local,
-        protocol: ConnProtocol::Http1,
-        state: ConnState::Idle,
-        close: close.clone(),
-        server: None,
-        totals: Some(ctx.metrics.totals.clone()),
-        generation: ctx.generation,
-    }));
-    let mut io: ClientIo = Rewind::new(Observed::new(stream, client.clone()));
-    if !read.is_empty() {
-        io.put_back(read);
-        client.head_started();
-    }
-    let driver = Driver {
-        ctx,
-        slot,
-        client,
-        shutdown,
-        close,
-        peer,
-    };
+    let driver = Driver::registered(slot, peer, local, shutdown, ConnState::Idle);
+    let io = driver.io(ClientStream::Plain(stream), read);
     driver.run(io)
 }
 
@@ -134,6 +118,55 @@ struct Driver {
 }
 
 impl Driver {
+    /// A new client connection of the listener in `slot`, entered in its registry in
+    /// `state`.
+    fn registered(
+        slot: Arc<ArcSwap<HttpListener>>,
+        peer: PeerAddr,
+        local: SockAddr,
+        shutdown: Shutdown,
+        state: ConnState,
+    ) -> Driver {
+        // A child of `hard`: one token to select on closes the connection at the end of
+        // the grace or when an operator closes it.
+        let close = shutdown.hard.child_token();
+        let ctx = slot.load_full();
+        let client = ClientConn::registered(ctx.registry.register(NewConn {
+            side: Side::Client,
+            name: ctx.metrics.name.clone(),
+            peer: match peer {
+                PeerAddr::Tcp(a) => SockAddr::Tcp(a),
+                PeerAddr::Unix => SockAddr::Unix(None),
+            },
+            local,
+            protocol: ConnProtocol::Http1,
+            state,
+            close: close.clone(),
+            server: None,
+            totals: Some(ctx.metrics.totals.clone()),
+            generation: ctx.generation,
+        }));
+        Driver {
+            ctx,
+            slot,
+            client,
+            shutdown,
+            close,
+            peer,
+        }
+    }
+
+    /// The stream as the driver serves it, with `read` (bytes read before and not
+    /// served) put back in front.
+    fn io(&self, stream: ClientStream, read: bytes::Bytes) -> ClientIo {
+        let mut io: ClientIo = Rewind::new(Observed::new(stream, self.client.clone()));
+        if !read.is_empty() {
+            io.put_back(read);
+            self.client.head_started();
+        }
+        io
+    }
+
     /// Parks and serves `io` in turn until the connection ends.
     async fn run(mut self, mut io: ClientIo) {
         // Bounded: every turn either waits for the client (bounded by the timers) or
@@ -143,7 +176,7 @@ impl Driver {
             // Parked: nothing of hyper's is held while the client is quiet. Bytes put
             // back (a pipelined request hyper had started to read) are served at once.
             if !io.has_prefix() {
-                match self.park(io.get_ref().get_ref(), fresh).await {
+                match self.park(io.inner_mut().inner_mut(), fresh).await {
                     Parked::Readable => {}
                     Parked::Close => return,
                     Parked::Export => match self.hand_over(io) {
@@ -170,6 +203,8 @@ impl Driver {
                 client: self.client.clone(),
                 forwarded_for: headers::forwarded_for(self.peer.ip()),
             };
+            // On TLS it sees records, not requests: a FIN behind a `close_notify` is
+            // looked for past the bytes (see `ClientEnd`).
             let end = self.end_watch(io.get_ref().get_ref());
             // Boxed: the task keeps only what a parked connection needs.
             let conn = Box::new(self.ctx.builder.serve_connection(TokioIo::new(io), service));
@@ -210,13 +245,17 @@ impl Driver {
     /// once; a `fresh` one, that has sent nothing yet, gets [`FIRST_BYTES_AT_DRAIN`]),
     /// the end of the grace or an operator; or, while a binary upgrade hands
     /// connections over, until it can go.
-    async fn park(&self, stream: &Stream, fresh: bool) -> Parked {
+    ///
+    /// A TLS connection waits on [`ClientStream::readable`], which first looks at what
+    /// rustls has already decrypted; it is never exported (its session state lives in
+    /// this process): it stays and ends with the drain.
+    async fn park(&self, stream: &mut ClientStream, fresh: bool) -> Parked {
         // Bounded: each turn waits for the client, a timer, the drain, an export or a
         // close.
         loop {
             // Before the drain: a binary upgrade drains this process while its idle
             // connections move to the new one.
-            if self.shutdown.export.is_open() {
+            if self.shutdown.export.is_open() && !stream.is_tls() {
                 return Parked::Export;
             }
             if self.shutdown.graceful.is_cancelled() {
@@ -253,10 +292,19 @@ impl Driver {
     /// socket back when the export has ended meanwhile.
     fn hand_over(&self, io: ClientIo) -> Option<ClientIo> {
         let (read, observed) = io.into_parts();
+        let client = match observed.into_inner().into_plain() {
+            Ok(plain) => plain,
+            // Not parked for an export (see `park`); kept here all the same.
+            Err(tls) => {
+                let mut io = Rewind::new(Observed::new(tls, self.client.clone()));
+                io.put_back(read);
+                return Some(io);
+            }
+        };
         let handoff = crate::handoff::Handoff {
             listener: self.ctx.name.clone(),
             kind: crate::handoff::HandoffKind::Idle {
-                client: observed.into_inner(),
+                client,
                 read: read.to_vec(),
             },
         };
@@ -266,9 +314,9 @@ impl Driver {
                 None
             }
             Err(back) => match back.kind {
-                crate::handoff::HandoffKind::Idle { client, .. } => {
-                    Some(Rewind::new(Observed::new(client, self.client.clone())))
-                }
+                crate::handoff::HandoffKind::Idle { client, .. } => Some(Rewind::new(
+                    Observed::new(ClientStream::Plain(client), self.client.clone()),
+                )),
                 crate::handoff::HandoffKind::Tunnel { .. } => None,
             },
         }
@@ -280,7 +328,7 @@ impl Driver {
     /// answered. It gets [`FIRST_BYTES_AT_DRAIN`] for its first bytes; then its first
     /// request is served (`Driver::serve` holds hyper's graceful shutdown until hyper
     /// has read it, since hyper closes a connection that has read nothing at once).
-    async fn first_bytes_at_drain(&self, stream: &Stream) -> bool {
+    async fn first_bytes_at_drain(&self, stream: &mut ClientStream) -> bool {
         tokio::select! {
             biased;
             res = stream.readable() => {
@@ -301,14 +349,16 @@ impl Driver {
 
     /// With `half_close`, a watch on the client's end for this turn of serving (hyper
     /// reads nothing while it serves a request, so it would not see a client leave).
-    fn end_watch(&self, stream: &Stream) -> ClientEnd {
+    fn end_watch(&self, stream: &ClientStream) -> ClientEnd {
         if !self.ctx.half_close {
             return ClientEnd::default();
         }
-        match stream.end_watch() {
+        match stream.raw().end_watch() {
             Ok(watch) => ClientEnd {
                 watch: Some(watch),
                 paused_at: None,
+                tls: stream.is_tls(),
+                recheck: None,
             },
             Err(e) => {
                 // Without it, a client gone mid-response is found by the next failed
@@ -449,6 +499,12 @@ impl Driver {
 /// reads its response; hyper closes after it), a FIN or a reset once the response is
 /// under way is a client gone, whose connection (and upstream exchange) is closed at
 /// once rather than when a write fails.
+///
+/// On TLS the socket shows records: a client that closes sends its `close_notify`
+/// (bytes) before its FIN, so bytes waiting are not the end of the watch there: the FIN
+/// behind them is looked for (`EndWatch::peer_shut_down`) at each wake-up of the
+/// connection and every [`TLS_END_RECHECK`], with the same rule: before the response
+/// head a half-close, after it a client gone.
 #[derive(Default)]
 struct ClientEnd {
     /// `None`: off, or the client has half-closed (nothing more to see).
@@ -456,7 +512,17 @@ struct ClientEnd {
     /// Unread bytes were waiting (a pipelined request) when hyper had attempted this
     /// many reads: nothing to see until hyper reads again.
     paused_at: Option<u32>,
+    /// The stream is TLS.
+    tls: bool,
+    /// TLS, bytes waiting: when to look for a FIN behind them again (allocated the first
+    /// time bytes wait).
+    recheck: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// How often a TLS connection with bytes waiting (its `close_notify`, say) is checked
+/// for a FIN behind them while nothing else wakes it: half of the one-second bound on
+/// noticing a client gone (docs/design.md, "Principles" 1).
+const TLS_END_RECHECK: Duration = Duration::from_millis(500);
 
 impl ClientEnd {
     /// Resolves when the client has gone away mid-response (what it did, for the log).
@@ -474,6 +540,29 @@ impl ClientEnd {
             self.paused_at = None;
             match watch.poll_end(cx) {
                 Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(Waiting::Bytes)) if self.tls => {
+                    match watch.peer_shut_down() {
+                        // A close_notify and a FIN before the response: a half-close.
+                        Ok(true) if !client.response_under_way() => {
+                            self.watch = None;
+                            return Poll::Pending;
+                        }
+                        Ok(true) => return Poll::Ready("client closed its connection"),
+                        // Found by the next read or write instead.
+                        Ok(false) | Err(_) => {}
+                    }
+                    // The readiness stays set while bytes wait, so no wake-up comes
+                    // for a FIN behind them: the timer brings one.
+                    let recheck = self
+                        .recheck
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(TLS_END_RECHECK)));
+                    if recheck.as_mut().poll(cx).is_ready() {
+                        recheck.as_mut().reset(Instant::now() + TLS_END_RECHECK);
+                        // Registers the waker for the new deadline.
+                        let _ = recheck.as_mut().poll(cx);
+                    }
+                    Poll::Pending
+                }
                 Poll::Ready(Ok(Waiting::Bytes)) => {
                     self.paused_at = Some(client.reads());
                     Poll::Pending

@@ -98,6 +98,13 @@ impl ConnService {
             self.forwarded_for.as_ref(),
             host.as_ref(),
         );
+        if self.ctx.tls.is_some() {
+            // The client reached us over TLS (set_forwarded wrote "http").
+            parts.headers.insert(
+                headers::X_FORWARDED_PROTO,
+                http::HeaderValue::from_static("https"),
+            );
+        }
         to_origin_form(&mut parts.uri);
         parts.version = Version::HTTP_11;
         let host_from_server = !parts.headers.contains_key(header::HOST);

@@ -43,6 +43,9 @@ pub struct HttpListener {
     pub generation: u64,
     /// hyper's settings for each connection (built once).
     pub(super) builder: http1::Builder,
+    /// `tls`: each connection's handshake, with the certificates of this config (a
+    /// reload builds a new one; a connection keeps the session it made).
+    pub(crate) tls: Option<Arc<crate::tls::Terminator>>,
 }
 
 impl std::fmt::Debug for HttpListener {
@@ -135,7 +138,12 @@ impl HttpListener {
             // tidegate's own timers time heads (see `client_conn`).
             .header_read_timeout(None)
             .max_header_size(cfg.max_header_size);
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(|t| Arc::new(crate::tls::Terminator::new(&cfg.name, t, metrics.clone())));
         HttpListener {
+            tls,
             name: cfg.name.clone(),
             header_timeout: cfg.header_timeout,
             idle_timeout: cfg.idle_timeout,

@@ -46,6 +46,11 @@ impl<T> Rewind<T> {
         !self.prefix.is_empty()
     }
 
+    /// The wrapped stream, to wait on it (a parked TLS connection).
+    pub fn inner_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
     /// The wrapped stream.
     pub fn get_ref(&self) -> &T {
         &self.inner

@@ -31,22 +31,7 @@ impl Matcher {
     pub fn rank(&self, host: &str, path: &str) -> Option<(u8, usize, usize)> {
         let host_rank = match &self.host {
             None => (0, 0),
-            Some(HostMatch::Exact(h)) => {
-                if !h.eq_ignore_ascii_case(host) {
-                    return None;
-                }
-                (2, h.len())
-            }
-            Some(HostMatch::Suffix(s)) => {
-                // `s` is ".example.com"; the host must have at least one more label.
-                if host.len() <= s.len()
-                    || !host.is_char_boundary(host.len() - s.len())
-                    || !host[host.len() - s.len()..].eq_ignore_ascii_case(s)
-                {
-                    return None;
-                }
-                (1, s.len())
-            }
+            Some(h) => h.rank(host)?,
         };
         if !path_matches(&self.path, path) {
             return None;

@@ -15,6 +15,7 @@ use crate::handoff::{Pending, Tunnel};
 use crate::observed::Observed;
 use crate::registry::{Conn, ConnProtocol, ConnState, Registry};
 use crate::tcp::copy::{self, Ending, PendingError, TunnelStats};
+use crate::tls::ClientStream;
 
 /// The upstream connection's I/O inside hyper's client (`upstream::pool`): what an
 /// upgraded upstream is downcast to, to get its socket back.
@@ -97,7 +98,9 @@ pub(crate) async fn tunnel(
     // closed meanwhile, after which no turn stops for it.
     let ending = loop {
         let export = &shutdown.export;
-        let watching = !export.token().is_cancelled() || export.is_open();
+        // A TLS session cannot move to another process: it ends here.
+        let watching = !socket.get_ref().get_ref().is_tls()
+            && (!export.token().is_cancelled() || export.is_open());
         let ending = copy::run_with(
             &mut socket,
             &mut upstream_stream,
@@ -113,6 +116,16 @@ pub(crate) async fn tunnel(
         };
         // Bytes the client sent with its request, not yet read by the copy, go first.
         let (prefix, observed) = socket.into_parts();
+        let plain = match observed.into_inner().into_plain() {
+            Ok(plain) => plain,
+            // Not watched for an export (above); goes on here all the same.
+            Err(tls) => {
+                socket = ClientIo::new(Observed::new(tls, client.clone()));
+                socket.put_back(prefix);
+                pending = moving;
+                continue;
+            }
+        };
         if !prefix.is_empty() {
             let mut first = prefix.to_vec();
             first.extend_from_slice(&moving.to_upstream);
@@ -120,7 +133,7 @@ pub(crate) async fn tunnel(
         }
         let tunnel = Tunnel {
             protocol: ConnProtocol::Websocket,
-            client: observed.into_inner(),
+            client: plain,
             upstream: upstream_stream,
             pending: moving,
             upstream_name: active.upstream().name.clone(),
@@ -132,7 +145,10 @@ pub(crate) async fn tunnel(
         };
         // The export ended meanwhile: go on here (the bytes now wait in the pumps).
         let back = *back;
-        socket = ClientIo::new(Observed::new(back.client, client.clone()));
+        socket = ClientIo::new(Observed::new(
+            ClientStream::Plain(back.client),
+            client.clone(),
+        ));
         (upstream_stream, pending) = (back.upstream, back.pending);
     };
     match ending {

@@ -11,6 +11,7 @@
 
 mod framing;
 mod health_status;
+mod hello;
 mod rewind;
 mod route;
 mod sse;

@@ -139,6 +139,12 @@ impl PendingError for Stream {
     }
 }
 
+impl PendingError for crate::tls::ClientStream {
+    fn take_error(&self) -> io::Result<Option<io::Error>> {
+        crate::tls::ClientStream::take_error(self)
+    }
+}
+
 /// The operation that failed on a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {

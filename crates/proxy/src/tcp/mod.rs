@@ -24,6 +24,7 @@
 //! upstream: `tcp`, `tunnel`), sharing one close token.
 
 pub mod copy;
+pub mod hello;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,7 @@ use crate::handoff::{Pending, Tunnel};
 use crate::listener_stats::ListenerMetrics;
 use crate::registry::{ConnProtocol, ConnState, NewConn, Registry, SockAddr};
 use crate::side::Side;
+use crate::tls::ClientStream;
 use crate::upstream::connect::{Connected, Resolve};
 use crate::upstream::health::Outcome;
 use crate::upstream::{ActiveGuard, Upstream};
@@ -57,6 +59,33 @@ pub struct TunnelListener {
     metrics: Arc<ListenerMetrics>,
     /// The config generation it was built from, shown for each connection.
     pub generation: u64,
+    /// `tls`: each connection's handshake before the upstream is dialled; the tunnel
+    /// then carries the plaintext.
+    tls: Option<Arc<crate::tls::Terminator>>,
+    /// `tls_passthrough`: the upstream is chosen by the ClientHello's SNI name (see
+    /// [`Passthrough`]); `upstream` is the one for names no route has.
+    passthrough: Option<Passthrough>,
+}
+
+/// A TCP listener's `tls_passthrough` at run time.
+#[derive(Debug)]
+struct Passthrough {
+    routes: Vec<(tidegate_config::HostMatch, Arc<Upstream>)>,
+    hello_timeout: Duration,
+}
+
+impl Passthrough {
+    /// The upstream for SNI name `sni`: the most specific route, or `default`.
+    fn pick<'a>(&'a self, sni: Option<&str>, default: &'a Arc<Upstream>) -> &'a Arc<Upstream> {
+        sni.and_then(|name| {
+            self.routes
+                .iter()
+                .filter_map(|(m, up)| m.rank(name).map(|r| (r, up)))
+                .max_by_key(|(r, _)| *r)
+                .map(|(_, up)| up)
+        })
+        .unwrap_or(default)
+    }
 }
 
 impl std::fmt::Debug for TunnelListener {
@@ -88,6 +117,10 @@ impl TunnelListener {
             registry: http.registry.clone(),
             metrics: http.metrics().clone(),
             generation: http.generation,
+            // An adopted tunnel was a plain one (a TLS session never moves), and went
+            // to `upstream` (a passthrough tunnel is never handed over).
+            tls: None,
+            passthrough: None,
         }
     }
 
@@ -110,7 +143,30 @@ impl TunnelListener {
             tracing::error!(listener = %cfg.name, upstream = %name, "TCP listener names an unknown upstream; not listening");
             return None;
         };
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(|t| Arc::new(crate::tls::Terminator::new(&cfg.name, t, metrics.clone())));
+        let passthrough = match &cfg.tls_passthrough {
+            None => None,
+            Some(p) => {
+                let mut routes = Vec::with_capacity(p.routes.len());
+                for r in &p.routes {
+                    let Some(up) = upstreams.iter().find(|u| u.name == r.upstream) else {
+                        tracing::error!(listener = %cfg.name, upstream = %r.upstream, "tls_passthrough route names an unknown upstream; not listening");
+                        return None;
+                    };
+                    routes.push((r.sni.clone(), up.clone()));
+                }
+                Some(Passthrough {
+                    routes,
+                    hello_timeout: p.hello_timeout,
+                })
+            }
+        };
         Some(TunnelListener {
+            tls,
+            passthrough,
             name: cfg.name.clone(),
             idle_timeout: cfg.idle_timeout,
             client_tcp: TcpOptions {
@@ -132,7 +188,8 @@ impl TunnelListener {
 }
 
 /// Serves one client connection of a TCP listener until its tunnel ends (see the
-/// module's lifecycle). `local` is our end of the client socket.
+/// module's lifecycle). `local` is our end of the client socket. With `tls`, the
+/// handshake comes first, before any upstream is dialled.
 pub async fn serve_tunnel(
     ctx: Arc<TunnelListener>,
     client: Stream,
@@ -152,15 +209,51 @@ pub async fn serve_tunnel(
         },
         local,
         protocol: ConnProtocol::Tcp,
-        state: ConnState::WaitingUpstream,
+        state: if ctx.tls.is_some() || ctx.passthrough.is_some() {
+            // The handshake (or the ClientHello) comes first.
+            ConnState::Reading
+        } else {
+            ConnState::WaitingUpstream
+        },
         close: close.clone(),
         server: None,
         totals: Some(ctx.metrics.totals.clone()),
         generation: ctx.generation,
     }));
+    let mut client = match &ctx.tls {
+        None => ClientStream::Plain(client),
+        // Boxed: a plain tunnel's future does not carry rustls's handshake state, and a
+        // TLS one gives it back once done.
+        Some(tls) => match Box::pin(tls.accept(client, peer, &close)).await {
+            Some(s) => {
+                stats.conn().set_state(ConnState::WaitingUpstream);
+                s
+            }
+            None => return,
+        },
+    };
+    // Passthrough: the ClientHello is read (and goes first to the upstream) to pick it.
+    let (upstream, pending) = match &ctx.passthrough {
+        None => (&ctx.upstream, Pending::default()),
+        Some(p) => {
+            // Boxed, as the handshake above.
+            let read = Box::pin(read_hello(&ctx, p, &mut client, peer, &close));
+            let Some((hello, sni)) = read.await else {
+                return;
+            };
+            stats.conn().set_state(ConnState::WaitingUpstream);
+            let up = p.pick(sni.as_deref(), &ctx.upstream);
+            tracing::debug!(listener = %ctx.name, %peer, sni = sni.as_deref().unwrap_or("-"), upstream = %up.name, "TLS passed through by SNI");
+            let pending = Pending {
+                to_upstream: hello,
+                to_client: Vec::new(),
+            };
+            (up, pending)
+        }
+    };
     stats.conn().add_request();
     let connected = tokio::select! {
-        c = connect(&ctx, peer) => c,
+        c = connect(&ctx, upstream, peer) => c,
         _ = close.cancelled() => {
             tracing::debug!(listener = %ctx.name, %peer, "closing client connection while connecting upstream: {}", closed_why(&shutdown));
             return;
@@ -171,17 +264,56 @@ pub async fn serve_tunnel(
         return;
     };
     relay(
-        &ctx,
-        client,
-        peer,
-        stats,
-        close,
-        active,
-        upstream,
-        Pending::default(),
-        &shutdown,
+        &ctx, client, peer, stats, close, active, upstream, pending, &shutdown,
     )
     .await;
+}
+
+/// Reads the client's ClientHello (`tls_passthrough`) within `hello_timeout`: the bytes
+/// read, all of them for the upstream, and the SNI name. `None` (logged at debug,
+/// counted as a failed handshake) when it is not TLS, the client closed or went silent,
+/// or `close` fired.
+async fn read_hello(
+    ctx: &TunnelListener,
+    p: &Passthrough,
+    client: &mut ClientStream,
+    peer: PeerAddr,
+    close: &tokio_util::sync::CancellationToken,
+) -> Option<(Vec<u8>, Option<String>)> {
+    use crate::listener_stats::HandshakeFailure;
+    use tokio::io::AsyncReadExt as _;
+    let read = async {
+        let mut buf = Vec::with_capacity(2048);
+        // Bounded: each turn reads at least one byte, up to `MAX_HELLO` and a record.
+        loop {
+            match hello::parse(&buf) {
+                hello::Hello::Sni(sni) => return Ok((buf, sni)),
+                hello::Hello::NotTls => {
+                    return Err((HandshakeFailure::NotTls, "not a TLS ClientHello".to_owned()))
+                }
+                hello::Hello::Incomplete => {}
+            }
+            let mut chunk = [0u8; 4096];
+            match client.read(&mut chunk).await {
+                Ok(0) => {
+                    return Err((
+                        HandshakeFailure::Closed,
+                        "the client closed the connection before its ClientHello".to_owned(),
+                    ))
+                }
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err((HandshakeFailure::Io, describe_io_error(&e))),
+            }
+        }
+    };
+    let attempt = crate::tls::Attempt {
+        listener: &ctx.name,
+        peer,
+        what: "TLS passthrough ClientHello",
+        limit: ("hello_timeout", p.hello_timeout),
+        metrics: &ctx.metrics,
+    };
+    attempt.run(read, close).await
 }
 
 /// Serves a tunnel handed over by the process before a binary upgrade: `client` and
@@ -234,6 +366,7 @@ pub async fn adopt_tunnel(
         stream: upstream,
     };
     tracing::debug!(listener = %ctx.name, %peer, server, "tunnel adopted from the previous process");
+    let client = ClientStream::Plain(client);
     relay(
         &ctx, client, peer, stats, close, active, connected, pending, &shutdown,
     )
@@ -246,7 +379,7 @@ pub async fn adopt_tunnel(
 #[allow(clippy::too_many_arguments, reason = "one tunnel's parts, moved in")]
 async fn relay(
     ctx: &TunnelListener,
-    mut client: Stream,
+    mut client: ClientStream,
     peer: PeerAddr,
     stats: TunnelStats,
     close: tokio_util::sync::CancellationToken,
@@ -278,14 +411,19 @@ async fn relay(
     // Our side of a Unix-socket connection has no address.
     let local = upstream_local.map_or_else(|| "unix".to_owned(), |a| a.to_string());
     tracing::debug!(
-        listener = %ctx.name, %peer, upstream = %ctx.upstream.name, server = %server.addr,
+        listener = %ctx.name, %peer, upstream = %active.upstream().name, server = %server.addr,
         %address, %local, "tunnel open"
     );
     // Bounded: a turn ends the tunnel, hands it over (a return), or finds the export
     // closed meanwhile, after which no turn stops for it.
     let ending = loop {
         let export = &shutdown.export;
-        let watching = !export.token().is_cancelled() || export.is_open();
+        // A TLS session cannot move to another process: it ends here. Nor can a
+        // passthrough tunnel (its upstream is the SNI's, which the adopting side of a
+        // handoff does not look up): it ends here too.
+        let watching = !client.is_tls()
+            && ctx.passthrough.is_none()
+            && (!export.token().is_cancelled() || export.is_open());
         let ending = copy::run_with(
             &mut client,
             &mut upstream_stream,
@@ -299,12 +437,20 @@ async fn relay(
         let Ending::Exported(moving) = ending else {
             break ending;
         };
+        let plain = match client.into_plain() {
+            Ok(plain) => plain,
+            // Not watched for an export (above); goes on here all the same.
+            Err(tls) => {
+                (client, pending) = (tls, moving);
+                continue;
+            }
+        };
         let tunnel = Tunnel {
             protocol: ConnProtocol::Tcp,
-            client,
+            client: plain,
             upstream: upstream_stream,
             pending: moving,
-            upstream_name: ctx.upstream.name.clone(),
+            upstream_name: active.upstream().name.clone(),
             server: server.addr.to_string(),
         };
         let Err(back) = export.send_tunnel(&ctx.name, tunnel) else {
@@ -313,11 +459,17 @@ async fn relay(
         };
         // The export ended meanwhile: go on here.
         let back = *back;
-        (client, upstream_stream, pending) = (back.client, back.upstream, back.pending);
+        (client, upstream_stream, pending) = (
+            ClientStream::Plain(back.client),
+            back.upstream,
+            back.pending,
+        );
     };
     if let Ending::Failed { side, .. } = &ending {
         match side.other() {
-            Side::Client => reset(client, &ctx.name, peer),
+            // A TLS client gets a reset too, without a close_notify: the stream did not
+            // end cleanly.
+            Side::Client => reset(client.into_raw(), &ctx.name, peer),
             Side::Upstream => reset(upstream_stream, &ctx.name, peer),
         }
     } else {
@@ -338,8 +490,11 @@ fn closed_why(shutdown: &Shutdown) -> &'static str {
 
 /// Picks a server and connects, moving to another server on failure up to the
 /// upstream's `retries`. `None` when no server could be reached (logged at warn).
-async fn connect(ctx: &TunnelListener, peer: PeerAddr) -> Option<(ActiveGuard, Connected)> {
-    let up = &ctx.upstream;
+async fn connect(
+    ctx: &TunnelListener,
+    up: &Arc<Upstream>,
+    peer: PeerAddr,
+) -> Option<(ActiveGuard, Connected)> {
     let mut active = match up.pick(&[]) {
         Ok(a) => a,
         Err(unavailable) => {
@@ -408,7 +563,7 @@ fn log_end(
     shutdown: &Shutdown,
 ) {
     let server = &active.server().addr;
-    let upstream = &ctx.upstream.name;
+    let upstream = &active.upstream().name;
     let bytes_in = stats.bytes_in();
     let bytes_out = stats.bytes_out();
     let duration_ms = u64::try_from(stats.age().as_millis()).unwrap_or(u64::MAX);

@@ -2,7 +2,8 @@
 //! upgrade does between two processes (the binary carries the handoffs over a Unix
 //! socket; here they go straight to `Serving::adopt`). An idle keep-alive connection,
 //! a WebSocket after its 101 and a TCP-mode tunnel move with their sockets and go on;
-//! the old proxy keeps none of them.
+//! the old proxy keeps none of them. A TLS connection or tunnel stays in the old proxy
+//! (its session lives there) and ends with its drain.
 
 use std::os::fd::AsFd as _;
 use std::sync::Arc;
@@ -149,5 +150,84 @@ async fn idle_connections_websockets_and_tunnels_move_to_the_new_proxy() -> anyh
     ensure!(tcp.accepts() == 1, "the tunnel reconnected");
     ensure!(ws.accepts() == 1, "the WebSocket reconnected");
     new_shutdown.abort();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_and_tunnels_are_not_handed_over_and_end_with_the_old_proxy(
+) -> anyhow::Result<()> {
+    use tidegate_testkit::tls::TestCa;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir()?;
+    let ca = TestCa::new()?;
+    ca.leaf(dir.path(), "a", &["a.test"], None)?;
+    let echo = TcpBackend::echo(Bind::Tcp4)?;
+    let toml = format!(
+        r#"
+[listeners.web]
+listen = ["127.0.0.1:0"]
+tls = {{ certificates = [ {{ cert = "a.pem", key = "a.key" }} ] }}
+[[listeners.web.routes]]
+respond = {{ status = 200, body = "ok" }}
+
+[listeners.tcp]
+listen = ["127.0.0.1:0"]
+protocol = "tcp"
+upstream = "echo"
+tls = {{ certificates = [ {{ cert = "a.pem", key = "a.key" }} ] }}
+
+[upstreams.echo]
+servers = ["{}"]
+"#,
+        echo.addr().to_config()
+    );
+    let path = dir.path().join("tidegate.toml");
+    let config =
+        tidegate_config::load_str(&toml, Some(&path)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (old, old_shutdown) = start(&config, &mut Inherited::new())?;
+    let addr = |name: &str| -> anyhow::Result<Addr> {
+        match &old
+            .addresses()
+            .iter()
+            .find(|(l, _)| l == name)
+            .context("listener")?
+            .1
+        {
+            tidegate_proxy::listen::LocalAddr::Tcp(a) => Ok((*a).into()),
+            other => anyhow::bail!("{other}"),
+        }
+    };
+    let mut idle = ca.connect(&addr("web")?, "a.test", T).await?;
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await?;
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(T, idle.read(&mut buf)).await??;
+    ensure!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    let mut tunnel = ca.connect(&addr("tcp")?, "a.test", T).await?;
+    tunnel.write_all(b"one\n").await?;
+    let n = tokio::time::timeout(T, tunnel.read(&mut buf)).await??;
+    ensure!(&buf[..n] == b"one\n");
+
+    old.stop_accepting();
+    let mut rx = old.start_export().context("export")?;
+    // Parked and idle long past PARK_AFTER: a plain connection would have moved by now.
+    let moved = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+    ensure!(moved.is_err(), "a TLS connection was handed over");
+    // Both still work here, on their own sessions.
+    tunnel.write_all(b"two\n").await?;
+    let n = tokio::time::timeout(T, tunnel.read(&mut buf)).await??;
+    ensure!(&buf[..n] == b"two\n");
+    old.finish_export();
+    // The drain closes the idle one at once; the tunnel ends at the hard stop.
+    old_shutdown.drain();
+    let n = tokio::time::timeout(T, idle.read(&mut buf)).await?;
+    ensure!(
+        matches!(n, Ok(0) | Err(_)),
+        "the idle TLS connection was not closed: {n:?}"
+    );
+    old_shutdown.abort();
+    tokio::time::timeout(T, old_shutdown.tracker.wait())
+        .await
+        .context("the old proxy kept a connection")?;
     Ok(())
 }

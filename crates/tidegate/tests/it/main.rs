@@ -29,4 +29,5 @@ mod repo;
 mod slow_clients;
 mod systemd;
 mod tcp;
+mod tls;
 mod upgrade;
