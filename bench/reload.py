@@ -29,6 +29,10 @@ import tempfile
 import time
 
 N = int(os.environ.get("BENCH_RELOAD_CONNS", "10000"))
+# SSE streams open through tidegate during its upgrade: they stay in the old process
+# until they end or shutdown_grace (GRACE_S here), which is what it holds while draining.
+STREAMS = int(os.environ.get("BENCH_UPGRADE_STREAMS", "1000"))
+GRACE_S = 5
 RELOADS = int(os.environ.get("BENCH_RELOAD_ROUNDS", "10"))
 TIDEGATE = os.environ.get("TIDEGATE_BIN", "target/release/tidegate")
 LOADGEN = os.environ.get("LOADGEN_BIN", "target/release/tidegate-loadgen")
@@ -98,10 +102,10 @@ def rss_kib(pids):
 class Hold:
     """loadgen hold: N idle keep-alive connections, one request each."""
 
-    def __init__(self, port, n):
+    def __init__(self, port, n, path="/", mode="full"):
         self.p = subprocess.Popen(
-            [LOADGEN, "hold", "--addr", f"127.0.0.1:{port}", "--path", "/", "--n", str(n),
-             "--mode", "full", "--timeout", "300"],
+            [LOADGEN, "hold", "--addr", f"127.0.0.1:{port}", "--path", path, "--n", str(n),
+             "--mode", mode, "--timeout", "300"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -137,6 +141,9 @@ class Tidegate:
 
     def __init__(self, port, work):
         self.port, self.work = port, work
+        self.sse_port = free_port()
+        self.sse = subprocess.Popen([LOADGEN, "sse-server", "--listen", f"127.0.0.1:{self.sse_port}"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.config = os.path.join(work, "tidegate.toml")
         self.admin = os.path.join(work, "admin.sock")
         self.write(0)
@@ -151,15 +158,21 @@ class Tidegate:
         with open(self.config, "w") as f:
             f.write(f"""[server]
 workers = 1
+shutdown_grace = "{GRACE_S}s"
 log = {{ level = "warn" }}
 [admin]
 listen = "unix:{self.admin}"
 [listeners.web]
 listen = ["127.0.0.1:{self.port}"]
-max_connections = {N + 1000}
+max_connections = {N + STREAMS + 1000}
 idle_timeout = "600s"
 {routes}[[listeners.web.routes]]
+path = "/sse"
+upstream = "sse"
+[[listeners.web.routes]]
 respond = {{ status = 200, body = "ok\\n" }}
+[upstreams.sse]
+servers = ["127.0.0.1:{self.sse_port}"]
 """)
 
     def reload(self, k):
@@ -192,6 +205,7 @@ respond = {{ status = 200, body = "ok\\n" }}
         return v["old_pid"], v["new_pid"], took
 
     def stop(self):
+        self.sse.kill()
         for pid in {self.p.pid, self.pid}:
             try:
                 os.kill(pid, signal.SIGINT)
@@ -308,9 +322,11 @@ frontend web
 
 
 def measure_upgrade(px, hold):
-    """tidegate only: `ctl upgrade` with the N idle connections open. The old process's
-    RSS is sampled every 10 ms while it drains (its idle connections move to the new
-    process), until it exits."""
+    """tidegate only: `ctl upgrade` with the N idle connections and STREAMS open SSE
+    streams. The old process's RSS is sampled every 10 ms while it drains (the idle
+    connections move to the new process; the streams, exchanges in flight, stay until
+    shutdown_grace), until it exits."""
+    streams = Hold(px.port, STREAMS, path="/sse", mode="sse") if STREAMS else None
     rss_before = rss_kib([px.pid])
     old, new, took = px.upgrade()
     start = time.monotonic()
@@ -323,7 +339,10 @@ def measure_upgrade(px, hold):
     gone_after = time.monotonic() - start
     time.sleep(0.5)
     alive = hold.alive()
+    if streams:
+        streams.stop()
     return {
+        "streams": STREAMS,
         "command_ms": took * 1000, "old_gone_ms": gone_after * 1000,
         "rss_before_kib": rss_before, "old_peak_kib": peak,
         "old_median_kib": sorted(samples)[len(samples) // 2] if samples else 0,
@@ -398,7 +417,7 @@ def main():
     if tg and tg.get("upgrade"):
         u = tg["upgrade"]
         lines += [
-            "", f"## Binary upgrade with {N:,} idle keep-alive connections (tidegate)", "",
+            "", f"## Binary upgrade with {N:,} idle keep-alive connections and {u['streams']:,} open SSE streams (tidegate, shutdown_grace {GRACE_S} s)", "",
             "| `ctl upgrade`, ms | old process gone after, ms | old process RSS while draining: peak / median, MiB | RSS before → new process, MiB | idle connections still open after |",
             "|---:|---:|---:|---:|---:|",
             f"| {u['command_ms']:.0f} | {u['old_gone_ms']:.0f} | {u['old_peak_kib'] / 1024:.1f} / {u['old_median_kib'] / 1024:.1f} | "
