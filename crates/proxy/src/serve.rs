@@ -103,6 +103,9 @@ impl ListenerKind {
                 .map_or_else(|_| listening.clone(), SockAddr::Tcp),
             Stream::Unix(_) => listening.clone(),
         };
+        // Each protocol's future is spawned as it is (not inside one future that could
+        // be either, which would be as large as both): an idle connection costs little
+        // more than its task.
         let sd = shutdown.clone();
         let release = move |()| drop(permit);
         match self {
@@ -147,13 +150,18 @@ pub async fn accept_loop(
     // and the socket goes on under its last binding until `stop`.
     let mut watching = true;
     loop {
-        let current = binding.borrow_and_update().clone();
-        if current.limit.available_permits() == 0 && !paused {
+        // What the wait for a permit and the accept need; the connection itself gets
+        // the binding current once accepted.
+        let (limit, tcp) = {
+            let b = binding.borrow_and_update();
+            (b.limit.clone(), b.kind.client_tcp())
+        };
+        if limit.available_permits() == 0 && !paused {
             paused = true;
-            tracing::warn!(listener = %current.kind.name(), address = %addr, "max_connections reached; accepting paused until a connection ends");
+            tracing::warn!(listener = %binding.borrow().kind.name(), address = %addr, "max_connections reached; accepting paused until a connection ends");
         }
         let permit = tokio::select! {
-            p = current.limit.clone().acquire_owned() => match p {
+            p = limit.acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => break,
             },
@@ -165,10 +173,10 @@ pub async fn accept_loop(
         };
         if paused {
             paused = false;
-            tracing::info!(listener = %current.kind.name(), address = %addr, "accepting again");
+            tracing::info!(listener = %binding.borrow().kind.name(), address = %addr, "accepting again");
         }
         let accepted = tokio::select! {
-            r = listener.accept_with(current.kind.client_tcp()) => r,
+            r = listener.accept_with(tcp) => r,
             _ = stop.cancelled() => break,
         };
         match accepted {
@@ -176,12 +184,12 @@ pub async fn accept_loop(
                 backoff = MIN_ACCEPT_BACKOFF;
                 // The binding now, not the one the permit came from: a reload between
                 // the two must not put a new connection on a listener it removed.
-                let now = binding.borrow().clone();
+                let now = binding.borrow();
                 now.kind
                     .spawn(stream, peer, &listening, &now.shutdown, permit);
             }
             Err(e) => {
-                tracing::warn!(listener = %current.kind.name(), address = %addr, error = %describe_io_error(&e),
+                tracing::warn!(listener = %binding.borrow().kind.name(), address = %addr, error = %describe_io_error(&e),
                     backoff_ms = backoff.as_millis() as u64, "accept failed; pausing");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}

@@ -200,26 +200,13 @@ pub async fn serve_tunnel(
     // A child of `hard`: the copy selects on one token for the grace's end and for a
     // close through the registry.
     let close = shutdown.hard.child_token();
-    let stats = TunnelStats::registered(ctx.registry.register(NewConn {
-        side: Side::Client,
-        name: ctx.metrics.name.clone(),
-        peer: match peer {
-            PeerAddr::Tcp(a) => SockAddr::Tcp(a),
-            PeerAddr::Unix => SockAddr::Unix(None),
-        },
-        local,
-        protocol: ConnProtocol::Tcp,
-        state: if ctx.tls.is_some() || ctx.passthrough.is_some() {
-            // The handshake (or the ClientHello) comes first.
-            ConnState::Reading
-        } else {
-            ConnState::WaitingUpstream
-        },
-        close: close.clone(),
-        server: None,
-        totals: Some(ctx.metrics.totals.clone()),
-        generation: ctx.generation,
-    }));
+    let state = if ctx.tls.is_some() || ctx.passthrough.is_some() {
+        // The handshake (or the ClientHello) comes first.
+        ConnState::Reading
+    } else {
+        ConnState::WaitingUpstream
+    };
+    let stats = register(&ctx, peer, local, ConnProtocol::Tcp, state, &close);
     let mut client = match &ctx.tls {
         None => ClientStream::Plain(client),
         // Boxed: a plain tunnel's future does not carry rustls's handshake state, and a
@@ -341,21 +328,7 @@ pub async fn adopt_tunnel(
         tracing::info!(listener = %ctx.name, %peer, server, "a tunnel handed over names a server this config does not have; closing it");
         return;
     };
-    let stats = TunnelStats::registered(ctx.registry.register(NewConn {
-        side: Side::Client,
-        name: ctx.metrics.name.clone(),
-        peer: match peer {
-            PeerAddr::Tcp(a) => SockAddr::Tcp(a),
-            PeerAddr::Unix => SockAddr::Unix(None),
-        },
-        local,
-        protocol,
-        state: ConnState::Tunnel,
-        close: close.clone(),
-        server: None,
-        totals: Some(ctx.metrics.totals.clone()),
-        generation: ctx.generation,
-    }));
+    let stats = register(&ctx, peer, local, protocol, ConnState::Tunnel, &close);
     stats.conn().add_request();
     let connected = Connected {
         peer: upstream.peer_addr().ok().and_then(|p| match p {
@@ -371,6 +344,32 @@ pub async fn adopt_tunnel(
         &ctx, client, peer, stats, close, active, connected, pending, &shutdown,
     )
     .await;
+}
+
+/// Enters a client connection of `ctx` in the registry, closed through `close`.
+fn register(
+    ctx: &TunnelListener,
+    peer: PeerAddr,
+    local: SockAddr,
+    protocol: ConnProtocol,
+    state: ConnState,
+    close: &tokio_util::sync::CancellationToken,
+) -> TunnelStats {
+    TunnelStats::registered(ctx.registry.register(NewConn {
+        side: Side::Client,
+        name: ctx.metrics.name.clone(),
+        peer: match peer {
+            PeerAddr::Tcp(a) => SockAddr::Tcp(a),
+            PeerAddr::Unix => SockAddr::Unix(None),
+        },
+        local,
+        protocol,
+        state,
+        close: close.clone(),
+        server: None,
+        totals: Some(ctx.metrics.totals.clone()),
+        generation: ctx.generation,
+    }))
 }
 
 /// Relays between `client` and the connected `upstream` until the tunnel ends or is
