@@ -86,9 +86,10 @@ impl Export {
         &self.token
     }
 
-    /// Whether an export is running (the token fired and the channel is open).
+    /// Whether an export is running (the token fired, and the channel is open at both
+    /// ends: a receiver gone, the new process lost, ends it too).
     pub fn is_open(&self) -> bool {
-        self.token.is_cancelled() && self.lock().is_some()
+        self.token.is_cancelled() && self.lock().as_ref().is_some_and(|tx| !tx.is_closed())
     }
 
     /// Hands `h` over; `Err(h)` when no export is running any more (the connection goes
@@ -136,5 +137,31 @@ impl Export {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<mpsc::UnboundedSender<Box<Handoff>>>> {
         self.tx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_export_ends_when_its_receiver_is_gone() {
+        let export = Export::default();
+        assert!(!export.is_open());
+        let rx = export.start().expect("first export");
+        assert!(export.is_open());
+        assert!(export.start().is_none(), "one export per process");
+        // The new process is lost: connections stay here instead of trying again.
+        drop(rx);
+        assert!(!export.is_open());
+        let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+        let h = Box::new(Handoff {
+            listener: "web".into(),
+            kind: HandoffKind::Idle {
+                client: Stream::Unix(a),
+                read: Vec::new(),
+            },
+        });
+        assert!(export.send(h).is_err(), "the connection comes back");
     }
 }

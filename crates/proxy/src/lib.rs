@@ -799,7 +799,10 @@ fn commit(live: &mut Live, config: Arc<Config>, built: Built, shutdown: &Shutdow
     // Addresses no listener has any more: refused from this moment (the accept loop
     // then ends and closes the socket).
     for s in old_sockets.into_iter().flatten() {
-        if let Some(l) = s.socket.upgrade() {
+        // Not a socket systemd (or a supervisor) passed: it keeps its own copy, which
+        // must still listen when it next starts us. Ours only closes with its loop.
+        let shared = matches!(s.key, ListenKey::Systemd(_) | ListenKey::Fd(_));
+        if let Some(l) = s.socket.upgrade().filter(|_| !shared) {
             l.stop_listening();
         }
         s.stop.cancel();

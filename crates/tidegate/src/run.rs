@@ -346,6 +346,7 @@ async fn serve(config: Config, workers: usize, passed: Passed) -> ExitCode {
             }
             _ = usr2.recv() => upgrader.on_signal(),
             () = upgrader.handed_over() => break false,
+            () = upgrader.abandoned() => break false,
         }
     };
     control.set_draining();

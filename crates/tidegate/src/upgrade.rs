@@ -698,6 +698,8 @@ pub struct Upgrader {
     /// Our end of the handover socket, kept open until we exit (the new process reads
     /// end of file then).
     kept: Mutex<Vec<Arc<Channel>>>,
+    /// Cancelled when the old process went away before handing over: run.rs drains.
+    abandoned: CancellationToken,
     /// systemd: the old process tells it the new main pid.
     notify: crate::systemd::Notify,
     /// Sends the connections this process hands over, until the export ends.
@@ -722,7 +724,14 @@ impl Upgrader {
             kept: Mutex::new(Vec::new()),
             notify,
             forwarder: Mutex::new(None),
+            abandoned: CancellationToken::new(),
         })
+    }
+
+    /// Resolves when the upgrade that started this process was abandoned (the old
+    /// process stopped before handing over): drain and exit.
+    pub async fn abandoned(&self) {
+        self.abandoned.cancelled().await;
     }
 
     /// The drain is over: connections that have not moved by now stay (and were
@@ -821,6 +830,7 @@ impl Upgrader {
     ) {
         let mut leftover = Some(leftover);
         let mut held = true;
+        let mut committed = false;
         let mut adopted: u64 = 0;
         // Bounded: each turn reads a message, the end, or the hold's deadline.
         loop {
@@ -835,6 +845,7 @@ impl Upgrader {
             };
             match got {
                 Ok(Some(m)) if m.bytes == b"committed" => {
+                    committed = true;
                     self.take_ownership(&mut leftover);
                     // The main process now, for systemd (the old one sent MAINPID=).
                     self.notify.ready();
@@ -855,8 +866,27 @@ impl Upgrader {
                 Ok(Some(m)) => {
                     tracing::warn!(old_pid = pid, message = %String::from_utf8_lossy(&m.bytes), "unexpected message from the old process; ignored");
                 }
-                Ok(None) | Err(_) => break,
+                // One message that could not be read (too large, malformed): the
+                // channel goes on.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    tracing::warn!(old_pid = pid, error = %describe_io_error(&e), "a message from the old process could not be read; ignored");
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(old_pid = pid, error = %describe_io_error(&e), "the handover socket failed; taking the old process for gone");
+                    break;
+                }
             }
+        }
+        if !committed {
+            // Gone before it let go of the sockets: it was stopped (SIGTERM, SIGINT)
+            // while this process started, and nobody asked for this process any more.
+            // It must not serve on alone: it drains and exits, leaving the socket files
+            // (still disowned) as they are.
+            tracing::error!(old_pid = pid, "the old process exited before handing over (stopped during the upgrade); this process stops too");
+            release.cancel();
+            self.abandoned.cancel();
+            return;
         }
         // Gone (end of file, or the socket failed: it is gone either way for us).
         self.take_ownership(&mut leftover);
@@ -906,7 +936,6 @@ impl Upgrader {
             tracing::info!(address = %key, "closed a handed-over socket no listener serves");
             drop(l);
         }
-        // systemd: MAINPID after upgrade — wired at merge
     }
 
     /// SIGUSR2: upgrade, and log the outcome.
@@ -990,7 +1019,10 @@ impl Upgrader {
             ));
         }
         let admin = sockets.admin.listener.upgrade().ok_or_else(|| {
-            failed("the admin socket is closed (this process is stopping); nothing to hand over")
+            UpgradeError::Busy(
+                "the admin socket is closed (this process is stopping); nothing to hand over"
+                    .into(),
+            )
         })?;
         entries.push((
             Entry {
@@ -1146,16 +1178,28 @@ async fn forward(
     let mut sent: u64 = 0;
     // Bounded: the export ends with the drain, which closes the channel.
     while let Some(h) = from.recv().await {
+        let listener = h.listener.clone();
         let (bytes, fds) = crate::handover::encode(h);
-        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-        match channel.send(&bytes, &borrowed).await {
-            Ok(()) => sent += 1,
-            Err(e) => {
-                tracing::warn!(new_pid, error = %describe_io_error(&e), "cannot hand a connection to the new process; closing it")
-            }
+        if bytes.len() > fdpass::MAX_MESSAGE {
+            // More buffered than one message carries (the new process would refuse
+            // it): this one connection is closed.
+            tracing::warn!(new_pid, %listener, bytes = bytes.len(), max = fdpass::MAX_MESSAGE,
+                "a connection had more bytes buffered than a handover message carries; closing it");
+            continue;
         }
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        if let Err(e) = channel.send(&bytes, &borrowed).await {
+            // The new process is gone: stop taking connections, so that the rest
+            // stay (and drain) here instead of being closed one by one.
+            tracing::warn!(new_pid, %listener, error = %describe_io_error(&e),
+                "cannot hand connections to the new process any more; this one is closed, the rest stay here");
+            break;
+        }
+        sent += 1;
         // Ours are closed now (dropped): the new process holds the connection.
     }
+    // Dropping the receiver ends the export for connections still to come.
+    drop(from);
     tracing::info!(
         new_pid,
         connections = sent,

@@ -8,14 +8,20 @@
 //! a ClientHello is at most [`MAX_HELLO`] bytes.
 
 /// The largest ClientHello accepted (handshake message bytes, over as many records as
-/// it takes): far above what browsers send (about 2 KiB with post-quantum key shares).
-pub const MAX_HELLO: usize = 64 * 1024;
+/// it takes): one full record, far above what browsers send (about 2 KiB with
+/// post-quantum key shares). Held per connection, unauthenticated, until the upstream
+/// is picked: kept small so that many silent half-hellos cost little.
+pub const MAX_HELLO: usize = 16 * 1024;
 
 /// What the bytes read so far say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hello {
-    /// Not all of the ClientHello is here yet: read more.
-    Incomplete,
+    /// Not all of the ClientHello is here yet: read until there are `need` bytes
+    /// (the end of the record in progress), then parse again.
+    Incomplete {
+        /// Bytes needed before parsing can get further.
+        need: usize,
+    },
     /// A whole ClientHello: its SNI host name, lowercase (`None`: it sent none).
     Sni(Option<String>),
     /// Not a TLS ClientHello (or one over [`MAX_HELLO`]).
@@ -28,8 +34,9 @@ pub fn parse(bytes: &[u8]) -> Hello {
     let mut message = Vec::new();
     let mut rest = bytes;
     loop {
+        let at = bytes.len() - rest.len();
         let Some(header) = rest.get(..5) else {
-            return Hello::Incomplete;
+            return Hello::Incomplete { need: at + 5 };
         };
         // Content type 22 (handshake), legacy version 3.x.
         if header[0] != 22 || header[1] != 3 {
@@ -40,7 +47,7 @@ pub fn parse(bytes: &[u8]) -> Hello {
             return Hello::NotTls;
         }
         let Some(fragment) = rest.get(5..5 + len) else {
-            return Hello::Incomplete;
+            return Hello::Incomplete { need: at + 5 + len };
         };
         message.extend_from_slice(fragment);
         rest = &rest[5 + len..];
@@ -185,7 +192,10 @@ mod tests {
     fn a_hello_cut_anywhere_is_incomplete_and_other_bytes_are_not_tls() {
         let h = hello(Some("a.example.com"));
         for cut in 0..h.len() {
-            assert_eq!(parse(&h[..cut]), Hello::Incomplete, "cut at {cut}");
+            assert!(
+                matches!(parse(&h[..cut]), Hello::Incomplete { need } if need > cut),
+                "cut at {cut}"
+            );
         }
         assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Hello::NotTls);
         assert_eq!(parse(&[22, 3, 1, 0, 0]), Hello::NotTls);

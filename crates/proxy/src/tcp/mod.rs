@@ -271,17 +271,25 @@ async fn read_hello(
     use tokio::io::AsyncReadExt as _;
     let read = async {
         let mut buf = Vec::with_capacity(2048);
+        // Parsed again only once the record in progress is complete, so a client that
+        // trickles its hello costs one parse per record, not one per read.
+        let mut need = 0;
         // Bounded: each turn reads at least one byte, up to `MAX_HELLO` and a record.
         loop {
-            match hello::parse(&buf) {
-                hello::Hello::Sni(sni) => return Ok((buf, sni)),
-                hello::Hello::NotTls => {
-                    return Err((HandshakeFailure::NotTls, "not a TLS ClientHello".to_owned()))
+            if buf.len() >= need {
+                match hello::parse(&buf) {
+                    hello::Hello::Sni(sni) => return Ok((buf, sni)),
+                    hello::Hello::NotTls => {
+                        return Err((HandshakeFailure::NotTls, "not a TLS ClientHello".to_owned()))
+                    }
+                    hello::Hello::Incomplete { need: n } => need = n,
                 }
-                hello::Hello::Incomplete => {}
             }
+            // At most the rest of the record in progress: the buffer never grows past
+            // what a ClientHello of `MAX_HELLO` bytes takes.
             let mut chunk = [0u8; 4096];
-            match client.read(&mut chunk).await {
+            let room = need.saturating_sub(buf.len()).clamp(1, chunk.len());
+            match client.read(&mut chunk[..room]).await {
                 Ok(0) => {
                     return Err((
                         HandshakeFailure::Closed,

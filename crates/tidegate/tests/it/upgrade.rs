@@ -757,3 +757,55 @@ servers = ["{}"]
     );
     Ok(())
 }
+
+/// A new process whose old one goes away before handing over (stopped while the new one
+/// started) does not serve on alone: it drains and exits by itself.
+#[tokio::test]
+async fn a_new_process_whose_old_one_vanishes_before_the_handover_exits() -> anyhow::Result<()> {
+    use std::os::fd::AsFd as _;
+    use tidegate_net::fdpass::{self, Channel};
+
+    let dir = tempfile::tempdir()?;
+    let config_path = dir.path().join("tidegate.toml");
+    std::fs::write(&config_path, config(None))?;
+    // The socket the "old process" hands over.
+    let listening = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let (ours, theirs) = fdpass::pair()?;
+    let ours = Channel::new(ours)?;
+    let child = tokio::process::Command::new(bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&config_path)
+        .current_dir(dir.path())
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .env("TIDEGATE_UPGRADE_FD", "0")
+        .stdin(Stdio::from(theirs))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    ours.send(
+        b"tidegate-upgrade 1\npid 1\ndrain_ms 1000\nsockets 1\n",
+        &[],
+    )
+    .await?;
+    ours.send(b"listen tcp 127.0.0.1:0 @web\n", &[listening.as_fd()])
+        .await?;
+    let reply = tokio::time::timeout(SOON, ours.recv())
+        .await??
+        .context("no answer")?;
+    assert!(
+        text(&reply.bytes).starts_with("ready "),
+        "{}",
+        text(&reply.bytes)
+    );
+    // Gone without `committed`.
+    drop(ours);
+    let out = tokio::time::timeout(EXIT, child.wait_with_output()).await??;
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("exited before handing over") && !err.contains("panicked"),
+        "{err}"
+    );
+    Ok(())
+}
