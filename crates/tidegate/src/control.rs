@@ -116,7 +116,22 @@ impl Live {
     /// Re-reads the config and swaps it in (or, with `dry_run`, only plans it); the
     /// one path of SIGHUP, `POST /v1/reload` and `tidegate ctl reload`.
     pub fn reload_config(&self, dry_run: bool) -> Result<ReloadView, ControlError> {
-        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        // One at a time, and never waiting on a runtime thread for another one.
+        let _one = match self.reloading.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(ControlError::Conflict(
+                    "a reload is in progress; try again once it is done".into(),
+                ))
+            }
+        };
+        // The new process reads the same file and takes the sockets as they are now.
+        if self.upgrader.get().is_some_and(|u| u.is_starting()) {
+            return Err(ControlError::Conflict(
+                "an upgrade is starting; reload the new process once it serves".into(),
+            ));
+        }
         // A draining process (SIGTERM, or an upgrade's old process, whose sockets the new
         // one serves now) must not change them: reload the process that serves.
         if self.draining.load(Ordering::Relaxed) {

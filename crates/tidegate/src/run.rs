@@ -308,12 +308,7 @@ async fn serve(config: Config, workers: usize, passed: Passed) -> ExitCode {
     startup.hold_on_demand(&children);
     let serving = Arc::new(runtime.start(&shutdown));
     control.attach(serving.clone());
-    let upgrader = crate::upgrade::Upgrader::new(
-        origin,
-        config.server.shutdown_grace,
-        &children,
-        notify.clone(),
-    );
+    let upgrader = crate::upgrade::Upgrader::new(origin, &children, notify.clone());
     control.set_upgrader(upgrader.clone());
     upgrader
         .serving(serving.clone(), admin.socket(), startup)

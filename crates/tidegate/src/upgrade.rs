@@ -688,9 +688,9 @@ struct Sockets {
 #[derive(Debug)]
 pub struct Upgrader {
     origin: Origin,
-    /// The drain bound announced to a new process: `shutdown_grace` plus the longest
-    /// on-demand `stop_timeout` plus [`EXIT_SLACK`].
-    drain: Duration,
+    /// The on-demand backends, whose longest `stop_timeout` is part of the drain bound
+    /// announced to a new process (read at each upgrade: a reload may add some).
+    children: Children,
     state: Mutex<State>,
     sockets: OnceLock<Sockets>,
     /// Cancelled once this process has handed over: run.rs drains.
@@ -707,17 +707,15 @@ pub struct Upgrader {
 }
 
 impl Upgrader {
-    /// An upgrader for a process whose drain takes at most `grace` plus the on-demand
-    /// backends' stop (`children`).
+    /// An upgrader for this process; `children` are its on-demand backends.
     pub fn new(
         origin: Origin,
-        grace: Duration,
         children: &Children,
         notify: crate::systemd::Notify,
     ) -> Arc<Upgrader> {
         Arc::new(Upgrader {
             origin,
-            drain: grace + children.longest_stop_timeout() + EXIT_SLACK,
+            children: children.clone(),
             state: Mutex::new(State::Idle),
             sockets: OnceLock::new(),
             handed_over: CancellationToken::new(),
@@ -751,6 +749,11 @@ impl Upgrader {
                 );
             }
         }
+    }
+
+    /// Whether a new process is starting (its sockets are being handed over).
+    pub fn is_starting(&self) -> bool {
+        matches!(*self.lock(), State::Starting)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -1062,9 +1065,14 @@ impl Upgrader {
         drop(cmd);
         let new_pid = child.id().unwrap_or(0);
         tracing::info!(new_pid, exe = %exe, sockets = entries.len(), "upgrade: started the new binary; handing over the listening sockets");
+        // The drain bound as of now: `shutdown_grace` of the config in effect (a reload
+        // may have changed it), the longest on-demand `stop_timeout`, and some slack.
+        let drain = sockets.serving.config().server.shutdown_grace
+            + self.children.longest_stop_timeout()
+            + EXIT_SLACK;
         let header = Header {
             pid: std::process::id(),
-            drain: self.drain,
+            drain,
             sockets: entries.len(),
         };
         let mut sent = channel.send(encode_header(&header).as_bytes(), &[]).await;
