@@ -227,10 +227,7 @@ impl EndWatch {
     pub fn peer_shut_down(&self) -> io::Result<bool> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
-        let fd = match &self.0 {
-            Stream::Tcp(s) => s.as_fd(),
-            Stream::Unix(s) => s.as_fd(),
-        };
+        let fd = self.0.as_fd();
         // Asking for POLLRDHUP alone, any event reported is it, a hang-up or an error
         // (a reset): each one an end. (nix's `revents` has no name for POLLRDHUP, so
         // the count of ready descriptors is what says it.)

@@ -632,10 +632,20 @@ fn build(
                 None => continue,
             },
         };
-        let client_tcp = match &ctx {
-            Ctx::Http(h) => h.client_tcp,
-            Ctx::Tcp(t) => t.client_tcp,
+        let (client_tcp, tls) = match &ctx {
+            Ctx::Http(h) => (h.client_tcp, h.tls.as_ref()),
+            Ctx::Tcp(t) => (t.client_tcp, t.tls.as_ref()),
         };
+        // A TLS setup rustls refused would fail every handshake: refuse the listener
+        // here, once, naming it, rather than per connection.
+        if let (Some(why), Some(addr)) = (tls.and_then(|t| t.setup_error()), l.listen.first()) {
+            errors.push(ListenError::Os {
+                addr: addr.clone(),
+                doing: Some(format!("setting up TLS for listener {}", l.name)),
+                error: std::io::Error::other(why.to_owned()),
+                hint: None,
+            });
+        }
         let index = listeners.len();
         for addr in &l.listen {
             let key = ListenKey::of(addr);

@@ -92,9 +92,11 @@ pub struct ListenerMetrics {
     pub(crate) reported: [AtomicU64; 2],
     /// TLS handshakes that failed, by [`HandshakeFailure`] (index = its value).
     tls_failures: [AtomicU64; HandshakeFailure::ALL.len()],
-    /// The certificates the listener serves under the config in effect: (names joined
-    /// with `,`, `notAfter` in Unix seconds), set when a config is put in effect.
-    certificates: std::sync::Mutex<Vec<(String, i64)>>,
+    /// The certificates the listener serves under the config in effect: (the
+    /// certificate file, names joined with `,`, `notAfter` in Unix seconds), set when a
+    /// config is put in effect. The file tells apart two certificates for the same
+    /// names (an old and a new one during a rotation, RSA and ECDSA).
+    certificates: std::sync::Mutex<Vec<(String, String, i64)>>,
 }
 
 /// Why a TLS handshake failed: the `reason` label of
@@ -181,15 +183,21 @@ impl ListenerMetrics {
             .map(|t| {
                 t.certificates
                     .iter()
-                    .map(|c| (c.names.join(","), c.not_after))
+                    .map(|c| {
+                        (
+                            c.cert_path.display().to_string(),
+                            c.names.join(","),
+                            c.not_after,
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
         *self.certificates.lock().unwrap_or_else(|e| e.into_inner()) = list;
     }
 
-    /// (names, `notAfter`) of each certificate served, for the scrape.
-    pub(crate) fn certificates(&self) -> Vec<(String, i64)> {
+    /// (file, names, `notAfter`) of each certificate served, for the scrape.
+    pub(crate) fn certificates(&self) -> Vec<(String, String, i64)> {
         self.certificates
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -271,6 +271,19 @@ impl Collector for Sources {
             .collect();
         let mut client_states = vec![[0u64; 6]; view.listeners.len()];
         let mut live_bytes = vec![[0u64; 2]; view.listeners.len()];
+        // Each upstream's servers by address (a reload may keep a server, and its
+        // connections, at another position): one lookup per upstream connection.
+        let server_index: Vec<HashMap<&str, usize>> = view
+            .upstreams
+            .iter()
+            .map(|u| {
+                u.servers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (&*s.id().addr, i))
+                    .collect()
+            })
+            .collect();
         let mut upstream_states: Vec<Vec<[u64; 6]>> = view
             .upstreams
             .iter()
@@ -292,10 +305,9 @@ impl Collector for Sources {
                     };
                     // By address, not index: a reload may keep a server (and its
                     // connections) at another position.
-                    let up = &view.upstreams[u];
                     let at = c
                         .server_addr()
-                        .and_then(|a| up.servers.iter().position(|s| &*s.id().addr == a));
+                        .and_then(|a| server_index[u].get(a).copied());
                     if let Some(s) = at.and_then(|s| upstream_states[u].get_mut(s)) {
                         s[state] += 1;
                     }
@@ -345,6 +357,13 @@ impl Collector for Sources {
             C,
             |m| {
                 for l in &view.listeners {
+                    // Listeners without TLS, with nothing to say: no series.
+                    let any = HandshakeFailure::ALL
+                        .iter()
+                        .any(|r| l.handshake_failures(*r) > 0);
+                    if l.certificates().is_empty() && !any {
+                        continue;
+                    }
                     for r in HandshakeFailure::ALL {
                         let labels: Labels<2> = [("listener", &l.name), ("reason", r.as_str())];
                         counter(m, &labels, l.handshake_failures(r))?;
@@ -363,8 +382,9 @@ impl Collector for Sources {
             G,
             |m| {
                 for l in &view.listeners {
-                    for (names, not_after) in l.certificates() {
-                        let labels: Labels<2> = [("listener", &l.name), ("names", &names)];
+                    for (cert, names, not_after) in l.certificates() {
+                        let labels: Labels<3> =
+                            [("listener", &l.name), ("cert", &cert), ("names", &names)];
                         gauge(m, &labels, not_after - now)?;
                     }
                 }

@@ -28,9 +28,10 @@ use crate::listener_stats::{HandshakeFailure, ListenerMetrics};
 
 /// A listener's TLS side under one config: what every new handshake uses.
 pub struct Terminator {
-    /// `None` only if rustls refused the settings (cannot happen with the ring
-    /// provider and TLS 1.2/1.3): every handshake then fails, logged at error.
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// `Err` only if rustls refused the settings (cannot happen with the ring provider
+    /// and TLS 1.2/1.3): the runtime refuses to start (or reload) with it
+    /// ([`Terminator::setup_error`]), so no connection ever meets it.
+    acceptor: Result<tokio_rustls::TlsAcceptor, String>,
     handshake_timeout: Duration,
     listener: Arc<str>,
     metrics: Arc<ListenerMetrics>,
@@ -48,19 +49,20 @@ impl Terminator {
     /// The TLS side of listener `name` with settings `cfg`, counting failures in
     /// `metrics`.
     pub fn new(name: &str, cfg: &tidegate_config::Tls, metrics: Arc<ListenerMetrics>) -> Self {
-        let acceptor = match server_config(cfg) {
-            Ok(c) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(c))),
-            Err(e) => {
-                tracing::error!(listener = %name, error = %e, "cannot set up TLS; every handshake will fail");
-                None
-            }
-        };
+        let acceptor = server_config(cfg)
+            .map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)))
+            .map_err(|e| e.to_string());
         Terminator {
             acceptor,
             handshake_timeout: cfg.handshake_timeout,
             listener: Arc::from(name),
             metrics,
         }
+    }
+
+    /// Why rustls refused these settings, if it did: the start or reload is refused.
+    pub fn setup_error(&self) -> Option<&str> {
+        self.acceptor.as_ref().err().map(String::as_str)
     }
 
     /// Runs the handshake on `stream` within `handshake_timeout`: the decrypted stream,
@@ -74,8 +76,8 @@ impl Terminator {
         peer: PeerAddr,
         stop: &CancellationToken,
     ) -> Option<ClientStream> {
-        let Some(acceptor) = &self.acceptor else {
-            tracing::error!(listener = %self.listener, %peer, "TLS is not set up; closing client connection");
+        let Ok(acceptor) = &self.acceptor else {
+            // Unreachable: a runtime with a setup error is never started.
             self.metrics
                 .count_handshake_failure(HandshakeFailure::Other);
             return None;
@@ -208,9 +210,9 @@ impl rustls::server::ResolvesServerCert for BySni {
         hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
         let chosen = hello
+            // rustls gives the name lowercase already.
             .server_name()
-            .map(str::to_ascii_lowercase)
-            .and_then(|name| self.certificates.iter().find(|c| c.serves(&name)))
+            .and_then(|name| self.certificates.iter().find(|c| c.serves(name)))
             .or_else(|| self.certificates.first());
         chosen.map(|c| c.key.clone())
     }

@@ -61,7 +61,7 @@ pub struct TunnelListener {
     pub generation: u64,
     /// `tls`: each connection's handshake before the upstream is dialled; the tunnel
     /// then carries the plaintext.
-    tls: Option<Arc<crate::tls::Terminator>>,
+    pub(crate) tls: Option<Arc<crate::tls::Terminator>>,
     /// `tls_passthrough`: the upstream is chosen by the ClientHello's SNI name (see
     /// [`Passthrough`]); `upstream` is the one for names no route has.
     passthrough: Option<Passthrough>,

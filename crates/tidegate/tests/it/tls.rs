@@ -224,8 +224,11 @@ async fn min_version_13_refuses_a_tls12_client_and_counts_it() -> anyhow::Result
         failures == Some(1.0),
         "protocol_version failures: {failures:?}\n{m}"
     );
+    // One series per certificate file: the same names twice (a rotation) stay apart.
     ensure!(
-        m.contains(r#"tidegate_tls_certificate_expiry_seconds{listener="web",names="a.test"}"#),
+        m.lines().any(|l| l
+            .starts_with(r#"tidegate_tls_certificate_expiry_seconds{listener="web",cert=""#)
+            && l.contains(r#"a.pem",names="a.test"}"#)),
         "{m}"
     );
     Ok(())
