@@ -364,7 +364,7 @@ pub struct ReloadView {
 pub struct ReloadChange {
     /// What changes: `listener web`, `upstream app server 10.0.0.1:80`, `[server] workers`.
     pub subject: String,
-    /// How: `added`, `removed`, `routes (1 -> 2), idle_timeout 60s -> 5s`.
+    /// How: `added`, `removed`, `routes (1 -> 2), idle_timeout 1m -> 5s`.
     pub what: String,
     /// Live connections it concerns.
     pub connections: u64,

@@ -27,8 +27,11 @@ use std::fmt::Write as _;
 
 use tidegate_config::{Config, ListenAddr, Listener, Protocol, Upstream};
 
+use crate::listen::ListenKey;
 use crate::registry::Registry;
 use crate::side::Side;
+use crate::upstream::ServerSettings;
+use tidegate_config::parse::format_duration;
 
 /// The changes a reload makes, in config order: listeners, then upstreams.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +47,7 @@ pub struct Plan {
 pub struct Change {
     /// What changes: `listener web`, `upstream app`, `upstream app server 10.0.0.1:80`.
     pub subject: String,
-    /// How: `added`, `removed`, `routes, idle_timeout 60s -> 30s`.
+    /// How: `added`, `removed`, `routes, idle_timeout 1m -> 30s`.
     pub what: String,
     /// Live connections it concerns (client connections of a listener; connections to
     /// a server, pooled ones included).
@@ -126,7 +129,11 @@ pub fn plan(old: &Config, new: &Config, generation: u64, registry: &Registry) ->
             });
             continue;
         };
-        let added: Vec<&ListenAddr> = n.listen.iter().filter(|a| !o.listen.contains(a)).collect();
+        let added: Vec<&ListenAddr> = n
+            .listen
+            .iter()
+            .filter(|a| !o.listen.iter().any(|b| same_socket(a, b)))
+            .collect();
         let removed: Vec<&ListenAddr> = o
             .listen
             .iter()
@@ -151,7 +158,7 @@ pub fn plan(old: &Config, new: &Config, generation: u64, registry: &Registry) ->
             .iter()
             .filter_map(|a| {
                 let b = o.listen.iter().find(|b| same_socket(a, b))?;
-                (a != b).then(|| format!("{b} -> {a}"))
+                (a != b).then(|| format!("{} -> {}", socket_options(b), socket_options(a)))
             })
             .collect();
         if !fields.is_empty() {
@@ -267,11 +274,25 @@ pub fn plan(old: &Config, new: &Config, generation: u64, registry: &Registry) ->
 }
 
 /// Two configured addresses name the same socket (a Unix path with other options is
-/// the same socket file).
+/// the same socket file): what `Serving::reload` keeps a socket by.
 fn same_socket(a: &ListenAddr, b: &ListenAddr) -> bool {
-    match (a, b) {
-        (ListenAddr::Unix(x), ListenAddr::Unix(y)) => x.path == y.path,
-        _ => a == b,
+    ListenKey::of(a) == ListenKey::of(b)
+}
+
+/// A Unix address with the options a kept socket file cannot change at runtime.
+fn socket_options(a: &ListenAddr) -> String {
+    match a {
+        ListenAddr::Unix(u) => {
+            let opt =
+                |v: Option<u32>, f: &dyn Fn(u32) -> String| v.map_or_else(|| "-".to_owned(), f);
+            format!(
+                "{a} (mode {}, owner {}, group {})",
+                opt(u.mode, &|m| format!("{m:o}")),
+                opt(u.owner, &|v| v.to_string()),
+                opt(u.group, &|v| v.to_string())
+            )
+        }
+        other => other.to_string(),
     }
 }
 
@@ -387,12 +408,10 @@ fn tls_fields(o: Option<&tidegate_config::Tls>, n: Option<&tidegate_config::Tls>
     out
 }
 
-/// Whether the settings a server is built from changed (its servers are then replaced).
+/// Whether the settings a server is built from changed (its servers are then replaced):
+/// the very rule `Upstream::rebuild` keeps servers by.
 fn server_settings_changed(o: &Upstream, n: &Upstream) -> bool {
-    o.keepalive != n.keepalive
-        || o.keepalive_timeout != n.keepalive_timeout
-        || o.health != n.health
-        || o.on_demand != n.on_demand
+    ServerSettings::of(o) != ServerSettings::of(n)
 }
 
 /// `name old -> new` for each upstream-wide setting that differs.
@@ -428,18 +447,6 @@ fn upstream_fields(o: &Upstream, n: &Upstream) -> Vec<String> {
         out.push("request_buffering".into());
     }
     out
-}
-
-/// `30s`, `1.5s`, `250ms`: as the config writes durations.
-fn format_duration(d: std::time::Duration) -> String {
-    let ms = d.as_millis();
-    if ms % 1000 == 0 {
-        format!("{}s", ms / 1000)
-    } else if ms > 1000 {
-        format!("{:.1}s", d.as_secs_f64())
-    } else {
-        format!("{ms}ms")
-    }
 }
 
 #[cfg(test)]
@@ -498,10 +505,10 @@ response_timeout = "3s"
             lines,
             vec![
                 "listener tcp: added on 127.0.0.1:0",
-                "listener web: routes (1 -> 2), idle_timeout 60s -> 5s",
+                "listener web: routes (1 -> 2), idle_timeout 1m -> 5s",
                 "upstream app server 127.0.0.1:9001: removed",
                 "upstream app server 127.0.0.1:9003: added",
-                "upstream app: response_timeout 60s -> 3s",
+                "upstream app: response_timeout 1m -> 3s",
             ],
             "{p:#?}"
         );
@@ -539,6 +546,23 @@ routes = [ {{ path = "/", respond = {{ status = 200 }} }} ]
             lines,
             ["listener web: tls certificates (a.test -> a.test,b.test; new handshakes), tls min_version 1.2 -> 1.3"],
             "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn a_unix_socket_whose_mode_changes_is_kept_and_said_so() {
+        let unix = |mode: &str| {
+            config(&format!(
+                "[listeners.web]\nlisten = [\"unix:/tmp/w.sock:mode={mode}\"]\nroutes = [ {{ path = \"/\", upstream = \"app\" }} ]\n[upstreams.app]\nservers = [\"127.0.0.1:9001\"]\n"
+            ))
+        };
+        let p = plan(&unix("660"), &unix("600"), 2, &Registry::new());
+        assert_eq!(p.changes.len(), 1, "{p:#?}");
+        let c = &p.changes[0];
+        assert_eq!(c.what, "socket file options", "{c:#?}");
+        assert!(
+            c.effect.contains("(mode 660") && c.effect.contains("(mode 600"),
+            "{c:#?}"
         );
     }
 }

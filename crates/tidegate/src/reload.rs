@@ -66,7 +66,11 @@ pub fn process_changes(old: &Config, new: &Config) -> Vec<ReloadChange> {
     if o.shutdown_grace != n.shutdown_grace {
         push(
             "[server] shutdown_grace",
-            format!("{:?} -> {:?}", o.shutdown_grace, n.shutdown_grace),
+            format!(
+                "{} -> {}",
+                tidegate_config::parse::format_duration(o.shutdown_grace),
+                tidegate_config::parse::format_duration(n.shutdown_grace)
+            ),
             "applies to the next drain, and to connections a reload retires from now on",
         );
     }

@@ -102,18 +102,30 @@ pub struct Server {
     id: ServerId,
 }
 
-/// A server's operator-set state (`ready | drain | maint`, docs/design.md), separate
 /// The settings a server is built from besides its address: a reload keeps a server
 /// (its pool, health state, counters and on-demand backend) only when they are
 /// unchanged, since its pool, checks and supervisor were built from them.
 #[derive(Debug, Clone, PartialEq)]
-struct ServerSettings {
+pub(crate) struct ServerSettings {
     keepalive: usize,
     keepalive_timeout: Duration,
     health: Option<tidegate_config::Health>,
     on_demand: Option<tidegate_config::OnDemand>,
 }
 
+impl ServerSettings {
+    /// What `cfg` builds each of its servers from.
+    pub(crate) fn of(cfg: &tidegate_config::Upstream) -> ServerSettings {
+        ServerSettings {
+            keepalive: cfg.keepalive,
+            keepalive_timeout: cfg.keepalive_timeout,
+            health: cfg.health.clone(),
+            on_demand: cfg.on_demand.clone(),
+        }
+    }
+}
+
+/// A server's operator-set state (`ready | drain | maint`, docs/design.md), separate
 /// from its health: a `ready` server still gets no requests while it is down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -212,12 +224,7 @@ impl Upstream {
             .iter()
             .enumerate()
             .map(|(index, addr)| {
-                let settings = ServerSettings {
-                    keepalive: cfg.keepalive,
-                    keepalive_timeout: cfg.keepalive_timeout,
-                    health: cfg.health.clone(),
-                    on_demand: cfg.on_demand.clone(),
-                };
+                let settings = ServerSettings::of(cfg);
                 // Each old server is kept at most once (an address may be listed twice).
                 let reused = kept
                     .iter_mut()
