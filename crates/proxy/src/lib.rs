@@ -543,6 +543,7 @@ impl Serving {
         let at = tokio::time::Instant::now();
         let mut ids: Vec<(Arc<str>, Arc<str>)> = Vec::new();
         for s in removed {
+            s.retire();
             s.pool.set_keeping(false);
             s.pool.clear();
             let id = s.id();

@@ -96,6 +96,9 @@ pub struct Server {
     /// What a reload compares to decide whether this server stays (keeping its pool,
     /// health state, counters and on-demand backend) or is replaced.
     settings: ServerSettings,
+    /// A reload removed it: exchanges still on it finish, but nothing checks it any
+    /// more (an old upstream it is part of may live on with a long tunnel).
+    retired: std::sync::atomic::AtomicBool,
     /// Counters for the admin API and metrics.
     pub(crate) stats: ServerStats,
     /// For this server's registry entries and access-log lines, made once.
@@ -494,6 +497,7 @@ impl Server {
             on_demand,
             state: AtomicU8::new(ServerState::Ready as u8),
             settings,
+            retired: std::sync::atomic::AtomicBool::new(false),
             stats: ServerStats::default(),
             id: ServerId {
                 upstream: Arc::from(cfg.name.as_str()),
@@ -603,6 +607,16 @@ impl Server {
     /// How registry entries and access-log lines name this server.
     pub fn id(&self) -> &ServerId {
         &self.id
+    }
+
+    /// A reload removed it (see [`Server::is_retired`]).
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a reload removed it: its health checks stop.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     /// The on-demand supervisor of this server, if it is one.

@@ -872,3 +872,48 @@ async fn a_draining_process_refuses_a_reload() -> anyhow::Result<()> {
     ensure!(slow.read_response(T).await?.text() == "late\n");
     Ok(())
 }
+
+/// A server a reload removed is no longer health-checked, even while a tunnel of the
+/// old config still holds it.
+#[tokio::test]
+async fn a_removed_server_is_no_longer_checked() -> anyhow::Result<()> {
+    let one = TcpBackend::echo(Bind::Tcp4)?;
+    let two = TcpBackend::echo(Bind::Tcp4)?;
+    let cfg = |server: &Addr| {
+        format!(
+            r#"
+[listeners.tcp]
+listen = ["127.0.0.1:0"]
+protocol = "tcp"
+upstream = "echo"
+
+[upstreams.echo]
+servers = ["{}"]
+[upstreams.echo.health]
+interval = "50ms"
+timeout = "100ms"
+"#,
+            server.to_config()
+        )
+    };
+    let tg = Tidegate::start(bin(), &cfg(one.addr())).await?;
+    let mut tunnel = connect(&tg.addr("tcp")?).await?;
+    tcp_echo(&mut tunnel, "held\n").await?;
+    // Checks reach `one` (each one a connect).
+    one.wait_for(|b| b.accepts() >= 3, T).await?;
+    std::fs::write(tg.config_path(), cfg(two.addr()))?;
+    ensure!(ctl(&tg, &["reload"]).await?.status.success());
+    two.wait_for(|b| b.accepts() >= 2, T).await?;
+    // A check in flight at the reload may still land; then nothing more.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let settled = one.accepts();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(
+        one.accepts() == settled,
+        "the removed server is still checked: {settled} -> {} connects",
+        one.accepts()
+    );
+    // The tunnel that holds it goes on.
+    tcp_echo(&mut tunnel, "still\n").await?;
+    Ok(())
+}

@@ -103,8 +103,10 @@ async fn check_loop(
             _ = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        // Held only for the check: between checks a removed server can be freed.
-        let Some(server) = server.upgrade() else {
+        // Held only for the check: between checks a removed server can be freed. A
+        // server still held by an exchange of the old config after a reload removed it
+        // is no longer checked.
+        let Some(server) = server.upgrade().filter(|s| !s.is_retired()) else {
             return;
         };
         let result = tokio::select! {
