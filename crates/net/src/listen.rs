@@ -391,14 +391,6 @@ impl Listener {
         ))
     }
 
-    /// Sets the [`TcpOptions`] applied to every connection accepted from now on (a
-    /// socket from [`Listener::from_fd`] starts with the defaults). No-op on Unix.
-    pub fn set_tcp_options(&mut self, tcp: TcpOptions) {
-        if let Inner::Tcp { options, .. } = &mut self.inner {
-            *options = tcp;
-        }
-    }
-
     /// Stops the socket listening now, from any thread, while an accept may be waiting
     /// on it: new connections are refused at once (`shutdown(2)` on a listening socket
     /// ends its listening state; a waiting accept fails and its loop ends). Only for a

@@ -365,13 +365,20 @@ impl Serving {
     pub fn reload(&self, config: &Config) -> Result<Plan, Vec<ListenError>> {
         let mut live = self.live();
         let plan = reload::plan(&live.config, config, live.generation + 1, &self.registry);
+        // Sockets systemd (or a supervisor) passes are taken at start: a reload keeps
+        // those already served and can take no new one.
+        let mut none_passed = Inherited::new();
+        none_passed.set_systemd_passed(
+            "a reload keeps only the sockets already served; restart the service to take a new one"
+                .into(),
+        );
         let built = build(
             config,
             &self.resolver,
             &self.registry,
             &self.access_log,
             Some(&live),
-            &mut Inherited::new(),
+            &mut none_passed,
         )?;
         let old: Vec<Arc<Upstream>> = live.upstreams.clone();
         let new_servers: Vec<(&str, &Arc<upstream::Server>)> = built
@@ -687,8 +694,8 @@ fn build(
             // Every socket passed for the address: `systemd:NAME` may have several.
             let passed = inherited.take_for(&l.name, addr);
             if !passed.is_empty() {
-                for mut s in passed {
-                    s.set_tcp_options(client_tcp);
+                // The listener's TCP options apply at each accept (`accept_with`).
+                for s in passed {
                     sockets.push((key.clone(), index, Socket::New(s)));
                 }
                 continue;

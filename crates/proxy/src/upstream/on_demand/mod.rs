@@ -752,9 +752,12 @@ impl Children {
         }
     }
 
-    /// Adds the supervisors not listed yet (a reload's new servers).
+    /// Adds the supervisors not listed yet (a reload's new servers), and forgets those
+    /// of removed servers that nothing else holds and that run no process any more, so
+    /// that many reloads do not pile them up.
     pub fn add(&self, more: Vec<Arc<Supervisor>>) {
         let mut list = self.supervisors.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|s| Arc::strong_count(s) > 1 || s.snapshot().pid.is_some());
         for s in more {
             if !list.iter().any(|l| Arc::ptr_eq(l, &s)) {
                 list.push(s);
