@@ -56,13 +56,7 @@ pub fn load_file(path: &Path) -> Result<Config, Errors> {
     match std::fs::read_to_string(path) {
         Ok(text) => load_str(&text, Some(path)),
         Err(e) => {
-            let meaning = match e.raw_os_error() {
-                Some(code) => {
-                    let errno = nix::errno::Errno::from_raw(code);
-                    format!("{} ({errno:?})", errno.desc())
-                }
-                None => e.to_string(),
-            };
+            let meaning = os_error_text(&e);
             Err(Errors(vec![ConfigError {
                 file: path.display().to_string(),
                 line: 0,
@@ -115,5 +109,16 @@ pub fn quickstart() -> Config {
     match load_str(QUICKSTART, None) {
         Ok(config) => config,
         Err(errors) => panic!("the embedded quickstart config is invalid (a bug):\n{errors}"),
+    }
+}
+
+/// What the OS said, as an operator reads it: `No such file or directory (ENOENT)`.
+pub(crate) fn os_error_text(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => {
+            let errno = nix::errno::Errno::from_raw(code);
+            format!("{} ({errno:?})", errno.desc())
+        }
+        None => e.to_string(),
     }
 }

@@ -201,13 +201,7 @@ pub fn load(
 
 /// The file's bytes, or what the OS said (`No such file or directory (ENOENT)`).
 fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| match e.raw_os_error() {
-        Some(code) => {
-            let errno = nix::errno::Errno::from_raw(code);
-            format!("{} ({errno:?})", errno.desc())
-        }
-        None => e.to_string(),
-    })
+    std::fs::read(path).map_err(|e| crate::os_error_text(&e))
 }
 
 /// Names, issuer and `notAfter` of an end-entity certificate.
