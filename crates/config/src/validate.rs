@@ -1384,6 +1384,26 @@ impl<'d> Cx<'_, '_> {
                             ),
                         );
                     }
+                    // The first certificate that matches a client's name is served: one
+                    // whose every name an earlier one already covers never is.
+                    let covered = |n: &String| {
+                        certificates.iter().any(|c: &crate::tls::Certificate| {
+                            c.names.iter().any(|m| {
+                                m == n || (!n.starts_with("*.") && crate::tls::name_matches(m, n))
+                            })
+                        })
+                    };
+                    if !loaded.names.is_empty() && loaded.names.iter().all(covered) {
+                        self.sink.warn(
+                            cert.2.clone(),
+                            &cert.3,
+                            format!(
+                                "the certificate in {} is never served: an earlier certificate covers every name it has ({}); the first that matches a client's name is used",
+                                cert.0,
+                                loaded.names.join(", ")
+                            ),
+                        );
+                    }
                     certificates.push(loaded);
                 }
                 Err(e) => {

@@ -234,3 +234,18 @@ fn tls_passthrough_loads_and_its_errors_are_named() {
         );
     }
 }
+
+#[test]
+fn a_certificate_an_earlier_one_covers_is_warned_about() {
+    let text = listener(
+        r#"{ certificates = [ { cert = "certs/example.pem", key = "certs/example.key" }, { cert = "certs/example.pem", key = "certs/example.key" } ] }"#,
+        "http",
+    );
+    let config = load_str(&text, Some(&origin())).expect("valid: a warning, not an error");
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    let w = config.warnings[0].to_string();
+    assert!(
+        w.contains("listeners.web.tls.certificates[1].cert") && w.contains("is never served"),
+        "{w}"
+    );
+}
