@@ -739,6 +739,10 @@ fn commit(live: &mut Live, config: Arc<Config>, built: Built, shutdown: &Shutdow
     let mut before = std::mem::take(&mut live.listeners);
     let mut listeners = Vec::with_capacity(built.listeners.len());
     for b in built.listeners {
+        // Only now, with the config in effect: a refused reload must leave every series.
+        if let Ctx::Http(h) = &b.ctx {
+            b.metrics.keep_routes(h.route_upstreams());
+        }
         let tls = config.listeners.iter().find(|l| l.name == b.name);
         b.metrics.set_certificates(tls.and_then(|l| l.tls.as_ref()));
         let same = before

@@ -215,6 +215,15 @@ impl ListenerMetrics {
         r
     }
 
+    /// Keeps the counters of the routes to these upstreams only (the config put in
+    /// effect by a reload): a route that stays keeps its counts, one to an upstream no
+    /// route names any more stops being exported, so reloads do not pile series up.
+    pub(crate) fn keep_routes<'a>(&self, upstreams: impl IntoIterator<Item = &'a str>) {
+        let keep: Vec<&str> = upstreams.into_iter().collect();
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.retain(|r| keep.contains(&&*r.upstream));
+    }
+
     /// Every route's counters, the listener's own answers first (for the scrape).
     pub(crate) fn all_routes(&self) -> Vec<Arc<RouteMetrics>> {
         let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());

@@ -161,6 +161,14 @@ impl HttpListener {
         }
     }
 
+    /// The upstreams its routes send requests to.
+    pub(crate) fn route_upstreams(&self) -> impl Iterator<Item = &str> + '_ {
+        self.routes.iter().filter_map(|(_, t)| match t {
+            Target::Upstream { upstream, .. } => Some(upstream.name.as_str()),
+            Target::Respond { .. } => None,
+        })
+    }
+
     /// Its metrics (byte totals, requests by route), for [`crate::metrics::Metrics`].
     pub fn metrics(&self) -> &Arc<ListenerMetrics> {
         &self.metrics

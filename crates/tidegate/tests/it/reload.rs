@@ -917,3 +917,45 @@ timeout = "100ms"
     tcp_echo(&mut tunnel, "still\n").await?;
     Ok(())
 }
+
+/// A reload stops exporting the request counters of routes to an upstream no route
+/// names any more, and keeps those that stay.
+#[tokio::test]
+async fn the_counters_of_a_removed_route_are_no_longer_exported() -> anyhow::Result<()> {
+    let app = Backend::start(Bind::Tcp4, |_| Reply::text(200, "app\n"))?;
+    let cfg = |with_other: bool| {
+        let other = if with_other {
+            format!(
+                "[[listeners.web.routes]]\npath = \"/other\"\nupstream = \"other\"\n[upstreams.other]\nservers = [\"{}\"]\n",
+                app.addr().to_config()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "[listeners.web]\nlisten = [\"127.0.0.1:0\"]\n{other}[[listeners.web.routes]]\nupstream = \"app\"\n[upstreams.app]\nservers = [\"{}\"]\n",
+            app.addr().to_config()
+        )
+    };
+    let tg = Tidegate::start(bin(), &cfg(true)).await?;
+    let web = tg.addr("web")?;
+    ensure!(get(&web, "/other", "x").await?.status == 200);
+    ensure!(get(&web, "/", "x").await?.status == 200);
+    let series = |m: &str, up: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "tidegate_requests_total{{listener=\"web\",upstream=\"{up}\",class=\"2xx\"}}"
+                ))
+            })
+            .map(str::to_owned)
+    };
+    let before = text(&ctl(&tg, &["metrics"]).await?.stdout);
+    ensure!(series(&before, "other").is_some(), "{before}");
+    std::fs::write(tg.config_path(), cfg(false))?;
+    ensure!(ctl(&tg, &["reload"]).await?.status.success());
+    let after = text(&ctl(&tg, &["metrics"]).await?.stdout);
+    ensure!(series(&after, "other").is_none(), "{after}");
+    ensure!(series(&after, "app") == series(&before, "app"), "{after}");
+    Ok(())
+}
