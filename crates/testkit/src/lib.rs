@@ -71,6 +71,19 @@
 //! [`tls::TestCa`]: a test CA (rcgen) that writes leaf certificates and keys as PEM
 //! files (`leaf`, `write_ca`) and opens verified TLS connections (`connect`, rustls).
 //!
+//! # gRPC — [`grpc_app`]
+//! [`grpc_app::GrpcServer`]: a real gRPC server (Python grpcio, raw-bytes methods) on a
+//! Unix socket, with an events file (`ready`, `cancelled METHOD`, `deadline METHOD S`);
+//! [`grpc_app::run_client`] runs every client scenario (unary with trailers, an error
+//! status, a deadline, the three kinds of streaming, a cancellation, an abort
+//! mid-stream) and returns what it saw as JSON. `require_grpcio()` fails without grpcio.
+//!
+//! # A browser — [`browser`]
+//! [`browser::BrowserApp`]: a page whose EventSources outnumber HTTP/1.1's 6 connections
+//! per host, loaded in headless Chromium through tidegate (`load`); it reports the
+//! navigation's protocol and what each stream received. `require_chromium()` fails
+//! without Chromium.
+//!
 //! # Caveats
 //! - A Unix socket has no reset: the "reset" replies and [`RawConn::reset`] close it
 //!   normally there.
@@ -104,8 +117,10 @@
 pub mod addr;
 mod backend;
 mod blackhole;
+pub mod browser;
 mod client;
 mod curl;
+pub mod grpc_app;
 pub mod lazy_app;
 mod process;
 pub mod procfs;
