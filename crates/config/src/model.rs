@@ -271,6 +271,63 @@ pub struct Upstream {
     /// `[upstreams.NAME.request_buffering]`: collect request bodies before contacting
     /// the upstream; `None` = off (bodies are streamed as they arrive).
     pub request_buffering: Option<RequestBuffering>,
+    /// `tls = true | { ca, server_name, insecure_skip_verify }`: connections to the
+    /// servers use TLS; `None` = plain.
+    pub tls: Option<UpstreamTls>,
+    /// `protocol = "http1" | "h2"`: what requests to the servers speak.
+    pub protocol: UpstreamProtocol,
+    /// `h2_max_streams_per_connection`: requests in flight on one HTTP/2 connection
+    /// before another is opened (protocol `h2` only; at least 1).
+    pub h2_max_streams: usize,
+}
+
+/// An upstream's `protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (the default).
+    Http1,
+    /// HTTP/2: with prior knowledge (h2c) over TCP and Unix sockets, negotiated by ALPN
+    /// over TLS.
+    H2,
+}
+
+impl UpstreamProtocol {
+    /// `http1` or `h2`, as in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
+}
+
+/// An upstream's `tls`: how its servers' certificates are verified.
+#[derive(Clone, PartialEq)]
+pub struct UpstreamTls {
+    /// `ca`: the CA file (resolved against the config file's folder); `None` = the
+    /// system's CA certificates.
+    pub ca: Option<std::path::PathBuf>,
+    /// The trusted CA certificates: the `ca` file's, or the system's (read while the
+    /// config is validated, so `check` tells when there are none). Empty with
+    /// `insecure_skip_verify` and no `ca`.
+    pub roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// `server_name`: the name the certificate must be valid for (and the SNI sent);
+    /// `None` = each server's host (an IP address is matched against IP SANs;
+    /// `localhost` for a Unix socket).
+    pub server_name: Option<String>,
+    /// `insecure_skip_verify = true`: any certificate is accepted (never verified).
+    pub insecure_skip_verify: bool,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("ca", &self.ca)
+            .field("roots", &self.roots.len())
+            .field("server_name", &self.server_name)
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .finish()
+    }
 }
 
 /// `[upstreams.NAME.request_buffering]` (nginx's `proxy_request_buffering on`, in

@@ -168,6 +168,7 @@ impl UpstreamFailure {
             UpstreamFailure::Connect(UpstreamError::Connect { error, .. }) => {
                 Some(ConnectFailure::of(error))
             }
+            UpstreamFailure::Connect(UpstreamError::Tls { .. }) => Some(ConnectFailure::Tls),
             _ => None,
         }
     }
@@ -305,8 +306,23 @@ pub fn describe_hyper_error(e: &hyper::Error) -> String {
     } else if e.is_body_write_aborted() || e.is_user() {
         format!("the request body could not be forwarded: {e}")
     } else {
-        e.to_string()
+        with_sources(e)
     }
+}
+
+/// `e` and what caused it (`http2 error: stream error received: refused stream`):
+/// hyper's own words alone say little for HTTP/2.
+fn with_sources(e: &hyper::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    // Bounded: error chains are short, but a cycle must not hang the proxy.
+    for _ in 0..8 {
+        let Some(err) = cur else { break };
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        cur = err.source();
+    }
+    text
 }
 
 /// Why a client's request body failed, from hyper's error for the exchange (whose

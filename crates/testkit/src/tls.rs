@@ -25,11 +25,16 @@ pub struct TestCa {
 impl TestCa {
     /// A new CA (`CN=tidegate test CA`) with a fresh key.
     pub fn new() -> anyhow::Result<TestCa> {
+        TestCa::named("tidegate test CA")
+    }
+
+    /// A new CA with the common name `cn` and a fresh key (a CA that did not sign a
+    /// server's certificate is an unknown issuer only under another name: under the
+    /// same one, the signature fails to verify).
+    pub fn named(cn: &str) -> anyhow::Result<TestCa> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "tidegate test CA");
+        params.distinguished_name.push(DnType::CommonName, cn);
         Ok(TestCa {
             issuer: CertifiedIssuer::self_signed(params, KeyPair::generate()?)?,
         })

@@ -139,6 +139,46 @@ pub fn ask_trailers(headers: &mut HeaderMap) {
     headers.append(header::CONNECTION, HeaderValue::from_static("te"));
 }
 
+/// A request rewritten for HTTP/2 toward an upstream (`protocol = "h2"`): version
+/// HTTP/2, the target in absolute form (`:scheme` `https` over TLS, else `http`;
+/// `:authority` from `Host`, else `fallback`, the server's address) and no `Host`
+/// (`:authority` carries it), no connection-specific field (RFC 9113 §8.2.2; `TE:
+/// trailers` stays). Idempotent: a request handed back unsent may be rewritten again.
+pub fn to_h2_request<B>(req: &mut http::Request<B>, tls: bool, fallback: &HeaderValue) {
+    *req.version_mut() = http::Version::HTTP_2;
+    let h = req.headers_mut();
+    let authority = h
+        .remove(header::HOST)
+        .and_then(|v| http::uri::Authority::try_from(v.as_bytes()).ok())
+        .or_else(|| req.uri().authority().cloned())
+        .or_else(|| http::uri::Authority::try_from(fallback.as_bytes()).ok());
+    let h = req.headers_mut();
+    let trailers = asks_trailers(h);
+    for name in &HOP_BY_HOP {
+        h.remove(name);
+    }
+    h.remove(PROXY_CONNECTION);
+    if trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(if tls {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    });
+    parts.authority = authority;
+    parts.path_and_query = Some(
+        req.uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}
+
 /// Frames a request body of unknown length (the client sent it chunked) as chunked
 /// toward the upstream, whatever the method: hyper's client decides framing from the
 /// method, the fields and the body's size hint, and sends a GET, HEAD or CONNECT whose
