@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::addr::{ListenAddr, UpstreamAddr};
-pub use crate::kinds::{AccessLogTo, Balance, LogFormat, LogLevel, TlsVersion};
+pub use crate::kinds::{AccessLogTo, Balance, LogFormat, LogLevel, TlsVersion, UpstreamProtocol};
 pub use crate::tls::Certificate;
 
 /// A whole, valid configuration.
@@ -279,26 +279,6 @@ pub struct Upstream {
     /// `h2_max_streams_per_connection`: requests in flight on one HTTP/2 connection
     /// before another is opened (protocol `h2` only; at least 1).
     pub h2_max_streams: usize,
-}
-
-/// An upstream's `protocol`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamProtocol {
-    /// HTTP/1.1 (the default).
-    Http1,
-    /// HTTP/2: with prior knowledge (h2c) over TCP and Unix sockets, negotiated by ALPN
-    /// over TLS.
-    H2,
-}
-
-impl UpstreamProtocol {
-    /// `http1` or `h2`, as in the config.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamProtocol::Http1 => "http1",
-            UpstreamProtocol::H2 => "h2",
-        }
-    }
 }
 
 /// An upstream's `tls`: how its servers' certificates are verified.
