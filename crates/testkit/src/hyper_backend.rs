@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use bytes::Bytes;
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
@@ -61,6 +60,10 @@ pub struct SeenRequest {
     pub headers: http::HeaderMap,
     /// The connection it came on (1, 2, ...).
     pub conn: usize,
+    /// Its body, read to the end (empty until it has been).
+    pub body: Bytes,
+    /// Its trailers, if it had any.
+    pub trailers: Option<http::HeaderMap>,
 }
 
 #[derive(Debug, Default)]
@@ -252,6 +255,14 @@ async fn answer(
     st: &Arc<State>,
 ) -> hyper::Response<TestBody> {
     let (parts, body) = req.into_parts();
+    // The request body is read to its end (trailers included) before the answer.
+    let (body, trailers) = match http_body_util::BodyExt::collect(body).await {
+        Ok(c) => {
+            let trailers = c.trailers().cloned();
+            (c.to_bytes(), trailers)
+        }
+        Err(_) => (Bytes::new(), None),
+    };
     st.requests
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -261,9 +272,9 @@ async fn answer(
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
             conn,
+            body,
+            trailers,
         });
-    // The request body is read (and dropped) so a POST completes.
-    let _ = http_body_util::BodyExt::collect(body).await;
     let path = parts.uri.path().to_owned();
     let mut frames: VecDeque<Result<Frame<Bytes>, io::Error>> = VecDeque::new();
     let mut resp = hyper::Response::builder();
@@ -361,18 +372,4 @@ impl Drop for TestBody {
             self.state.cancelled.fetch_add(1, Ordering::SeqCst);
         }
     }
-}
-
-/// Reads `Frame`s off `resp`'s body for a test client: data and trailers, or the error
-/// that ended it.
-pub async fn read_body(
-    body: Incoming,
-    within: Duration,
-) -> anyhow::Result<(Vec<u8>, Option<http::HeaderMap>)> {
-    use http_body_util::BodyExt as _;
-    let collected = tokio::time::timeout(within, body.collect())
-        .await
-        .context("body did not end in time")??;
-    let trailers = collected.trailers().cloned();
-    Ok((collected.to_bytes().to_vec(), trailers))
 }

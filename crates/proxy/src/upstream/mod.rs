@@ -727,12 +727,21 @@ impl Server {
             self.stats.checkout(true);
             return Ok(c);
         }
+        let started = tokio::time::Instant::now();
         let _opening = self.pool.opening(timeouts.connect).await;
         if let Some(c) = self.pool.take_stream() {
             self.stats.checkout(true);
             return Ok(c);
         }
-        Box::pin(self.connect(upstream, timeouts, resolver, tcp, registry)).await
+        // The wait is part of the request's `connect_timeout`.
+        let left = Timeouts {
+            connect: timeouts
+                .connect
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_millis(1)),
+            ..*timeouts
+        };
+        Box::pin(self.connect(upstream, &left, resolver, tcp, registry)).await
     }
 
     /// Whether its connections are HTTP/2.

@@ -594,7 +594,7 @@ fn end_stream(stream: Stream2, pool: &Weak<PoolInner>) {
         stream.ctl.kill.cancel();
         return;
     };
-    let shared = lock(&pool.shared);
+    let mut shared = lock(&pool.shared);
     let left = stream
         .ctl
         .streams
@@ -604,6 +604,9 @@ fn end_stream(stream: Stream2, pool: &Weak<PoolInner>) {
         stream.ctl.entry.set_state(ConnState::Idle);
         stream.ctl.mark_idle();
         if pool.max_idle == 0 || !pool.keeping.load(Ordering::Relaxed) {
+            // Out of the list at once (under the lock), so no request takes a stream
+            // on a connection being closed.
+            shared.retain(|e| e.ctl.id != stream.ctl.id);
             stream.ctl.kill.cancel();
         }
     }

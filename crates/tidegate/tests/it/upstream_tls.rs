@@ -387,3 +387,82 @@ async fn an_upstream_stream_reset_ends_the_clients_response_and_a_gone_client_re
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn request_trailers_of_a_chunked_http1_request_reach_an_h2_upstream() -> anyhow::Result<()> {
+    let backend = h2_backend(Bind::Tcp4, None, None)?;
+    let config = listener(&[("/", "app")]) + &upstream("app", backend.addr(), "protocol = \"h2\"");
+    let tg = Tidegate::start(bin(), &config).await?;
+    let web = tg.addr("web")?;
+    let mut c = connect(&web).await?;
+    c.send(
+        b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\
+          Trailer: x-checksum\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: 42\r\n\r\n",
+    )
+    .await?;
+    let r = c.read_response(T).await?;
+    ensure!(r.status == 200, "{} {}", r.status, r.text());
+    let seen = backend.requests();
+    ensure!(seen[0].version == http::Version::HTTP_2);
+    ensure!(&seen[0].body[..] == b"hello", "{:?}", seen[0].body);
+    ensure!(
+        seen[0]
+            .trailers
+            .as_ref()
+            .and_then(|t| t.get("x-checksum"))
+            .map(|v| v.as_bytes())
+            == Some(b"42"),
+        "request trailers lost: {:?}",
+        seen[0].trailers
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn active_health_checks_use_tls_and_h2_when_the_upstream_does() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = TestCa::new()?;
+    ca.write_ca(dir.path())?;
+    let other_dir = tempfile::tempdir()?;
+    TestCa::named("another test CA")?.write_ca(other_dir.path())?;
+    let backend = HyperBackend::start(
+        Bind::Tcp4,
+        HyperOptions {
+            tls: Some(ca.server_config(&["backend.test"])?),
+            h2: true,
+            ..HyperOptions::default()
+        },
+    )?;
+    let health = "\n[upstreams.{name}.health]\npath = \"/healthz\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n";
+    let tls = |ca: &Path| {
+        format!(
+            "protocol = \"h2\"\ntls = {{ ca = \"{}\", server_name = \"backend.test\" }}",
+            ca.display()
+        )
+    };
+    let config = listener(&[("/good", "good"), ("/bad", "bad")])
+        + &upstream("good", backend.addr(), &tls(&dir.path().join("ca.pem")))
+        + &health.replace("{name}", "good")
+        + &upstream(
+            "bad",
+            backend.addr(),
+            &tls(&other_dir.path().join("ca.pem")),
+        )
+        + &health.replace("{name}", "bad");
+    let tg = Tidegate::start(bin(), &config).await?;
+    let up = tg.wait_log("server is up", T).await?;
+    ensure!(up.contains("good"), "{up}");
+    let down = tg.wait_log("server is down", T).await?;
+    ensure!(
+        down.contains("bad") && down.contains("unknown issuer"),
+        "the check's reason is not told: {down}"
+    );
+    backend
+        .wait_for("an HTTP/2 check", T, |b| {
+            b.requests()
+                .iter()
+                .any(|r| r.uri.path() == "/healthz" && r.version == http::Version::HTTP_2)
+        })
+        .await?;
+    Ok(())
+}
