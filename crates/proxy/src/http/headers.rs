@@ -575,6 +575,35 @@ fn set_proto_and_host(headers: &mut HeaderMap, host: Option<&HeaderValue>) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_request_for_h2_gets_its_authority_from_host_and_loses_connection_fields() {
+        let mut req = http::Request::get("/x?y=1").body(()).unwrap();
+        *req.headers_mut() = map(&[
+            ("host", "app.test:8080"),
+            ("connection", "te"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("keep-alive", "timeout=5"),
+            ("x-other", "kept"),
+        ]);
+        let fallback = HeaderValue::from_static("127.0.0.1:9");
+        to_h2_request(&mut req, true, &fallback);
+        assert_eq!(req.version(), http::Version::HTTP_2);
+        assert_eq!(req.uri(), "https://app.test:8080/x?y=1");
+        let h = req.headers();
+        assert!(!h.contains_key("host") && !h.contains_key("connection"));
+        assert!(!h.contains_key("transfer-encoding") && !h.contains_key("keep-alive"));
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-other"], "kept");
+        // Again (a request handed back unsent): unchanged.
+        to_h2_request(&mut req, true, &fallback);
+        assert_eq!(req.uri(), "https://app.test:8080/x?y=1");
+        // No Host: the server's address; plain: http.
+        let mut req = http::Request::get("/").body(()).unwrap();
+        to_h2_request(&mut req, false, &fallback);
+        assert_eq!(req.uri(), "http://127.0.0.1:9/");
+    }
+
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {

@@ -340,6 +340,9 @@ mod tests {
         let name = rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName);
         let e = io::Error::new(io::ErrorKind::InvalidData, name);
         assert!(describe_handshake_error(&e).contains("name mismatch"));
+        let expired = rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
+        let e = io::Error::new(io::ErrorKind::InvalidData, expired);
+        assert!(describe_handshake_error(&e).contains("has expired"));
         let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
         assert!(describe_handshake_error(&eof).contains("closed the connection"));
     }
