@@ -119,7 +119,11 @@ impl Originate {
         let shown = shown_name(&name);
         let tls = self.connector.connect(name, stream).await.map_err(|e| {
             let mut reason = describe_handshake_error(&e);
-            if self.h2 {
+            let certificate = e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+                .is_some_and(|t| matches!(t, rustls::Error::InvalidCertificate(_)));
+            if self.h2 && !certificate {
                 // A server with no `h2` to offer may refuse the handshake outright.
                 reason.push_str(" (protocol = \"h2\": the server must offer HTTP/2 by ALPN)");
             }

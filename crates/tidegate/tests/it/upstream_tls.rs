@@ -1,10 +1,11 @@
 //! Upstreams over TLS and HTTP/2 against the built binary: a TLS backend verified with a
-//! private CA (`tls = { ca, server_name }`), each verification failure a 502 that names
-//! the upstream, the server and the reason, `insecure_skip_verify` (and `check`'s
+//! private CA (`tls = { ca, server_name }`), each verification failure (unknown issuer,
+//! name mismatch, expired) a 502 that names the upstream, the server and the reason, `insecure_skip_verify` (and `check`'s
 //! warning), `tls = true` (system roots) against a private CA; `protocol = "h2"` over
 //! TCP and Unix sockets (prior knowledge) and over TLS (ALPN), streams shared up to the
 //! server's limit, trailers to an HTTP/1.1 client, a GOAWAY, a reset stream, and a
-//! client gone mid-response resetting the upstream stream.
+//! client gone mid-response resetting the upstream stream, request trailers, and
+//! active health checks over TLS and HTTP/2.
 
 use std::path::Path;
 use std::time::Duration;
@@ -51,10 +52,18 @@ async fn tls_upstreams_verify_with_a_private_ca_and_each_failure_is_a_502_naming
             ..HyperOptions::default()
         },
     )?;
+    let expired = HyperBackend::start(
+        Bind::Tcp4,
+        HyperOptions {
+            tls: Some(ca.server_config_until(&["backend.test"], Some((2020, 1, 1)))?),
+            ..HyperOptions::default()
+        },
+    )?;
     let ca_file = dir.path().join("ca.pem");
     let other_ca = other_dir.path().join("ca.pem");
     let b = backend.addr();
     let mut config = listener(&[
+        ("/expired", "expired"),
         ("/good", "good"),
         ("/wrongca", "wrongca"),
         ("/wrongname", "wrongname"),
@@ -85,6 +94,14 @@ async fn tls_upstreams_verify_with_a_private_ca_and_each_failure_is_a_502_naming
             ca_file.display()
         ),
     );
+    config += &upstream(
+        "expired",
+        expired.addr(),
+        &format!(
+            "tls = {{ ca = \"{}\", server_name = \"backend.test\" }}",
+            ca_file.display()
+        ),
+    );
     config += &upstream("insecure", b, "tls = { insecure_skip_verify = true }");
     config += &upstream("system", b, "tls = true");
 
@@ -111,12 +128,13 @@ async fn tls_upstreams_verify_with_a_private_ca_and_each_failure_is_a_502_naming
     // Two requests on one pooled TLS connection.
     let again = get(&web, "/good", "app.test").await?;
     ensure!(again.status == 200, "{}", again.text());
-    let server = b.to_config();
     for (path, name, reason) in [
         ("/wrongca", "wrongca", "unknown issuer"),
         ("/wrongname", "wrongname", "name mismatch"),
         ("/system", "system", "unknown issuer"),
+        ("/expired", "expired", "has expired"),
     ] {
+        let server = if name == "expired" { expired.addr() } else { b }.to_config();
         let r = get(&web, path, "app.test").await?;
         let body = r.text();
         ensure!(r.status == 502, "{path}: {} {body}", r.status);
