@@ -165,8 +165,8 @@ impl HyperBackend {
             .clone()
     }
 
-    /// Response bodies dropped before their end (the client or the proxy reset the
-    /// stream, or closed the connection).
+    /// Requests dropped before their answer and response bodies dropped before their
+    /// end (the client or the proxy reset the stream, or closed the connection).
     pub fn cancelled(&self) -> usize {
         self.state.cancelled.load(Ordering::SeqCst)
     }
@@ -254,6 +254,8 @@ async fn answer(
     conn: usize,
     st: &Arc<State>,
 ) -> hyper::Response<TestBody> {
+    // Counted as cancelled if dropped before answering (the stream was reset).
+    let mut pending = Unanswered(Some(st.clone()));
     let (parts, body) = req.into_parts();
     // The request body is read to its end (trailers included) before the answer.
     let (body, trailers) = match http_body_util::BodyExt::collect(body).await {
@@ -302,6 +304,7 @@ async fn answer(
         let text = format!("{:?} conn={conn} {path}", parts.version);
         frames.push_back(Ok(Frame::data(Bytes::from(text))));
     }
+    pending.0 = None;
     let body = TestBody {
         frames,
         hang,
@@ -318,6 +321,17 @@ async fn answer(
             state: st.clone(),
         })
     })
+}
+
+/// A request being answered: counted in `cancelled` when dropped before its answer.
+struct Unanswered(Option<Arc<State>>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(st) = self.0.take() {
+            st.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// A response body of fixed frames (or that never ends); counts itself in
