@@ -225,7 +225,7 @@ pub enum ConnSide {
 pub enum ConnProtocol {
     /// HTTP/1.x.
     Http1,
-    /// HTTP/2 (not built yet).
+    /// HTTP/2 (upstream connections of a `protocol = "h2"` upstream).
     H2,
     /// An HTTP/1.1 connection streaming `text/event-stream`.
     Sse,

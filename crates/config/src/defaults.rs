@@ -80,6 +80,12 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Upstream `retries`: how many other servers a request whose connect failed may move to.
 pub const RETRIES: usize = 1;
+/// Upstream `protocol`.
+pub const UPSTREAM_PROTOCOL: crate::kinds::UpstreamProtocol = crate::kinds::UpstreamProtocol::Http1;
+/// Upstream `h2_max_streams_per_connection`: requests in flight at once on one HTTP/2
+/// connection before another one is opened (hyper does not expose the server's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`; requests over it wait on the connection).
+pub const H2_MAX_STREAMS_PER_CONNECTION: usize = 100;
 /// Upstream `sse_heartbeat`: `:\n\n` into a `text/event-stream` silent toward the
 /// client this long (below common 30-60 s idle timeouts of intermediaries).
 pub const SSE_HEARTBEAT: Duration = Duration::from_secs(15);

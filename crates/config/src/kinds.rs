@@ -1,5 +1,5 @@
 //! The closed sets of choices the config offers (log level and format, where the access
-//! log goes, the balancing algorithm).
+//! log goes, the balancing algorithm, an upstream's protocol).
 //!
 //! They live apart so that `defaults` (which names the default choice) and `model` (which
 //! holds the chosen one, and whose `Default`s read `defaults`) both import this module
@@ -104,4 +104,24 @@ pub enum TlsVersion {
     V1_2,
     /// TLS 1.3.
     V1_3,
+}
+
+/// An upstream's `protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (the default).
+    Http1,
+    /// HTTP/2: with prior knowledge (h2c) over TCP and Unix sockets, negotiated by ALPN
+    /// over TLS.
+    H2,
+}
+
+impl UpstreamProtocol {
+    /// `http1` or `h2`, as in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::addr::{ListenAddr, UpstreamAddr};
-pub use crate::kinds::{AccessLogTo, Balance, LogFormat, LogLevel, TlsVersion};
+pub use crate::kinds::{AccessLogTo, Balance, LogFormat, LogLevel, TlsVersion, UpstreamProtocol};
 pub use crate::tls::Certificate;
 
 /// A whole, valid configuration.
@@ -271,6 +271,43 @@ pub struct Upstream {
     /// `[upstreams.NAME.request_buffering]`: collect request bodies before contacting
     /// the upstream; `None` = off (bodies are streamed as they arrive).
     pub request_buffering: Option<RequestBuffering>,
+    /// `tls = true | { ca, server_name, insecure_skip_verify }`: connections to the
+    /// servers use TLS; `None` = plain.
+    pub tls: Option<UpstreamTls>,
+    /// `protocol = "http1" | "h2"`: what requests to the servers speak.
+    pub protocol: UpstreamProtocol,
+    /// `h2_max_streams_per_connection`: requests in flight on one HTTP/2 connection
+    /// before another is opened (protocol `h2` only; at least 1).
+    pub h2_max_streams: usize,
+}
+
+/// An upstream's `tls`: how its servers' certificates are verified.
+#[derive(Clone, PartialEq)]
+pub struct UpstreamTls {
+    /// `ca`: the CA file (resolved against the config file's folder); `None` = the
+    /// system's CA certificates.
+    pub ca: Option<std::path::PathBuf>,
+    /// The trusted CA certificates: the `ca` file's, or the system's (read while the
+    /// config is validated, so `check` tells when there are none). Empty with
+    /// `insecure_skip_verify` and no `ca`.
+    pub roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// `server_name`: the name the certificate must be valid for (and the SNI sent);
+    /// `None` = each server's host (an IP address is matched against IP SANs;
+    /// `localhost` for a Unix socket).
+    pub server_name: Option<String>,
+    /// `insecure_skip_verify = true`: any certificate is accepted (never verified).
+    pub insecure_skip_verify: bool,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("ca", &self.ca)
+            .field("roots", &self.roots.len())
+            .field("server_name", &self.server_name)
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .finish()
+    }
 }
 
 /// `[upstreams.NAME.request_buffering]` (nginx's `proxy_request_buffering on`, in

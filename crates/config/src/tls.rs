@@ -199,6 +199,49 @@ pub fn load(
     Ok(loaded)
 }
 
+/// Reads an upstream's `ca` file: the PEM certificates it holds, each one usable as a
+/// trust anchor. `shown` is the path as written in the config (for messages).
+pub fn load_ca(path: &Path, shown: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let mut certs = Vec::new();
+    for c in CertificateDer::pem_slice_iter(&pem) {
+        match c {
+            Ok(c) => certs.push(c),
+            Err(e) => return Err(format!("{shown}: invalid PEM: {e}")),
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!(
+            "{shown} holds no certificate (a PEM block -----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for (i, c) in certs.iter().enumerate() {
+        store.add(c.clone()).map_err(|e| {
+            format!(
+                "{shown}: certificate {} is not a usable CA certificate: {e}",
+                i + 1
+            )
+        })?;
+    }
+    Ok(certs)
+}
+
+/// The system's CA certificates (rustls-native-certs: `SSL_CERT_FILE`, `SSL_CERT_DIR`,
+/// else the distribution's bundle such as /etc/ssl/certs). `Err` says why there are
+/// none.
+pub fn system_roots() -> Result<Vec<CertificateDer<'static>>, String> {
+    let found = rustls_native_certs::load_native_certs();
+    if found.certs.is_empty() {
+        let why = match found.errors.first() {
+            Some(e) => e.to_string(),
+            None => "no certificate found".to_owned(),
+        };
+        return Err(why);
+    }
+    Ok(found.certs)
+}
+
 /// The file's bytes, or what the OS said (`No such file or directory (ENOENT)`).
 fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| crate::os_error_text(&e))

@@ -18,6 +18,7 @@ use crate::error::Sink;
 use crate::model::{
     AccessLog, AccessLogTo, Admin, Config, Health, HostMatch, Listener, Log, OnDemand, Passive,
     Protocol, Route, RouteAction, Server, SniRoute, Tls, TlsPassthrough, TlsVersion, Upstream,
+    UpstreamProtocol, UpstreamTls,
 };
 use crate::model::{OverLimit, RequestBuffering};
 use crate::parse::{self, InvalidValue, DURATION_FORMS, SIZE_FORMS};
@@ -27,7 +28,11 @@ type Span = Option<Range<usize>>;
 /// Walks `root` (the parsed document's root table) and returns the model, or `None`
 /// when `sink` holds at least one error.
 pub(crate) fn config(root: &dyn TableLike, sink: &mut Sink<'_>, base: &Path) -> Option<Config> {
-    let mut cx = Cx { sink, base };
+    let mut cx = Cx {
+        sink,
+        base,
+        http_only: Vec::new(),
+    };
     let root = Tbl {
         path: String::new(),
         inner: root,
@@ -52,6 +57,11 @@ pub(crate) fn config(root: &dyn TableLike, sink: &mut Sink<'_>, base: &Path) -> 
         .collect();
     upstreams.sort_by(|a, b| a.name.cmp(&b.name));
     let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+    cx.http_only = upstreams
+        .iter()
+        .filter(|u| u.tls.is_some() || u.protocol != UpstreamProtocol::Http1)
+        .map(|u| u.name.clone())
+        .collect();
 
     let mut listeners: Vec<Listener> = cx
         .named_tables(&root, "listeners")
@@ -104,6 +114,9 @@ struct Seen {
 
 struct Cx<'a, 's> {
     sink: &'a mut Sink<'s>,
+    /// Upstreams with `tls` or `protocol = "h2"`: HTTP routes only (a TCP listener
+    /// relays bytes as they are).
+    http_only: Vec<String>,
     /// Relative `unix:` paths are resolved against this (the config file's folder).
     base: &'a Path,
 }
@@ -476,6 +489,24 @@ impl<'d> Cx<'_, '_> {
         Some(value)
     }
 
+    /// [`Cx::upstream_ref`] for a TCP listener: the upstream must take bytes as they
+    /// are (no `tls`, no `protocol = "h2"`).
+    fn tcp_upstream_ref(&mut self, f: &Field<'d>, upstreams: &[&str]) -> Option<String> {
+        let name = self.upstream_ref(f, upstreams)?;
+        if self.http_only.contains(&name) {
+            self.err(
+                f.span(),
+                &f.path,
+                format!(
+                    "upstream {name:?} has tls or protocol = \"h2\", which apply to HTTP \
+                     requests only; a TCP listener relays bytes as they are"
+                ),
+            );
+            return None;
+        }
+        Some(name)
+    }
+
     /// The name of an upstream that must exist (a route's or a TCP listener's
     /// `upstream`).
     fn upstream_ref(&mut self, f: &Field<'d>, upstreams: &[&str]) -> Option<String> {
@@ -631,6 +662,9 @@ impl<'d> Cx<'_, '_> {
                 "on_demand",
                 "passive",
                 "request_buffering",
+                "tls",
+                "protocol",
+                "h2_max_streams_per_connection",
             ],
             &[],
         );
@@ -690,6 +724,20 @@ impl<'d> Cx<'_, '_> {
             request_buffering: self
                 .table(t, "request_buffering")
                 .and_then(|b| self.request_buffering(&b)),
+            tls: self.upstream_tls(t),
+            protocol: self
+                .choice(
+                    t,
+                    "protocol",
+                    &[
+                        ("http1", UpstreamProtocol::Http1),
+                        ("h2", UpstreamProtocol::H2),
+                    ],
+                )
+                .unwrap_or(defaults::UPSTREAM_PROTOCOL),
+            h2_max_streams: self
+                .uint(t, "h2_max_streams_per_connection", 1)
+                .unwrap_or(defaults::H2_MAX_STREAMS_PER_CONNECTION),
         };
 
         upstream.on_demand = self.table(t, "on_demand").and_then(|o| self.on_demand(&o));
@@ -707,6 +755,107 @@ impl<'d> Cx<'_, '_> {
             }
         }
         upstream
+    }
+
+    /// An upstream's `tls`: `true` (the system's CA certificates), `false`, or a table
+    /// `{ ca, server_name, insecure_skip_verify }`. The CA file (or the system's
+    /// certificates) is read now, so `check` refuses what every handshake would fail on.
+    fn upstream_tls(&mut self, t: &Tbl<'d>) -> Option<UpstreamTls> {
+        let f = t.field("tls")?;
+        let system = |cx: &mut Self, f: &Field<'d>| match crate::tls::system_roots() {
+            Ok(roots) => Some(roots),
+            Err(why) => {
+                cx.err(
+                    f.span(),
+                    &f.path,
+                    format!(
+                        "no system CA certificates could be read to verify the servers ({why}); \
+                         name the CA that signed them: tls = {{ ca = \"ca.pem\" }}"
+                    ),
+                );
+                None
+            }
+        };
+        if let Some(on) = f.item.as_bool() {
+            if !on {
+                return None;
+            }
+            let roots = system(self, &f)?;
+            return Some(UpstreamTls {
+                ca: None,
+                roots,
+                server_name: None,
+                insecure_skip_verify: false,
+            });
+        }
+        if f.item.as_table_like().is_none() {
+            self.expected(
+                &f,
+                r#"true, false or a table such as { ca = "ca.pem", server_name = "app.internal" }"#,
+            );
+            return None;
+        }
+        let tbl = self.table(t, "tls")?;
+        self.keys(&tbl, &["ca", "server_name", "insecure_skip_verify"], &[]);
+        let insecure = self.flag(&tbl, "insecure_skip_verify").unwrap_or(false);
+        if insecure {
+            if let Some(k) = tbl.field("insecure_skip_verify") {
+                self.sink.warn(
+                    k.span(),
+                    &k.path,
+                    "the servers' certificates are not verified: anyone on the path can \
+                     impersonate them (use ca = \"FILE\" for a private CA instead)"
+                        .to_owned(),
+                );
+            }
+        }
+        let server_name = match tbl.field("server_name") {
+            None => None,
+            Some(n) => {
+                let s = self.string(&n, "a host name or IP address")?;
+                match rustls_pki_types::ServerName::try_from(s) {
+                    Ok(_) => Some(s.to_owned()),
+                    Err(_) => {
+                        self.err(
+                            n.span(),
+                            &n.path,
+                            format!("{s:?} is not a valid host name or IP address"),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        let (ca, roots) = match tbl.field("ca") {
+            Some(c) => {
+                let shown = self.string(&c, "a file path")?;
+                if shown.is_empty() {
+                    self.err(
+                        c.span(),
+                        &c.path,
+                        "expected a file path, found an empty string",
+                    );
+                    return None;
+                }
+                let path = self.base.join(shown);
+                match crate::tls::load_ca(&path, shown) {
+                    Ok(roots) => (Some(path), roots),
+                    Err(e) => {
+                        self.err(c.span(), &c.path, e);
+                        return None;
+                    }
+                }
+            }
+            // Nothing to verify against when nothing is verified.
+            None if insecure => (None, Vec::new()),
+            None => (None, system(self, &f)?),
+        };
+        Some(UpstreamTls {
+            ca,
+            roots,
+            server_name,
+            insecure_skip_verify: insecure,
+        })
     }
 
     /// `[upstreams.NAME.passive] max_ejected_percent`: a whole number from 0 to 100.
@@ -1077,7 +1226,7 @@ impl<'d> Cx<'_, '_> {
                 );
                 None
             }
-            Some(f) => self.upstream_ref(&f, upstreams),
+            Some(f) => self.tcp_upstream_ref(&f, upstreams),
             None if tcp => {
                 let defined = match upstreams {
                     [] => ", with an [upstreams.NAME] table".to_owned(),
@@ -1254,7 +1403,7 @@ impl<'d> Cx<'_, '_> {
                     self.missing(&r, "sni", r#"a route names the SNI name it takes: sni = "a.example.com" (or "*.example.com")"#);
                 }
                 let upstream = match r.field("upstream") {
-                    Some(f) => self.upstream_ref(&f, upstreams),
+                    Some(f) => self.tcp_upstream_ref(&f, upstreams),
                     None => {
                         self.missing(
                             &r,

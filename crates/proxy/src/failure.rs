@@ -76,6 +76,10 @@ pub enum UpstreamFailure {
         /// The whole request had been sent.
         sent: bool,
     },
+    /// HTTP/2: the server refused the stream before processing it (`REFUSED_STREAM`,
+    /// or a GOAWAY whose last stream is below it): not the server's failure, and a
+    /// bodiless idempotent request is sent again on a new connection.
+    Refused(hyper::Error),
     /// The request body could not be forwarded to the server (writing to it failed).
     RequestBody(hyper::Error),
     /// Reading the request body from the client failed: the client went away mid-body,
@@ -112,6 +116,8 @@ impl UpstreamFailure {
             // Whatever hyper says next (it stops the exchange), the client's body
             // failing first is what happened.
             UpstreamFailure::ClientBody(e)
+        } else if refused_stream(&e) {
+            UpstreamFailure::Refused(e)
         } else if closed_before_response(&e) {
             UpstreamFailure::ClosedBeforeHead {
                 error: e,
@@ -151,6 +157,7 @@ impl UpstreamFailure {
             UpstreamFailure::ClientBody(_) => StatusCode::BAD_REQUEST,
             UpstreamFailure::Connect(_)
             | UpstreamFailure::Unsent(_)
+            | UpstreamFailure::Refused(_)
             | UpstreamFailure::ClosedBeforeHead { .. }
             | UpstreamFailure::RequestBody(_)
             | UpstreamFailure::BeforeHead(_)
@@ -168,6 +175,7 @@ impl UpstreamFailure {
             UpstreamFailure::Connect(UpstreamError::Connect { error, .. }) => {
                 Some(ConnectFailure::of(error))
             }
+            UpstreamFailure::Connect(UpstreamError::Tls { .. }) => Some(ConnectFailure::Tls),
             _ => None,
         }
     }
@@ -190,6 +198,7 @@ impl UpstreamFailure {
             // The request was not all sent: the server may have given up on a slow
             // client (its own body timeout), which any client can make happen.
             UpstreamFailure::ClosedBeforeHead { sent: false, .. }
+            | UpstreamFailure::Refused(_)
             | UpstreamFailure::RequestBody(_)
             | UpstreamFailure::ClientBody(_) => None,
             // Its response head was already recorded as an answer.
@@ -203,7 +212,9 @@ impl UpstreamFailure {
         match self {
             UpstreamFailure::Connect(_) => Retry::AnotherServer,
             UpstreamFailure::Unsent(_) | UpstreamFailure::NoConnection => Retry::IfUnsent,
-            UpstreamFailure::ClosedBeforeHead { .. } => Retry::OnReusedConnection,
+            UpstreamFailure::ClosedBeforeHead { .. } | UpstreamFailure::Refused(_) => {
+                Retry::OnReusedConnection
+            }
             UpstreamFailure::NoServer(_)
             | UpstreamFailure::RequestBody(_)
             | UpstreamFailure::ClientBody(_)
@@ -232,6 +243,11 @@ impl UpstreamFailure {
         match self {
             UpstreamFailure::NoServer(unavailable) => unavailable.to_string(),
             UpstreamFailure::Connect(e) => e.to_string(),
+            UpstreamFailure::Refused(e) => format!(
+                "upstream {upstream} ({server}): the server refused the HTTP/2 stream before \
+                 processing it ({})",
+                with_sources(e)
+            ),
             UpstreamFailure::Unsent(e)
             | UpstreamFailure::ClosedBeforeHead { error: e, .. }
             | UpstreamFailure::RequestBody(e)
@@ -272,6 +288,24 @@ impl UpstreamFailure {
     }
 }
 
+/// HTTP/2: the server reset the stream with `REFUSED_STREAM`, or sent a GOAWAY whose
+/// last stream is below it (RFC 9113 §8.7: not processed). A GOAWAY's error can also
+/// reach streams it let finish, should the connection then die, which is why only a
+/// request that may be sent twice anyway is replayed on it.
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut cur: Option<&(dyn StdError + 'static)> = e.source();
+    // Bounded: error chains are short.
+    for _ in 0..8 {
+        let Some(err) = cur else { return false };
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote());
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// The upstream closed or reset the connection before any response byte.
 fn closed_before_response(e: &hyper::Error) -> bool {
     if e.is_incomplete_message() {
@@ -305,8 +339,23 @@ pub fn describe_hyper_error(e: &hyper::Error) -> String {
     } else if e.is_body_write_aborted() || e.is_user() {
         format!("the request body could not be forwarded: {e}")
     } else {
-        e.to_string()
+        with_sources(e)
     }
+}
+
+/// `e` and what caused it (`http2 error: stream error received: refused stream`):
+/// hyper's own words alone say little for HTTP/2.
+fn with_sources(e: &hyper::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    // Bounded: error chains are short, but a cycle must not hang the proxy.
+    for _ in 0..8 {
+        let Some(err) = cur else { break };
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        cur = err.source();
+    }
+    text
 }
 
 /// Why a client's request body failed, from hyper's error for the exchange (whose
@@ -383,6 +432,35 @@ mod tests {
         send.send_request(req)
             .await
             .expect_err("the exchange fails")
+    }
+
+    /// A real HTTP/2 client error: the server (h2 itself) resets the stream with
+    /// `REFUSED_STREAM`.
+    async fn h2_refused_error() -> hyper::Error {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let Ok(mut conn) = h2::server::handshake(server).await else {
+                return;
+            };
+            if let Some(Ok((_req, mut respond))) = conn.accept().await {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+            }
+            // Keeps the connection going until the client is done.
+            while conn.accept().await.is_some() {}
+        });
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(client),
+        )
+        .await
+        .expect("handshake");
+        tokio::spawn(conn);
+        let req = http::Request::get("http://app/")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        send.send_request(req)
+            .await
+            .expect_err("the stream is refused")
     }
 
     /// A request whose body fails while it is being sent.
@@ -557,6 +635,16 @@ mod tests {
                 Never,
             ),
             (client_body, Client, 400, None, None, Never),
+            // Not processed, so not the server's failure; replayed like a close
+            // before the head when the request may be sent twice.
+            (
+                UpstreamFailure::of_send(h2_refused_error().await, false, Sent),
+                Upstream,
+                502,
+                None,
+                None,
+                OnReusedConnection,
+            ),
             (
                 UpstreamFailure::of_send(garbage, false, Sending),
                 Upstream,

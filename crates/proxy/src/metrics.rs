@@ -27,7 +27,7 @@
 //!   `listener_stats::HandshakeFailure`); `tls_certificate_expiry_seconds{listener,
 //!   names}`: seconds until each served certificate's `notAfter`.
 //! - `upstream_connect_failures_total{upstream, server, reason}`: `refused`, `timeout`,
-//!   `unreachable`, `resolve`, `other`.
+//!   `unreachable`, `resolve`, `tls`, `other`.
 //! - `upstream_checkouts_total{upstream, server, connection}`: connections used for a
 //!   request, `reused` from the pool or `new`.
 //! - `server_requests_total`, `server_failures_total`, `server_active`,

@@ -58,24 +58,28 @@ pub enum ConnProtocol {
     Websocket = 2,
     /// A TCP-mode tunnel.
     Tcp = 3,
+    /// HTTP/2 (an upstream connection of a `protocol = "h2"` upstream).
+    H2 = 4,
 }
 
 impl ConnProtocol {
     /// Every protocol, in a stable order (for metrics).
-    pub const ALL: [ConnProtocol; 4] = [
+    pub const ALL: [ConnProtocol; 5] = [
         ConnProtocol::Http1,
+        ConnProtocol::H2,
         ConnProtocol::Sse,
         ConnProtocol::Websocket,
         ConnProtocol::Tcp,
     ];
 
-    /// `http1 | sse | websocket | tcp`.
+    /// `http1 | h2 | sse | websocket | tcp`.
     pub fn as_str(self) -> &'static str {
         match self {
             ConnProtocol::Http1 => "http1",
             ConnProtocol::Sse => "sse",
             ConnProtocol::Websocket => "websocket",
             ConnProtocol::Tcp => "tcp",
+            ConnProtocol::H2 => "h2",
         }
     }
 
@@ -84,6 +88,7 @@ impl ConnProtocol {
             1 => ConnProtocol::Sse,
             2 => ConnProtocol::Websocket,
             3 => ConnProtocol::Tcp,
+            4 => ConnProtocol::H2,
             _ => ConnProtocol::Http1,
         }
     }

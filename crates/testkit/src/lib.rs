@@ -121,6 +121,7 @@ pub mod browser;
 mod client;
 mod curl;
 pub mod grpc_app;
+pub mod hyper_backend;
 pub mod lazy_app;
 mod process;
 pub mod procfs;
@@ -133,6 +134,7 @@ pub use backend::{Backend, BackendOptions, ConnEnd, ConnInfo, Reply, Request, Ss
 pub use blackhole::{blackhole_listener, Blackhole};
 pub use client::{connect, get, End, RawConn, Response, ResponseHead, DEFAULT_TIMEOUT};
 pub use curl::curl_unix;
+pub use hyper_backend::{HyperBackend, HyperOptions, SeenRequest};
 pub use process::{
     parse_log_line, strip_ansi, Launch, LogEvent, Tidegate, CHECK_TIMEOUT, READY_TIMEOUT,
 };

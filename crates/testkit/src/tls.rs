@@ -25,11 +25,16 @@ pub struct TestCa {
 impl TestCa {
     /// A new CA (`CN=tidegate test CA`) with a fresh key.
     pub fn new() -> anyhow::Result<TestCa> {
+        TestCa::named("tidegate test CA")
+    }
+
+    /// A new CA with the common name `cn` and a fresh key (a CA that did not sign a
+    /// server's certificate is an unknown issuer only under another name: under the
+    /// same one, the signature fails to verify).
+    pub fn named(cn: &str) -> anyhow::Result<TestCa> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "tidegate test CA");
+        params.distinguished_name.push(DnType::CommonName, cn);
         Ok(TestCa {
             issuer: CertifiedIssuer::self_signed(params, KeyPair::generate()?)?,
         })
@@ -82,10 +87,24 @@ impl TestCa {
     /// A rustls server config serving a new leaf for `names` signed by this CA (for a
     /// TLS backend, e.g. behind a `tls_passthrough` listener).
     pub fn server_config(&self, names: &[&str]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        self.server_config_until(names, None)
+    }
+
+    /// [`TestCa::server_config`] with a leaf valid from 2000 until `not_after` (`None`:
+    /// rcgen's default validity), e.g. one that has expired.
+    pub fn server_config_until(
+        &self,
+        names: &[&str],
+        not_after: Option<Date>,
+    ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         let first = names.first().context("a certificate needs a name")?;
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
         params.distinguished_name.push(DnType::CommonName, *first);
+        if let Some((y, m, d)) = not_after {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(y, m, d);
+        }
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());

@@ -291,6 +291,22 @@ fn documented() -> Vec<(&'static str, Doc)> {
             Value(UPSTREAM, "`retries`", Written::Int(RETRIES as i64)),
         ),
         (
+            "UPSTREAM_PROTOCOL",
+            Value(
+                UPSTREAM,
+                "`protocol`",
+                Written::Str(UPSTREAM_PROTOCOL.as_str()),
+            ),
+        ),
+        (
+            "H2_MAX_STREAMS_PER_CONNECTION",
+            Value(
+                UPSTREAM,
+                "`h2_max_streams_per_connection`",
+                Written::Int(H2_MAX_STREAMS_PER_CONNECTION as i64),
+            ),
+        ),
+        (
             "SSE_HEARTBEAT",
             Duration(UPSTREAM, "`sse_heartbeat`", SSE_HEARTBEAT),
         ),

@@ -12,3 +12,4 @@ mod on_demand;
 mod paths;
 mod robustness;
 mod tls;
+mod upstream_tls;

@@ -54,7 +54,10 @@ impl ConnService {
         req: Request<Incoming>,
         mut done: Option<ExchangeDone>,
     ) -> Response<ProxyBody> {
-        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+        // HTTP/2 toward the upstream has no 101: an upgrade request is sent as a plain one.
+        let upgrade = req.version() == Version::HTTP_11
+            && headers::is_upgrade(req.headers())
+            && up.protocol == tidegate_config::UpstreamProtocol::Http1;
         // What the upstream may switch to (`handle` kept only what the route allows).
         let offered = upgrade.then(|| req.headers().get(header::UPGRADE).cloned());
         let out = self.outgoing(req, upgrade);
@@ -248,13 +251,16 @@ impl ConnService {
             }
         }
         let copy = (out.replayable && conn.reused && !at.fresh).then(|| replay(&out.req));
-        let Some(sender) = conn.sender() else {
+        let mut req = std::mem::replace(&mut out.req, Request::new(RequestBody::Empty));
+        if conn.is_h2() {
+            headers::to_h2_request(&mut req, up.tls, &server.host_header);
+        }
+        let send = match conn.try_send(req) {
+            Ok(send) => send,
             // A checkout always holds its connection until released; should it not,
             // the request was not sent.
-            let unsent = std::mem::replace(&mut out.req, Request::new(RequestBody::Empty));
-            return Err((UpstreamFailure::NoConnection, Some(unsent), None));
+            Err(unsent) => return Err((UpstreamFailure::NoConnection, Some(unsent), None)),
         };
-        let req = std::mem::replace(&mut out.req, Request::new(RequestBody::Empty));
         let limit = up.timeouts.response;
         let sending = &out.sending;
         // nginx's proxy_read_timeout after proxy_send: the head is awaited from the
@@ -267,7 +273,7 @@ impl ConnService {
         };
         let sent = tokio::select! {
             biased;
-            sent = sender.try_send_request(req) => Some(sent),
+            sent = send => Some(sent),
             () = response_due => None,
         };
         match sent {
@@ -409,6 +415,7 @@ type Failed = (
 /// A bodiless copy of `req` to send again (its method, target and fields).
 fn replay(req: &Request<RequestBody>) -> Request<RequestBody> {
     let mut again = Request::new(RequestBody::Empty);
+    *again.version_mut() = req.version();
     *again.method_mut() = req.method().clone();
     *again.uri_mut() = req.uri().clone();
     *again.headers_mut() = req.headers().clone();

@@ -139,6 +139,46 @@ pub fn ask_trailers(headers: &mut HeaderMap) {
     headers.append(header::CONNECTION, HeaderValue::from_static("te"));
 }
 
+/// A request rewritten for HTTP/2 toward an upstream (`protocol = "h2"`): version
+/// HTTP/2, the target in absolute form (`:scheme` `https` over TLS, else `http`;
+/// `:authority` from `Host`, else `fallback`, the server's address) and no `Host`
+/// (`:authority` carries it), no connection-specific field (RFC 9113 §8.2.2; `TE:
+/// trailers` stays). Idempotent: a request handed back unsent may be rewritten again.
+pub fn to_h2_request<B>(req: &mut http::Request<B>, tls: bool, fallback: &HeaderValue) {
+    *req.version_mut() = http::Version::HTTP_2;
+    let h = req.headers_mut();
+    let authority = h
+        .remove(header::HOST)
+        .and_then(|v| http::uri::Authority::try_from(v.as_bytes()).ok())
+        .or_else(|| req.uri().authority().cloned())
+        .or_else(|| http::uri::Authority::try_from(fallback.as_bytes()).ok());
+    let h = req.headers_mut();
+    let trailers = asks_trailers(h);
+    for name in &HOP_BY_HOP {
+        h.remove(name);
+    }
+    h.remove(PROXY_CONNECTION);
+    if trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(if tls {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    });
+    parts.authority = authority;
+    parts.path_and_query = Some(
+        req.uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}
+
 /// Frames a request body of unknown length (the client sent it chunked) as chunked
 /// toward the upstream, whatever the method: hyper's client decides framing from the
 /// method, the fields and the body's size hint, and sends a GET, HEAD or CONNECT whose
@@ -534,6 +574,35 @@ fn set_proto_and_host(headers: &mut HeaderMap, host: Option<&HeaderValue>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_for_h2_gets_its_authority_from_host_and_loses_connection_fields() {
+        let mut req = http::Request::get("/x?y=1").body(()).unwrap();
+        *req.headers_mut() = map(&[
+            ("host", "app.test:8080"),
+            ("connection", "te"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("keep-alive", "timeout=5"),
+            ("x-other", "kept"),
+        ]);
+        let fallback = HeaderValue::from_static("127.0.0.1:9");
+        to_h2_request(&mut req, true, &fallback);
+        assert_eq!(req.version(), http::Version::HTTP_2);
+        assert_eq!(req.uri(), "https://app.test:8080/x?y=1");
+        let h = req.headers();
+        assert!(!h.contains_key("host") && !h.contains_key("connection"));
+        assert!(!h.contains_key("transfer-encoding") && !h.contains_key("keep-alive"));
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-other"], "kept");
+        // Again (a request handed back unsent): unchanged.
+        to_h2_request(&mut req, true, &fallback);
+        assert_eq!(req.uri(), "https://app.test:8080/x?y=1");
+        // No Host: the server's address; plain: http.
+        let mut req = http::Request::get("/").body(()).unwrap();
+        to_h2_request(&mut req, false, &fallback);
+        assert_eq!(req.uri(), "http://127.0.0.1:9/");
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

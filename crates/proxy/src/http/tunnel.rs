@@ -10,7 +10,6 @@ use hyper_util::rt::TokioIo;
 use super::client_conn::{ClientConn, ClientIo, Phase, Verdict};
 use super::upgrade::Upgrade;
 use crate::drain::Shutdown;
-use crate::endpoint::Stream;
 use crate::handoff::{Pending, Tunnel};
 use crate::observed::Observed;
 use crate::registry::{Conn, ConnProtocol, ConnState, Registry};
@@ -19,7 +18,7 @@ use crate::tls::ClientStream;
 
 /// The upstream connection's I/O inside hyper's client (`upstream::pool`): what an
 /// upgraded upstream is downcast to, to get its socket back.
-type UpstreamIo = TokioIo<Observed<Stream, Conn>>;
+type UpstreamIo = TokioIo<Observed<crate::upstream::tls::UpstreamIo, Conn>>;
 
 impl PendingError for ClientIo {
     fn take_error(&self) -> std::io::Result<Option<std::io::Error>> {
@@ -71,20 +70,19 @@ pub(crate) async fn tunnel(
         Err(upstream) => {
             // Not the pool's socket type (cannot happen today): a plain copy, which
             // cannot be handed over.
-            let mut socket = socket;
-            let mut upstream = TokioIo::new(upstream);
-            tokio::select! {
-                res = tokio::io::copy_bidirectional(&mut socket, &mut upstream) => match res {
-                    Ok((up, down)) => tracing::debug!(to_upstream = up, to_client = down, "tunnel closed"),
-                    Err(e) => tracing::debug!(error = %crate::errno::describe_io_error(&e), "tunnel closed"),
-                },
-                _ = expired(&client, idle) => tracing::debug!("tunnel closed: idle_timeout"),
-                _ = close.cancelled() => tracing::debug!("tunnel closed: shutdown or closed by the operator"),
-            }
+            copy_in_place(socket, TokioIo::new(upstream), &[], &client, idle, &close).await;
             return;
         }
     };
-    let mut upstream_stream = parts.io.into_inner().into_inner();
+    let mut upstream_stream = match parts.io.into_inner().into_inner() {
+        crate::upstream::tls::UpstreamIo::Plain(s) => s,
+        // A TLS session toward the upstream cannot move to another process either: a
+        // copy here, what hyper read after the 101 first.
+        tls @ crate::upstream::tls::UpstreamIo::Tls(_) => {
+            copy_in_place(socket, tls, &parts.read_buf, &client, idle, &close).await;
+            return;
+        }
+    };
     // What the upstream sent after its 101, read by hyper: the client's first.
     let mut pending = Pending {
         to_upstream: Vec::new(),
@@ -162,6 +160,34 @@ pub(crate) async fn tunnel(
         Ending::Exported(_) => {}
     }
     drop(active);
+}
+
+/// A tunnel that is never handed over: `first` (bytes the upstream sent after its 101)
+/// to the client, then bytes both ways until either side closes, the idle timer
+/// expires or the connection is closed.
+async fn copy_in_place(
+    mut socket: ClientIo,
+    mut upstream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    first: &[u8],
+    client: &ClientConn,
+    idle: std::time::Duration,
+    close: &tokio_util::sync::CancellationToken,
+) {
+    use tokio::io::AsyncWriteExt as _;
+    if !first.is_empty() {
+        if let Err(e) = socket.write_all(first).await {
+            tracing::debug!(error = %crate::errno::describe_io_error(&e), "tunnel closed");
+            return;
+        }
+    }
+    tokio::select! {
+        res = tokio::io::copy_bidirectional(&mut socket, &mut upstream) => match res {
+            Ok((up, down)) => tracing::debug!(to_upstream = up, to_client = down, "tunnel closed"),
+            Err(e) => tracing::debug!(error = %crate::errno::describe_io_error(&e), "tunnel closed"),
+        },
+        _ = expired(client, idle) => tracing::debug!("tunnel closed: idle_timeout"),
+        _ = close.cancelled() => tracing::debug!("tunnel closed: shutdown or closed by the operator"),
+    }
 }
 
 /// When the tunnel's idle timer expires (no byte either way for `idle`), as the

@@ -397,7 +397,7 @@ async fn relay(
 ) {
     let upstream_entry = ctx.registry.register_mirror(
         active.server().upstream_conn(
-            &upstream,
+            (upstream.peer, upstream.local),
             ConnProtocol::Tcp,
             ConnState::Tunnel,
             close.clone(),

@@ -1,5 +1,6 @@
 //! Upstreams at run time: each server's address, keep-alive pool and counters; the
-//! balancer; opening connections (Unix, IP, host names with Happy Eyeballs).
+//! balancer; opening connections (Unix, IP, host names with Happy Eyeballs; TLS and
+//! HTTP/2 when the upstream says so).
 //!
 //! Boundary: this module knows nothing of client connections or routing; it hands out
 //! [`pool::Checkout`]s and errors that name the upstream, the server and the errno.
@@ -10,13 +11,14 @@ pub mod health;
 pub mod on_demand;
 pub mod pool;
 pub mod stats;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tidegate_config::{Balance, UpstreamAddr};
+use tidegate_config::{Balance, UpstreamAddr, UpstreamProtocol};
 
 use crate::endpoint::TcpOptions;
 use crate::registry::{ConnProtocol, ConnState, NewConn, Registry, ServerId, SockAddr};
@@ -24,6 +26,7 @@ use crate::side::Side;
 use connect::{ConnectError, Resolve};
 use pool::{Checkout, Pool};
 use stats::ServerStats;
+use tls::{Originate, TlsFailure, UpstreamIo};
 
 /// The longest a checkout waits for a pooled connection to be ready before opening a
 /// new one instead (the pool holds only ready connections: this bounds a race).
@@ -60,6 +63,10 @@ pub struct Upstream {
     // Shared with the same upstream under the previous config (a reload), whose
     // in-flight retries may still count: the counter never goes back.
     panic_picks: Arc<std::sync::atomic::AtomicU64>,
+    /// `protocol`: what requests to its servers speak.
+    pub protocol: UpstreamProtocol,
+    /// `tls`: its connections are TLS (requests to it are `https`).
+    pub tls: bool,
 }
 
 /// An upstream's timers.
@@ -103,6 +110,11 @@ pub struct Server {
     pub(crate) stats: ServerStats,
     /// For this server's registry entries and access-log lines, made once.
     id: ServerId,
+    /// `tls`: the upstream's TLS client side (`Err`: rustls refused the settings, which
+    /// every connect then reports).
+    tls: Option<Result<Originate, String>>,
+    /// `protocol = "h2"`: its connections are shared HTTP/2 connections.
+    h2: bool,
 }
 
 /// The settings a server is built from besides its address: a reload keeps a server
@@ -114,6 +126,9 @@ pub(crate) struct ServerSettings {
     keepalive_timeout: Duration,
     health: Option<tidegate_config::Health>,
     on_demand: Option<tidegate_config::OnDemand>,
+    tls: Option<tidegate_config::UpstreamTls>,
+    protocol: UpstreamProtocol,
+    h2_max_streams: usize,
 }
 
 impl ServerSettings {
@@ -124,6 +139,9 @@ impl ServerSettings {
             keepalive_timeout: cfg.keepalive_timeout,
             health: cfg.health.clone(),
             on_demand: cfg.on_demand.clone(),
+            tls: cfg.tls.clone(),
+            protocol: cfg.protocol,
+            h2_max_streams: cfg.h2_max_streams,
         }
     }
 }
@@ -222,6 +240,9 @@ impl Upstream {
         let mut kept: Vec<Option<&Arc<Server>>> = old
             .map(|o| o.servers.iter().map(Some).collect())
             .unwrap_or_default();
+        // One TLS client side for every server it creates (the settings are the
+        // upstream's); a kept server keeps its own, made from the same settings.
+        let originate = cfg.tls.as_ref().map(|t| Originate::new(t, cfg.protocol));
         let servers = cfg
             .servers
             .iter()
@@ -241,7 +262,7 @@ impl Upstream {
                     }
                     return server.clone();
                 }
-                Arc::new(Server::new(cfg, index, addr, settings))
+                Arc::new(Server::new(cfg, index, addr, settings, originate.clone()))
             })
             .collect();
         Upstream {
@@ -267,6 +288,8 @@ impl Upstream {
             max_ejected: ejection_cap(cfg.servers.len(), cfg.max_ejected_percent),
             panic: std::sync::atomic::AtomicBool::new(false),
             panic_picks: old.map_or_else(Default::default, |o| o.panic_picks.clone()),
+            protocol: cfg.protocol,
+            tls: cfg.tls.is_some(),
         }
     }
 
@@ -474,8 +497,13 @@ impl Server {
         index: usize,
         addr: &UpstreamAddr,
         settings: ServerSettings,
+        tls: Option<Result<Originate, String>>,
     ) -> Server {
-        let pool = Arc::new(Pool::new(cfg.keepalive, cfg.keepalive_timeout));
+        let pool = Arc::new(Pool::with_streams(
+            cfg.keepalive,
+            cfg.keepalive_timeout,
+            cfg.h2_max_streams,
+        ));
         let health = health::ServerHealth::new(cfg.health.as_ref()).named(&cfg.name, addr);
         health.set_passive_limits(health::PassiveLimits::from(&cfg.passive));
         let on_demand = cfg.on_demand.as_ref().map(|od| {
@@ -504,6 +532,8 @@ impl Server {
                 addr: Arc::from(addr.to_string()),
                 index,
             },
+            tls,
+            h2: cfg.protocol == UpstreamProtocol::H2,
         }
     }
 
@@ -577,9 +607,10 @@ impl Server {
     }
 
     /// The registry entry of a connection to this server.
+    /// `addrs`: the connection's (peer, local) TCP addresses (`None`: a Unix socket).
     pub(crate) fn upstream_conn(
         &self,
-        c: &connect::Connected,
+        addrs: (Option<SocketAddr>, Option<SocketAddr>),
         protocol: ConnProtocol,
         state: ConnState,
         close: tokio_util::sync::CancellationToken,
@@ -587,11 +618,11 @@ impl Server {
         NewConn {
             side: Side::Upstream,
             name: self.id.upstream.clone(),
-            peer: match c.peer {
+            peer: match addrs.0 {
                 Some(a) => SockAddr::Tcp(a),
                 None => SockAddr::Unix(Some(self.id.addr.clone())),
             },
-            local: match c.local {
+            local: match addrs.1 {
                 Some(a) => SockAddr::Tcp(a),
                 None => SockAddr::Unix(None),
             },
@@ -664,6 +695,11 @@ impl Server {
         if self.on_demand.is_some() {
             Box::pin(self.ensure_ready(upstream, resolver)).await?;
         }
+        if self.h2 {
+            return self
+                .checkout_stream(upstream, timeouts, resolver, tcp, registry)
+                .await;
+        }
         // The pool hands out only connections that were ready when taken, so this wait
         // is for a connection that closed meanwhile; bounded all the same, a checkout
         // never waits on a busy connection.
@@ -676,6 +712,72 @@ impl Server {
         Box::pin(self.connect(upstream, timeouts, resolver, tcp, registry)).await
     }
 
+    /// HTTP/2: a stream on a connection below its limit, or a new connection. Requests
+    /// that find every connection full wait for the one being opened (at most
+    /// `connect_timeout`) rather than each opening its own.
+    async fn checkout_stream(
+        &self,
+        upstream: &str,
+        timeouts: &Timeouts,
+        resolver: &Arc<dyn Resolve>,
+        tcp: TcpOptions,
+        registry: &Arc<Registry>,
+    ) -> Result<Checkout, UpstreamError> {
+        if let Some(c) = self.pool.take_stream() {
+            self.stats.checkout(true);
+            return Ok(c);
+        }
+        let started = tokio::time::Instant::now();
+        let _opening = self.pool.opening(timeouts.connect).await;
+        if let Some(c) = self.pool.take_stream() {
+            self.stats.checkout(true);
+            return Ok(c);
+        }
+        // The wait is part of the request's `connect_timeout`.
+        let left = Timeouts {
+            connect: timeouts
+                .connect
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_millis(1)),
+            ..*timeouts
+        };
+        Box::pin(self.connect(upstream, &left, resolver, tcp, registry)).await
+    }
+
+    /// Whether its connections are HTTP/2.
+    pub fn is_h2(&self) -> bool {
+        self.h2
+    }
+
+    /// Whether its connections are TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The TLS handshake on a connected stream (when the upstream has `tls`) within
+    /// `limit`: what is left of `connect_timeout`. A plain upstream's stream is
+    /// returned as it is.
+    pub async fn secure(
+        &self,
+        stream: crate::endpoint::Stream,
+        limit: Duration,
+    ) -> Result<UpstreamIo, SecureError> {
+        let originate = match &self.tls {
+            None => return Ok(UpstreamIo::Plain(stream)),
+            Some(Ok(o)) => o,
+            Some(Err(e)) => {
+                return Err(SecureError::Tls(TlsFailure {
+                    name: self.addr.to_string(),
+                    reason: format!("TLS settings refused: {e}"),
+                }))
+            }
+        };
+        match tokio::time::timeout(limit, originate.handshake(stream, &self.addr)).await {
+            Ok(res) => res.map_err(SecureError::Tls),
+            Err(_) => Err(SecureError::Timeout(limit)),
+        }
+    }
+
     /// Opens a new connection (never from the pool), entered in `registry` as an
     /// upstream connection for as long as it lives.
     pub async fn connect(
@@ -686,24 +788,38 @@ impl Server {
         tcp: TcpOptions,
         registry: &Arc<Registry>,
     ) -> Result<Checkout, UpstreamError> {
+        let started = tokio::time::Instant::now();
         let connected = self
             .connect_stream(upstream, timeouts, resolver, tcp)
             .await?;
+        let left = timeouts.connect.saturating_sub(started.elapsed());
+        let peer = connected.peer;
+        let local = connected.local;
+        let io = match self.secure(connected.stream, left).await {
+            Ok(io) => io,
+            Err(e) => return Err(e.into_upstream_error(upstream, &self.addr, timeouts.connect)),
+        };
+        let protocol = if self.h2 {
+            ConnProtocol::H2
+        } else {
+            ConnProtocol::Http1
+        };
         let entry = registry.register(self.upstream_conn(
-            &connected,
-            ConnProtocol::Http1,
+            (peer, local),
+            protocol,
             ConnState::WaitingUpstream,
             tokio_util::sync::CancellationToken::new(),
         ));
-        let checkout = self
-            .pool
-            .handshake(connected.stream, entry)
-            .await
-            .map_err(|e| UpstreamError::Handshake {
-                upstream: upstream.to_owned(),
-                server: self.addr.to_string(),
-                error: e,
-            })?;
+        let shaken = if self.h2 {
+            self.pool.handshake_h2(io, entry).await
+        } else {
+            self.pool.handshake(io, entry).await
+        };
+        let checkout = shaken.map_err(|e| UpstreamError::Handshake {
+            upstream: upstream.to_owned(),
+            server: self.addr.to_string(),
+            error: e,
+        })?;
         self.stats.checkout(false);
         Ok(checkout)
     }
@@ -788,6 +904,17 @@ pub enum UpstreamError {
         /// What went wrong.
         error: ConnectError,
     },
+    /// The TLS handshake failed: the certificate did not verify, the server refused
+    /// it, or (protocol `h2`) the server did not pick `h2` by ALPN. 502.
+    #[error("upstream {upstream} ({server}): {error}")]
+    Tls {
+        /// Upstream name.
+        upstream: String,
+        /// Server address as configured.
+        server: String,
+        /// What went wrong.
+        error: TlsFailure,
+    },
     /// hyper refused the new connection (should not happen on a fresh socket).
     #[error("upstream {upstream} ({server}): {error}")]
     Handshake {
@@ -808,6 +935,53 @@ pub enum UpstreamError {
         /// Why.
         error: on_demand::OnDemandError,
     },
+}
+
+/// Why [`Server::secure`] failed.
+#[derive(Debug)]
+pub enum SecureError {
+    /// The handshake failed.
+    Tls(TlsFailure),
+    /// It was not done within what was left of `connect_timeout`.
+    Timeout(Duration),
+}
+
+impl SecureError {
+    /// As the failure of a connect to `server` (a timeout counts as the connect's:
+    /// `limit` is the whole `connect_timeout`).
+    fn into_upstream_error(
+        self,
+        upstream: &str,
+        server: &UpstreamAddr,
+        limit: Duration,
+    ) -> UpstreamError {
+        match self {
+            SecureError::Tls(error) => UpstreamError::Tls {
+                upstream: upstream.to_owned(),
+                server: server.to_string(),
+                error,
+            },
+            SecureError::Timeout(_) => UpstreamError::Connect {
+                upstream: upstream.to_owned(),
+                server: server.to_string(),
+                error: ConnectError::Timeout {
+                    limit,
+                    tried: vec![format!("{server} (TLS handshake)")],
+                },
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for SecureError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecureError::Tls(e) => e.fmt(f),
+            SecureError::Timeout(limit) => {
+                write!(f, "TLS handshake not done within {}ms", limit.as_millis())
+            }
+        }
+    }
 }
 
 fn host_header(addr: &UpstreamAddr) -> http::HeaderValue {

@@ -1,4 +1,6 @@
-//! The keep-alive pool of one upstream server, built on `hyper::client::conn::http1`.
+//! The connections of one upstream server: the keep-alive pool of HTTP/1.1
+//! connections (`hyper::client::conn::http1`), or the shared HTTP/2 connections
+//! (`hyper::client::conn::http2`) of a `protocol = "h2"` upstream.
 //!
 //! Invariants:
 //! - Every upstream connection's hyper `Connection` future runs in its own task until
@@ -17,19 +19,31 @@
 //! - Every connection is in the connection registry while its task runs (the task owns
 //!   the [`Registration`]); the entry's close token is the connection's `kill`, so
 //!   closing it from the registry closes it like the pool does.
+//! - HTTP/2: every open connection is in the shared list, and one [`Checkout`] is one
+//!   stream on it. A connection takes a new stream while it has fewer than its limit in
+//!   flight: the smaller of `h2_max_streams_per_connection` and what the server
+//!   advertised (`SETTINGS_MAX_CONCURRENT_STREAMS`, read live from hyper); when every
+//!   connection is at its limit a new one is opened. A connection that received GOAWAY
+//!   or died leaves the list (hyper's connection future ends) and takes no new stream;
+//!   its streams in flight finish. Dropping a checkout ends only its stream (hyper resets
+//!   it when the request or response is dropped unfinished), never the connection. A
+//!   connection with no stream for `keepalive_timeout` is closed (at once with
+//!   `keepalive = 0`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::body::RequestBody;
+use super::tls::UpstreamIo;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http2, TrySendError};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::endpoint::Stream;
 use crate::observed::Observed;
 use crate::registry::{Conn, ConnProtocol, ConnState, Registration};
 
@@ -42,6 +56,13 @@ pub struct Pool {
 #[derive(Debug)]
 struct PoolInner {
     idle: Mutex<Vec<Idle>>,
+    /// HTTP/2: every open connection (in use or not).
+    shared: Mutex<Vec<Shared>>,
+    /// HTTP/2: held while a connection is being opened, so requests that find every
+    /// connection full wait for it rather than each opening one.
+    opening: tokio::sync::Mutex<()>,
+    /// `h2_max_streams_per_connection`.
+    max_streams: usize,
     max_idle: usize,
     idle_timeout: Duration,
     /// False while the server is in `maint`: a released connection is closed, not
@@ -53,6 +74,51 @@ struct PoolInner {
 struct Idle {
     sender: SendRequest<RequestBody>,
     ctl: Arc<ConnCtl>,
+}
+
+/// What sending a request on a checkout gives: the response head, or hyper's error
+/// (with the request, when it was not sent).
+pub type Sent =
+    Result<http::Response<hyper::body::Incoming>, TrySendError<http::Request<RequestBody>>>;
+
+/// The hyper connection of an HTTP/2 upstream connection.
+type H2Connection = http2::Connection<
+    TokioIo<Observed<UpstreamIo, crate::registry::Conn>>,
+    RequestBody,
+    TokioExecutor,
+>;
+
+/// One HTTP/2 connection in the shared list.
+#[derive(Debug)]
+struct Shared {
+    sender: http2::SendRequest<RequestBody>,
+    ctl: Arc<ConnCtl>,
+    /// Polled by the connection's task; locked here only to read the server's stream
+    /// limit.
+    conn: Arc<Mutex<Pin<Box<H2Connection>>>>,
+}
+
+/// One stream of an HTTP/2 connection, held by a checkout.
+#[derive(Debug)]
+struct Stream2 {
+    sender: http2::SendRequest<RequestBody>,
+    ctl: Arc<ConnCtl>,
+}
+
+/// What a checkout holds.
+#[derive(Debug)]
+enum Held {
+    H1(Idle),
+    H2(Stream2),
+}
+
+impl Held {
+    fn ctl(&self) -> &Arc<ConnCtl> {
+        match self {
+            Held::H1(c) => &c.ctl,
+            Held::H2(c) => &c.ctl,
+        }
+    }
 }
 
 /// Shared between a connection's task and whoever holds it.
@@ -69,6 +135,9 @@ struct ConnCtl {
     /// nobody (two task wake-ups per request saved on the hot path).
     idle_since: AtomicU64,
     base: Instant,
+    /// HTTP/2: streams in flight (checkouts holding it). Changed under the pool's
+    /// `shared` lock.
+    streams: AtomicUsize,
 }
 
 /// How long a released connection that hyper is still busy with (sending the rest of
@@ -100,7 +169,7 @@ impl ConnCtl {
 #[derive(Debug)]
 pub struct Checkout {
     /// `None` once released to the pool.
-    conn: Option<Idle>,
+    conn: Option<Held>,
     pool: Weak<PoolInner>,
     /// True when the connection had served a request before (it may have gone stale).
     pub reused: bool,
@@ -115,9 +184,18 @@ pub struct Checkout {
 impl Pool {
     /// A pool keeping at most `max_idle` idle connections for `idle_timeout` each.
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
+        Pool::with_streams(max_idle, idle_timeout, 1)
+    }
+
+    /// [`Pool::new`], with HTTP/2 connections taking at most `max_streams` streams
+    /// each (at least 1).
+    pub fn with_streams(max_idle: usize, idle_timeout: Duration, max_streams: usize) -> Self {
         Pool {
             inner: Arc::new(PoolInner {
                 idle: Mutex::new(Vec::with_capacity(max_idle.min(64))),
+                shared: Mutex::new(Vec::new()),
+                opening: tokio::sync::Mutex::new(()),
+                max_streams: max_streams.max(1),
                 max_idle,
                 idle_timeout,
                 keeping: AtomicBool::new(true),
@@ -125,9 +203,69 @@ impl Pool {
         }
     }
 
-    /// How many idle connections the pool holds now.
+    /// How many idle connections the pool holds now (HTTP/2: open connections with no
+    /// stream).
     pub fn idle_count(&self) -> usize {
-        lock(&self.inner.idle).len()
+        let shared = lock(&self.inner.shared)
+            .iter()
+            .filter(|s| s.ctl.streams.load(Ordering::Relaxed) == 0)
+            .count();
+        lock(&self.inner.idle).len() + shared
+    }
+
+    /// HTTP/2: open connections (with streams or not).
+    pub fn h2_connections(&self) -> usize {
+        lock(&self.inner.shared).len()
+    }
+
+    /// HTTP/2: a stream on an open connection below its limit, the one with the most
+    /// streams first (so idle connections age out). Never waits.
+    pub fn take_stream(&self) -> Option<Checkout> {
+        let shared = lock(&self.inner.shared);
+        let pick = shared
+            .iter()
+            .filter(|s| !s.sender.is_closed() && s.sender.is_ready())
+            .filter(|s| s.ctl.streams.load(Ordering::Relaxed) < self.stream_limit(s))
+            .max_by_key(|s| s.ctl.streams.load(Ordering::Relaxed))?;
+        let checkout = self.new_stream(pick.sender.clone(), pick.ctl.clone(), true);
+        drop(shared);
+        Some(checkout)
+    }
+
+    /// The streams a connection takes: `h2_max_streams_per_connection`, or less when
+    /// the server said so.
+    fn stream_limit(&self, s: &Shared) -> usize {
+        let server = lock(&s.conn).current_max_send_streams();
+        self.inner.max_streams.min(server.max(1))
+    }
+
+    /// A checkout for one more stream on `ctl`'s connection; called under the
+    /// `shared` lock (or before the connection is in the list).
+    fn new_stream(
+        &self,
+        sender: http2::SendRequest<RequestBody>,
+        ctl: Arc<ConnCtl>,
+        reused: bool,
+    ) -> Checkout {
+        ctl.streams.fetch_add(1, Ordering::Relaxed);
+        ctl.idle_since.store(IN_USE, Ordering::Relaxed);
+        ctl.entry.set_state(ConnState::Streaming);
+        ctl.entry.add_request();
+        Checkout {
+            conn: Some(Held::H2(Stream2 { sender, ctl })),
+            pool: Arc::downgrade(&self.inner),
+            reused,
+            peer: None,
+            local: None,
+        }
+    }
+
+    /// HTTP/2: waits (at most `limit`) until no other request is opening a connection
+    /// to this server; `None` when the wait timed out (open one anyway).
+    pub async fn opening(&self, limit: Duration) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        tokio::time::timeout(limit, self.inner.opening.lock())
+            .await
+            .ok()
     }
 
     /// Takes the most recently used idle connection that can take a request now (the
@@ -144,7 +282,7 @@ impl Pool {
             entry.ctl.entry.set_state(ConnState::WaitingUpstream);
             entry.ctl.entry.add_request();
             return Some(Checkout {
-                conn: Some(entry),
+                conn: Some(Held::H1(entry)),
                 pool: Arc::downgrade(&self.inner),
                 reused: true,
                 peer: None,
@@ -156,7 +294,11 @@ impl Pool {
 
     /// Hands a freshly connected stream to hyper and starts the connection's task,
     /// which keeps `entry` (the connection's registration) until the connection ends.
-    pub async fn handshake(&self, stream: Stream, entry: Registration) -> hyper::Result<Checkout> {
+    pub async fn handshake(
+        &self,
+        stream: UpstreamIo,
+        entry: Registration,
+    ) -> hyper::Result<Checkout> {
         let peer = entry.peer().tcp();
         let local = entry.local().tcp();
         let io = TokioIo::new(Observed::new(stream, entry.conn().clone()));
@@ -170,6 +312,7 @@ impl Pool {
             kill: entry.close_token().clone(),
             idle_since: AtomicU64::new(IN_USE),
             base: Instant::now(),
+            streams: AtomicUsize::new(0),
         });
         tokio::spawn(drive(
             conn.with_upgrades(),
@@ -179,12 +322,61 @@ impl Pool {
             entry,
         ));
         Ok(Checkout {
-            conn: Some(Idle { sender, ctl }),
+            conn: Some(Held::H1(Idle { sender, ctl })),
             pool: Arc::downgrade(&self.inner),
             reused: false,
             peer,
             local,
         })
+    }
+
+    /// HTTP/2: hands a freshly connected stream to hyper (prior knowledge, or `h2`
+    /// negotiated by ALPN), puts the connection in the shared list and starts its task;
+    /// the checkout is its first stream.
+    pub async fn handshake_h2(
+        &self,
+        stream: UpstreamIo,
+        entry: Registration,
+    ) -> hyper::Result<Checkout> {
+        let peer = entry.peer().tcp();
+        let local = entry.local().tcp();
+        let io = TokioIo::new(Observed::new(stream, entry.conn().clone()));
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake::<_, RequestBody>(io)
+            .await?;
+        let ctl = Arc::new(ConnCtl {
+            id: entry.id(),
+            entry: entry.conn().clone(),
+            kill: entry.close_token().clone(),
+            idle_since: AtomicU64::new(IN_USE),
+            base: Instant::now(),
+            streams: AtomicUsize::new(0),
+        });
+        let conn = Arc::new(Mutex::new(Box::pin(conn)));
+        let polled = conn.clone();
+        let driven =
+            std::future::poll_fn(move |cx| std::future::Future::poll(lock(&polled).as_mut(), cx));
+        let mut checkout = {
+            let mut shared = lock(&self.inner.shared);
+            let c = self.new_stream(sender.clone(), ctl.clone(), false);
+            shared.push(Shared {
+                sender,
+                ctl: ctl.clone(),
+                conn,
+            });
+            c
+        };
+        tokio::spawn(drive(
+            driven,
+            ctl,
+            self.inner.idle_timeout,
+            Arc::downgrade(&self.inner),
+            entry,
+        ));
+        checkout.peer = peer;
+        checkout.local = local;
+        Ok(checkout)
     }
 
     /// Whether released connections are kept (`false` while the server is in
@@ -193,9 +385,13 @@ impl Pool {
         self.inner.keeping.store(keep, Ordering::Relaxed);
     }
 
-    /// Closes every idle connection (maintenance, shutdown).
+    /// Closes every idle connection (maintenance, shutdown); HTTP/2 connections take
+    /// no new stream and close once their streams in flight end.
     pub fn clear(&self) {
         for entry in lock(&self.inner.idle).drain(..) {
+            entry.ctl.kill.cancel();
+        }
+        for entry in lock(&self.inner.shared).drain(..) {
             entry.ctl.kill.cancel();
         }
     }
@@ -233,15 +429,27 @@ async fn drive(
                     Some(_) => {
                         // Expired: take it out of the pool under the lock, unless a
                         // checkout just took it (then it is in use again).
+                        let expired = |ctl: &ConnCtl| ctl.idle_deadline(idle_timeout).is_some_and(|d| d <= now);
                         let taken = match pool.upgrade() {
                             Some(pool) => {
                                 let mut idle = lock(&pool.idle);
-                                match idle.iter().position(|e| e.ctl.id == ctl.id) {
-                                    Some(pos) if ctl.idle_deadline(idle_timeout).is_some_and(|d| d <= now) => {
+                                let mut shared = lock(&pool.shared);
+                                if let Some(pos) = idle.iter().position(|e| e.ctl.id == ctl.id) {
+                                    if expired(&ctl) {
                                         idle.remove(pos);
                                         false
+                                    } else {
+                                        true
                                     }
-                                    _ => true,
+                                } else if let Some(pos) = shared.iter().position(|e| e.ctl.id == ctl.id) {
+                                    if expired(&ctl) {
+                                        shared.remove(pos);
+                                        false
+                                    } else {
+                                        true
+                                    }
+                                } else {
+                                    true
                                 }
                             }
                             None => false,
@@ -260,27 +468,51 @@ async fn drive(
     ctl.entry.set_state(ConnState::Closing);
     if let Some(pool) = pool.upgrade() {
         lock(&pool.idle).retain(|e| e.ctl.id != ctl.id);
+        lock(&pool.shared).retain(|e| e.ctl.id != ctl.id);
     }
 }
 
 // === impl Checkout ===
 
 impl Checkout {
-    /// The hyper sender, to send one request. `None` only after `release`, which
-    /// consumes the checkout, so callers always get `Some`.
-    pub fn sender(&mut self) -> Option<&mut SendRequest<RequestBody>> {
-        self.conn.as_mut().map(|c| &mut c.sender)
+    /// Sends one request on the connection (HTTP/1.1) or as a new stream (HTTP/2).
+    /// `Err(req)` only after `release`, which consumes the checkout, so callers always
+    /// get `Ok`.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the request handed back, as hyper does"
+    )]
+    pub fn try_send(
+        &mut self,
+        req: http::Request<RequestBody>,
+    ) -> Result<impl std::future::Future<Output = Sent> + Send + 'static, http::Request<RequestBody>>
+    {
+        match self.conn.as_mut() {
+            Some(Held::H1(c)) => Ok(futures_util::future::Either::Left(
+                c.sender.try_send_request(req),
+            )),
+            Some(Held::H2(c)) => Ok(futures_util::future::Either::Right(
+                c.sender.try_send_request(req),
+            )),
+            None => Err(req),
+        }
+    }
+
+    /// Whether it is a stream of an HTTP/2 connection.
+    pub fn is_h2(&self) -> bool {
+        matches!(self.conn, Some(Held::H2(_)))
     }
 
     /// The connection's registry entry (`None` only after `release`).
     pub fn entry(&self) -> Option<&Arc<Conn>> {
-        self.conn.as_ref().map(|c| &c.ctl.entry)
+        self.conn.as_ref().map(|c| &c.ctl().entry)
     }
 
     /// Waits until the connection can take a request; an error means it is closed.
     pub async fn ready(&mut self) -> hyper::Result<()> {
         match self.conn.as_mut() {
-            Some(c) => c.sender.ready().await,
+            Some(Held::H1(c)) => c.sender.ready().await,
+            Some(Held::H2(c)) => c.sender.ready().await,
             None => Ok(()),
         }
     }
@@ -288,6 +520,10 @@ impl Checkout {
     /// Marks the connection for closing once its exchange ends: [`Checkout::release`]
     /// closes it instead of pooling it (a response whose framing was in doubt).
     pub fn close_after(&mut self) {
+        // HTTP/2 frames each message itself: its connection is not in doubt.
+        if self.is_h2() {
+            return;
+        }
         // A checkout without its pool closes on release, as when the pool is gone.
         self.pool = Weak::new();
     }
@@ -297,8 +533,10 @@ impl Checkout {
     /// that hyper is still busy with is pooled once it is ready, if that happens within
     /// [`RELEASE_READY_WAIT`], and closed otherwise.
     pub fn release(mut self) {
-        let Some(mut conn) = self.conn.take() else {
-            return;
+        let mut conn = match self.conn.take() {
+            Some(Held::H1(c)) => c,
+            Some(Held::H2(stream)) => return end_stream(stream, &self.pool),
+            None => return,
         };
         if conn.sender.is_closed() {
             conn.ctl.kill.cancel();
@@ -348,10 +586,40 @@ fn put_back(conn: Idle, pool: &Weak<PoolInner>) {
     idle.push(conn);
 }
 
+/// An HTTP/2 stream ended (complete or not): the connection takes another one; with
+/// no stream left it is idle (closed at once when the server keeps no idle
+/// connection).
+fn end_stream(stream: Stream2, pool: &Weak<PoolInner>) {
+    let Some(pool) = pool.upgrade() else {
+        stream.ctl.kill.cancel();
+        return;
+    };
+    let mut shared = lock(&pool.shared);
+    let left = stream
+        .ctl
+        .streams
+        .fetch_sub(1, Ordering::Relaxed)
+        .saturating_sub(1);
+    if left == 0 {
+        stream.ctl.entry.set_state(ConnState::Idle);
+        stream.ctl.mark_idle();
+        if pool.max_idle == 0 || !pool.keeping.load(Ordering::Relaxed) {
+            // Out of the list at once (under the lock), so no request takes a stream
+            // on a connection being closed.
+            shared.retain(|e| e.ctl.id != stream.ctl.id);
+            stream.ctl.kill.cancel();
+        }
+    }
+    drop(shared);
+}
+
 impl Drop for Checkout {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            conn.ctl.kill.cancel();
+        match self.conn.take() {
+            Some(Held::H1(conn)) => conn.ctl.kill.cancel(),
+            // Only the stream ends: hyper resets it if the exchange was cut short.
+            Some(Held::H2(stream)) => end_stream(stream, &self.pool),
+            None => {}
         }
     }
 }

@@ -19,16 +19,20 @@ pub enum ConnectFailure {
     Resolve = 3,
     /// Anything else.
     Other = 4,
+    /// The TLS handshake failed (the certificate did not verify, the server refused
+    /// it, no `h2` by ALPN).
+    Tls = 5,
 }
 
 impl ConnectFailure {
     /// Every reason, by index.
-    pub const ALL: [ConnectFailure; 5] = [
+    pub const ALL: [ConnectFailure; 6] = [
         ConnectFailure::Refused,
         ConnectFailure::Timeout,
         ConnectFailure::Unreachable,
         ConnectFailure::Resolve,
         ConnectFailure::Other,
+        ConnectFailure::Tls,
     ];
 
     /// The label value.
@@ -39,6 +43,7 @@ impl ConnectFailure {
             ConnectFailure::Unreachable => "unreachable",
             ConnectFailure::Resolve => "resolve",
             ConnectFailure::Other => "other",
+            ConnectFailure::Tls => "tls",
         }
     }
 
@@ -73,7 +78,7 @@ pub struct ServerStats {
     pub(crate) requests: AtomicU64,
     /// Failed exchanges: connect failures, 5xx, failures before the response head.
     pub(crate) failures: AtomicU64,
-    connect_failures: [AtomicU64; 5],
+    connect_failures: [AtomicU64; 6],
     pool_reused: AtomicU64,
     pool_new: AtomicU64,
 }

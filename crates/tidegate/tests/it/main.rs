@@ -31,3 +31,4 @@ mod systemd;
 mod tcp;
 mod tls;
 mod upgrade;
+mod upstream_tls;

@@ -1,11 +1,11 @@
 //! The check protocol: the `GET` a check writes and how the answer's status line is
-//! read. Bytes only: opening the connection is the checker's business.
+//! read (HTTP/1.1 bytes, or one HTTP/2 request through hyper for a `protocol = "h2"`
+//! upstream). Opening the connection (and its TLS) is the checker's business.
 
 use std::io;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::endpoint::Stream;
 use crate::errno::describe_io_error;
 
 /// The longest response head a check reads: health pages answer small heads.
@@ -14,7 +14,11 @@ const MAX_CHECK_HEAD: usize = 16 * 1024;
 /// `GET path` with `Connection: close`; the verdict comes from the final response's
 /// status (interim 1xx heads are skipped). The body is not read: the connection is
 /// dropped after the head.
-pub(super) async fn http_check(mut stream: Stream, path: &str, host: &str) -> Result<(), String> {
+pub(super) async fn http_check(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    path: &str,
+    host: &str,
+) -> Result<(), String> {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tidegate-health-check\r\n\
          Accept: */*\r\nConnection: close\r\n\r\n"
@@ -55,6 +59,39 @@ pub(super) async fn http_check(mut stream: Stream, path: &str, host: &str) -> Re
                 "GET {path}: connection closed before the response head"
             ));
         }
+    }
+}
+
+/// `GET path` as one HTTP/2 request (prior knowledge, or `h2` negotiated by ALPN), on
+/// a connection of its own that ends with the check; the verdict comes from the
+/// response's status.
+pub(super) async fn h2_check(
+    io: crate::upstream::tls::UpstreamIo,
+    path: &str,
+    host: &str,
+    tls: bool,
+) -> Result<(), String> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, http_body_util::Empty<bytes::Bytes>>(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("GET {path}: HTTP/2 handshake failed: {e}"))?;
+    let driver = tokio::spawn(conn);
+    let scheme = if tls { "https" } else { "http" };
+    let req = http::Request::get(format!("{scheme}://{host}{path}"))
+        .version(http::Version::HTTP_2)
+        .header(http::header::USER_AGENT, "tidegate-health-check")
+        .body(http_body_util::Empty::new())
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    let res = send.send_request(req).await;
+    driver.abort();
+    match res {
+        Ok(resp) if (200..=399).contains(&resp.status().as_u16()) => Ok(()),
+        Ok(resp) => Err(format!("GET {path} answered {}", resp.status().as_u16())),
+        Err(e) => Err(format!(
+            "GET {path}: {}",
+            crate::failure::describe_hyper_error(&e)
+        )),
     }
 }
 

@@ -13,7 +13,7 @@ use tidegate_config::Health;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::check::http_check;
+use super::check::{h2_check, http_check};
 use crate::endpoint::TcpOptions;
 use crate::upstream::connect::Resolve;
 use crate::upstream::{Server, Upstream};
@@ -122,7 +122,9 @@ async fn check_loop(
 }
 
 /// One check of one server within `cfg.timeout`: an HTTP `GET path` that must answer
-/// 2xx or 3xx when `path` is set, else a connect. `Err` says why it failed.
+/// 2xx or 3xx when `path` is set, else a connect. Over TLS (and HTTP/2) when the
+/// upstream's requests are: the handshake is part of the check. `Err` says why it
+/// failed.
 pub async fn check(
     upstream: &str,
     server: &Server,
@@ -141,12 +143,24 @@ pub async fn check(
         .dial(upstream, cfg.timeout, resolver, tcp)
         .await
         .map_err(|e| e.describe(&server.addr.to_string()))?;
+    let left = cfg.timeout.saturating_sub(started.elapsed());
+    let io = server
+        .secure(connected.stream, left)
+        .await
+        .map_err(|e| e.to_string())?;
     let Some(path) = &cfg.path else {
         return Ok(());
     };
     let host = server.host_header.to_str().unwrap_or("localhost");
     let left = cfg.timeout.saturating_sub(started.elapsed());
-    match timeout(left, http_check(connected.stream, path, host)).await {
+    let verdict = async {
+        if server.is_h2() {
+            h2_check(io, path, host, server.is_tls()).await
+        } else {
+            http_check(io, path, host).await
+        }
+    };
+    match timeout(left, verdict).await {
         Ok(verdict) => verdict,
         Err(_) => Err(format!(
             "GET {path}: no response head within {}ms",
