@@ -1093,6 +1093,9 @@ FIGURES = {
             ("down_cpu0_pct", "download: CPU 0 busy (client + backend) %", "{:.0f}", None)],
 }
 RANGE_KEYS = {"cpu_us", "p99", "up_mibs", "down_mibs", "per_conn_b"}
+# Kinds measured under a Meter (other load can disturb them): their tables say how many
+# runs the medians use.
+METERED_KINDS = {"wrk", "rate", "big"}
 KIND = {"a": "wrk", "b": "wrk", "c": "wrk", "h": "wrk", "d": "rate", "e": "hold", "f": "hold", "g": "big",
         "i": "hold", "j": "rate"}
 
@@ -1160,7 +1163,7 @@ def scenario_table(sc, results, proxies, na):
         err_row.append(("**⚠ %d**" % n) if n else ("0" if runs else "no run"))
     err_row += [""] * (len(cols) - len(proxies))
     lines.append("| " + " | ".join(err_row) + " |")
-    if KIND[sc] in ("wrk", "rate", "big"):
+    if KIND[sc] in METERED_KINDS:
         dist = ["runs used for the medians (undisturbed / all)"]
         for p in proxies:
             if p in na:
