@@ -810,19 +810,26 @@ def percentile(sorted_vals, q):
     return sorted_vals[k]
 
 
-def run_h2load(port, path, rate, conns, duration, log_file):
-    per_client = max(1, round(rate / conns))
-    if os.path.exists(log_file):
-        os.unlink(log_file)
-    argv = ["taskset", "-c", CLIENT_CPU, "h2load", "--h1", "-t1", f"-c{conns}", f"--rps={per_client}",
-            f"-D{duration}", f"--log-file={log_file}", f"http://127.0.0.1:{port}{path}"]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+def h2load_run(argv, timeout):
+    """Runs h2load; returns its output and the matches of its "requests:" and "status
+    codes:" lines (RuntimeError if it failed or printed neither)."""
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     out = r.stdout + r.stderr
     m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
                   r"(\d+) errored, (\d+) timeout", out)
     s = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
     if r.returncode != 0 or not m or not s:
         raise RuntimeError(f"h2load failed (exit {r.returncode}):\n{out}")
+    return out, m, s
+
+
+def run_h2load(port, path, rate, conns, duration, log_file):
+    per_client = max(1, round(rate / conns))
+    if os.path.exists(log_file):
+        os.unlink(log_file)
+    argv = ["taskset", "-c", CLIENT_CPU, "h2load", "--h1", "-t1", f"-c{conns}", f"--rps={per_client}",
+            f"-D{duration}", f"--log-file={log_file}", f"http://127.0.0.1:{port}{path}"]
+    out, m, s = h2load_run(argv, duration + 60)
     lat = []
     with open(log_file) as f:
         for line in f:

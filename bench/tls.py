@@ -247,13 +247,7 @@ def run_h2load(port, duration):
             # AES-256-GCM, as every other TLS scenario negotiates (h2load prefers AES-128,
             # which nginx would take and HAProxy, preferring its own order, would not).
             "--npn-list=h2", "--tls13-ciphers=TLS_AES_256_GCM_SHA384", f"https://127.0.0.1:{port}/"]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
-    out = r.stdout + r.stderr
-    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
-                  r"(\d+) errored, (\d+) timeout", out)
-    s = re.search(r"status codes: (\d+) 2xx", out)
-    if r.returncode != 0 or not m or not s:
-        raise RuntimeError(f"h2load failed (exit {r.returncode}):\n{out}")
+    out, m, s = H.h2load_run(argv, duration + 60)
     proto = re.search(r"Application protocol: (\S+)", out)
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
     done, ok2xx = int(m.group(3)), int(s.group(1))

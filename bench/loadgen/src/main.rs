@@ -302,6 +302,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 // ---------------------------------------------------------------------------------
 // rate: open-loop fixed request rate, latency percentiles
 
+/// One client task's counts (rate and handshakes), then all of them merged.
 #[derive(Default)]
 struct RateStats {
     lat_us: Vec<u32>,
@@ -309,7 +310,33 @@ struct RateStats {
     non2xx: u64,
     errors: u64,
     sent: u64,
+    /// handshakes: 2xx connections of the whole run, warm-up included (the proxy's CPU
+    /// is read over all of it).
+    ok_all: u64,
     error_kinds: HashMap<String, u64>,
+}
+
+impl RateStats {
+    fn merge(&mut self, st: RateStats) {
+        self.lat_us.extend(st.lat_us);
+        self.ok += st.ok;
+        self.non2xx += st.non2xx;
+        self.errors += st.errors;
+        self.sent += st.sent;
+        self.ok_all += st.ok_all;
+        for (k, v) in st.error_kinds {
+            *self.error_kinds.entry(k).or_default() += v;
+        }
+    }
+
+    /// The `q` percentile of the latencies; `lat_us` must be sorted.
+    fn pct(&self, q: f64) -> u32 {
+        if self.lat_us.is_empty() {
+            return 0;
+        }
+        let idx = ((q / 100.0) * self.lat_us.len() as f64).ceil() as usize;
+        self.lat_us[idx.clamp(1, self.lat_us.len()) - 1]
+    }
 }
 
 async fn rate(o: &Opts) -> Result<(), String> {
@@ -409,27 +436,13 @@ async fn rate(o: &Opts) -> Result<(), String> {
     }
     let mut all = RateStats::default();
     while let Some(r) = tasks.join_next().await {
-        let st = r.map_err(|e| e.to_string())?;
-        all.lat_us.extend(st.lat_us);
-        all.ok += st.ok;
-        all.non2xx += st.non2xx;
-        all.errors += st.errors;
-        all.sent += st.sent;
-        for (k, v) in st.error_kinds {
-            *all.error_kinds.entry(k).or_default() += v;
-        }
+        all.merge(r.map_err(|e| e.to_string())?);
     }
     for (e, n) in &all.error_kinds {
         eprintln!("loadgen rate: {n} x {e}");
     }
     all.lat_us.sort_unstable();
-    let pct = |q: f64| -> u32 {
-        if all.lat_us.is_empty() {
-            return 0;
-        }
-        let idx = ((q / 100.0) * all.lat_us.len() as f64).ceil() as usize;
-        all.lat_us[idx.clamp(1, all.lat_us.len()) - 1]
-    };
+    let pct = |q: f64| all.pct(q);
     println!(
         "{{\"sent\":{},\"ok\":{},\"non2xx\":{},\"errors\":{},\"rate\":{:.1},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
         all.sent,
@@ -509,17 +522,6 @@ async fn read_response<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Re
 // ---------------------------------------------------------------------------------
 // handshakes: a new TLS connection per request
 
-#[derive(Default)]
-struct HandshakeStats {
-    lat_us: Vec<u32>,
-    /// 2xx connections of the whole run, warm-up included (the CPU is read over all of it).
-    ok_all: u64,
-    ok: u64,
-    non2xx: u64,
-    errors: u64,
-    error_kinds: HashMap<String, u64>,
-}
-
 async fn handshakes(o: &Opts) -> Result<(), String> {
     let target = addr(o, "addr")?;
     req(o, "tls")?;
@@ -547,7 +549,7 @@ async fn handshakes(o: &Opts) -> Result<(), String> {
     for _ in 0..conns {
         let (connector, request) = (connector.clone(), request.clone());
         tasks.spawn(async move {
-            let mut st = HandshakeStats::default();
+            let mut st = RateStats::default();
             let mut buf: Vec<u8> = Vec::with_capacity(4096);
             loop {
                 let begin = tokio::time::Instant::now();
@@ -598,29 +600,15 @@ async fn handshakes(o: &Opts) -> Result<(), String> {
             st
         });
     }
-    let mut all = HandshakeStats::default();
+    let mut all = RateStats::default();
     while let Some(r) = tasks.join_next().await {
-        let st = r.map_err(|e| e.to_string())?;
-        all.lat_us.extend(st.lat_us);
-        all.ok += st.ok;
-        all.ok_all += st.ok_all;
-        all.non2xx += st.non2xx;
-        all.errors += st.errors;
-        for (k, v) in st.error_kinds {
-            *all.error_kinds.entry(k).or_default() += v;
-        }
+        all.merge(r.map_err(|e| e.to_string())?);
     }
     for (e, n) in &all.error_kinds {
         eprintln!("loadgen handshakes: {n} x {e}");
     }
     all.lat_us.sort_unstable();
-    let pct = |q: f64| -> u32 {
-        if all.lat_us.is_empty() {
-            return 0;
-        }
-        let idx = ((q / 100.0) * all.lat_us.len() as f64).ceil() as usize;
-        all.lat_us[idx.clamp(1, all.lat_us.len()) - 1]
-    };
+    let pct = |q: f64| all.pct(q);
     println!(
         "{{\"ok_all\":{},\"ok\":{},\"non2xx\":{},\"errors\":{},\"rate\":{:.1},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"version\":\"{}\",\"cipher\":\"{}\",\"group\":\"{}\",\"alpn\":\"{}\"}}",
         all.ok_all,
