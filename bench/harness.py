@@ -625,7 +625,7 @@ error_log {d}/error-{tag}.log warn;
 events {{ worker_connections {CONN_CAP}; }}
 """
         if l4:
-            conf = f"load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n" + head + f"""stream {{
+            conf = "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n" + head + f"""stream {{
     upstream u0 {{ server {l4}; }}
     server {{
         listen 127.0.0.1:{self.port} backlog=4096;
@@ -717,7 +717,7 @@ backend b0
     server s1 {l4}
 """
         else:
-            fe = [f"frontend fe", f"    bind 127.0.0.1:{self.port}", "    option forwardfor",
+            fe = ["frontend fe", f"    bind 127.0.0.1:{self.port}", "    option forwardfor",
                   "    http-request set-header X-Forwarded-Proto http",
                   "    http-request set-header X-Forwarded-Host %[req.hdr(host)]"]
             bes = []
