@@ -474,7 +474,9 @@ def wait_ready(child, port=None, path="/", unix=None, deadline_s=15.0):
 # the SSE server and the upload sink (loadgen)
 
 class Backends:
-    def __init__(self):
+    def __init__(self, big=True):
+        """`big`: write the 1 GiB file of (g) if it is missing (bench/tls.py needs none)."""
+        self.big = big
         self.port = free_port()
         self.sock = os.path.join(WORK, "backend.sock")
         self.sse_port = free_port()
@@ -489,7 +491,7 @@ class Backends:
         with open(os.path.join(www, "16k.bin"), "wb") as f:
             f.write(b"x" * 16384)
         big = os.path.join(www, "big.bin")
-        if not (os.path.exists(big) and os.path.getsize(big) == BIG_BYTES):
+        if self.big and not (os.path.exists(big) and os.path.getsize(big) == BIG_BYTES):
             log(f"creating {big} ({BIG_BYTES} bytes)")
             chunk = b"\0" * (1 << 20)
             with open(big, "wb") as f:
@@ -623,7 +625,7 @@ error_log {d}/error-{tag}.log warn;
 events {{ worker_connections {CONN_CAP}; }}
 """
         if l4:
-            conf = f"load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n" + head + f"""stream {{
+            conf = "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n" + head + f"""stream {{
     upstream u0 {{ server {l4}; }}
     server {{
         listen 127.0.0.1:{self.port} backlog=4096;
@@ -715,7 +717,7 @@ backend b0
     server s1 {l4}
 """
         else:
-            fe = [f"frontend fe", f"    bind 127.0.0.1:{self.port}", "    option forwardfor",
+            fe = ["frontend fe", f"    bind 127.0.0.1:{self.port}", "    option forwardfor",
                   "    http-request set-header X-Forwarded-Proto http",
                   "    http-request set-header X-Forwarded-Host %[req.hdr(host)]"]
             bes = []
@@ -779,9 +781,9 @@ def parse_ms(s):
     return float(m.group(1)) * UNIT[m.group(2)] if m else float("nan")
 
 
-def run_wrk(port, path, duration, conns=CONNS):
+def run_wrk(port, path, duration, conns=CONNS, scheme="http"):
     argv = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "10s",
-            "--latency", f"http://127.0.0.1:{port}{path}"]
+            "--latency", f"{scheme}://127.0.0.1:{port}{path}"]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     out = r.stdout + r.stderr
     res = {"raw": out}
@@ -808,19 +810,26 @@ def percentile(sorted_vals, q):
     return sorted_vals[k]
 
 
-def run_h2load(port, path, rate, conns, duration, log_file):
-    per_client = max(1, round(rate / conns))
-    if os.path.exists(log_file):
-        os.unlink(log_file)
-    argv = ["taskset", "-c", CLIENT_CPU, "h2load", "--h1", "-t1", f"-c{conns}", f"--rps={per_client}",
-            f"-D{duration}", f"--log-file={log_file}", f"http://127.0.0.1:{port}{path}"]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+def h2load_run(argv, timeout):
+    """Runs h2load; returns its output and the matches of its "requests:" and "status
+    codes:" lines (RuntimeError if it failed or printed neither)."""
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     out = r.stdout + r.stderr
     m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
                   r"(\d+) errored, (\d+) timeout", out)
     s = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
     if r.returncode != 0 or not m or not s:
         raise RuntimeError(f"h2load failed (exit {r.returncode}):\n{out}")
+    return out, m, s
+
+
+def run_h2load(port, path, rate, conns, duration, log_file):
+    per_client = max(1, round(rate / conns))
+    if os.path.exists(log_file):
+        os.unlink(log_file)
+    argv = ["taskset", "-c", CLIENT_CPU, "h2load", "--h1", "-t1", f"-c{conns}", f"--rps={per_client}",
+            f"-D{duration}", f"--log-file={log_file}", f"http://127.0.0.1:{port}{path}"]
+    out, m, s = h2load_run(argv, duration + 60)
     lat = []
     with open(log_file) as f:
         for line in f:
@@ -837,11 +846,17 @@ def run_h2load(port, path, rate, conns, duration, log_file):
             "max": lat[-1] if lat else float("nan"), "target_rate": per_client * conns}
 
 
-def hold(port, path, n, mode, tag, deadline_s=180):
-    """Opens n connections (one request each) and keeps them; returns (child, READY dict)."""
+def tls_args(tls):
+    """loadgen's arguments for a TLS connection with SNI name `tls` (None: plain TCP)."""
+    return ["--tls", tls] if tls else []
+
+
+def hold(port, path, n, mode, tag, deadline_s=180, tls=None):
+    """Opens n connections (one request each) and keeps them; returns (child, READY dict).
+    `tls`: the SNI name to connect with over TLS (bench/tls.py); None: plain TCP."""
     c = Child(f"loadgen hold [{tag}]", ["taskset", "-c", CLIENT_CPU, LOADGEN, "hold", "--addr",
                                         f"127.0.0.1:{port}", "--path", path, "--n", str(n), "--mode", mode,
-                                        "--timeout", str(deadline_s - 10)],
+                                        "--timeout", str(deadline_s - 10)] + tls_args(tls),
               os.path.join(LOGS, f"hold-{tag}.log"), stdin_pipe=True, stdout_pipe=True)
     deadline = time.monotonic() + deadline_s
     while True:
@@ -872,10 +887,10 @@ def loadgen_json(args, timeout):
 # ----------------------------------------------------------------------------------
 # scenarios: each returns a dict of figures (and "errors": count, "error_detail": text)
 
-def sc_wrk(px, child, path):
-    run_wrk(px.port, path, WARMUP)
+def sc_wrk(px, child, path, scheme="http"):
+    run_wrk(px.port, path, WARMUP, scheme=scheme)
     with Meter(child) as m:
-        w = run_wrk(px.port, path, DURATION)
+        w = run_wrk(px.port, path, DURATION, scheme=scheme)
     pids = tree_pids(child.pid)
     errors = w["non2xx"] + w["sockerr"]
     return m.annotate({
@@ -890,9 +905,10 @@ def sc_wrk(px, child, path):
     })
 
 
-def run_loadgen_rate(port, path, rate, conns, duration, warmup):
+def run_loadgen_rate(port, path, rate, conns, duration, warmup, tls=None):
     r = loadgen_json(["rate", "--addr", f"127.0.0.1:{port}", "--path", path, "--rate", str(rate),
-                      "--conns", str(conns), "--duration", str(duration), "--warmup", str(warmup)],
+                      "--conns", str(conns), "--duration", str(duration), "--warmup", str(warmup)]
+                     + tls_args(tls),
                      timeout=duration + warmup + 90)
     return {"requests": r["sent"], "ok": r["ok"], "rate": r["rate"], "non2xx": r["non2xx"],
             "sockerr": r["errors"], "sockerr_text": f"errors {r['errors']} (see the loadgen output)",
@@ -900,8 +916,10 @@ def run_loadgen_rate(port, path, rate, conns, duration, warmup):
             "max": r["max_us"] / 1000.0}
 
 
-def sc_rate(px, child, path, rate=None, conns=None, tool=None):
+def sc_rate(px, child, path, rate=None, conns=None, tool=None, tls=None):
     rate, conns, tool = rate or RATE, conns or RATE_CONNS, tool or RATE_TOOL
+    if tls and tool != "loadgen":
+        raise ValueError("over TLS the fixed rate runs with loadgen only")
     if tool == "h2load":
         logf = os.path.join(WORK, f"h2load-{px.name}.log")
         run_h2load(px.port, path, rate, conns, max(1, WARMUP), logf)
@@ -912,7 +930,7 @@ def sc_rate(px, child, path, rate=None, conns=None, tool=None):
         # The warm-up is part of the same open-loop run (not measured); CPU is sampled
         # over the whole run and divided by every request sent in it.
         with Meter(child) as m:
-            h = run_loadgen_rate(px.port, path, rate, conns, DURATION, WARMUP)
+            h = run_loadgen_rate(px.port, path, rate, conns, DURATION, WARMUP, tls)
         cpu_s = m.cpu_s * DURATION / max(1e-9, DURATION + WARMUP)
     pids = tree_pids(child.pid)
     errors = h["non2xx"] + h["sockerr"]
@@ -927,16 +945,16 @@ def sc_rate(px, child, path, rate=None, conns=None, tool=None):
     })
 
 
-def sc_hold(px, child, path, n, mode, tag):
+def sc_hold(px, child, path, n, mode, tag, tls=None):
     # Warm-up: a few connections and requests, closed again, so that upstream pools and
     # lazy start-up allocations are in the baseline.
-    w, wr = hold(px.port, path, 64, mode, tag + "-warmup", deadline_s=60)
+    w, wr = hold(px.port, path, 64, mode, tag + "-warmup", deadline_s=60, tls=tls)
     w.stop()
     time.sleep(1.0)
     pids = tree_pids(child.pid)
     before = status_kib(pids, "VmRSS")
     t0 = time.monotonic()
-    c, ready = hold(px.port, path, n, mode, tag)
+    c, ready = hold(px.port, path, n, mode, tag, tls=tls)
     open_s = time.monotonic() - t0
     try:
         time.sleep(2.0)   # let the proxy settle (deferred frees, pool trims)
@@ -1082,6 +1100,9 @@ FIGURES = {
             ("down_cpu0_pct", "download: CPU 0 busy (client + backend) %", "{:.0f}", None)],
 }
 RANGE_KEYS = {"cpu_us", "p99", "up_mibs", "down_mibs", "per_conn_b"}
+# Kinds measured under a Meter (other load can disturb them): their tables say how many
+# runs the medians use.
+METERED_KINDS = {"wrk", "rate", "big"}
 KIND = {"a": "wrk", "b": "wrk", "c": "wrk", "h": "wrk", "d": "rate", "e": "hold", "f": "hold", "g": "big",
         "i": "hold", "j": "rate"}
 
@@ -1149,7 +1170,7 @@ def scenario_table(sc, results, proxies, na):
         err_row.append(("**⚠ %d**" % n) if n else ("0" if runs else "no run"))
     err_row += [""] * (len(cols) - len(proxies))
     lines.append("| " + " | ".join(err_row) + " |")
-    if KIND[sc] in ("wrk", "rate", "big"):
+    if KIND[sc] in METERED_KINDS:
         dist = ["runs used for the medians (undisturbed / all)"]
         for p in proxies:
             if p in na:
@@ -1269,6 +1290,23 @@ def report(results, proxies, scenarios, started, elapsed, tcp_state, fatal, info
             f"{RATE} req/s over {RATE_CONNS} connections; {IDLE_CONNS} idle connections; {SSE_STREAMS} SSE "
             f"streams; {BIG_BYTES} bytes each way.",
             f"- Whole run: {elapsed / 60:.1f} min.", ""]
+    out += errors_section(results, fatal) + other_load_section(results)
+    out += ["## Targets (issue 3)", ""] + targets(results, proxies) + [""]
+    out += ["## Results", ""]
+    for sc in scenarios:
+        na = {}
+        if sc == "h" and not tcp_state[0]:
+            na["tidegate"] = "n/a (not built)"
+        out += scenario_table(sc, results, proxies, na)
+        if sc == "h" and not tcp_state[0]:
+            out += [f"tidegate: n/a (not built) — `tidegate check` says: `{tcp_state[1].splitlines()[0] if tcp_state[1] else ''}`", ""]
+    out += per_round_section(results, proxies, scenarios)
+    return "\n".join(out) + "\n"
+
+
+def errors_section(results, fatal):
+    """The report's "Errors" section: every run with errors, with its log's tail."""
+    out = []
     errs = []
     for (sc, p), rs in sorted(results.items()):
         for i, r in enumerate(rs):
@@ -1287,6 +1325,12 @@ def report(results, proxies, scenarios, started, elapsed, tcp_state, fatal, info
             out += ["", "  ```", *["  " + x for x in r["log_tail"].splitlines()], "  ```"]
     if errs:
         out.append("")
+    return out
+
+
+def other_load_section(results):
+    """The report's "Other load" section: how many runs other processes disturbed."""
+    out = []
     disturbed = sum(1 for rs in results.values() for r in rs if r.get("disturbed"))
     total_runs = sum(len(rs) for rs in results.values())
     out += ["## Other load", ""]
@@ -1297,16 +1341,12 @@ def report(results, proxies, scenarios, started, elapsed, tcp_state, fatal, info
     else:
         out += [f"No run was disturbed (other processes used ≤ {FOREIGN_LIMIT}% of a core in every measured "
                 "window).", ""]
-    out += ["## Targets (issue 3)", ""] + targets(results, proxies) + [""]
-    out += ["## Results", ""]
-    for sc in scenarios:
-        na = {}
-        if sc == "h" and not tcp_state[0]:
-            na["tidegate"] = "n/a (not built)"
-        out += scenario_table(sc, results, proxies, na)
-        if sc == "h" and not tcp_state[0]:
-            out += [f"tidegate: n/a (not built) — `tidegate check` says: `{tcp_state[1].splitlines()[0] if tcp_state[1] else ''}`", ""]
-    out += ["## Per-round figures", ""]
+    return out
+
+
+def per_round_section(results, proxies, scenarios):
+    """The report's "Per-round figures": every run's figures, its errors, other load, note."""
+    out = ["## Per-round figures", ""]
     for sc in scenarios:
         keys = [k for k, _, _, _ in FIGURES[KIND[sc]]]
         rows = []
@@ -1323,7 +1363,7 @@ def report(results, proxies, scenarios, started, elapsed, tcp_state, fatal, info
         if rows:
             out += [f"**{sc}**", "", "| round | proxy | " + " | ".join(keys) + " | errors | other load % | note |",
                     "|---|---|" + "---:|" * len(keys) + "---:|---:|---|"] + rows + [""]
-    return "\n".join(out) + "\n"
+    return out
 
 
 # ----------------------------------------------------------------------------------

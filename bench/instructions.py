@@ -10,7 +10,7 @@ and shutdown. callgrind counts instructions, not time, so the figure repeats for
 binary whatever else the machine is doing: use it to compare two builds (an A/B of a
 change) when the machine is too busy for `bench/run`. Needs valgrind.
 """
-import asyncio, os, re, signal, socket, subprocess, sys, tempfile, time
+import asyncio, os, re, signal, socket, sys, tempfile, time
 
 N1, N2 = 1000, 3000
 CONNS = 8

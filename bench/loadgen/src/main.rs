@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! loadgen hold --addr 127.0.0.1:P --n 10000 [--path /] [--mode full|sse]
-//!              [--concurrency 256] [--timeout 60]
+//!              [--concurrency 256] [--timeout 60] [--tls SNI [--alpn http/1.1]]
 //!     Opens N client connections, sends one GET on each and reads the response (mode
 //!     full: the whole response; mode sse: the head and the first event), then prints
 //!     `READY ok=.. non2xx=.. failed=.. elapsed_ms=..` and holds every connection open,
@@ -17,7 +17,17 @@
 //!     of the response from the send, or from the time the request was due when its
 //!     connection was still busy with the previous one then (so a stall is not hidden:
 //!     no coordinated omission). Prints one JSON line with the counts and the
-//!     percentiles of the measured period (after the warm-up).
+//!     percentiles of the measured period (after the warm-up). Takes --tls too.
+//! loadgen handshakes --addr 127.0.0.1:P --tls SNI --conns 64 --duration 10 [--warmup 2]
+//!              [--path /] [--alpn http/1.1]
+//!     A new TLS connection per request: each of --conns loops connects, makes a full
+//!     handshake (no resumption), sends one GET with `Connection: close`, reads the
+//!     response and waits for the server to close. Prints one JSON line: completed
+//!     connections (2xx) per second of the measured period, errors, what the first
+//!     handshake negotiated, and the percentiles of connect-to-response times.
+//!
+//! --tls SNI: connect with TLS (rustls), sending SNI; the certificate is not checked and
+//! sessions are never resumed (see `tls.rs`). --alpn: comma-separated, default http/1.1.
 //! loadgen sse-server --listen 127.0.0.1:P
 //!     Answers every request with `text/event-stream` (chunked), sends one event and
 //!     holds the stream until the peer closes. `/ready` answers 200 `ok` and closes.
@@ -43,9 +53,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+
+mod tls;
+use tls::{Conn, Connector};
 
 type Opts = HashMap<String, String>;
 
@@ -69,6 +82,7 @@ fn main() {
         match cmd.as_str() {
             "hold" => hold(&opts).await,
             "rate" => rate(&opts).await,
+            "handshakes" => handshakes(&opts).await,
             "sse-server" => sse_server(&opts).await,
             "sink" => sink(&opts).await,
             "upload" => upload(&opts).await,
@@ -83,7 +97,7 @@ fn main() {
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("loadgen: {msg}\nsubcommands: hold, sse-server, sink, upload, download (see the source header)");
+    eprintln!("loadgen: {msg}\nsubcommands: hold, rate, handshakes, sse-server, sink, upload, download (see the source header)");
     std::process::exit(2);
 }
 
@@ -100,6 +114,11 @@ fn num<T: std::str::FromStr>(o: &Opts, k: &str, default: Option<T>) -> Result<T,
 
 fn addr(o: &Opts, k: &str) -> Result<SocketAddr, String> {
     req(o, k)?.parse().map_err(|e| format!("--{k}: {e}"))
+}
+
+/// Plain TCP, or TLS with `--tls SNI` (and `--alpn`).
+fn connector(o: &Opts) -> Result<Connector, String> {
+    Connector::new(o.get("tls").map(String::as_str), o.get("alpn").map(String::as_str).unwrap_or("http/1.1"))
 }
 
 // ---------------------------------------------------------------------------------
@@ -122,6 +141,7 @@ async fn hold(o: &Opts) -> Result<(), String> {
     };
     let concurrency: usize = num(o, "concurrency", Some(256))?;
     let timeout = Duration::from_secs(num(o, "timeout", Some(60))?);
+    let connector = connector(o)?;
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
@@ -132,8 +152,9 @@ async fn hold(o: &Opts) -> Result<(), String> {
     for _ in 0..n {
         let permit = sem.clone().acquire_owned().await.map_err(|e| e.to_string())?;
         let request = request.clone();
+        let connector = connector.clone();
         tasks.spawn(async move {
-            let r = tokio::time::timeout_at(deadline, one_request(target, &request, mode)).await;
+            let r = tokio::time::timeout_at(deadline, one_request(&connector, target, &request, mode)).await;
             drop(permit);
             match r {
                 Ok(r) => r,
@@ -183,7 +204,8 @@ async fn hold(o: &Opts) -> Result<(), String> {
                 let (mut open, mut closed) = (0usize, 0usize);
                 let mut buf = [0u8; 4096];
                 for s in &streams {
-                    match s.try_read(&mut buf) {
+                    // On the socket itself (below TLS): only whether the peer closed it.
+                    match s.tcp().try_read(&mut buf) {
                         Ok(0) => closed += 1,
                         Ok(_) => open += 1, // data (e.g. an SSE heartbeat): still open
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open += 1,
@@ -201,9 +223,13 @@ async fn hold(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
-async fn one_request(target: SocketAddr, request: &str, mode: Mode) -> Result<(TcpStream, u16), String> {
-    let mut s = TcpStream::connect(target).await.map_err(|e| format!("connect: {e}"))?;
-    s.set_nodelay(true).ok();
+async fn one_request(
+    connector: &Connector,
+    target: SocketAddr,
+    request: &str,
+    mode: Mode,
+) -> Result<(Conn, u16), String> {
+    let mut s = connector.connect(target).await?;
     s.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
@@ -276,6 +302,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 // ---------------------------------------------------------------------------------
 // rate: open-loop fixed request rate, latency percentiles
 
+/// One client task's counts (rate and handshakes), then all of them merged.
 #[derive(Default)]
 struct RateStats {
     lat_us: Vec<u32>,
@@ -283,7 +310,33 @@ struct RateStats {
     non2xx: u64,
     errors: u64,
     sent: u64,
+    /// handshakes: 2xx connections of the whole run, warm-up included (the proxy's CPU
+    /// is read over all of it).
+    ok_all: u64,
     error_kinds: HashMap<String, u64>,
+}
+
+impl RateStats {
+    fn merge(&mut self, st: RateStats) {
+        self.lat_us.extend(st.lat_us);
+        self.ok += st.ok;
+        self.non2xx += st.non2xx;
+        self.errors += st.errors;
+        self.sent += st.sent;
+        self.ok_all += st.ok_all;
+        for (k, v) in st.error_kinds {
+            *self.error_kinds.entry(k).or_default() += v;
+        }
+    }
+
+    /// The `q` percentile of the latencies; `lat_us` must be sorted.
+    fn pct(&self, q: f64) -> u32 {
+        if self.lat_us.is_empty() {
+            return 0;
+        }
+        let idx = ((q / 100.0) * self.lat_us.len() as f64).ceil() as usize;
+        self.lat_us[idx.clamp(1, self.lat_us.len()) - 1]
+    }
 }
 
 async fn rate(o: &Opts) -> Result<(), String> {
@@ -296,14 +349,14 @@ async fn rate(o: &Opts) -> Result<(), String> {
     if rate <= 0.0 || conns == 0 || duration <= 0.0 {
         return Err("--rate, --conns and --duration must be positive".into());
     }
+    let connector = connector(o)?;
     let request: Arc<[u8]> =
         format!("GET {path} HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: tidegate-bench\r\nAccept: */*\r\n\r\n")
             .into_bytes()
             .into();
     let mut streams = Vec::with_capacity(conns);
     for _ in 0..conns {
-        let s = TcpStream::connect(target).await.map_err(|e| format!("connect {target}: {e}"))?;
-        s.set_nodelay(true).ok();
+        let s = connector.connect(target).await.map_err(|e| format!("{target}: {e}"))?;
         streams.push(s);
     }
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
@@ -313,6 +366,7 @@ async fn rate(o: &Opts) -> Result<(), String> {
     let mut tasks = tokio::task::JoinSet::new();
     for (k, stream) in streams.into_iter().enumerate() {
         let request = request.clone();
+        let connector = connector.clone();
         tasks.spawn(async move {
             let mut st = RateStats::default();
             let mut conn = Some(stream);
@@ -332,13 +386,13 @@ async fn rate(o: &Opts) -> Result<(), String> {
                 let begin = if prev_done > due { due } else { tokio::time::Instant::now() };
                 let measured = due >= measure_from;
                 let result = tokio::time::timeout_at(hard_end, async {
-                    if conn.is_none() {
-                        let s = TcpStream::connect(target).await.map_err(|e| format!("connect: {e}"))?;
-                        s.set_nodelay(true).ok();
-                        conn = Some(s);
-                        buf.clear();
-                    }
-                    let s = conn.as_mut().unwrap();
+                    let s = match conn.as_mut() {
+                        Some(s) => s,
+                        None => {
+                            buf.clear();
+                            conn.insert(connector.connect(target).await?)
+                        }
+                    };
                     s.write_all(&request).await.map_err(|e| format!("write: {e}"))?;
                     read_response(s, &mut buf).await
                 })
@@ -382,27 +436,13 @@ async fn rate(o: &Opts) -> Result<(), String> {
     }
     let mut all = RateStats::default();
     while let Some(r) = tasks.join_next().await {
-        let st = r.map_err(|e| e.to_string())?;
-        all.lat_us.extend(st.lat_us);
-        all.ok += st.ok;
-        all.non2xx += st.non2xx;
-        all.errors += st.errors;
-        all.sent += st.sent;
-        for (k, v) in st.error_kinds {
-            *all.error_kinds.entry(k).or_default() += v;
-        }
+        all.merge(r.map_err(|e| e.to_string())?);
     }
     for (e, n) in &all.error_kinds {
         eprintln!("loadgen rate: {n} x {e}");
     }
     all.lat_us.sort_unstable();
-    let pct = |q: f64| -> u32 {
-        if all.lat_us.is_empty() {
-            return 0;
-        }
-        let idx = ((q / 100.0) * all.lat_us.len() as f64).ceil() as usize;
-        all.lat_us[idx.clamp(1, all.lat_us.len()) - 1]
-    };
+    let pct = |q: f64| all.pct(q);
     println!(
         "{{\"sent\":{},\"ok\":{},\"non2xx\":{},\"errors\":{},\"rate\":{:.1},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
         all.sent,
@@ -422,7 +462,7 @@ async fn rate(o: &Opts) -> Result<(), String> {
 /// Reads one response on a keep-alive connection. Returns the status and whether the
 /// connection can be reused. Bytes past the response stay in `buf` (there should be none:
 /// one request in flight).
-async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, bool), String> {
+async fn read_response<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Result<(u16, bool), String> {
     let mut chunk = [0u8; 16384];
     loop {
         if let Some(pos) = find(buf, b"\r\n\r\n") {
@@ -477,6 +517,114 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, boo
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+// ---------------------------------------------------------------------------------
+// handshakes: a new TLS connection per request
+
+async fn handshakes(o: &Opts) -> Result<(), String> {
+    let target = addr(o, "addr")?;
+    req(o, "tls")?;
+    let path = o.get("path").cloned().unwrap_or_else(|| "/".into());
+    let conns: usize = num(o, "conns", Some(64))?;
+    let duration: f64 = num(o, "duration", None)?;
+    let warmup: f64 = num(o, "warmup", Some(0.0))?;
+    if conns == 0 || duration <= 0.0 || warmup < 0.0 {
+        return Err("--conns and --duration must be positive".into());
+    }
+    let connector = connector(o)?;
+    let request: Arc<[u8]> = format!(
+        "GET {path} HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: tidegate-bench\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes()
+    .into();
+    // What the handshake negotiates, from one connection before the load.
+    let first = connector.connect(target).await.map_err(|e| format!("{target}: {e}"))?;
+    let negotiated = first.negotiated().ok_or("not a TLS connection")?;
+    drop(first);
+    let start = tokio::time::Instant::now();
+    let measure_from = start + Duration::from_secs_f64(warmup);
+    let end = measure_from + Duration::from_secs_f64(duration);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..conns {
+        let (connector, request) = (connector.clone(), request.clone());
+        tasks.spawn(async move {
+            let mut st = RateStats::default();
+            let mut buf: Vec<u8> = Vec::with_capacity(4096);
+            loop {
+                let begin = tokio::time::Instant::now();
+                if begin >= end {
+                    break;
+                }
+                // Bounded: a connection that hangs counts as an error after 10 s.
+                let r = tokio::time::timeout(Duration::from_secs(10), async {
+                    let mut s = connector.connect(target).await?;
+                    s.write_all(&request).await.map_err(|e| format!("write: {e}"))?;
+                    buf.clear();
+                    let (status, _) = read_response(&mut s, &mut buf).await?;
+                    let done = tokio::time::Instant::now();
+                    // The server closes after `Connection: close`: wait for it, so the
+                    // close is orderly (no reset for unread bytes) and its side keeps
+                    // the TIME_WAIT. Its close_notify may or may not come first.
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut chunk).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    Ok::<_, String>((status, done))
+                })
+                .await
+                .unwrap_or_else(|_| Err("timed out (10 s)".into()));
+                if matches!(r, Ok((status, _)) if (200..300).contains(&status)) {
+                    st.ok_all += 1;
+                }
+                if begin < measure_from {
+                    continue;
+                }
+                match r {
+                    Ok((status, done)) if (200..300).contains(&status) => {
+                        st.ok += 1;
+                        st.lat_us.push(done.saturating_duration_since(begin).as_micros().min(u32::MAX as u128) as u32);
+                    }
+                    Ok((status, _)) => {
+                        st.non2xx += 1;
+                        *st.error_kinds.entry(format!("status {status}")).or_default() += 1;
+                    }
+                    Err(e) => {
+                        st.errors += 1;
+                        *st.error_kinds.entry(e).or_default() += 1;
+                    }
+                }
+            }
+            st
+        });
+    }
+    let mut all = RateStats::default();
+    while let Some(r) = tasks.join_next().await {
+        all.merge(r.map_err(|e| e.to_string())?);
+    }
+    for (e, n) in &all.error_kinds {
+        eprintln!("loadgen handshakes: {n} x {e}");
+    }
+    all.lat_us.sort_unstable();
+    let pct = |q: f64| all.pct(q);
+    println!(
+        "{{\"ok_all\":{},\"ok\":{},\"non2xx\":{},\"errors\":{},\"rate\":{:.1},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"version\":\"{}\",\"cipher\":\"{}\",\"group\":\"{}\",\"alpn\":\"{}\"}}",
+        all.ok_all,
+        all.ok,
+        all.non2xx,
+        all.errors,
+        all.ok as f64 / duration,
+        pct(50.0),
+        pct(99.0),
+        all.lat_us.last().copied().unwrap_or(0),
+        negotiated.version,
+        negotiated.cipher,
+        negotiated.group,
+        negotiated.alpn,
+    );
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------
