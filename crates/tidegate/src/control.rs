@@ -348,6 +348,7 @@ impl Control for Live {
                     registry::ConnProtocol::Sse => ConnProtocol::Sse,
                     registry::ConnProtocol::Websocket => ConnProtocol::Websocket,
                     registry::ConnProtocol::Tcp => ConnProtocol::Tcp,
+                    registry::ConnProtocol::H2 => ConnProtocol::H2,
                 },
                 peer: c.peer,
                 local: c.local,
@@ -371,6 +372,7 @@ impl Control for Live {
                     local: u.local,
                     peer: u.peer,
                 }),
+                parent: c.parent,
             })
             .collect()
     }

@@ -391,6 +391,7 @@ impl Body for ProxyBody {
         if let (Poll::Ready(Some(Ok(frame))), Some(ex)) = (&res, &mut this._exchange) {
             if let Some(data) = frame.data_ref() {
                 ex.body_bytes += data.len() as u64;
+                ex.client.body_sent(data.len());
             }
         }
         res

@@ -60,8 +60,13 @@ pub fn serve_connection(
         };
         drop(tls);
         driver.client.conn().set_state(ConnState::Idle);
+        let h2 = stream.alpn() == Some(b"h2".as_slice());
         let io = driver.io(stream, bytes::Bytes::new());
-        driver.run(io).await;
+        if h2 {
+            Box::pin(super::h2::serve(driver, io)).await;
+        } else {
+            driver.run(io).await;
+        }
     }))
 }
 
@@ -104,17 +109,20 @@ enum Served {
     ),
 }
 
-/// One client connection: what its turns of parking and serving share.
-struct Driver {
+/// One client connection: what its turns of parking and serving share (and what an
+/// HTTP/2 connection's driver, `super::h2`, starts from).
+pub(super) struct Driver {
     /// The listener's settings for this turn (loaded from `slot` at each turn).
-    ctx: Arc<HttpListener>,
+    pub(super) ctx: Arc<HttpListener>,
     /// The listener's current settings, replaced by a reload: a kept connection's next
     /// request runs under the new config.
-    slot: Arc<ArcSwap<HttpListener>>,
-    client: Arc<ClientConn>,
-    shutdown: Shutdown,
-    close: tokio_util::sync::CancellationToken,
-    peer: PeerAddr,
+    pub(super) slot: Arc<ArcSwap<HttpListener>>,
+    pub(super) client: Arc<ClientConn>,
+    pub(super) shutdown: Shutdown,
+    pub(super) close: tokio_util::sync::CancellationToken,
+    pub(super) peer: PeerAddr,
+    /// Our end of the socket (an HTTP/2 stream's entry shows it too).
+    pub(super) local: SockAddr,
 }
 
 impl Driver {
@@ -138,7 +146,7 @@ impl Driver {
                 PeerAddr::Tcp(a) => SockAddr::Tcp(a),
                 PeerAddr::Unix => SockAddr::Unix(None),
             },
-            local,
+            local: local.clone(),
             protocol: ConnProtocol::Http1,
             state,
             close: close.clone(),
@@ -153,6 +161,7 @@ impl Driver {
             shutdown,
             close,
             peer,
+            local,
         }
     }
 
@@ -187,6 +196,21 @@ impl Driver {
                             continue;
                         }
                     },
+                }
+            }
+            // The first bytes of a plain connection: the HTTP/2 preface (h2c with prior
+            // knowledge) hands it to the HTTP/2 driver; anything else is HTTP/1.
+            if fresh && !io.get_ref().get_ref().is_tls() {
+                let until = Instant::now() + self.ctx.header_timeout;
+                match super::h2::sniff(&mut io, until, &self.close).await {
+                    super::h2::Sniffed::H2 => {
+                        return Box::pin(super::h2::serve(self, io)).await;
+                    }
+                    super::h2::Sniffed::Http1 => {}
+                    super::h2::Sniffed::Closed => {
+                        self.closed();
+                        return;
+                    }
                 }
             }
             // A reload since the last turn: this turn's requests use the new routes,
@@ -485,7 +509,7 @@ impl Driver {
         None
     }
 
-    fn closed(&self) {
+    pub(super) fn closed(&self) {
         if self.shutdown.hard.is_cancelled() {
             tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing client connection: shutdown grace ended");
         } else {

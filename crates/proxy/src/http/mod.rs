@@ -27,6 +27,7 @@ pub mod client_conn;
 mod driver;
 pub mod failure;
 pub(crate) mod forward;
+mod h2;
 pub mod headers;
 mod listener;
 pub mod rewind;
