@@ -180,6 +180,7 @@ impl ExchangeDone {
         peer: PeerAddr,
         method: &http::Method,
         uri: &http::Uri,
+        version: http::Version,
     ) -> Self {
         // The path is copied (and capped), never a view of hyper's read buffer: a
         // queued record must not keep the whole request head alive.
@@ -189,6 +190,7 @@ impl ExchangeDone {
                 listener: ctx.metrics.name.clone(),
                 client: peer,
                 method: method.clone(),
+                protocol: version,
                 path: crate::access_log::logged_path(uri),
                 status: None,
                 bytes_out: 0,

@@ -63,7 +63,7 @@ pub fn serve_connection(
         let h2 = stream.alpn() == Some(b"h2".as_slice());
         let io = driver.io(stream, bytes::Bytes::new());
         if h2 {
-            Box::pin(super::h2::serve(driver, io)).await;
+            Box::pin(super::h2::serve(driver.into_h2(), io)).await;
         } else {
             driver.run(io).await;
         }
@@ -109,20 +109,19 @@ enum Served {
     ),
 }
 
-/// One client connection: what its turns of parking and serving share (and what an
-/// HTTP/2 connection's driver, `super::h2`, starts from).
-pub(super) struct Driver {
+/// One client connection: what its turns of parking and serving share.
+struct Driver {
     /// The listener's settings for this turn (loaded from `slot` at each turn).
-    pub(super) ctx: Arc<HttpListener>,
+    ctx: Arc<HttpListener>,
     /// The listener's current settings, replaced by a reload: a kept connection's next
     /// request runs under the new config.
-    pub(super) slot: Arc<ArcSwap<HttpListener>>,
-    pub(super) client: Arc<ClientConn>,
-    pub(super) shutdown: Shutdown,
-    pub(super) close: tokio_util::sync::CancellationToken,
-    pub(super) peer: PeerAddr,
+    slot: Arc<ArcSwap<HttpListener>>,
+    client: Arc<ClientConn>,
+    shutdown: Shutdown,
+    close: tokio_util::sync::CancellationToken,
+    peer: PeerAddr,
     /// Our end of the socket (an HTTP/2 stream's entry shows it too).
-    pub(super) local: SockAddr,
+    local: SockAddr,
 }
 
 impl Driver {
@@ -204,7 +203,7 @@ impl Driver {
                 let until = Instant::now() + self.ctx.header_timeout;
                 match super::h2::sniff(&mut io, until, &self.close).await {
                     super::h2::Sniffed::H2 => {
-                        return Box::pin(super::h2::serve(self, io)).await;
+                        return Box::pin(super::h2::serve(self.into_h2(), io)).await;
                     }
                     super::h2::Sniffed::Http1 => {}
                     super::h2::Sniffed::Closed => {
@@ -509,7 +508,19 @@ impl Driver {
         None
     }
 
-    pub(super) fn closed(&self) {
+    /// The connection turned out to be HTTP/2: what its driver (`super::h2`) takes.
+    fn into_h2(self) -> super::h2::H2Conn {
+        super::h2::H2Conn {
+            slot: self.slot,
+            client: self.client,
+            shutdown: self.shutdown,
+            close: self.close,
+            peer: self.peer,
+            local: self.local,
+        }
+    }
+
+    fn closed(&self) {
         if self.shutdown.hard.is_cancelled() {
             tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing client connection: shutdown grace ended");
         } else {

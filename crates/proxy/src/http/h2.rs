@@ -39,10 +39,10 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::body::{BoxError, ProxyBody};
 use super::client_conn::{ClientConn, ClientIo, Phase, Verdict};
-use super::driver::{Driver, FIRST_BYTES_AT_DRAIN};
 use super::headers;
 use super::listener::HttpListener;
 use super::service::ConnService;
+use crate::drain::Shutdown;
 use crate::endpoint::PeerAddr;
 use crate::registry::{ConnProtocol, ConnState, NewConn, SockAddr};
 use crate::side::Side;
@@ -90,6 +90,36 @@ pub(super) async fn sniff(io: &mut ClientIo, until: Instant, close: &Cancellatio
     sniffed
 }
 
+/// An HTTP/2 client connection as `super::driver` hands it over: already registered,
+/// its socket to be served by [`serve`].
+pub(super) struct H2Conn {
+    /// The listener's current settings (a reload replaces them).
+    pub(super) slot: Arc<arc_swap::ArcSwap<HttpListener>>,
+    /// The connection's state and registry entry.
+    pub(super) client: Arc<ClientConn>,
+    pub(super) shutdown: Shutdown,
+    /// The connection's token (a child of the drain's `hard`): closes it now.
+    pub(super) close: CancellationToken,
+    pub(super) peer: PeerAddr,
+    /// Our end of the socket.
+    pub(super) local: SockAddr,
+}
+
+impl H2Conn {
+    fn closed(&self, listener: &str) {
+        if self.shutdown.hard.is_cancelled() {
+            tracing::debug!(listener, peer = %self.peer, "closing HTTP/2 client connection: shutdown grace ended");
+        } else {
+            tracing::info!(listener, peer = %self.peer, "closing HTTP/2 client connection: closed by the operator");
+        }
+    }
+}
+
+/// How long a connection sent `GOAWAY` for its `idle_timeout` may take to close: a
+/// stream the client opened before it saw the `GOAWAY` is still served; a client that
+/// keeps the connection open after it is not waited for longer.
+const GOAWAY_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What the connection's task and its streams' tasks share.
 struct Shared {
     /// The connection's state (its bytes, its entry, `idle` or `streaming`).
@@ -128,7 +158,7 @@ impl Drop for StreamGuard {
 
 /// Serves an HTTP/2 connection until it ends (see the module's docs). `io` starts
 /// with the preface (put back by [`sniff`], or the first bytes after a TLS handshake).
-pub(super) async fn serve(d: Driver, io: ClientIo) {
+pub(super) async fn serve(d: H2Conn, io: ClientIo) {
     let ctx = d.slot.load_full();
     d.client.conn().set_generation(ctx.generation);
     d.client.enter_h2();
@@ -179,7 +209,7 @@ pub(super) async fn serve(d: Driver, io: ClientIo) {
                 shutting = Some(None);
             }
             _ = d.close.cancelled() => {
-                d.closed();
+                d.closed(&ctx.name);
                 return;
             }
             _ = shared.changed.notified() => {}
@@ -191,10 +221,7 @@ pub(super) async fn serve(d: Driver, io: ClientIo) {
                 if shared.open.load(Ordering::Relaxed) == 0 {
                     tracing::debug!(listener = %ctx.name, peer = %d.peer, "closing HTTP/2 client connection: idle_timeout (no stream open); GOAWAY");
                     conn.as_mut().graceful_shutdown();
-                    // A stream the client opened before it saw the GOAWAY is still
-                    // served; a client that keeps the connection open after it is not
-                    // waited for long.
-                    shutting = Some(Some(Instant::now() + FIRST_BYTES_AT_DRAIN));
+                    shutting = Some(Some(Instant::now() + GOAWAY_LINGER));
                 }
             }
         }
@@ -267,7 +294,7 @@ impl hyper::service::Service<Request<Incoming>> for StreamService {
                 inner: head,
                 stream: &stream,
                 closed: Box::pin(close.clone().cancelled_owned()),
-                timer,
+                timer: Some(timer),
             };
             let (resp, timer) = std::future::poll_fn(|cx| head.poll_watched(cx)).await?;
             let (mut parts, body) = resp.into_parts();
@@ -338,7 +365,8 @@ struct Watched<'a> {
     inner: Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>,
     stream: &'a ClientConn,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
-    timer: StreamTimer,
+    /// Handed to the response body with the response; `None` only after that.
+    timer: Option<StreamTimer>,
 }
 
 impl Watched<'_> {
@@ -353,18 +381,16 @@ impl Watched<'_> {
             );
             return Poll::Ready(Err(reset_error("stream closed")));
         }
+        let Some(timer) = self.timer.as_mut() else {
+            return Poll::Ready(Err(reset_error("polled after its response")));
+        };
         if let Poll::Ready(Ok(resp)) = self.inner.as_mut().poll(cx) {
-            let timer = std::mem::replace(
-                &mut self.timer,
-                StreamTimer {
-                    idle: std::time::Duration::ZERO,
-                    header: std::time::Duration::ZERO,
-                    sleep: Box::pin(tokio::time::sleep(std::time::Duration::ZERO)),
-                },
-            );
+            let Some(timer) = self.timer.take() else {
+                return Poll::Ready(Err(reset_error("polled after its response")));
+            };
             return Poll::Ready(Ok((resp, timer)));
         }
-        if self.timer.poll_expired(cx, self.stream).is_ready() {
+        if timer.poll_expired(cx, self.stream).is_ready() {
             tracing::debug!(id = self.stream.conn().id(), "resetting HTTP/2 stream: idle_timeout of the upstream exchange: no byte either way");
             return Poll::Ready(Err(reset_error("exchange idle_timeout")));
         }

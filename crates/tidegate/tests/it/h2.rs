@@ -134,11 +134,11 @@ fn check_forwarded(
 async fn h2c_prior_knowledge_over_tcp_and_unix_reaches_the_upstream_as_http11() -> anyhow::Result<()>
 {
     let app = Backend::start(Bind::Tcp4, |_| Reply::echo())?;
-    let tg = Tidegate::start(
-        bin(),
-        &config(r#""127.0.0.1:0", "unix:web.sock""#, "", &app),
-    )
-    .await?;
+    let toml = config(r#""127.0.0.1:0", "unix:web.sock""#, "", &app).replace(
+        "[listeners.web]",
+        "[server]\naccess_log = { to = \"access.log\", format = \"json\" }\n\n[listeners.web]",
+    );
+    let tg = Tidegate::start(bin(), &toml).await?;
     let addrs = tg.addrs("web");
     let tcp = addrs
         .iter()
@@ -167,6 +167,65 @@ async fn h2c_prior_knowledge_over_tcp_and_unix_reaches_the_upstream_as_http11() 
     .await?;
     status_line(&out, "< HTTP/2 200")?;
     check_forwarded(&app, "h2.test", "http", None)?;
+
+    // One access-log line per stream, with its protocol; counted per request.
+    let log = tg.dir().join("access.log");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let got = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = got
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if lines.len() >= 2 {
+            break lines;
+        }
+        ensure!(Instant::now() < deadline, "access log: {got:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for l in &lines {
+        ensure!(l["protocol"] == "HTTP/2.0" && l["path"] == "/up?q=1", "{l}");
+        ensure!(l["status"] == 200 && l["upstream"] == "app", "{l}");
+    }
+    let metrics = crate::admin::tidegate(&["ctl", "metrics"], tg.dir()).await?;
+    let metrics = text(&metrics.stdout);
+    ensure!(
+        metrics.contains(r#"tidegate_requests_total{listener="web",upstream="app",class="2xx"} 2"#),
+        "{metrics}"
+    );
+
+    // A request body (no Content-Length on HTTP/2 from curl -T -) goes up whole.
+    let mut child = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "--max-time",
+            "10",
+            "-T",
+            "-",
+        ])
+        .arg(format!("http://127.0.0.1:{p}/up?q=1"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("run curl")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&[b'z'; 100_000]).await?;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .context("curl did not finish")??;
+    ensure!(out.status.success(), "{}", text(&out.stderr));
+    let req = app.requests().last().cloned().context("no request")?;
+    ensure!(
+        req.method == "PUT" && req.body_len == 100_000 && req.body_complete,
+        "{} {} {}",
+        req.request_line(),
+        req.body_len,
+        req.body_complete
+    );
 
     // The same listener still speaks HTTP/1.1 to everyone else.
     let out = curl(&[&format!("http://127.0.0.1:{p}/x")]).await?;
@@ -229,6 +288,69 @@ async fn alpn_h2_over_tls_with_sni_and_alpn_narrowed_to_http11() -> anyhow::Resu
     let url = format!("https://h2.test:{p}/x");
     let out = curl(&["--http2", "--cacert", ca, "--resolve", &resolve, &url]).await?;
     status_line(&out, "< HTTP/1.1 200 OK")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_timers_hold_per_stream_a_504_and_a_reset_stream() -> anyhow::Result<()> {
+    let slow = Backend::start(Bind::Tcp4, |_| {
+        Reply::delay(Duration::from_secs(3), Reply::text(200, "late"))
+    })?;
+    let stalled = Backend::start(Bind::Tcp4, |_| {
+        Reply::chunks(vec![
+            (Duration::ZERO, b"first".to_vec()),
+            (Duration::from_secs(4), b"never".to_vec()),
+        ])
+    })?;
+    let toml = format!(
+        r#"
+[listeners.web]
+listen = ["127.0.0.1:0"]
+[[listeners.web.routes]]
+path = "/slow"
+upstream = "slow"
+[[listeners.web.routes]]
+upstream = "stalled"
+[upstreams.slow]
+servers = ["{}"]
+response_timeout = "500ms"
+[upstreams.stalled]
+servers = ["{}"]
+idle_timeout = "500ms"
+"#,
+        slow.addr().to_config(),
+        stalled.addr().to_config()
+    );
+    let tg = Tidegate::start(bin(), &toml).await?;
+    let p = port(&tg.addr("web")?)?;
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        &format!("http://127.0.0.1:{p}/slow"),
+    ])
+    .await?;
+    status_line(&out, "< HTTP/2 504")?;
+
+    // The response started, then the upstream went silent: the stream is reset at the
+    // upstream's idle_timeout (curl: the stream was not closed cleanly).
+    let started = Instant::now();
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        &format!("http://127.0.0.1:{p}/stalled"),
+    ])
+    .await?;
+    status_line(&out, "< HTTP/2 200")?;
+    ensure!(!out.status.success(), "{}", text(&out.stderr));
+    ensure!(text(&out.stdout) == "first", "{}", text(&out.stdout));
+    ensure!(
+        text(&out.stderr).contains("INTERNAL_ERROR"),
+        "{}",
+        text(&out.stderr)
+    );
+    ensure!(
+        started.elapsed() < Duration::from_millis(2500),
+        "reset after {:?}",
+        started.elapsed()
+    );
     Ok(())
 }
 
