@@ -2,12 +2,14 @@
 //! and a Unix socket (a preface in pieces, a partial one held to `header_timeout`),
 //! `h2` by ALPN over TLS (with SNI), the upstream getting HTTP/1.1 with Host and
 //! `X-Forwarded-*`, a request body, the access log and metrics per stream, CONNECT
-//! refused, upstream timers per stream; many streams on one connection (h2load, over h2c and
-//! TLS); an event stream with heartbeats; one stream closed through the admin API while
-//! another goes on; the drain (GOAWAY, the stream in flight completes); `idle_timeout`;
-//! and floods (rapid reset, CONTINUATION, MadeYouReset-style resets, too many streams)
-//! from `h2flood.py` (frames written with the Python `h2` package's hyperframe and
-//! hpack), each with a probe served meanwhile and tidegate's memory bounded.
+//! refused, upstream timers per stream, a reload applied to the next stream; many
+//! streams on one connection (h2load, over h2c and TLS); an event stream with
+//! heartbeats; one stream closed through the admin API while another goes on, and the
+//! whole connection closed by id; the drain (GOAWAY, the stream in flight completes);
+//! `idle_timeout`; and floods (rapid reset, CONTINUATION, MadeYouReset-style resets,
+//! too many streams) from `h2flood.py` (frames written with the Python `h2` package's
+//! hyperframe and hpack), each with a probe served meanwhile and tidegate's memory
+//! bounded.
 //!
 //! Prerequisites (a missing one fails the test): curl with HTTP/2, h2load
 //! (nghttp2-client), python3 with the `h2` package.
@@ -497,6 +499,8 @@ async fn an_event_stream_over_h2_gets_its_events_and_heartbeats() -> anyhow::Res
     ensure!(body.starts_with("data: one\n\ndata: two\n\n"), "{body:?}");
     let beats = body.matches(":\n\n").count();
     ensure!(beats >= 3, "{beats} heartbeats in 1.5 s at 200ms: {body:?}");
+    // curl closed the connection at its --max-time: the upstream is closed at once.
+    wait_upstream_closed(&app).await?;
     Ok(())
 }
 
@@ -641,6 +645,79 @@ async fn a_stream_closed_through_the_admin_api_is_reset_and_its_neighbour_goes_o
         "stream 3 got nothing after the reset: {v}"
     );
     ensure!(v["goaway"].is_null() && v["closed"] == false, "{v}");
+    // The stream reset has its upstream connection closed; the other's went with the
+    // script's end.
+    wait_upstream_closed(&app).await?;
+
+    // Closing the connection closes it all.
+    let mut script = Script::start("in-flight", p, 15.0, "/up")?;
+    ensure!(script.line().await? == "sent");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let id = loop {
+        let conns = api(&tg, "GET", "/v1/connections").await?;
+        let streams = conns
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["state"] == "streaming" && c.get("parent").is_some())
+            .count();
+        let conn = conns.as_array().into_iter().flatten().find(|c| {
+            c["protocol"] == "h2" && c.get("parent").is_none() && c["state"] == "streaming"
+        });
+        if let (Some(c), 1) = (conn, streams) {
+            break c["id"].as_u64().context("id")?;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no streaming h2 connection: {conns}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    api(&tg, "DELETE", &format!("/v1/connections/{id}")).await?;
+    let v = script.result().await?;
+    ensure!(v["closed"] == true && v["ended"] == 0, "{v}");
+    wait_upstream_closed(&app).await?;
+    let conns = api(&tg, "GET", "/v1/connections").await?;
+    ensure!(
+        conns
+            .as_array()
+            .is_some_and(|a| a.iter().all(|c| c["side"] != "client")),
+        "{conns}"
+    );
+    Ok(())
+}
+
+/// Within 1 s, `app` has no open connection (tidegate closed its side).
+async fn wait_upstream_closed(app: &Backend) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while app.open_connections() > 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "{} upstream connection(s) still open",
+            app.open_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_to_the_next_stream_of_an_open_connection() -> anyhow::Result<()> {
+    let app = Backend::start(Bind::Tcp4, |_| Reply::text(200, "x"))?;
+    let toml = config(r#""127.0.0.1:0""#, "", &app);
+    let tg = Tidegate::start(bin(), &toml).await?;
+    let p = port(&tg.addr("web")?)?;
+    let mut script = Script::start("sequential", p, 15.0, "/x")?;
+    ensure!(script.line().await? == "first 200");
+    std::fs::write(
+        tg.config_path(),
+        toml.replace("status = 200, body", "status = 203, body"),
+    )?;
+    let out = crate::admin::tidegate(&["ctl", "reload"], tg.dir()).await?;
+    ensure!(out.status.success(), "ctl reload: {}", text(&out.stderr));
+    script.tell().await?;
+    let v = script.result().await?;
+    ensure!(v["second"] == "203" && v["goaway"].is_null(), "{v}");
     Ok(())
 }
 

@@ -22,6 +22,8 @@ Modes:
   in-flight       one GET of PATH; prints "sent", then reads until the stream ends,
                   noting a GOAWAY before the end
   idle            one GET of PATH, then waits for the server's GOAWAY and close
+  sequential      a GET of PATH; prints "first STATUS", waits for a line on stdin, then
+                  a second GET of PATH on the same connection
   connect         a CONNECT request (`:method` and `:authority` only, RFC 9113 §8.5)
 """
 
@@ -245,6 +247,18 @@ def main():
         c.pump(1.0)
         res = c.result(goaway_before_end=goaway_at is not None and end_at is not None and goaway_at < end_at,
                        status=c.heads.get(1), body=c.data.get(1, 0))
+    elif mode == "sequential":
+        c.pump(0.3)
+        deadline = started + seconds
+        c.send(c.headers(1, path))
+        while 1 not in c.ended and time.monotonic() < deadline and not c.closed:
+            c.pump(0.1)
+        print(f"first {c.heads.get(1)}", flush=True)
+        sys.stdin.readline()
+        c.send(c.headers(3, path))
+        while 3 not in c.ended and time.monotonic() < deadline and not c.closed:
+            c.pump(0.1)
+        res = c.result(first=c.heads.get(1), second=c.heads.get(3))
     elif mode == "connect":
         c.pump(0.3)
         block = c.enc.encode([(":method", "CONNECT"), (":authority", "h2.test:443")])
