@@ -156,6 +156,22 @@ impl Stream {
         }
     }
 
+    /// Copies the bytes waiting in the socket's receive queue into `buf` without taking
+    /// them (`MSG_PEEK`), so the owner still reads everything: `Ok(0)` at the peer's
+    /// end, `WouldBlock` when nothing is waiting (the readiness is cleared then).
+    pub fn try_peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        use nix::sys::socket::{recv, MsgFlags};
+        use std::os::fd::{AsFd, AsRawFd};
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        let mut peek = |fd: std::os::fd::BorrowedFd<'_>| {
+            recv(fd.as_raw_fd(), buf, flags).map_err(io::Error::from)
+        };
+        match self {
+            Stream::Tcp(s) => s.try_io(tokio::io::Interest::READABLE, || peek(s.as_fd())),
+            Stream::Unix(s) => s.try_io(tokio::io::Interest::READABLE, || peek(s.as_fd())),
+        }
+    }
+
     /// A second handle on this socket (a `dup` of its descriptor, registered with the
     /// runtime), to notice the peer's end while another owner (hyper) holds the stream
     /// and is not reading. Closing it leaves the socket open.

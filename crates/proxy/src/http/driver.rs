@@ -120,8 +120,6 @@ struct Driver {
     shutdown: Shutdown,
     close: tokio_util::sync::CancellationToken,
     peer: PeerAddr,
-    /// Our end of the socket (an HTTP/2 stream's entry shows it too).
-    local: SockAddr,
 }
 
 impl Driver {
@@ -145,7 +143,7 @@ impl Driver {
                 PeerAddr::Tcp(a) => SockAddr::Tcp(a),
                 PeerAddr::Unix => SockAddr::Unix(None),
             },
-            local: local.clone(),
+            local,
             protocol: ConnProtocol::Http1,
             state,
             close: close.clone(),
@@ -160,7 +158,6 @@ impl Driver {
             shutdown,
             close,
             peer,
-            local,
         }
     }
 
@@ -201,7 +198,13 @@ impl Driver {
             // knowledge) hands it to the HTTP/2 driver; anything else is HTTP/1.
             if fresh && !io.get_ref().get_ref().is_tls() {
                 let until = Instant::now() + self.ctx.header_timeout;
-                match super::h2::sniff(&mut io, until, &self.close).await {
+                let sniffed = match super::h2::peek(&io) {
+                    Some(s) => s,
+                    // Boxed: its state (a timer, a read) is not kept by every parked
+                    // connection's task.
+                    None => Box::pin(super::h2::sniff(&mut io, until, &self.close)).await,
+                };
+                match sniffed {
                     super::h2::Sniffed::H2 => {
                         return Box::pin(super::h2::serve(self.into_h2(), io)).await;
                     }
@@ -511,12 +514,12 @@ impl Driver {
     /// The connection turned out to be HTTP/2: what its driver (`super::h2`) takes.
     fn into_h2(self) -> super::h2::H2Conn {
         super::h2::H2Conn {
+            local: self.client.conn().local().clone(),
             slot: self.slot,
             client: self.client,
             shutdown: self.shutdown,
             close: self.close,
             peer: self.peer,
-            local: self.local,
         }
     }
 

@@ -2,9 +2,9 @@
 //! driver of an HTTP/2 connection.
 //!
 //! A plain connection is HTTP/2 when its first bytes are the connection preface (h2c
-//! with prior knowledge, RFC 9113 §3.3): [`sniff`] reads at most the preface's 24 bytes
-//! and puts back what it read, so an HTTP/1 connection goes on as if nothing had
-//! happened. A TLS connection is HTTP/2 when ALPN chose `h2` (`super::driver`).
+//! with prior knowledge, RFC 9113 §3.3): [`peek`] looks at the socket without reading,
+//! and when that cannot tell, [`sniff`] reads at most the preface's 24 bytes and puts
+//! back what it read, so an HTTP/1 connection goes on as if nothing had happened. A TLS connection is HTTP/2 when ALPN chose `h2` (`super::driver`).
 //!
 //! One task per connection drives hyper's HTTP/2 connection ([`serve`]) and enforces
 //! what is the connection's: `idle_timeout` (no stream open: `GOAWAY`, then closed),
@@ -61,9 +61,30 @@ pub(super) enum Sniffed {
     Closed,
 }
 
+/// Tells an HTTP/2 connection from an HTTP/1 one by a peek at its socket, when that
+/// decides (nearly always: its first bytes are there, and are not the preface's, or are
+/// all of it): nothing is read, and hyper reads the socket as if nobody had looked.
+/// `None`: [`sniff`] must read (a partial preface, nothing there yet, bytes put back
+/// before).
+pub(super) fn peek(io: &ClientIo) -> Option<Sniffed> {
+    if io.has_prefix() {
+        return None;
+    }
+    let mut buf = [0u8; PREFACE.len()];
+    match io.get_ref().get_ref().raw().try_peek(&mut buf) {
+        // The end: HTTP/1 reads it and closes.
+        Ok(0) => Some(Sniffed::Http1),
+        Ok(n) if buf[..n] != PREFACE[..n] => Some(Sniffed::Http1),
+        Ok(n) if n == PREFACE.len() => Some(Sniffed::H2),
+        // A partial preface, nothing yet, or an error (reading reports it).
+        Ok(_) | Err(_) => None,
+    }
+}
+
 /// Reads the connection's first bytes until they are the HTTP/2 preface or cannot be,
-/// then puts them back in front of `io`. A partial preface waits, until `until` at
-/// most (the listener's `header_timeout`); nothing is read past the preface's length.
+/// then puts them back in front of `io` (when [`peek`] could not tell). A partial
+/// preface waits, until `until` at most (the listener's `header_timeout`); nothing is
+/// read past the preface's length.
 pub(super) async fn sniff(io: &mut ClientIo, until: Instant, close: &CancellationToken) -> Sniffed {
     let mut buf = [0u8; PREFACE.len()];
     let mut n = 0;
@@ -115,9 +136,9 @@ impl H2Conn {
     }
 }
 
-/// How long a connection sent `GOAWAY` for its `idle_timeout` may take to close: a
-/// stream the client opened before it saw the `GOAWAY` is still served; a client that
-/// keeps the connection open after it is not waited for longer.
+/// How long a connection sent `GOAWAY` for its `idle_timeout` may take to close with
+/// no stream open: a client that keeps it open after the `GOAWAY` is not waited for
+/// longer. A stream it opened before it saw the `GOAWAY` is served to its end.
 const GOAWAY_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the connection's task and its streams' tasks share.
@@ -157,7 +178,7 @@ impl Drop for StreamGuard {
 }
 
 /// Serves an HTTP/2 connection until it ends (see the module's docs). `io` starts
-/// with the preface (put back by [`sniff`], or the first bytes after a TLS handshake).
+/// with the preface (in the socket, put back by [`sniff`], or after a TLS handshake).
 pub(super) async fn serve(d: H2Conn, io: ClientIo) {
     let ctx = d.slot.load_full();
     d.client.conn().set_generation(ctx.generation);
@@ -215,8 +236,14 @@ pub(super) async fn serve(d: H2Conn, io: ClientIo) {
             _ = shared.changed.notified() => {}
             _ = sleep_until_some(wake) => {
                 if shutting.is_some() {
-                    tracing::debug!(listener = %ctx.name, peer = %d.peer, "closing HTTP/2 client connection: no end after its GOAWAY");
-                    return;
+                    if shared.open.load(Ordering::Relaxed) == 0 {
+                        tracing::debug!(listener = %ctx.name, peer = %d.peer, "closing HTTP/2 client connection: no end after its GOAWAY");
+                        return;
+                    }
+                    // A stream opened before the client saw the GOAWAY: served to its
+                    // end (its own timers bound it); hyper closes the connection then.
+                    shutting = Some(None);
+                    continue;
                 }
                 if shared.open.load(Ordering::Relaxed) == 0 {
                     tracing::debug!(listener = %ctx.name, peer = %d.peer, "closing HTTP/2 client connection: idle_timeout (no stream open); GOAWAY");
