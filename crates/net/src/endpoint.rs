@@ -351,4 +351,23 @@ mod tests {
         let waiting = std::future::poll_fn(|cx| watch.poll_end(cx)).await.unwrap();
         assert_eq!(waiting, Waiting::Bytes);
     }
+    #[tokio::test]
+    async fn a_peek_sees_waiting_bytes_and_takes_none() {
+        use tokio::io::AsyncReadExt as _;
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let a = Stream::Unix(a);
+        let mut buf = [0u8; 8];
+        let nothing = a.try_peek(&mut buf).unwrap_err();
+        assert_eq!(nothing.kind(), io::ErrorKind::WouldBlock);
+        b.write_all(b"GET /").await.unwrap();
+        a.readable().await.unwrap();
+        assert_eq!(a.try_peek(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"GET /");
+        let (mut a, mut got) = (a, [0u8; 5]);
+        a.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET /");
+        drop(b);
+        a.readable().await.unwrap();
+        assert_eq!(a.try_peek(&mut buf).unwrap(), 0, "the end");
+    }
 }
