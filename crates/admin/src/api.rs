@@ -207,6 +207,11 @@ pub struct ConnectionView {
     pub generation: u64,
     /// The upstream side of the current exchange, if any.
     pub upstream: Option<UpstreamSide>,
+    /// An HTTP/2 stream: the id of the connection it is on (listed as a connection of
+    /// protocol `h2` itself); `None` for a connection. Closing a stream resets it
+    /// alone; closing its connection closes every stream on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<u64>,
 }
 
 /// Which side of tidegate a connection is on.
@@ -225,7 +230,8 @@ pub enum ConnSide {
 pub enum ConnProtocol {
     /// HTTP/1.x.
     Http1,
-    /// HTTP/2 (upstream connections of a `protocol = "h2"` upstream).
+    /// HTTP/2: a client connection or one stream on it (with a `parent`), or an
+    /// upstream connection of a `protocol = "h2"` upstream.
     H2,
     /// An HTTP/1.1 connection streaming `text/event-stream`.
     Sse,

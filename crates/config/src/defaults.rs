@@ -64,6 +64,38 @@ pub const REQUIRE_LENGTH: bool = false;
 /// HTTP listener `half_close`: a client that shuts down its sending side after a
 /// complete request still gets its response (as HAProxy does).
 pub const HALF_CLOSE: bool = true;
+/// Listener `tls.alpn` on HTTP listeners: HTTP/2 first, then HTTP/1.1.
+pub const HTTP_ALPN: &[&str] = &["h2", "http/1.1"];
+
+/// `h2.max_concurrent_streams`: streams a client may have open at once on one HTTP/2
+/// connection (more are refused with `REFUSED_STREAM`).
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// `h2.initial_stream_window`: what a client may send on one stream before tidegate
+/// has passed it on (HTTP/2 flow control).
+pub const H2_INITIAL_STREAM_WINDOW: u32 = 256 * 1024;
+/// `h2.initial_connection_window`: the same for all the streams of a connection
+/// together: the most request body a connection can have waiting in tidegate.
+pub const H2_INITIAL_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// `h2.max_send_buffer`: response bytes buffered per stream toward a slow client.
+pub const H2_MAX_SEND_BUFFER: usize = 400 * 1024;
+/// `h2.max_pending_accept_reset_streams`: streams a client opened and reset before
+/// tidegate got to them; more and the connection is closed with `GOAWAY` (the HTTP/2
+/// rapid reset attack, CVE-2023-44487).
+pub const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// `h2.max_local_error_reset_streams`: streams tidegate had to reset because the
+/// client broke the protocol on them; more and the connection is closed with `GOAWAY`
+/// (the "MadeYouReset" attack, CVE-2025-8671).
+pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+/// `h2.keepalive_interval`: a PING after this long without a frame from the client
+/// while streams are open.
+pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+/// `h2.keepalive_timeout`: a PING unanswered this long closes the connection.
+pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
+pub const H2_MAX_WINDOW: u32 = (1 << 31) - 1;
+/// The smallest connection window: RFC 9113 starts every connection at 65,535 bytes,
+/// and a window cannot be announced smaller.
+pub const H2_MIN_CONNECTION_WINDOW: u32 = 65_535;
 
 /// Upstream `keepalive`: idle pooled connections kept per server.
 pub const KEEPALIVE: usize = 32;

@@ -116,6 +116,10 @@ pub struct Listener {
     pub half_close: bool,
     /// `tls = { … }`: the listener terminates TLS; `None` = plain.
     pub tls: Option<Tls>,
+    /// HTTP: `h2 = { … }`, the limits of its HTTP/2 connections (h2c with prior
+    /// knowledge on a plain listener, ALPN `h2` on a TLS one). Defaults on TCP
+    /// listeners, where nothing uses it.
+    pub h2: H2,
     /// TCP listeners: `tls_passthrough = { … }`: TLS is relayed untouched, each
     /// connection to the upstream its ClientHello's SNI name routes to (`upstream` for
     /// a name no route has, or none).
@@ -154,15 +158,58 @@ pub struct Tls {
     /// `handshake_timeout`: from accept to a complete handshake (default
     /// [`crate::defaults::TLS_HANDSHAKE_TIMEOUT`]).
     pub handshake_timeout: Duration,
-    /// `alpn`: the protocols offered, in order of preference (HTTP listeners; only
-    /// `http/1.1` today). Empty for TCP listeners, which offer none.
+    /// `alpn`: the protocols offered, in order of preference (HTTP listeners: `h2`
+    /// and/or `http/1.1`, default [`crate::defaults::HTTP_ALPN`]). Empty for TCP
+    /// listeners, which offer none.
     pub alpn: Vec<String>,
+}
+
+/// A listener's `h2 = { … }` table: the limits set on each HTTP/2 connection
+/// (docs/config.md, "HTTP/2").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct H2 {
+    /// `max_concurrent_streams` (default [`crate::defaults::H2_MAX_CONCURRENT_STREAMS`]).
+    pub max_concurrent_streams: u32,
+    /// `initial_stream_window`, bytes (default [`crate::defaults::H2_INITIAL_STREAM_WINDOW`]).
+    pub initial_stream_window: u32,
+    /// `initial_connection_window`, bytes (default
+    /// [`crate::defaults::H2_INITIAL_CONNECTION_WINDOW`]).
+    pub initial_connection_window: u32,
+    /// `max_send_buffer`, bytes per stream (default [`crate::defaults::H2_MAX_SEND_BUFFER`]).
+    pub max_send_buffer: u32,
+    /// `max_pending_accept_reset_streams` (default
+    /// [`crate::defaults::H2_MAX_PENDING_ACCEPT_RESET_STREAMS`]).
+    pub max_pending_accept_reset_streams: usize,
+    /// `max_local_error_reset_streams` (default
+    /// [`crate::defaults::H2_MAX_LOCAL_ERROR_RESET_STREAMS`]).
+    pub max_local_error_reset_streams: usize,
+    /// `keepalive_interval`; `None` = `"off"` (default
+    /// [`crate::defaults::H2_KEEPALIVE_INTERVAL`]).
+    pub keepalive_interval: Option<Duration>,
+    /// `keepalive_timeout` (default [`crate::defaults::H2_KEEPALIVE_TIMEOUT`]).
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for H2 {
+    fn default() -> Self {
+        use crate::defaults as d;
+        H2 {
+            max_concurrent_streams: d::H2_MAX_CONCURRENT_STREAMS,
+            initial_stream_window: d::H2_INITIAL_STREAM_WINDOW,
+            initial_connection_window: d::H2_INITIAL_CONNECTION_WINDOW,
+            max_send_buffer: d::H2_MAX_SEND_BUFFER as u32,
+            max_pending_accept_reset_streams: d::H2_MAX_PENDING_ACCEPT_RESET_STREAMS,
+            max_local_error_reset_streams: d::H2_MAX_LOCAL_ERROR_RESET_STREAMS,
+            keepalive_interval: Some(d::H2_KEEPALIVE_INTERVAL),
+            keepalive_timeout: d::H2_KEEPALIVE_TIMEOUT,
+        }
+    }
 }
 
 /// A listener's protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
-    /// HTTP/1.1.
+    /// HTTP/1.1 and HTTP/2.
     Http,
     /// L4: bytes both ways, nothing parsed.
     Tcp,

@@ -18,7 +18,7 @@ use crate::error::Sink;
 use crate::model::{
     AccessLog, AccessLogTo, Admin, Config, Health, HostMatch, Listener, Log, OnDemand, Passive,
     Protocol, Route, RouteAction, Server, SniRoute, Tls, TlsPassthrough, TlsVersion, Upstream,
-    UpstreamProtocol, UpstreamTls,
+    UpstreamProtocol, UpstreamTls, H2,
 };
 use crate::model::{OverLimit, RequestBuffering};
 use crate::parse::{self, InvalidValue, DURATION_FORMS, SIZE_FORMS};
@@ -1142,6 +1142,7 @@ impl<'d> Cx<'_, '_> {
                 "half_close",
                 "tls",
                 "tls_passthrough",
+                "h2",
             ],
             &[],
         );
@@ -1200,6 +1201,7 @@ impl<'d> Cx<'_, '_> {
                     "half_close",
                     "a TCP listener always passes a half-close on to the upstream",
                 ),
+                ("h2", "a TCP listener speaks no HTTP/2"),
             ],
             _ => &[],
         };
@@ -1331,6 +1333,10 @@ impl<'d> Cx<'_, '_> {
         let tls = self
             .table(t, "tls")
             .and_then(|tls| self.tls(&tls, protocol != Some(Protocol::Tcp)));
+        let h2 = match checked("h2").then(|| self.table(t, "h2")).flatten() {
+            Some(h2) => self.h2(&h2),
+            None => H2::default(),
+        };
         let tls_passthrough = match t.field("tls_passthrough") {
             None => None,
             Some(f) if protocol == Some(Protocol::Http) => {
@@ -1383,7 +1389,77 @@ impl<'d> Cx<'_, '_> {
             half_close: half_close.unwrap_or(defaults::HALF_CLOSE),
             tls,
             tls_passthrough,
+            h2,
         }
+    }
+
+    /// A listener's `h2` table: HTTP/2 limits, each checked against what the protocol
+    /// (and hyper) can take; a key in error keeps its default (the error is reported).
+    fn h2(&mut self, t: &Tbl<'d>) -> H2 {
+        self.keys(
+            t,
+            &[
+                "max_concurrent_streams",
+                "initial_stream_window",
+                "initial_connection_window",
+                "max_send_buffer",
+                "max_pending_accept_reset_streams",
+                "max_local_error_reset_streams",
+                "keepalive_interval",
+                "keepalive_timeout",
+            ],
+            &[],
+        );
+        let mut h2 = H2::default();
+        if let Some(n) = self.count(t, "max_concurrent_streams") {
+            h2.max_concurrent_streams = n;
+        }
+        let window = |cx: &mut Self, key: &str, min: u32| -> Option<u32> {
+            let n = cx.size(t, key)?;
+            match u32::try_from(n) {
+                Ok(n) if (min..=defaults::H2_MAX_WINDOW).contains(&n) => Some(n),
+                _ => {
+                    let f = t.field(key)?;
+                    cx.err(
+                        f.span(),
+                        &f.path,
+                        format!(
+                            "must be from {min} to {} bytes (RFC 9113 §6.9), found {}",
+                            defaults::H2_MAX_WINDOW,
+                            describe(f.item)
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        if let Some(n) = window(self, "initial_stream_window", 1) {
+            h2.initial_stream_window = n;
+        }
+        if let Some(n) = window(
+            self,
+            "initial_connection_window",
+            defaults::H2_MIN_CONNECTION_WINDOW,
+        ) {
+            h2.initial_connection_window = n;
+        }
+        // The h2 crate refuses (panics on) a send buffer over u32::MAX.
+        if let Some(n) = window(self, "max_send_buffer", 1) {
+            h2.max_send_buffer = n;
+        }
+        if let Some(n) = self.uint(t, "max_pending_accept_reset_streams", 1) {
+            h2.max_pending_accept_reset_streams = n;
+        }
+        if let Some(n) = self.uint(t, "max_local_error_reset_streams", 1) {
+            h2.max_local_error_reset_streams = n;
+        }
+        if let Some(d) = self.duration_or_off(t, "keepalive_interval") {
+            h2.keepalive_interval = d;
+        }
+        if let Some(d) = self.timeout(t, "keepalive_timeout") {
+            h2.keepalive_timeout = d;
+        }
+        h2
     }
 
     /// A TCP listener's `tls_passthrough` table. `None` after an error.
@@ -1458,7 +1534,10 @@ impl<'d> Cx<'_, '_> {
             .timeout(t, "handshake_timeout")
             .unwrap_or(defaults::TLS_HANDSHAKE_TIMEOUT);
         let mut alpn = if http {
-            vec!["http/1.1".to_owned()]
+            defaults::HTTP_ALPN
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect()
         } else {
             Vec::new()
         };
@@ -1576,7 +1655,7 @@ impl<'d> Cx<'_, '_> {
         })
     }
 
-    /// `alpn = ["http/1.1"]`: the protocols a TLS listener offers, in order.
+    /// `alpn = ["h2", "http/1.1"]`: the protocols a TLS listener offers, in order.
     fn alpn(&mut self, f: &Field<'d>) -> Option<Vec<String>> {
         let Some(array) = f.item.as_array() else {
             self.expected(f, r#"an array of protocol names, e.g. ["http/1.1"]"#);
@@ -1587,17 +1666,20 @@ impl<'d> Cx<'_, '_> {
         for (i, v) in array.iter().enumerate() {
             let path = format!("{}[{i}]", f.path);
             match v.as_str() {
-                Some("http/1.1") => out.push("http/1.1".to_owned()),
-                Some("h2") => {
+                Some(p @ ("http/1.1" | "h2")) if out.iter().any(|o| o == p) => {
                     ok = false;
-                    self.err(v.span(), &path, "h2 is not supported yet");
+                    self.err(v.span(), &path, format!("{p:?} is listed twice"));
                 }
+                Some(p @ ("http/1.1" | "h2")) => out.push(p.to_owned()),
                 _ => {
                     ok = false;
                     self.err(
                         v.span(),
                         &path,
-                        format!(r#"expected "http/1.1", found {}"#, describe_value(v)),
+                        format!(
+                            r#"expected "h2" or "http/1.1", found {}"#,
+                            describe_value(v)
+                        ),
                     );
                 }
             }
@@ -1606,7 +1688,7 @@ impl<'d> Cx<'_, '_> {
             self.err(
                 f.span(),
                 &f.path,
-                r#"a TLS listener offers at least one protocol: ["http/1.1"]"#,
+                r#"a TLS listener offers at least one protocol: ["h2", "http/1.1"]"#,
             );
             return None;
         }

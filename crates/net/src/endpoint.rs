@@ -156,6 +156,22 @@ impl Stream {
         }
     }
 
+    /// Copies the bytes waiting in the socket's receive queue into `buf` without taking
+    /// them (`MSG_PEEK`), so the owner still reads everything: `Ok(0)` at the peer's
+    /// end, `WouldBlock` when nothing is waiting (the readiness is cleared then).
+    pub fn try_peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        use nix::sys::socket::{recv, MsgFlags};
+        use std::os::fd::{AsFd, AsRawFd};
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        let mut peek = |fd: std::os::fd::BorrowedFd<'_>| {
+            recv(fd.as_raw_fd(), buf, flags).map_err(io::Error::from)
+        };
+        match self {
+            Stream::Tcp(s) => s.try_io(tokio::io::Interest::READABLE, || peek(s.as_fd())),
+            Stream::Unix(s) => s.try_io(tokio::io::Interest::READABLE, || peek(s.as_fd())),
+        }
+    }
+
     /// A second handle on this socket (a `dup` of its descriptor, registered with the
     /// runtime), to notice the peer's end while another owner (hyper) holds the stream
     /// and is not reading. Closing it leaves the socket open.
@@ -334,5 +350,24 @@ mod tests {
         // Still unread.
         let waiting = std::future::poll_fn(|cx| watch.poll_end(cx)).await.unwrap();
         assert_eq!(waiting, Waiting::Bytes);
+    }
+    #[tokio::test]
+    async fn a_peek_sees_waiting_bytes_and_takes_none() {
+        use tokio::io::AsyncReadExt as _;
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let a = Stream::Unix(a);
+        let mut buf = [0u8; 8];
+        let nothing = a.try_peek(&mut buf).unwrap_err();
+        assert_eq!(nothing.kind(), io::ErrorKind::WouldBlock);
+        b.write_all(b"GET /").await.unwrap();
+        a.readable().await.unwrap();
+        assert_eq!(a.try_peek(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"GET /");
+        let (mut a, mut got) = (a, [0u8; 5]);
+        a.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET /");
+        drop(b);
+        a.readable().await.unwrap();
+        assert_eq!(a.try_peek(&mut buf).unwrap(), 0, "the end");
     }
 }

@@ -107,6 +107,8 @@ pub struct Record {
     pub client: PeerAddr,
     /// Request method.
     pub method: Method,
+    /// The request's HTTP version, as the client spoke it (`HTTP/1.1`, `HTTP/2.0`).
+    pub protocol: http::Version,
     /// Request path and query, copied and cut at [`MAX_LOGGED_PATH`]
     /// ([`logged_path`]).
     pub path: Box<str>,
@@ -391,11 +393,12 @@ fn millis(d: Duration) -> f64 {
 pub fn format_text(rec: &Record, out: &mut String) {
     let _ = write!(
         out,
-        "time={} listener={} client={} method={} path=",
+        "time={} listener={} client={} method={} protocol={:?} path=",
         Rfc3339(rec.time),
         rec.listener,
         rec.client,
-        rec.method
+        rec.method,
+        rec.protocol
     );
     quote(out, &rec.path);
     match rec.status {
@@ -432,6 +435,7 @@ pub fn format_json(rec: &Record, out: &mut String) {
     json_str(out, &rec.client.to_string());
     out.push_str(",\"method\":");
     json_str(out, rec.method.as_str());
+    let _ = write!(out, ",\"protocol\":\"{:?}\"", rec.protocol);
     out.push_str(",\"path\":");
     json_str(out, &rec.path);
     match rec.status {
@@ -546,6 +550,7 @@ mod tests {
             listener: Arc::from("web"),
             client: PeerAddr::Tcp("127.0.0.1:50412".parse().unwrap()),
             method: Method::GET,
+            protocol: http::Version::HTTP_11,
             path: "/x?q=\"1\"".into(),
             status: Some(200),
             bytes_out: 512,
@@ -579,7 +584,7 @@ mod tests {
         assert_eq!(
             s,
             "time=2025-06-01T12:00:00.123Z listener=web client=127.0.0.1:50412 method=GET \
-             path=\"/x?q=1\" status=200 bytes_out=512 upstream=- upstream_addr=- \
+             protocol=HTTP/1.1 path=\"/x?q=1\" status=200 bytes_out=512 upstream=- upstream_addr=- \
              total_ms=3.215 connect_ms=- head_ms=-"
         );
     }
@@ -596,6 +601,10 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("\"status\":null"), "{s}");
+        assert!(
+            s.contains("\"method\":\"GET\",\"protocol\":\"HTTP/1.1\","),
+            "{s}"
+        );
         assert!(
             s.contains("\"upstream\":null,\"upstream_addr\":null"),
             "{s}"

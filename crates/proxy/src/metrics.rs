@@ -292,6 +292,8 @@ impl Collector for Sources {
         self.conns.for_each(|c| {
             let state = c.state() as usize;
             match c.side() {
+                // An HTTP/2 stream is no connection; its bytes are its connection's.
+                Side::Client if c.parent().is_some() => {}
                 Side::Client => {
                     if let Some(&i) = listener_index.get(c.name()) {
                         client_states[i][state] += 1;

@@ -17,7 +17,12 @@
 //! server's [`ServerId`] and the upstream connection's entry, which knows its own
 //! addresses). [`Registry::snapshot`] allocates; nothing else does.
 //!
-//! The vocabulary (`client | upstream`, `http1 | sse | websocket | tcp`,
+//! An HTTP/2 connection has an entry (protocol `h2`), and each of its streams one more,
+//! entered with [`Registry::register_stream`]: it names the connection's entry as its
+//! parent, closing it resets that stream alone, and it is no connection of its own in
+//! the metrics (its bytes are its connection's).
+//!
+//! The vocabulary (`client | upstream`, `http1 | h2 | sse | websocket | tcp`,
 //! `reading | waiting_upstream | streaming | tunnel | idle | closing`) is docs/design.md's;
 //! the binary turns [`ConnSnapshot`]s into the admin API's views.
 //!
@@ -58,7 +63,8 @@ pub enum ConnProtocol {
     Websocket = 2,
     /// A TCP-mode tunnel.
     Tcp = 3,
-    /// HTTP/2 (an upstream connection of a `protocol = "h2"` upstream).
+    /// HTTP/2: a client connection and each of its streams (an entry with a parent),
+    /// or an upstream connection of a `protocol = "h2"` upstream.
     H2 = 4,
 }
 
@@ -76,10 +82,10 @@ impl ConnProtocol {
     pub fn as_str(self) -> &'static str {
         match self {
             ConnProtocol::Http1 => "http1",
+            ConnProtocol::H2 => "h2",
             ConnProtocol::Sse => "sse",
             ConnProtocol::Websocket => "websocket",
             ConnProtocol::Tcp => "tcp",
-            ConnProtocol::H2 => "h2",
         }
     }
 
@@ -251,6 +257,8 @@ pub struct Conn {
     mirror: Option<Arc<Conn>>,
     totals: Option<Arc<Totals>>,
     generation: AtomicU64,
+    /// An HTTP/2 stream: the id of its connection's entry.
+    parent: Option<u64>,
 }
 
 /// The upstream side of a client connection's current exchange.
@@ -276,7 +284,7 @@ impl fmt::Debug for Conn {
 // === impl Conn ===
 
 impl Conn {
-    fn new(id: u64, c: NewConn, mirror: Option<Arc<Conn>>) -> Self {
+    fn new(id: u64, c: NewConn, mirror: Option<Arc<Conn>>, parent: Option<u64>) -> Self {
         Conn {
             id,
             side: c.side,
@@ -296,12 +304,18 @@ impl Conn {
             mirror,
             totals: c.totals,
             generation: AtomicU64::new(c.generation),
+            parent,
         }
     }
 
     /// Unique in the process.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// An HTTP/2 stream's entry: its connection's id (`None` for a connection).
+    pub fn parent(&self) -> Option<u64> {
+        self.parent
     }
 
     /// A kept connection's next request runs under this config generation (a reload).
@@ -532,6 +546,7 @@ impl Conn {
             requests: self.requests(),
             generation: self.generation(),
             upstream: self.upstream_view(),
+            parent: self.parent,
         }
     }
 }
@@ -546,7 +561,7 @@ pub struct ConnSnapshot {
     pub side: Side,
     /// Listener name (client side) or upstream name (upstream side).
     pub listener: String,
-    /// `http1 | sse | websocket | tcp`.
+    /// `http1 | h2 | sse | websocket | tcp`.
     pub protocol: ConnProtocol,
     /// The other end (`unix` for a Unix-socket client; the server's socket address or
     /// `unix:PATH` for an upstream connection).
@@ -572,6 +587,8 @@ pub struct ConnSnapshot {
     /// Client side: the upstream side of the current exchange, if any. Upstream side:
     /// the connection's own upstream and server.
     pub upstream: Option<UpstreamSnapshot>,
+    /// An HTTP/2 stream: the id of the connection it is on.
+    pub parent: Option<u64>,
 }
 
 /// The upstream end of an exchange.
@@ -637,18 +654,30 @@ impl Registry {
 
     /// Enters a connection; it stays until the returned registration drops.
     pub fn register(self: &Arc<Self>, new: NewConn) -> Registration {
-        self.insert(new, None)
+        self.insert(new, None, None)
+    }
+
+    /// Enters a stream of the HTTP/2 connection `parent` (listed under it; closing it
+    /// resets the stream alone). Its `totals` should be `None`: its bytes are counted
+    /// on the connection's socket.
+    pub fn register_stream(self: &Arc<Self>, new: NewConn, parent: &Conn) -> Registration {
+        self.insert(new, None, Some(parent.id))
     }
 
     /// Enters the upstream end of a tunnel whose client end is `client`: one pump moves
     /// both, so its counters are `client`'s, swapped.
     pub fn register_mirror(self: &Arc<Self>, new: NewConn, client: &Arc<Conn>) -> Registration {
-        self.insert(new, Some(client.clone()))
+        self.insert(new, Some(client.clone()), None)
     }
 
-    fn insert(self: &Arc<Self>, new: NewConn, mirror: Option<Arc<Conn>>) -> Registration {
+    fn insert(
+        self: &Arc<Self>,
+        new: NewConn,
+        mirror: Option<Arc<Conn>>,
+        parent: Option<u64>,
+    ) -> Registration {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(Conn::new(id, new, mirror));
+        let conn = Arc::new(Conn::new(id, new, mirror, parent));
         self.shard(id).insert(id, conn.clone());
         Registration {
             conn,
@@ -736,7 +765,7 @@ impl Registration {
             generation: 0,
         };
         Registration {
-            conn: Arc::new(Conn::new(id, new, None)),
+            conn: Arc::new(Conn::new(id, new, None, None)),
             registry: None,
         }
     }

@@ -237,6 +237,14 @@ impl ClientStream {
         }
     }
 
+    /// The application protocol ALPN chose (`None`: plain, or no ALPN).
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            ClientStream::Plain(_) => None,
+            ClientStream::Tls(s) => s.get_ref().1.alpn_protocol(),
+        }
+    }
+
     /// Whether it is a TLS session.
     pub fn is_tls(&self) -> bool {
         matches!(self, ClientStream::Tls(_))

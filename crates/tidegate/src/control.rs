@@ -246,7 +246,8 @@ impl Control for Live {
             .registry
             .snapshot()
             .into_iter()
-            .filter(|c| c.side == Side::Client)
+            // An HTTP/2 stream is no connection of its own.
+            .filter(|c| c.side == Side::Client && c.parent.is_none())
             .collect();
         let (config, addresses) = match self.serving.get() {
             Some(s) => (Some(s.config()), s.addresses()),
@@ -372,6 +373,7 @@ impl Control for Live {
                     local: u.local,
                     peer: u.peer,
                 }),
+                parent: c.parent,
             })
             .collect()
     }

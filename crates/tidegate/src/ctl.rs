@@ -369,9 +369,11 @@ fn conns(conns: &[ConnectionView]) -> String {
         "ID", "LISTENER", "PROTO", "PEER", "STATE", "AGE", "IDLE", "IN", "OUT", "GEN", "UPSTREAM",
     ]);
     for c in conns {
-        let listener = match c.side {
-            ConnSide::Client => c.listener.clone(),
-            ConnSide::Upstream => format!("{} (upstream)", c.listener),
+        let listener = match (c.side, c.parent) {
+            // An HTTP/2 stream, under the connection it is on.
+            (ConnSide::Client, Some(parent)) => format!("{} (stream of {parent})", c.listener),
+            (ConnSide::Client, None) => c.listener.clone(),
+            (ConnSide::Upstream, _) => format!("{} (upstream)", c.listener),
         };
         t.row(vec![
             c.id.to_string(),

@@ -184,6 +184,7 @@ fn samples() -> Vec<(&'static str, BTreeSet<String>)> {
                 requests: 1,
                 generation: 1,
                 upstream: Some(upstream_side.clone()),
+                parent: Some(1),
             }),
         ),
         ("UpstreamSide", keys(&upstream_side)),

@@ -131,6 +131,7 @@ impl Control for Fake {
             requests: 1,
             generation: 1,
             upstream: None,
+            parent: None,
         }]
     }
 

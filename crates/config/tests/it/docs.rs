@@ -80,8 +80,15 @@ const PASSIVE: &str = "### `[upstreams.NAME.passive]`";
 const ON_DEMAND: &str = "### `[upstreams.NAME.on_demand]`";
 const PANIC: &str = "### Panic mode and the ejection cap";
 const BUFFERING: &str = "### `[upstreams.NAME.request_buffering]`";
+const H2: &str = "### HTTP/2 (`h2`)";
 const TIMERS: &str = "## Timers";
 const LIMITS: &str = "## Limits";
+
+/// A list of strings as TOML writes it: `["a", "b"]`.
+fn toml_list(items: &[&str]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+    format!("[{}]", quoted.join(", "))
+}
 
 /// Where each constant of `defaults.rs` is documented.
 fn documented() -> Vec<(&'static str, Doc)> {
@@ -197,6 +204,78 @@ fn documented() -> Vec<(&'static str, Doc)> {
         (
             "TLS_HANDSHAKE_TIMEOUT",
             Duration(TLS, "`handshake_timeout`", TLS_HANDSHAKE_TIMEOUT),
+        ),
+        (
+            "HTTP_ALPN",
+            Mention(TLS, "`alpn`", format!("`{}`", toml_list(HTTP_ALPN))),
+        ),
+        (
+            "H2_MAX_CONCURRENT_STREAMS",
+            Value(
+                H2,
+                "`max_concurrent_streams`",
+                Written::Int(i64::from(H2_MAX_CONCURRENT_STREAMS)),
+            ),
+        ),
+        (
+            "H2_INITIAL_STREAM_WINDOW",
+            Value(
+                H2,
+                "`initial_stream_window`",
+                Written::Size(H2_INITIAL_STREAM_WINDOW as usize),
+            ),
+        ),
+        (
+            "H2_INITIAL_CONNECTION_WINDOW",
+            Value(
+                H2,
+                "`initial_connection_window`",
+                Written::Size(H2_INITIAL_CONNECTION_WINDOW as usize),
+            ),
+        ),
+        (
+            "H2_MAX_SEND_BUFFER",
+            Value(H2, "`max_send_buffer`", Written::Size(H2_MAX_SEND_BUFFER)),
+        ),
+        (
+            "H2_MAX_PENDING_ACCEPT_RESET_STREAMS",
+            Value(
+                H2,
+                "`max_pending_accept_reset_streams`",
+                Written::Int(H2_MAX_PENDING_ACCEPT_RESET_STREAMS as i64),
+            ),
+        ),
+        (
+            "H2_MAX_LOCAL_ERROR_RESET_STREAMS",
+            Value(
+                H2,
+                "`max_local_error_reset_streams`",
+                Written::Int(H2_MAX_LOCAL_ERROR_RESET_STREAMS as i64),
+            ),
+        ),
+        (
+            "H2_KEEPALIVE_INTERVAL",
+            Duration(H2, "`keepalive_interval`", H2_KEEPALIVE_INTERVAL),
+        ),
+        (
+            "H2_KEEPALIVE_TIMEOUT",
+            Duration(H2, "`keepalive_timeout`", H2_KEEPALIVE_TIMEOUT),
+        ),
+        (
+            "H2_MAX_WINDOW",
+            Mention(
+                LIMITS,
+                "`h2.initial_stream_window`",
+                format!("`{H2_MAX_WINDOW}`"),
+            ),
+        ),
+        (
+            "H2_MIN_CONNECTION_WINDOW",
+            Mention(
+                LIMITS,
+                "`h2.initial_stream_window`",
+                format!("`{H2_MIN_CONNECTION_WINDOW}`"),
+            ),
         ),
         (
             "HALF_CLOSE",
@@ -436,6 +515,7 @@ fn the_timers_table_agrees_with_the_key_tables() {
         ("listener `tcp_keepalive`", TCP_KEEPALIVE),
         ("TCP listener `idle_timeout`", TCP_IDLE_TIMEOUT),
         ("listener `tls.handshake_timeout`", TLS_HANDSHAKE_TIMEOUT),
+        ("listener `h2.keepalive_interval`", H2_KEEPALIVE_INTERVAL),
         (
             "TCP listener `tls_passthrough.hello_timeout`",
             TLS_HELLO_TIMEOUT,

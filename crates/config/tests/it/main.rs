@@ -7,6 +7,7 @@ mod admin;
 mod docs;
 mod errors;
 mod examples;
+mod h2;
 mod model;
 mod on_demand;
 mod paths;

@@ -114,6 +114,7 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 half_close: true,
                 tls: None,
                 tls_passthrough: None,
+                h2: Default::default(),
                 routes: vec![
                     Route {
                         host: Some(HostMatch::Exact("ci.example.com".into())),
@@ -150,6 +151,7 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 half_close: true,
                 tls: None,
                 tls_passthrough: None,
+                h2: Default::default(),
                 routes: vec![Route {
                     host: Some(HostMatch::Suffix(".example.com".into())),
                     path: "/api".into(),

@@ -11,7 +11,7 @@ fn examples() -> PathBuf {
 }
 
 /// `examples/tls.toml`'s folder as the config's folder: `certs/example.pem` resolves.
-fn origin() -> PathBuf {
+pub(crate) fn origin() -> PathBuf {
     examples().join("tidegate.toml")
 }
 
@@ -24,7 +24,7 @@ fn listener(tls: &str, protocol: &str) -> String {
     format!("[listeners.web]\nlisten = [\"127.0.0.1:0\"]\ntls = {tls}\n{routes}")
 }
 
-fn errors_at(text: &str, origin: &Path) -> Vec<String> {
+pub(crate) fn errors_at(text: &str, origin: &Path) -> Vec<String> {
     match load_str(text, Some(origin)) {
         Ok(_) => panic!("expected errors for\n{text}"),
         Err(e) => e.iter().map(|e| e.to_string()).collect(),
@@ -41,7 +41,7 @@ fn a_tls_listener_loads_with_its_defaults_and_the_names_of_its_certificate() {
     let tls = config.listeners[0].tls.as_ref().expect("tls");
     assert_eq!(tls.min_version, defaults::TLS_MIN_VERSION);
     assert_eq!(tls.handshake_timeout, defaults::TLS_HANDSHAKE_TIMEOUT);
-    assert_eq!(tls.alpn, ["http/1.1"]);
+    assert_eq!(tls.alpn, ["h2", "http/1.1"]);
     let c = &tls.certificates[0];
     assert_eq!(c.names, ["localhost", "*.localhost"]);
     assert_eq!(c.cert_path, examples().join("certs/example.pem"));
@@ -87,7 +87,7 @@ fn tls_table_errors_are_named_at_their_key() {
             format!("{{ certificates = [ {pair} ], alpn = [\"h3\"] }}"),
             "http",
             r#""h3""#,
-            r#"listeners.web.tls.alpn[0]: expected "http/1.1", found "h3""#,
+            r#"listeners.web.tls.alpn[0]: expected "h2" or "http/1.1", found "h3""#,
         ),
         (
             "{ certificates = [] }".to_owned(),
@@ -131,15 +131,21 @@ fn tls_table_errors_are_named_at_their_key() {
     ];
     for (tls, protocol, at, rest) in cases {
         let text = listener(&tls, protocol);
-        let line = format!("tls = {tls}");
-        let col = line.find(at).expect("the value under test") + 1;
-        let want = format!("{}:3:{col}: {rest}", o.display());
-        let errors = errors_at(&text, &o);
-        assert!(
-            errors.iter().any(|e| e.starts_with(&want)),
-            "want {want}\nfor {text}\ngot {errors:#?}"
-        );
+        error_on_line_3(&text, &format!("tls = {tls}"), at, rest, &o);
     }
+}
+
+/// `text`'s errors include `rest` at line 3 (which reads `line`), at the column of `at`.
+pub(crate) fn error_on_line_3(text: &str, line: &str, at: &str, rest: &str, o: &Path) {
+    let Some(col) = line.find(at).map(|c| c + 1) else {
+        panic!("{at:?} is not in {line:?}");
+    };
+    let want = format!("{}:3:{col}: {rest}", o.display());
+    let errors = errors_at(text, o);
+    assert!(
+        errors.iter().any(|e| e.starts_with(&want)),
+        "want {want}\nfor {text}\ngot {errors:#?}"
+    );
 }
 
 #[test]

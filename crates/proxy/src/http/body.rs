@@ -180,6 +180,7 @@ impl ExchangeDone {
         peer: PeerAddr,
         method: &http::Method,
         uri: &http::Uri,
+        version: http::Version,
     ) -> Self {
         // The path is copied (and capped), never a view of hyper's read buffer: a
         // queued record must not keep the whole request head alive.
@@ -189,6 +190,7 @@ impl ExchangeDone {
                 listener: ctx.metrics.name.clone(),
                 client: peer,
                 method: method.clone(),
+                protocol: version,
                 path: crate::access_log::logged_path(uri),
                 status: None,
                 bytes_out: 0,
@@ -391,6 +393,7 @@ impl Body for ProxyBody {
         if let (Poll::Ready(Some(Ok(frame))), Some(ex)) = (&res, &mut this._exchange) {
             if let Some(data) = frame.data_ref() {
                 ex.body_bytes += data.len() as u64;
+                ex.client.body_sent(data.len());
             }
         }
         res

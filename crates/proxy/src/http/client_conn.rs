@@ -10,6 +10,11 @@
 //! [`Registration`], keeps its time base and last activity there (one set of atomics,
 //! not two), counts bytes and requests on it and keeps its state (`reading`,
 //! `waiting_upstream`, `streaming`, `idle`, `tunnel`) in step with the phases.
+//!
+//! HTTP/2 (`super::h2`): the connection's [`ClientConn`] counts the socket's bytes and
+//! nothing else (its reads start no request head: `ClientConn::enter_h2`); each
+//! stream has a [`ClientConn`] of its own ([`ClientConn::stream`]), with the phases of
+//! its one exchange, whose activity is the stream's body bytes.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,6 +66,12 @@ pub struct ClientConn {
     /// After a 101 from the upstream: its side of the tunnel, for the connection's
     /// driver to join with the client's socket once hyper hands it back.
     upgrade: Mutex<Option<Box<super::upgrade::Upgrade>>>,
+    /// An HTTP/2 connection: bytes read are frames of any stream, never a request head.
+    multiplexed: AtomicBool,
+    /// An HTTP/2 stream: no socket of its own, so its activity and byte counts are its
+    /// bodies' bytes, counted as they pass (the request body's on its way upstream, the
+    /// response body's toward hyper).
+    stream: bool,
 }
 
 /// The exchange's request or response ends the connection (`Connection: close`,
@@ -91,6 +102,16 @@ impl ClientConn {
     /// A new connection state, idle since now, for the registered connection `entry` (which it
     /// keeps in the registry for as long as it lives).
     pub fn registered(entry: Registration) -> Arc<Self> {
+        Self::build(entry, false)
+    }
+
+    /// The state of one HTTP/2 stream, `entry` being its registration (see
+    /// [`crate::registry::Registry::register_stream`]).
+    pub fn stream(entry: Registration) -> Arc<Self> {
+        Self::build(entry, true)
+    }
+
+    fn build(entry: Registration, stream: bool) -> Arc<Self> {
         Arc::new(ClientConn {
             entry,
             phase: AtomicU8::new(Phase::Idle as u8),
@@ -102,7 +123,26 @@ impl ClientConn {
             reuse: AtomicU8::new(0),
             reads: AtomicU32::new(0),
             upgrade: Mutex::new(None),
+            multiplexed: AtomicBool::new(false),
+            stream,
         })
+    }
+
+    /// The connection turned out to be HTTP/2 (its preface, or ALPN `h2`): from now on
+    /// its streams have the request phases; the connection is `idle` with no stream
+    /// open (see `super::h2`).
+    pub(crate) fn enter_h2(&self) {
+        self.multiplexed.store(true, Ordering::Relaxed);
+        self.entry.set_protocol(ConnProtocol::H2);
+        self.set_at(Phase::Idle, self.now_ms());
+    }
+
+    /// `n` bytes of a response body went to hyper: an HTTP/2 stream counts them (an
+    /// HTTP/1 connection counts its socket's bytes instead).
+    pub(crate) fn body_sent(&self, n: usize) {
+        if self.stream {
+            self.on_write(n);
+        }
     }
 
     /// The connection's registry entry.
@@ -254,10 +294,11 @@ impl ClientConn {
         self.head_started_at(self.now_ms());
     }
 
-    /// An idle connection (not a tunnel) starts a head at `now_ms`.
+    /// An idle connection (not a tunnel, not HTTP/2) starts a head at `now_ms`.
     fn head_started_at(&self, now_ms: u64) {
         if self.phase.load(Ordering::Relaxed) == Phase::Idle as u8
             && !self.tunnel.load(Ordering::Relaxed)
+            && !self.multiplexed.load(Ordering::Relaxed)
         {
             self.set_at(Phase::Head, now_ms);
         }
@@ -289,7 +330,10 @@ impl ClientConn {
         }
         self.set_at(Phase::Idle, self.ms_at(now));
         if self.entry.protocol() == ConnProtocol::Sse {
-            self.entry.set_protocol(ConnProtocol::Http1);
+            self.entry.set_protocol(match self.stream {
+                true => ConnProtocol::H2,
+                false => ConnProtocol::Http1,
+            });
         }
         self.entry.unlink();
     }
@@ -331,6 +375,13 @@ impl ClientConn {
 impl crate::upstream::body::BodyEnd for ClientConn {
     fn body_ended(&self) {
         self.reuse.fetch_and(!BODY_OPEN, Ordering::Relaxed);
+    }
+
+    fn body_data(&self, n: usize) {
+        // An HTTP/1 connection's socket counts them already.
+        if self.stream {
+            self.on_read(n);
+        }
     }
 }
 

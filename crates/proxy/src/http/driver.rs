@@ -60,8 +60,13 @@ pub fn serve_connection(
         };
         drop(tls);
         driver.client.conn().set_state(ConnState::Idle);
+        let h2 = stream.alpn() == Some(b"h2".as_slice());
         let io = driver.io(stream, bytes::Bytes::new());
-        driver.run(io).await;
+        if h2 {
+            Box::pin(super::h2::serve(driver.into_h2(), io)).await;
+        } else {
+            driver.run(io).await;
+        }
     }))
 }
 
@@ -187,6 +192,27 @@ impl Driver {
                             continue;
                         }
                     },
+                }
+            }
+            // The first bytes of a plain connection: the HTTP/2 preface (h2c with prior
+            // knowledge) hands it to the HTTP/2 driver; anything else is HTTP/1.
+            if fresh && !io.get_ref().get_ref().is_tls() {
+                let until = Instant::now() + self.ctx.header_timeout;
+                let sniffed = match super::h2::peek(&io) {
+                    Some(s) => s,
+                    // Boxed: its state (a timer, a read) is not kept by every parked
+                    // connection's task.
+                    None => Box::pin(super::h2::sniff(&mut io, until, &self.close)).await,
+                };
+                match sniffed {
+                    super::h2::Sniffed::H2 => {
+                        return Box::pin(super::h2::serve(self.into_h2(), io)).await;
+                    }
+                    super::h2::Sniffed::Http1 => {}
+                    super::h2::Sniffed::Closed => {
+                        self.closed();
+                        return;
+                    }
                 }
             }
             // A reload since the last turn: this turn's requests use the new routes,
@@ -483,6 +509,18 @@ impl Driver {
         };
         tracing::debug!(listener = %self.ctx.name, peer = %self.peer, "closing client connection: {why}");
         None
+    }
+
+    /// The connection turned out to be HTTP/2: what its driver (`super::h2`) takes.
+    fn into_h2(self) -> super::h2::H2Conn {
+        super::h2::H2Conn {
+            local: self.client.conn().local().clone(),
+            slot: self.slot,
+            client: self.client,
+            shutdown: self.shutdown,
+            close: self.close,
+            peer: self.peer,
+        }
     }
 
     fn closed(&self) {

@@ -8,7 +8,8 @@ use crate::upstream::connect::Resolve;
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::StatusCode;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
 use std::time::Duration;
 use tidegate_config::RouteAction;
@@ -43,6 +44,8 @@ pub struct HttpListener {
     pub generation: u64,
     /// hyper's settings for each connection (built once).
     pub(super) builder: http1::Builder,
+    /// hyper's settings for each HTTP/2 connection (built once, from `h2`).
+    pub(super) h2: http2::Builder<TokioExecutor>,
     /// `tls`: each connection's handshake, with the certificates of this config (a
     /// reload builds a new one; a connection keeps the session it made).
     pub(crate) tls: Option<Arc<crate::tls::Terminator>>,
@@ -138,6 +141,7 @@ impl HttpListener {
             // tidegate's own timers time heads (see `client_conn`).
             .header_read_timeout(None)
             .max_header_size(cfg.max_header_size);
+        let h2 = h2_builder(&cfg.h2, cfg.max_header_size);
         let tls = cfg
             .tls
             .as_ref()
@@ -158,6 +162,7 @@ impl HttpListener {
             generation,
             access_log: AccessLog::off(),
             builder,
+            h2,
         }
     }
 
@@ -173,4 +178,24 @@ impl HttpListener {
     pub fn metrics(&self) -> &Arc<ListenerMetrics> {
         &self.metrics
     }
+}
+
+/// hyper's HTTP/2 settings for a listener: every limit set here, none left to hyper's
+/// defaults (docs/config.md, "HTTP/2"). Header blocks are held to the listener's
+/// `max_header_size`, as HTTP/1 heads are.
+fn h2_builder(cfg: &tidegate_config::H2, max_header_size: usize) -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(cfg.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
+        .initial_stream_window_size(cfg.initial_stream_window)
+        .initial_connection_window_size(cfg.initial_connection_window)
+        // Fixed windows: a client gets what the config says, not more as it goes.
+        .adaptive_window(false)
+        .max_send_buf_size(cfg.max_send_buffer as usize)
+        .max_pending_accept_reset_streams(cfg.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(cfg.max_local_error_reset_streams)
+        .keep_alive_interval(cfg.keepalive_interval)
+        .keep_alive_timeout(cfg.keepalive_timeout);
+    b
 }

@@ -1,5 +1,6 @@
-//! The HTTP/1.1 side of a listener: the connection driver (tidegate's own header and
-//! idle timers, drain), routing, and the proxy service.
+//! The HTTP side of a listener, HTTP/1.1 and HTTP/2 toward clients: the connection
+//! drivers (tidegate's own header and idle timers, drain), routing, and the proxy
+//! service.
 //!
 //! Invariants: a client connection's task ends when hyper's connection ends, a timer
 //! expires, the hard shutdown fires or the connection is closed through the registry —
@@ -15,7 +16,12 @@
 //! socket ([`rewind::Rewind`]). An upgraded connection's tunnel runs in the same task,
 //! on the socket hyper hands back.
 //!
-//! Modules, from the top down: `driver` (the task) → `service` (checks and routing) →
+//! An HTTP/2 connection (the preface on a plain listener, ALPN `h2` on a TLS one) leaves
+//! the HTTP/1 driver for `h2`'s, which never parks: hyper's HTTP/2 connection lives as
+//! long as the connection, and each stream is served by the same `service` as an
+//! HTTP/1.1 request, with a [`client_conn::ClientConn`] of its own.
+//!
+//! Modules, from the top down: `driver` (the task; `h2` for HTTP/2) → `service` (checks and routing) →
 //! `forward` (to the upstream; `buffer` collects a request body first when the
 //! upstream has `request_buffering`) → `body` (the response toward the client), `tunnel`
 //! (after a 101) → `client_conn` (the connection's shared state) → `upgrade`,
@@ -27,6 +33,7 @@ pub mod client_conn;
 mod driver;
 pub mod failure;
 pub(crate) mod forward;
+mod h2;
 pub mod headers;
 mod listener;
 pub mod rewind;

@@ -84,6 +84,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // An emptied `Bytes` still holds its buffer: an idle connection keeps
+                // no allocation for bytes it has served.
+                this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)

@@ -51,6 +51,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             self.peer,
             req.method(),
             req.uri(),
+            version,
         );
         let this = self.clone();
         Box::pin(async move {

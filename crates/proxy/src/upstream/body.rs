@@ -91,6 +91,9 @@ impl Sending {
 pub trait BodyEnd: Send + Sync {
     /// The last frame was read.
     fn body_ended(&self);
+
+    /// A data frame of `n` bytes was read (an HTTP/2 stream counts its activity so).
+    fn body_data(&self, _n: usize) {}
 }
 
 /// A request body sent upstream.
@@ -166,6 +169,11 @@ impl Body for RequestBody {
                     // known length.
                     Poll::Ready(Some(Ok(_))) if body.is_end_stream() => sending.set(Progress::Sent),
                     _ => {}
+                }
+                if let (Some(end), Poll::Ready(Some(Ok(frame)))) = (end.as_ref(), &res) {
+                    if let Some(data) = frame.data_ref() {
+                        end.body_data(data.len());
+                    }
                 }
                 if end.is_some() && (matches!(res, Poll::Ready(None)) || body.is_end_stream()) {
                     if let Some(end) = end.take() {

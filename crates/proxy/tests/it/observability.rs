@@ -601,6 +601,7 @@ async fn the_access_log_writes_one_text_line_per_request() -> anyhow::Result<()>
             " listener=web ".to_owned(),
             format!(" client={client} "),
             " method=GET ".to_owned(),
+            " protocol=HTTP/1.1 ".to_owned(),
             format!(" path={path} "),
             " status=200 ".to_owned(),
             " bytes_out=6 ".to_owned(),
@@ -624,6 +625,7 @@ async fn the_access_log_writes_one_json_object_per_request() -> anyhow::Result<(
         assert_eq!(v["listener"], "web", "{line}");
         assert_eq!(v["client"], client.to_string(), "{line}");
         assert_eq!(v["method"], "GET", "{line}");
+        assert_eq!(v["protocol"], "HTTP/1.1", "{line}");
         assert_eq!(v["path"], path, "{line}");
         assert_eq!(v["status"], 200, "{line}");
         assert_eq!(v["bytes_out"], 6, "{line}");

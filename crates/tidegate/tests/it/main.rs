@@ -14,6 +14,7 @@ mod access_log;
 mod admin;
 mod bodies;
 mod buffering;
+mod h2;
 mod health;
 mod hygiene;
 mod keepalive;

@@ -131,7 +131,7 @@ async fn sni_picks_each_certificate_no_sni_gets_the_first_and_x_forwarded_proto_
             "{name} got another certificate: {err}"
         );
         ensure!(
-            err.contains("ALPN: server accepted http/1.1"),
+            err.contains("ALPN: server accepted h2"),
             "{name}: ALPN: {err}"
         );
     }
@@ -480,11 +480,11 @@ respond = { status = 200, body = "ok" }
         "{said}"
     );
 
-    // h2 is not built yet: refused, never ignored.
+    // A protocol tidegate does not speak: refused, never ignored.
     ca.leaf(dir.path(), "a", &["a.test"], None)?;
     let toml = r#"[listeners.web]
 listen = ["127.0.0.1:0"]
-tls = { certificates = [ { cert = "a.pem", key = "a.key" } ], alpn = ["h2", "http/1.1"] }
+tls = { certificates = [ { cert = "a.pem", key = "a.key" } ], alpn = ["h3", "http/1.1"] }
 [[listeners.web.routes]]
 respond = { status = 200, body = "ok" }
 "#;
@@ -492,7 +492,7 @@ respond = { status = 200, body = "ok" }
     ensure!(!ok, "{said}");
     ensure!(
         said.contains(&format!(
-            "{f}:3:71: listeners.web.tls.alpn[0]: h2 is not supported yet"
+            "{f}:3:71: listeners.web.tls.alpn[0]: expected \"h2\" or \"http/1.1\", found \"h3\""
         )),
         "{said}"
     );

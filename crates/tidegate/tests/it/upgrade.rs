@@ -7,7 +7,8 @@
 //! the old process; a broken config or a binary that cannot start leaves the old
 //! process serving and `ctl upgrade` exits 1 saying why; a second upgrade while the old
 //! process drains is refused; garbage in `TIDEGATE_UPGRADE_FD` is a clear startup
-//! error.
+//! error; an HTTP/2 connection is never handed over: it gets GOAWAY and its stream in
+//! flight finishes in the old process.
 //!
 //! An upgraded process is not the test's child (it outlives the process that started
 //! it): the test kit's `Tidegate::follow` takes it over, so it is killed on drop too.
@@ -807,5 +808,50 @@ async fn a_new_process_whose_old_one_vanishes_before_the_handover_exits() -> any
         err.contains("exited before handing over") && !err.contains("panicked"),
         "{err}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_stays_and_its_stream_finishes_in_the_old_process() -> anyhow::Result<()>
+{
+    let app = Backend::start(Bind::Tcp4, |_| {
+        Reply::delay(Duration::from_millis(1500), Reply::text(200, "late"))
+    })?;
+    let mut tg = Tidegate::start(bin(), &config(Some(app.addr()))).await?;
+    let old = tg.pid();
+    let Addr::Tcp(web) = tg.addr("web")? else {
+        bail!("web is not on TCP");
+    };
+    let mut script = crate::h2::Script::start("in-flight", web.port(), 15.0, "/slow")?;
+    ensure!(script.line().await? == "sent");
+    let deadline = Instant::now() + SOON;
+    while app.requests().is_empty() {
+        ensure!(Instant::now() < deadline, "the upstream got no request");
+        tokio::time::sleep(POLL).await;
+    }
+    let new = upgrade(&mut tg).await?;
+    // The old process answered it, after its GOAWAY.
+    let v = script.result().await?;
+    ensure!(v["goaway_before_end"] == true, "{v}");
+    ensure!(v["status"] == "200" && v["body"] == 4, "{v}");
+    let deadline = Instant::now() + EXIT;
+    while !process_gone(old) {
+        ensure!(
+            Instant::now() < deadline,
+            "the old process {old} did not exit"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    // The new process serves HTTP/2 on the same socket.
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "--max-time", "5"])
+        .arg(format!("http://{web}/"))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(SOON, out)
+        .await
+        .context("curl did not finish")??;
+    ensure!(text(&out.stdout) == "hello\n", "{}", text(&out.stderr));
+    ensure!(status_pid(&tg).await? == new);
     Ok(())
 }
