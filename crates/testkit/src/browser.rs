@@ -147,3 +147,25 @@ impl BrowserApp {
         serde_json::from_str(&report).with_context(|| format!("the page's report: {report}"))
     }
 }
+
+/// The source of `h2_streams.py`: many HTTP/2 streams held open on one TLS connection
+/// (Python's `h2`), counted before and after the test says so on stdin.
+pub const H2_STREAMS_PY: &str = include_str!("h2_streams.py");
+
+/// Fails with an explanation when Python's `h2` module cannot be imported.
+pub fn require_python_h2() -> anyhow::Result<()> {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import h2.connection"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        bail!(
+            "this test needs Python's h2 library (an HTTP/2 client that holds many \
+             streams): install it with `python3 -m pip install h2`"
+        );
+    }
+    Ok(())
+}

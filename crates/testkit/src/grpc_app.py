@@ -11,7 +11,8 @@ handlers, so the script needs grpcio only.
 
   grpc_app.py client --target HOST:PORT --ca CA.pem --name NAME [--plain]
       Runs every scenario through the target (TLS with CA.pem and SNI NAME, or h2c with
-      --plain) and prints one JSON object: scenario -> what it saw.
+      --plain; NAME is the :authority either way) and prints one JSON object:
+      scenario -> what it saw.
 """
 
 import argparse
@@ -110,7 +111,11 @@ def code_of(e):
 
 def client(args):
     if args.plain:
-        channel = grpc.insecure_channel(args.target)
+        # grpcio's default :authority for a unix: target is the socket path,
+        # percent-encoded ("tmp%2Fapp.sock"), which the h2 library refuses as a malformed
+        # authority (RST_STREAM PROTOCOL_ERROR, before tidegate sees the request): the
+        # channel names the service instead, as grpc-go does by default ("localhost").
+        channel = grpc.insecure_channel(args.target, options=(("grpc.default_authority", args.name),))
     else:
         with open(args.ca, "rb") as f:
             creds = grpc.ssl_channel_credentials(root_certificates=f.read())

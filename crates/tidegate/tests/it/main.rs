@@ -13,7 +13,9 @@
 mod access_log;
 mod admin;
 mod bodies;
+mod browser;
 mod buffering;
+mod grpc;
 mod h2;
 mod health;
 mod hygiene;
@@ -31,5 +33,6 @@ mod slow_clients;
 mod systemd;
 mod tcp;
 mod tls;
+mod tls_h2;
 mod upgrade;
 mod upstream_tls;
