@@ -84,7 +84,8 @@ impl ConnService {
     }
 
     /// The request rewritten for the upstream: hop-by-hop fields removed,
-    /// `X-Forwarded-*` set, origin-form, HTTP/1.1.
+    /// `X-Forwarded-*` set, origin-form, HTTP/1.1 (an HTTP/2 request's split `Cookie`
+    /// fields joined into one).
     fn outgoing(&self, req: Request<Incoming>, upgrade: bool) -> Outgoing {
         let (mut parts, body) = req.into_parts();
         let te_trailers = headers::asks_trailers(&parts.headers);
@@ -109,6 +110,9 @@ impl ConnService {
             );
         }
         to_origin_form(&mut parts.uri);
+        if parts.version == Version::HTTP_2 {
+            headers::join_cookies(&mut parts.headers);
+        }
         parts.version = Version::HTTP_11;
         let host_from_server = !parts.headers.contains_key(header::HOST);
         // Told when the body has been read to its end: only then may the connection be

@@ -114,6 +114,28 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// RFC 9113 §8.2.3: an HTTP/2 client may split `Cookie` into several fields (browsers
+/// do, for header compression); toward HTTP/1.1 they MUST be one field, the values
+/// joined with `"; "`. An HTTP/1 server given several `Cookie` lines may keep only one
+/// of them, or join them with a comma, which is not a cookie separator. One field or
+/// none: nothing is touched (and nothing allocated).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Made of valid field values and "; ", so it is one; should it not be, the fields
+    // stay as they came.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// Whether the client's `TE` accepts trailers (`TE: trailers`, RFC 9110 §10.1.4).
 pub fn asks_trailers(headers: &HeaderMap) -> bool {
     headers
@@ -573,6 +595,27 @@ fn set_proto_and_host(headers: &mut HeaderMap, host: Option<&HeaderValue>) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn split_cookie_fields_are_joined_with_a_semicolon_and_one_is_left_alone() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        h.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+        let mut one = HeaderMap::new();
+        one.append(header::COOKIE, HeaderValue::from_static("a=1, b"));
+        join_cookies(&mut one);
+        assert_eq!(
+            one.get_all(header::COOKIE).iter().collect::<Vec<_>>(),
+            ["a=1, b"]
+        );
+        let mut none = HeaderMap::new();
+        join_cookies(&mut none);
+        assert!(none.is_empty());
+    }
     use super::*;
 
     #[test]

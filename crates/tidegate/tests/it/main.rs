@@ -17,6 +17,7 @@ mod browser;
 mod buffering;
 mod grpc;
 mod h2;
+mod h2_cookie;
 mod health;
 mod hygiene;
 mod keepalive;
