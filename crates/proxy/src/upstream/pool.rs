@@ -147,6 +147,41 @@ struct ConnCtl {
 /// client's body flowing to a server that does not read it.
 pub const RELEASE_READY_WAIT: Duration = Duration::from_millis(250);
 
+/// HTTP/2: the receive window of one upstream stream: how much of a response tidegate
+/// holds for a client that reads slower than the server sends. The connection's window
+/// is this times the streams it takes ([`h2_windows`]), so streams whose clients stop
+/// reading can never use up the window the connection's other streams need.
+pub const H2_STREAM_WINDOW: u32 = 256 * 1024;
+
+/// HTTP/2: the largest frame tidegate accepts from a server (RFC 9113's initial value,
+/// which every server supports).
+pub const H2_MAX_FRAME_SIZE: u32 = 16 * 1024;
+
+/// HTTP/2: the largest response header list (and trailers) tidegate accepts from a
+/// server, as HPACK-decoded bytes (RFC 9113 §6.5.2, names and values plus 32 per
+/// field); a bigger one fails the stream (`502`). The listeners' default
+/// `max_header_size`.
+pub const H2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+
+/// HTTP/2: a PING after this long without a frame from the server, idle or not.
+pub const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// HTTP/2: a PING unanswered this long closes the connection (its streams fail).
+pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The (stream, connection) receive windows of an upstream HTTP/2 connection taking at
+/// most `streams` streams: the connection's window is at least the stream window times
+/// `streams` (the stream window shrinks when that would pass HTTP/2's largest window).
+pub fn h2_windows(streams: usize) -> (u32, u32) {
+    let max = tidegate_config::defaults::H2_MAX_WINDOW;
+    let streams = u32::try_from(streams.max(1)).unwrap_or(u32::MAX);
+    let stream = H2_STREAM_WINDOW.min(max / streams).max(1);
+    let conn = stream
+        .saturating_mul(streams)
+        .clamp(tidegate_config::defaults::H2_MIN_CONNECTION_WINDOW, max);
+    (stream, conn)
+}
+
 /// `ConnCtl::idle_since` of a connection in use.
 const IN_USE: u64 = 0;
 
@@ -341,8 +376,22 @@ impl Pool {
         let peer = entry.peer().tcp();
         let local = entry.local().tcp();
         let io = TokioIo::new(Observed::new(stream, entry.conn().clone()));
+        let (stream_window, conn_window) = h2_windows(self.inner.max_streams);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            // Explicit windows, never hyper's defaults (2 MiB a stream, 5 MiB the
+            // connection): with those, three responses whose clients stop reading
+            // hold the whole connection window and stall every other stream on it.
+            .adaptive_window(false)
+            .initial_stream_window_size(stream_window)
+            .initial_connection_window_size(conn_window)
+            .max_frame_size(H2_MAX_FRAME_SIZE)
+            .max_header_list_size(H2_MAX_HEADER_LIST_SIZE)
+            // A connection that went silent (a dead peer, a dropped NAT entry) fails
+            // its PING and leaves the shared list rather than swallowing requests.
+            .keep_alive_interval(H2_PING_INTERVAL)
+            .keep_alive_timeout(H2_PING_TIMEOUT)
+            .keep_alive_while_idle(true)
             .handshake::<_, RequestBody>(io)
             .await?;
         let ctl = Arc::new(ConnCtl {

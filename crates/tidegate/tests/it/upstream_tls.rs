@@ -484,3 +484,56 @@ async fn active_health_checks_use_tls_and_h2_when_the_upstream_does() -> anyhow:
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn three_clients_that_stop_reading_never_stall_another_stream_on_the_shared_connection(
+) -> anyhow::Result<()> {
+    let backend = h2_backend(Bind::Tcp4, None, None)?;
+    let config = listener(&[("/", "app")]) + &upstream("app", backend.addr(), "protocol = \"h2\"");
+    let tg = Tidegate::start(bin(), &config).await?;
+    let web = tg.addr("web")?;
+    // Opens the shared connection.
+    ensure!(get(&web, "/", "app.test").await?.status == 200);
+    // Three clients ask for 64 MiB each and never read: far more than the sockets
+    // between them and tidegate hold, so their upstream streams fill their windows.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut c = connect(&web).await?;
+        c.send(b"GET /big/67108864 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            .await?;
+        stalled.push(c);
+    }
+    // Until the backend can send no more: every window toward it is full.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut last = usize::MAX;
+    loop {
+        let now = backend.big_bytes_sent();
+        if now == last && now > 0 {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the three big responses never stopped flowing ({now} bytes sent)"
+        );
+        last = now;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let r = tokio::time::timeout(Duration::from_secs(3), get(&web, "/fourth", "app.test"))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "a fourth request on the shared connection stalled behind three clients \
+                 that stopped reading ({} bytes of big responses sent)",
+                backend.big_bytes_sent()
+            )
+        })??;
+    ensure!(r.status == 200, "{} {}", r.status, r.text());
+    ensure!(r.text().contains("conn=1 /fourth"), "{}", r.text());
+    ensure!(
+        backend.connections() == 1,
+        "{} connections",
+        backend.connections()
+    );
+    drop(stalled);
+    Ok(())
+}
