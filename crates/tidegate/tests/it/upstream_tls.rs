@@ -537,3 +537,85 @@ async fn three_clients_that_stop_reading_never_stall_another_stream_on_the_share
     drop(stalled);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_server_that_advertises_zero_streams_gets_at_most_h2_max_connections_not_one_per_request(
+) -> anyhow::Result<()> {
+    let backend = h2_backend(Bind::Tcp4, Some(0), None)?;
+    let config = listener(&[("/", "app")])
+        + &upstream(
+            "app",
+            backend.addr(),
+            "protocol = \"h2\"\nh2_max_connections = 2\nconnect_timeout = \"200ms\"\nresponse_timeout = \"1s\"",
+        );
+    let tg = Tidegate::start(bin(), &config).await?;
+    let web = tg.addr("web")?;
+    let burst = (0..20).map(|_| {
+        let web = web.clone();
+        tokio::spawn(async move { get(&web, "/", "app.test").await })
+    });
+    for r in futures_util::future::join_all(burst).await {
+        let r = r??;
+        ensure!(r.status >= 500, "{} {}", r.status, r.text());
+    }
+    ensure!(
+        backend.connections() <= 2,
+        "{} connections to a server that takes no streams (h2_max_connections = 2)",
+        backend.connections()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_burst_over_the_servers_stream_limit_waits_in_tidegate_and_never_ejects_it(
+) -> anyhow::Result<()> {
+    let backend = h2_backend(Bind::Tcp4, Some(1), None)?;
+    let config = listener(&[("/", "app")])
+        + &upstream(
+            "app",
+            backend.addr(),
+            "protocol = \"h2\"\nh2_max_connections = 4\nconnect_timeout = \"40ms\"",
+        );
+    let tg = Tidegate::start(bin(), &config).await?;
+    let web = tg.addr("web")?;
+    // Learns the server's limit (1).
+    ensure!(get(&web, "/", "app.test").await?.status == 200);
+    let burst = (0..200).map(|_| {
+        let web = web.clone();
+        tokio::spawn(async move { get(&web, "/slow/20", "app.test").await })
+    });
+    let (mut ok, mut busy) = (0, 0);
+    for r in futures_util::future::join_all(burst).await {
+        let r = r??;
+        match r.status {
+            200 => ok += 1,
+            503 if r.text().contains("h2_max_connections = 4") => busy += 1,
+            s => anyhow::bail!("neither served nor tidegate's own 503: {s} {}", r.text()),
+        }
+    }
+    ensure!(ok > 0, "none of the burst was served ({busy} local 503s)");
+    ensure!(
+        backend.connections() <= 4,
+        "{} connections (h2_max_connections = 4)",
+        backend.connections()
+    );
+    // The server was never ejected: served at once, and its failures are 0.
+    let r = get(&web, "/after", "app.test").await?;
+    ensure!(
+        r.status == 200,
+        "after the burst: {} {}",
+        r.status,
+        r.text()
+    );
+    let metrics = crate::admin::tidegate(&["ctl", "metrics"], tg.dir()).await?;
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    ensure!(
+        !metrics
+            .lines()
+            .any(|l| l.contains("upstream_connect_failures")
+                && l.contains("upstream=\"app\"")
+                && !l.ends_with(" 0")),
+        "tidegate's own queue counted as the server's connect failures:\n{metrics}"
+    );
+    Ok(())
+}
