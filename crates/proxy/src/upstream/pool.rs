@@ -585,9 +585,17 @@ impl Pool {
         for entry in lock(&self.inner.idle).drain(..) {
             entry.ctl.kill.cancel();
         }
-        for entry in lock(&self.inner.shared).drain(..) {
-            entry.ctl.kill.cancel();
+        // HTTP/2: out of the list, but closed only once its last stream ends
+        // (`end_stream`): cancelling `kill` now would end only tidegate's task and its
+        // registry entry, while hyper's own connection task kept the socket and the
+        // streams going, out of sight and past `shutdown_grace`.
+        let drained: Vec<Shared> = lock(&self.inner.shared).drain(..).collect();
+        for entry in drained {
+            if entry.ctl.streams.load(Ordering::Relaxed) == 0 {
+                entry.ctl.kill.cancel();
+            }
         }
+        self.inner.changed.notify_waiters();
     }
 }
 
@@ -801,16 +809,16 @@ fn end_stream(stream: Stream2, pool: &Weak<PoolInner>) {
     if left == 0 {
         stream.ctl.entry.set_state(ConnState::Idle);
         stream.ctl.mark_idle();
-        let refuses = shared
-            .iter()
-            .find(|e| e.ctl.id == stream.ctl.id)
-            .is_some_and(|e| e.server_limit() == 0);
+        let listed = shared.iter().find(|e| e.ctl.id == stream.ctl.id);
+        let refuses = listed.is_some_and(|e| e.server_limit() == 0);
+        // Drained out of the list (`clear`): its last stream ended, so it closes now.
+        let drained = listed.is_none();
         let idle = shared
             .iter()
             .filter(|e| e.ctl.streams.load(Ordering::Relaxed) == 0)
             .count();
         let keeping = pool.keeping.load(Ordering::Relaxed);
-        if !keeping || (!refuses && idle > pool.max_idle) {
+        if drained || !keeping || (!refuses && idle > pool.max_idle) {
             // Out of the list at once (under the lock), so no request takes a stream
             // on a connection being closed.
             shared.retain(|e| e.ctl.id != stream.ctl.id);

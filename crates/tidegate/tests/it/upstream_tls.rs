@@ -619,3 +619,56 @@ async fn a_burst_over_the_servers_stream_limit_waits_in_tidegate_and_never_eject
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn maint_drains_an_h2_connection_it_stays_listed_until_its_last_stream_ends(
+) -> anyhow::Result<()> {
+    let backend = h2_backend(Bind::Tcp4, None, None)?;
+    let config = listener(&[("/", "app")]) + &upstream("app", backend.addr(), "protocol = \"h2\"");
+    let tg = Tidegate::start(bin(), &config).await?;
+    let web = tg.addr("web")?;
+    let slow = {
+        let web = web.clone();
+        tokio::spawn(async move { get(&web, "/slow/1500", "app.test").await })
+    };
+    backend
+        .wait_for("the slow request", T, |b| {
+            b.requests().iter().any(|r| r.uri.path() == "/slow/1500")
+        })
+        .await?;
+    let out = crate::admin::tidegate(&["ctl", "maint", "app/0"], tg.dir()).await?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Drained, not detached: its registry entry stays while its stream runs.
+    let conns = crate::admin::tidegate(&["ctl", "--json", "conns"], tg.dir()).await?;
+    let conns = String::from_utf8_lossy(&conns.stdout).into_owned();
+    ensure!(
+        conns.contains("\"h2\""),
+        "the h2 connection left the registry while its stream runs: {conns}"
+    );
+    let r = slow.await??;
+    ensure!(
+        r.status == 200 && r.text() == "slow",
+        "{} {}",
+        r.status,
+        r.text()
+    );
+    // Its last stream ended: it is closed and gone.
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let conns = crate::admin::tidegate(&["ctl", "--json", "conns"], tg.dir()).await?;
+        let conns = String::from_utf8_lossy(&conns.stdout).into_owned();
+        if !conns.contains("\"h2\"") {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the drained h2 connection was never closed: {conns}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
