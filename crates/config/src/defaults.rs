@@ -118,6 +118,9 @@ pub const UPSTREAM_PROTOCOL: crate::kinds::UpstreamProtocol = crate::kinds::Upst
 /// connection before another one is opened (hyper does not expose the server's
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`; requests over it wait on the connection).
 pub const H2_MAX_STREAMS_PER_CONNECTION: usize = 100;
+/// Upstream `h2_max_connections`: HTTP/2 connections open at once to one server;
+/// requests past them wait (at most `connect_timeout`), then get a local 503.
+pub const H2_MAX_CONNECTIONS: usize = 16;
 /// Upstream `sse_heartbeat`: `:\n\n` into a `text/event-stream` silent toward the
 /// client this long (below common 30-60 s idle timeouts of intermediaries).
 pub const SSE_HEARTBEAT: Duration = Duration::from_secs(15);

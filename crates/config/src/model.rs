@@ -326,6 +326,9 @@ pub struct Upstream {
     /// `h2_max_streams_per_connection`: requests in flight on one HTTP/2 connection
     /// before another is opened (protocol `h2` only; at least 1).
     pub h2_max_streams: usize,
+    /// `h2_max_connections`: HTTP/2 connections open at once to one server (protocol
+    /// `h2` only; at least 1).
+    pub h2_max_connections: usize,
 }
 
 /// An upstream's `tls`: how its servers' certificates are verified.

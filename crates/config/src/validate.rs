@@ -665,6 +665,7 @@ impl<'d> Cx<'_, '_> {
                 "tls",
                 "protocol",
                 "h2_max_streams_per_connection",
+                "h2_max_connections",
             ],
             &[],
         );
@@ -738,6 +739,9 @@ impl<'d> Cx<'_, '_> {
             h2_max_streams: self
                 .uint(t, "h2_max_streams_per_connection", 1)
                 .unwrap_or(defaults::H2_MAX_STREAMS_PER_CONNECTION),
+            h2_max_connections: self
+                .uint(t, "h2_max_connections", 1)
+                .unwrap_or(defaults::H2_MAX_CONNECTIONS),
         };
 
         upstream.on_demand = self.table(t, "on_demand").and_then(|o| self.on_demand(&o));

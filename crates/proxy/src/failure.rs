@@ -136,6 +136,7 @@ impl UpstreamFailure {
             // hyper's handshake on a socket tidegate connected does no I/O: its
             // failure is tidegate's, not the server's.
             UpstreamFailure::Connect(UpstreamError::Handshake { .. })
+            | UpstreamFailure::Connect(UpstreamError::Saturated { .. })
             | UpstreamFailure::NoConnection => Fault::Internal,
             UpstreamFailure::ClientBody(_) => Fault::Client,
             _ => Fault::Upstream,
@@ -150,7 +151,8 @@ impl UpstreamFailure {
                 error: ConnectError::Timeout { .. },
                 ..
             }) => StatusCode::GATEWAY_TIMEOUT,
-            UpstreamFailure::Connect(UpstreamError::OnDemand { .. }) => {
+            UpstreamFailure::Connect(UpstreamError::OnDemand { .. })
+            | UpstreamFailure::Connect(UpstreamError::Saturated { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             UpstreamFailure::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -186,7 +188,9 @@ impl UpstreamFailure {
     pub fn health(&self) -> Option<Outcome> {
         match self {
             UpstreamFailure::NoServer(_) | UpstreamFailure::NoConnection => None,
-            UpstreamFailure::Connect(UpstreamError::Handshake { .. }) => None,
+            // tidegate's own limit: the server was never asked.
+            UpstreamFailure::Connect(UpstreamError::Handshake { .. })
+            | UpstreamFailure::Connect(UpstreamError::Saturated { .. }) => None,
             UpstreamFailure::Connect(_) => Some(Outcome::ConnectFailed),
             // Unsent: closed on a new connection before a byte of the request was
             // written, nothing of the client's involved. A response timeout starts once
@@ -596,6 +600,22 @@ mod tests {
                 }),
                 Internal,
                 502,
+                None,
+                None,
+                AnotherServer,
+            ),
+            (
+                UpstreamFailure::Connect(UpstreamError::Saturated {
+                    upstream: "app".into(),
+                    server: "127.0.0.1:9".into(),
+                    saturated: crate::upstream::pool::Saturated {
+                        connections: 2,
+                        max_connections: 2,
+                        waited: Duration::from_millis(40),
+                    },
+                }),
+                Internal,
+                503,
                 None,
                 None,
                 AnotherServer,

@@ -11,6 +11,8 @@
 //!   connection is cut).
 //! - `/hang`: a response head, then a body that never ends (the backend counts the
 //!   bodies dropped before their end in [`HyperBackend::cancelled`]).
+//! - `/big/N`: N bytes of `x`, in 64 KiB frames produced as the peer takes them (their
+//!   total so far in [`HyperBackend::big_bytes_sent`]).
 //! - anything else: `VERSION conn=N PATH`, e.g. `HTTP/2.0 conn=1 /x`.
 
 use std::collections::VecDeque;
@@ -72,6 +74,8 @@ struct State {
     requests: Mutex<Vec<SeenRequest>>,
     cancelled: AtomicUsize,
     errors: Mutex<Vec<String>>,
+    /// Bytes of `/big/N` bodies handed to hyper so far.
+    big_sent: AtomicUsize,
 }
 
 /// A running hyper backend; stops when dropped.
@@ -169,6 +173,12 @@ impl HyperBackend {
     /// end (the client or the proxy reset the stream, or closed the connection).
     pub fn cancelled(&self) -> usize {
         self.state.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Bytes of `/big/N` response bodies handed to hyper so far (what the peer's flow
+    /// control let through, plus hyper's own buffer).
+    pub fn big_bytes_sent(&self) -> usize {
+        self.state.big_sent.load(Ordering::SeqCst)
     }
 
     /// Connection errors (TLS handshakes that failed, protocol errors).
@@ -282,6 +292,7 @@ async fn answer(
     let mut resp = hyper::Response::builder();
     let mut hang = false;
     let mut fail_after = None;
+    let mut big = 0;
     // Matched at the path's end, so a route's prefix may come first (`/a/slow/100`).
     if let Some((_, ms)) = path.rsplit_once("/slow/") {
         let ms: u64 = ms.parse().unwrap_or(0);
@@ -297,6 +308,8 @@ async fn answer(
     } else if path.ends_with("/reset") {
         frames.push_back(Ok(Frame::data(Bytes::from_static(b"partial"))));
         fail_after = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+    } else if let Some((_, n)) = path.rsplit_once("/big/") {
+        big = n.parse().unwrap_or(0);
     } else if path.ends_with("/hang") {
         frames.push_back(Ok(Frame::data(Bytes::from_static(b"start\n"))));
         hang = true;
@@ -309,6 +322,7 @@ async fn answer(
         frames,
         hang,
         fail_after,
+        big,
         ended: false,
         state: st.clone(),
     };
@@ -317,6 +331,7 @@ async fn answer(
             frames: VecDeque::new(),
             hang: false,
             fail_after: None,
+            big: 0,
             ended: false,
             state: st.clone(),
         })
@@ -342,6 +357,8 @@ struct TestBody {
     /// After the frames: an error once this fires (the response head and first frames
     /// reach the client before the stream fails).
     fail_after: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// `/big/N`: bytes still to send.
+    big: usize,
     ended: bool,
     state: Arc<State>,
 }
@@ -356,6 +373,13 @@ impl Body for TestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         if let Some(f) = self.frames.pop_front() {
             return Poll::Ready(Some(f));
+        }
+        if self.big > 0 {
+            const CHUNK: &[u8] = &[b'x'; 64 * 1024];
+            let n = self.big.min(CHUNK.len());
+            self.big -= n;
+            self.state.big_sent.fetch_add(n, Ordering::SeqCst);
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..n])))));
         }
         if let Some(sleep) = self.fail_after.as_mut() {
             if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
@@ -376,7 +400,7 @@ impl Body for TestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.frames.is_empty() && !self.hang && self.fail_after.is_none()
+        self.frames.is_empty() && !self.hang && self.fail_after.is_none() && self.big == 0
     }
 }
 

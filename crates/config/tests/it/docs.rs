@@ -386,6 +386,14 @@ fn documented() -> Vec<(&'static str, Doc)> {
             ),
         ),
         (
+            "H2_MAX_CONNECTIONS",
+            Value(
+                UPSTREAM,
+                "`h2_max_connections`",
+                Written::Int(H2_MAX_CONNECTIONS as i64),
+            ),
+        ),
+        (
             "SSE_HEARTBEAT",
             Duration(UPSTREAM, "`sse_heartbeat`", SSE_HEARTBEAT),
         ),

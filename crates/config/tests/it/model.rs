@@ -186,6 +186,7 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 tls: None,
                 protocol: defaults::UPSTREAM_PROTOCOL,
                 h2_max_streams: defaults::H2_MAX_STREAMS_PER_CONNECTION,
+                h2_max_connections: defaults::H2_MAX_CONNECTIONS,
             },
             Upstream {
                 name: "b".into(),
@@ -223,6 +224,7 @@ servers = ["unix:/run/a.sock", "10.0.0.1:80"]
                 tls: None,
                 protocol: defaults::UPSTREAM_PROTOCOL,
                 h2_max_streams: defaults::H2_MAX_STREAMS_PER_CONNECTION,
+                h2_max_connections: defaults::H2_MAX_CONNECTIONS,
             },
         ],
         warnings: Vec::new(),

@@ -33,9 +33,10 @@ fn upstream_tls_and_protocol_load_with_their_defaults() {
     assert_eq!(app.protocol, defaults::UPSTREAM_PROTOCOL);
     assert_eq!(app.protocol, UpstreamProtocol::Http1);
     assert_eq!(app.h2_max_streams, defaults::H2_MAX_STREAMS_PER_CONNECTION);
+    assert_eq!(app.h2_max_connections, defaults::H2_MAX_CONNECTIONS);
 
     let text = config(
-        "tls = { ca = \"certs/example.pem\", server_name = \"app.internal\" }\nprotocol = \"h2\"\nh2_max_streams_per_connection = 8",
+        "tls = { ca = \"certs/example.pem\", server_name = \"app.internal\" }\nprotocol = \"h2\"\nh2_max_streams_per_connection = 8\nh2_max_connections = 3",
     );
     let c = load_str(&text, Some(&origin())).expect("valid");
     let app = &c.upstreams[0];
@@ -49,6 +50,7 @@ fn upstream_tls_and_protocol_load_with_their_defaults() {
     assert!(!tls.insecure_skip_verify);
     assert_eq!(app.protocol, UpstreamProtocol::H2);
     assert_eq!(app.h2_max_streams, 8);
+    assert_eq!(app.h2_max_connections, 3);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 
     // The system's CAs (this machine has a bundle: a test needs it, it does not skip).
@@ -121,6 +123,11 @@ fn upstream_tls_errors_are_named_at_their_key() {
             "h2_max_streams_per_connection = 0",
             "0",
             "upstreams.app.h2_max_streams_per_connection: expected a whole number of at least 1",
+        ),
+        (
+            "h2_max_connections = 0",
+            "0",
+            "upstreams.app.h2_max_connections: expected a whole number of at least 1",
         ),
     ];
     for (line, at, rest) in cases {

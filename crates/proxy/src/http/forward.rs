@@ -232,7 +232,10 @@ impl ConnService {
         let connect_started = done
             .as_mut()
             .and_then(|d| d.log_mut().is_some().then(|| d.elapsed()));
-        let got = if at.fresh {
+        // HTTP/2: a retry takes a stream like any request (the connection that refused
+        // or handed back the request takes no new one), so it stays within
+        // `h2_max_connections`.
+        let got = if at.fresh && !server.is_h2() {
             // Boxed: a retry's path, kept out of every request's future (see
             // `Server::checkout`).
             Box::pin(server.connect(&up.name, &up.timeouts, &self.ctx.resolver, up.tcp, registry))

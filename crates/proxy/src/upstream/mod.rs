@@ -129,6 +129,7 @@ pub(crate) struct ServerSettings {
     tls: Option<tidegate_config::UpstreamTls>,
     protocol: UpstreamProtocol,
     h2_max_streams: usize,
+    h2_max_connections: usize,
 }
 
 impl ServerSettings {
@@ -142,6 +143,7 @@ impl ServerSettings {
             tls: cfg.tls.clone(),
             protocol: cfg.protocol,
             h2_max_streams: cfg.h2_max_streams,
+            h2_max_connections: cfg.h2_max_connections,
         }
     }
 }
@@ -503,6 +505,7 @@ impl Server {
             cfg.keepalive,
             cfg.keepalive_timeout,
             cfg.h2_max_streams,
+            cfg.h2_max_connections,
         ));
         let health = health::ServerHealth::new(cfg.health.as_ref()).named(&cfg.name, addr);
         health.set_passive_limits(health::PassiveLimits::from(&cfg.passive));
@@ -712,9 +715,13 @@ impl Server {
         Box::pin(self.connect(upstream, timeouts, resolver, tcp, registry)).await
     }
 
-    /// HTTP/2: a stream on a connection below its limit, or a new connection. Requests
-    /// that find every connection full wait for the one being opened (at most
-    /// `connect_timeout`) rather than each opening its own.
+    /// HTTP/2: a stream on a connection below its limit, or a new connection
+    /// ([`Pool::stream_or_open`]: opens sized to the requests waiting, at most
+    /// `h2_max_connections`). A request that found no stream within `connect_timeout`
+    /// gets [`UpstreamError::Saturated`], tidegate's own limit and not the server's
+    /// failure. One that opens a connection gives it the whole `connect_timeout`: the
+    /// wait in tidegate's queue never shortens a real connect (which would fail it and
+    /// count that against a healthy server).
     async fn checkout_stream(
         &self,
         upstream: &str,
@@ -727,21 +734,23 @@ impl Server {
             self.stats.checkout(true);
             return Ok(c);
         }
-        let started = tokio::time::Instant::now();
-        let _opening = self.pool.opening(timeouts.connect).await;
-        if let Some(c) = self.pool.take_stream() {
-            self.stats.checkout(true);
-            return Ok(c);
-        }
-        // The wait is part of the request's `connect_timeout`.
-        let left = Timeouts {
-            connect: timeouts
-                .connect
-                .saturating_sub(started.elapsed())
-                .max(Duration::from_millis(1)),
-            ..*timeouts
+        let permit = match self.pool.stream_or_open(timeouts.connect).await {
+            Ok(pool::Slot::Stream(c)) => {
+                self.stats.checkout(true);
+                return Ok(c);
+            }
+            Ok(pool::Slot::Open(permit)) => permit,
+            Err(saturated) => {
+                return Err(UpstreamError::Saturated {
+                    upstream: upstream.to_owned(),
+                    server: self.addr.to_string(),
+                    saturated,
+                })
+            }
         };
-        Box::pin(self.connect(upstream, &left, resolver, tcp, registry)).await
+        let res = Box::pin(self.connect(upstream, timeouts, resolver, tcp, registry)).await;
+        drop(permit);
+        res
     }
 
     /// Whether its connections are HTTP/2.
@@ -924,6 +933,24 @@ pub enum UpstreamError {
         server: String,
         /// hyper's error.
         error: hyper::Error,
+    },
+    /// HTTP/2: every connection tidegate may open to the server (`h2_max_connections`)
+    /// was at its stream limit for all of `connect_timeout`. A local 503, not the
+    /// server's failure.
+    #[error(
+        "upstream {upstream} ({server}): no HTTP/2 stream free within {}ms (connect_timeout): \
+         {} connections open, each at its stream limit (h2_max_connections = {})",
+        saturated.waited.as_millis(),
+        saturated.connections,
+        saturated.max_connections
+    )]
+    Saturated {
+        /// Upstream name.
+        upstream: String,
+        /// Server address as configured.
+        server: String,
+        /// What the wait found.
+        saturated: pool::Saturated,
     },
     /// An on-demand backend could not be started (or tidegate is stopping). 503.
     #[error("upstream {upstream} ({server}): {error}")]

@@ -58,11 +58,22 @@ struct PoolInner {
     idle: Mutex<Vec<Idle>>,
     /// HTTP/2: every open connection (in use or not).
     shared: Mutex<Vec<Shared>>,
-    /// HTTP/2: held while a connection is being opened, so requests that find every
-    /// connection full wait for it rather than each opening one.
-    opening: tokio::sync::Mutex<()>,
+    /// HTTP/2: connections being opened now ([`OpenPermit`]s). Changed under the
+    /// `shared` lock.
+    opening: AtomicUsize,
+    /// HTTP/2: requests waiting for a stream (neither on a connection nor opening one).
+    /// Changed under the `shared` lock.
+    waiting: AtomicUsize,
+    /// HTTP/2: told when a waiting request may find a stream or an open slot now (a
+    /// stream ended, a connection joined or left the list, an open ended).
+    changed: tokio::sync::Notify,
+    /// HTTP/2: the stream limit the server advertised last (what a connection being
+    /// opened is expected to take, to size the opens to the demand).
+    last_limit: AtomicUsize,
     /// `h2_max_streams_per_connection`.
     max_streams: usize,
+    /// `h2_max_connections`.
+    max_conns: usize,
     max_idle: usize,
     idle_timeout: Duration,
     /// False while the server is in `maint`: a released connection is closed, not
@@ -96,6 +107,58 @@ struct Shared {
     /// Polled by the connection's task; locked here only to read the server's stream
     /// limit.
     conn: Arc<Mutex<Pin<Box<H2Connection>>>>,
+}
+
+impl Shared {
+    /// Whether it may take new streams at all: open, and not told to stop (GOAWAY).
+    fn takes_streams(&self) -> bool {
+        !self.sender.is_closed() && self.sender.is_ready()
+    }
+
+    /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS` as hyper reports it (before the
+    /// server's SETTINGS arrive: the initial value this connection was opened with).
+    fn server_limit(&self) -> usize {
+        lock(&self.conn).current_max_send_streams()
+    }
+}
+
+/// What [`Pool::stream_or_open`] gives.
+#[derive(Debug)]
+pub enum Slot {
+    /// A stream on an open connection.
+    Stream(Checkout),
+    /// Open a new connection; hold the permit until it is in the list (or failed).
+    Open(OpenPermit),
+}
+
+/// The right to open one HTTP/2 connection to the server; counted in the pool's
+/// opens until dropped.
+#[derive(Debug)]
+pub struct OpenPermit {
+    pool: Arc<PoolInner>,
+}
+
+impl Drop for OpenPermit {
+    fn drop(&mut self) {
+        {
+            let _shared = lock(&self.pool.shared);
+            self.pool.opening.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.pool.changed.notify_waiters();
+    }
+}
+
+/// Every HTTP/2 connection tidegate may open to the server is at its stream limit,
+/// and none had a stream free within the wait: tidegate's own limit, not the server's
+/// failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saturated {
+    /// Connections taking requests when the wait ended.
+    pub connections: usize,
+    /// `h2_max_connections`.
+    pub max_connections: usize,
+    /// How long the request waited.
+    pub waited: Duration,
 }
 
 /// One stream of an HTTP/2 connection, held by a checkout.
@@ -147,6 +210,48 @@ struct ConnCtl {
 /// client's body flowing to a server that does not read it.
 pub const RELEASE_READY_WAIT: Duration = Duration::from_millis(250);
 
+/// HTTP/2: the receive window of one upstream stream: how much of a response tidegate
+/// holds for a client that reads slower than the server sends. The connection's window
+/// is this times the streams it takes ([`h2_windows`]), so streams whose clients stop
+/// reading can never use up the window the connection's other streams need.
+pub const H2_STREAM_WINDOW: u32 = 256 * 1024;
+
+/// HTTP/2: the largest frame tidegate accepts from a server (RFC 9113's initial value,
+/// which every server supports).
+pub const H2_MAX_FRAME_SIZE: u32 = 16 * 1024;
+
+/// HTTP/2: the largest response header list (and trailers) tidegate accepts from a
+/// server, as HPACK-decoded bytes (RFC 9113 §6.5.2, names and values plus 32 per
+/// field); a bigger one fails the stream (`502`). The listeners' default
+/// `max_header_size`.
+pub const H2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+
+/// HTTP/2: a PING after this long without a frame from the server, idle or not.
+pub const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// HTTP/2: a PING unanswered this long closes the connection (its streams fail).
+pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The (stream, connection) receive windows of an upstream HTTP/2 connection taking at
+/// most `streams` streams: the connection's window is at least the stream window times
+/// `streams` (the stream window shrinks when that would pass HTTP/2's largest window).
+pub fn h2_windows(streams: usize) -> (u32, u32) {
+    let max = tidegate_config::defaults::H2_MAX_WINDOW;
+    let streams = u32::try_from(streams.max(1)).unwrap_or(u32::MAX);
+    let stream = H2_STREAM_WINDOW.min(max / streams).max(1);
+    let conn = stream
+        .saturating_mul(streams)
+        .clamp(tidegate_config::defaults::H2_MIN_CONNECTION_WINDOW, max);
+    (stream, conn)
+}
+
+/// hyper's `SETTINGS_MAX_CONCURRENT_STREAMS` before a server's first SETTINGS arrive;
+/// tidegate lowers it to what the server advertised last, never raises it.
+const H2_INITIAL_MAX_SEND_STREAMS: usize = 100;
+
+/// How often a request waiting for an HTTP/2 stream looks again without being woken.
+const H2_RECHECK: Duration = Duration::from_millis(25);
+
 /// `ConnCtl::idle_since` of a connection in use.
 const IN_USE: u64 = 0;
 
@@ -184,18 +289,27 @@ pub struct Checkout {
 impl Pool {
     /// A pool keeping at most `max_idle` idle connections for `idle_timeout` each.
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
-        Pool::with_streams(max_idle, idle_timeout, 1)
+        Pool::with_streams(max_idle, idle_timeout, 1, 1)
     }
 
     /// [`Pool::new`], with HTTP/2 connections taking at most `max_streams` streams
-    /// each (at least 1).
-    pub fn with_streams(max_idle: usize, idle_timeout: Duration, max_streams: usize) -> Self {
+    /// each, at most `max_conns` of them open (each at least 1).
+    pub fn with_streams(
+        max_idle: usize,
+        idle_timeout: Duration,
+        max_streams: usize,
+        max_conns: usize,
+    ) -> Self {
         Pool {
             inner: Arc::new(PoolInner {
                 idle: Mutex::new(Vec::with_capacity(max_idle.min(64))),
                 shared: Mutex::new(Vec::new()),
-                opening: tokio::sync::Mutex::new(()),
+                opening: AtomicUsize::new(0),
+                waiting: AtomicUsize::new(0),
+                changed: tokio::sync::Notify::new(),
+                last_limit: AtomicUsize::new(max_streams.clamp(1, H2_INITIAL_MAX_SEND_STREAMS)),
                 max_streams: max_streams.max(1),
+                max_conns: max_conns.max(1),
                 max_idle,
                 idle_timeout,
                 keeping: AtomicBool::new(true),
@@ -222,21 +336,86 @@ impl Pool {
     /// streams first (so idle connections age out). Never waits.
     pub fn take_stream(&self) -> Option<Checkout> {
         let shared = lock(&self.inner.shared);
+        self.pick(&shared)
+    }
+
+    /// [`Pool::take_stream`] under the `shared` lock.
+    fn pick(&self, shared: &[Shared]) -> Option<Checkout> {
         let pick = shared
             .iter()
-            .filter(|s| !s.sender.is_closed() && s.sender.is_ready())
+            .filter(|s| s.takes_streams())
             .filter(|s| s.ctl.streams.load(Ordering::Relaxed) < self.stream_limit(s))
             .max_by_key(|s| s.ctl.streams.load(Ordering::Relaxed))?;
-        let checkout = self.new_stream(pick.sender.clone(), pick.ctl.clone(), true);
-        drop(shared);
-        Some(checkout)
+        Some(self.new_stream(pick.sender.clone(), pick.ctl.clone(), true))
     }
 
     /// The streams a connection takes: `h2_max_streams_per_connection`, or less when
-    /// the server said so.
+    /// the server said so. A server that advertised 0 gets none on it.
     fn stream_limit(&self, s: &Shared) -> usize {
-        let server = lock(&s.conn).current_max_send_streams();
-        self.inner.max_streams.min(server.max(1))
+        let server = s.server_limit();
+        self.inner.last_limit.store(server, Ordering::Relaxed);
+        self.inner.max_streams.min(server)
+    }
+
+    /// HTTP/2: a stream on a connection below its limit, or the right to open a new
+    /// connection ([`Slot::Open`]). Opens are sized to the demand: a request opens one
+    /// when the connections being opened will not take every request waiting (at the
+    /// server's last advertised limit each), while fewer than `h2_max_connections`
+    /// connections that take requests are open or opening. Otherwise it waits for a
+    /// stream to end or a connection to join, at most `wait`; then [`Saturated`].
+    pub async fn stream_or_open(&self, wait: Duration) -> Result<Slot, Saturated> {
+        let deadline = Instant::now() + wait;
+        let inner = &self.inner;
+        let mut counted = false;
+        loop {
+            let changed = inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let shared = lock(&inner.shared);
+                if let Some(c) = self.pick(&shared) {
+                    if counted {
+                        inner.waiting.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    return Ok(Slot::Stream(c));
+                }
+                if !counted {
+                    inner.waiting.fetch_add(1, Ordering::Relaxed);
+                    counted = true;
+                }
+                let open = shared.iter().filter(|s| s.takes_streams()).count();
+                let opening = inner.opening.load(Ordering::Relaxed);
+                let waiting = inner.waiting.load(Ordering::Relaxed);
+                let per = inner
+                    .max_streams
+                    .min(inner.last_limit.load(Ordering::Relaxed))
+                    .max(1);
+                if open + opening < inner.max_conns && opening.saturating_mul(per) < waiting {
+                    inner.opening.fetch_add(1, Ordering::Relaxed);
+                    inner.waiting.fetch_sub(1, Ordering::Relaxed);
+                    return Ok(Slot::Open(OpenPermit {
+                        pool: self.inner.clone(),
+                    }));
+                }
+            }
+            // Woken by a change, and looked again at least this often: a server may
+            // raise its limit with a SETTINGS frame, which nothing here is told of.
+            let recheck = (Instant::now() + H2_RECHECK).min(deadline);
+            let woken = tokio::time::timeout_at(recheck, changed).await.is_ok();
+            if !woken && Instant::now() >= deadline {
+                let shared = lock(&inner.shared);
+                if let Some(c) = self.pick(&shared) {
+                    inner.waiting.fetch_sub(1, Ordering::Relaxed);
+                    return Ok(Slot::Stream(c));
+                }
+                inner.waiting.fetch_sub(1, Ordering::Relaxed);
+                return Err(Saturated {
+                    connections: shared.iter().filter(|s| s.takes_streams()).count(),
+                    max_connections: inner.max_conns,
+                    waited: wait,
+                });
+            }
+        }
     }
 
     /// A checkout for one more stream on `ctl`'s connection; called under the
@@ -258,14 +437,6 @@ impl Pool {
             peer: None,
             local: None,
         }
-    }
-
-    /// HTTP/2: waits (at most `limit`) until no other request is opening a connection
-    /// to this server; `None` when the wait timed out (open one anyway).
-    pub async fn opening(&self, limit: Duration) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        tokio::time::timeout(limit, self.inner.opening.lock())
-            .await
-            .ok()
     }
 
     /// Takes the most recently used idle connection that can take a request now (the
@@ -341,8 +512,30 @@ impl Pool {
         let peer = entry.peer().tcp();
         let local = entry.local().tcp();
         let io = TokioIo::new(Observed::new(stream, entry.conn().clone()));
+        let (stream_window, conn_window) = h2_windows(self.inner.max_streams);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            // Explicit windows, never hyper's defaults (2 MiB a stream, 5 MiB the
+            // connection): with those, three responses whose clients stop reading
+            // hold the whole connection window and stall every other stream on it.
+            .adaptive_window(false)
+            .initial_stream_window_size(stream_window)
+            .initial_connection_window_size(conn_window)
+            .max_frame_size(H2_MAX_FRAME_SIZE)
+            .max_header_list_size(H2_MAX_HEADER_LIST_SIZE)
+            // A connection that went silent (a dead peer, a dropped NAT entry) fails
+            // its PING and leaves the shared list rather than swallowing requests.
+            .keep_alive_interval(H2_PING_INTERVAL)
+            .keep_alive_timeout(H2_PING_TIMEOUT)
+            .keep_alive_while_idle(true)
+            // Until the server's SETTINGS arrive: what it advertised last (hyper's
+            // default is 100, whatever the server said before).
+            .initial_max_send_streams(
+                self.inner
+                    .last_limit
+                    .load(Ordering::Relaxed)
+                    .clamp(1, H2_INITIAL_MAX_SEND_STREAMS),
+            )
             .handshake::<_, RequestBody>(io)
             .await?;
         let ctl = Arc::new(ConnCtl {
@@ -367,6 +560,7 @@ impl Pool {
             });
             c
         };
+        self.inner.changed.notify_waiters();
         tokio::spawn(drive(
             driven,
             ctl,
@@ -391,9 +585,17 @@ impl Pool {
         for entry in lock(&self.inner.idle).drain(..) {
             entry.ctl.kill.cancel();
         }
-        for entry in lock(&self.inner.shared).drain(..) {
-            entry.ctl.kill.cancel();
+        // HTTP/2: out of the list, but closed only once its last stream ends
+        // (`end_stream`): cancelling `kill` now would end only tidegate's task and its
+        // registry entry, while hyper's own connection task kept the socket and the
+        // streams going, out of sight and past `shutdown_grace`.
+        let drained: Vec<Shared> = lock(&self.inner.shared).drain(..).collect();
+        for entry in drained {
+            if entry.ctl.streams.load(Ordering::Relaxed) == 0 {
+                entry.ctl.kill.cancel();
+            }
         }
+        self.inner.changed.notify_waiters();
     }
 }
 
@@ -469,6 +671,7 @@ async fn drive(
     if let Some(pool) = pool.upgrade() {
         lock(&pool.idle).retain(|e| e.ctl.id != ctl.id);
         lock(&pool.shared).retain(|e| e.ctl.id != ctl.id);
+        pool.changed.notify_waiters();
     }
 }
 
@@ -587,8 +790,11 @@ fn put_back(conn: Idle, pool: &Weak<PoolInner>) {
 }
 
 /// An HTTP/2 stream ended (complete or not): the connection takes another one; with
-/// no stream left it is idle (closed at once when the server keeps no idle
-/// connection).
+/// no stream left it is idle, and closed at once when the server already has
+/// `keepalive` idle connections (or is in `maint`). One whose server advertised a
+/// limit of 0 is kept until `keepalive_timeout` all the same: it still counts against
+/// `h2_max_connections`, so a server that takes no streams is not sent a new
+/// connection per request.
 fn end_stream(stream: Stream2, pool: &Weak<PoolInner>) {
     let Some(pool) = pool.upgrade() else {
         stream.ctl.kill.cancel();
@@ -603,7 +809,16 @@ fn end_stream(stream: Stream2, pool: &Weak<PoolInner>) {
     if left == 0 {
         stream.ctl.entry.set_state(ConnState::Idle);
         stream.ctl.mark_idle();
-        if pool.max_idle == 0 || !pool.keeping.load(Ordering::Relaxed) {
+        let listed = shared.iter().find(|e| e.ctl.id == stream.ctl.id);
+        let refuses = listed.is_some_and(|e| e.server_limit() == 0);
+        // Drained out of the list (`clear`): its last stream ended, so it closes now.
+        let drained = listed.is_none();
+        let idle = shared
+            .iter()
+            .filter(|e| e.ctl.streams.load(Ordering::Relaxed) == 0)
+            .count();
+        let keeping = pool.keeping.load(Ordering::Relaxed);
+        if drained || !keeping || (!refuses && idle > pool.max_idle) {
             // Out of the list at once (under the lock), so no request takes a stream
             // on a connection being closed.
             shared.retain(|e| e.ctl.id != stream.ctl.id);
@@ -611,6 +826,9 @@ fn end_stream(stream: Stream2, pool: &Weak<PoolInner>) {
         }
     }
     drop(shared);
+    if pool.waiting.load(Ordering::Relaxed) > 0 {
+        pool.changed.notify_waiters();
+    }
 }
 
 impl Drop for Checkout {

@@ -484,3 +484,193 @@ async fn active_health_checks_use_tls_and_h2_when_the_upstream_does() -> anyhow:
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn three_clients_that_stop_reading_never_stall_another_stream_on_the_shared_connection(
+) -> anyhow::Result<()> {
+    let backend = h2_backend(Bind::Tcp4, None, None)?;
+    let config = listener(&[("/", "app")]) + &upstream("app", backend.addr(), "protocol = \"h2\"");
+    let tg = Tidegate::start(bin(), &config).await?;
+    let web = tg.addr("web")?;
+    // Opens the shared connection.
+    ensure!(get(&web, "/", "app.test").await?.status == 200);
+    // Three clients ask for 64 MiB each and never read: far more than the sockets
+    // between them and tidegate hold, so their upstream streams fill their windows.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut c = connect(&web).await?;
+        c.send(b"GET /big/67108864 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            .await?;
+        stalled.push(c);
+    }
+    // Until the backend can send no more: every window toward it is full.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut last = usize::MAX;
+    loop {
+        let now = backend.big_bytes_sent();
+        if now == last && now > 0 {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the three big responses never stopped flowing ({now} bytes sent)"
+        );
+        last = now;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let r = tokio::time::timeout(Duration::from_secs(3), get(&web, "/fourth", "app.test"))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "a fourth request on the shared connection stalled behind three clients \
+                 that stopped reading ({} bytes of big responses sent)",
+                backend.big_bytes_sent()
+            )
+        })??;
+    ensure!(r.status == 200, "{} {}", r.status, r.text());
+    ensure!(r.text().contains("conn=1 /fourth"), "{}", r.text());
+    ensure!(
+        backend.connections() == 1,
+        "{} connections",
+        backend.connections()
+    );
+    drop(stalled);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_server_that_advertises_zero_streams_gets_at_most_h2_max_connections_not_one_per_request(
+) -> anyhow::Result<()> {
+    let backend = h2_backend(Bind::Tcp4, Some(0), None)?;
+    let config = listener(&[("/", "app")])
+        + &upstream(
+            "app",
+            backend.addr(),
+            "protocol = \"h2\"\nh2_max_connections = 2\nconnect_timeout = \"200ms\"\nresponse_timeout = \"1s\"",
+        );
+    let tg = Tidegate::start(bin(), &config).await?;
+    let web = tg.addr("web")?;
+    let burst = (0..20).map(|_| {
+        let web = web.clone();
+        tokio::spawn(async move { get(&web, "/", "app.test").await })
+    });
+    for r in futures_util::future::join_all(burst).await {
+        let r = r??;
+        ensure!(r.status >= 500, "{} {}", r.status, r.text());
+    }
+    ensure!(
+        backend.connections() <= 2,
+        "{} connections to a server that takes no streams (h2_max_connections = 2)",
+        backend.connections()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_burst_over_the_servers_stream_limit_waits_in_tidegate_and_never_ejects_it(
+) -> anyhow::Result<()> {
+    let backend = h2_backend(Bind::Tcp4, Some(1), None)?;
+    let config = listener(&[("/", "app")])
+        + &upstream(
+            "app",
+            backend.addr(),
+            "protocol = \"h2\"\nh2_max_connections = 4\nconnect_timeout = \"200ms\"",
+        );
+    let tg = Tidegate::start(bin(), &config).await?;
+    let web = tg.addr("web")?;
+    // connect_timeout is short enough that most of the burst outwaits it in tidegate's
+    // queue, long enough that a real connect on a loaded test machine fits in it.
+    // Learns the server's limit (1).
+    ensure!(get(&web, "/", "app.test").await?.status == 200);
+    let burst = (0..200).map(|_| {
+        let web = web.clone();
+        tokio::spawn(async move { get(&web, "/slow/20", "app.test").await })
+    });
+    let (mut ok, mut busy) = (0, 0);
+    for r in futures_util::future::join_all(burst).await {
+        let r = r??;
+        match r.status {
+            200 => ok += 1,
+            503 if r.text().contains("h2_max_connections = 4") => busy += 1,
+            s => anyhow::bail!("neither served nor tidegate's own 503: {s} {}", r.text()),
+        }
+    }
+    ensure!(ok > 0, "none of the burst was served ({busy} local 503s)");
+    ensure!(
+        backend.connections() <= 4,
+        "{} connections (h2_max_connections = 4)",
+        backend.connections()
+    );
+    // The server was never ejected: served at once, and its failures are 0.
+    let r = get(&web, "/after", "app.test").await?;
+    ensure!(
+        r.status == 200,
+        "after the burst: {} {}",
+        r.status,
+        r.text()
+    );
+    let metrics = crate::admin::tidegate(&["ctl", "metrics"], tg.dir()).await?;
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    ensure!(
+        !metrics
+            .lines()
+            .any(|l| l.contains("upstream_connect_failures")
+                && l.contains("upstream=\"app\"")
+                && !l.ends_with(" 0")),
+        "tidegate's own queue counted as the server's connect failures:\n{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn maint_drains_an_h2_connection_it_stays_listed_until_its_last_stream_ends(
+) -> anyhow::Result<()> {
+    let backend = h2_backend(Bind::Tcp4, None, None)?;
+    let config = listener(&[("/", "app")]) + &upstream("app", backend.addr(), "protocol = \"h2\"");
+    let tg = Tidegate::start(bin(), &config).await?;
+    let web = tg.addr("web")?;
+    let slow = {
+        let web = web.clone();
+        tokio::spawn(async move { get(&web, "/slow/1500", "app.test").await })
+    };
+    backend
+        .wait_for("the slow request", T, |b| {
+            b.requests().iter().any(|r| r.uri.path() == "/slow/1500")
+        })
+        .await?;
+    let out = crate::admin::tidegate(&["ctl", "maint", "app/0"], tg.dir()).await?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Drained, not detached: its registry entry stays while its stream runs.
+    let conns = crate::admin::tidegate(&["ctl", "--json", "conns"], tg.dir()).await?;
+    let conns = String::from_utf8_lossy(&conns.stdout).into_owned();
+    ensure!(
+        conns.contains("\"h2\""),
+        "the h2 connection left the registry while its stream runs: {conns}"
+    );
+    let r = slow.await??;
+    ensure!(
+        r.status == 200 && r.text() == "slow",
+        "{} {}",
+        r.status,
+        r.text()
+    );
+    // Its last stream ended: it is closed and gone.
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let conns = crate::admin::tidegate(&["ctl", "--json", "conns"], tg.dir()).await?;
+        let conns = String::from_utf8_lossy(&conns.stdout).into_owned();
+        if !conns.contains("\"h2\"") {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the drained h2 connection was never closed: {conns}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
