@@ -15,7 +15,9 @@
 //! the same [`ConnService`] (routing, header hygiene, `X-Forwarded-*`, forwarding as
 //! HTTP/1.1, metrics, the access log). The stream's own timer (the exchange's idle
 //! limit) and an operator's close of the stream reset that stream alone
-//! (`RST_STREAM`): the service's future or the response body fails, and hyper resets.
+//! (`RST_STREAM`): the service's future or the response body fails, and hyper resets;
+//! a stream hyper does not poll (a client's flow control gives it no window) has its
+//! task dropped ([`StreamExec`], [`Supervised`]), and the h2 crate resets it.
 //!
 //! Not here: the protocol itself (hyper and the h2 crate, with the limits of the
 //! listener's `h2` table, `super::listener`), the request's path to the upstream
@@ -308,7 +310,18 @@ impl hyper::service::Service<Request<Incoming>> for StreamService {
         );
         let stream = ClientConn::stream(entry);
         let guard = StreamGuard::open(&self.shared);
-        let timer = StreamTimer::new(&ctx);
+        // The stream's reset: its close (an operator, the connection's end) or its
+        // timer (`Supervised`, which hyper's executor runs right after this call).
+        let reset = close.child_token();
+        let watch = Supervision {
+            stream: stream.clone(),
+            reset: reset.clone(),
+            closed: Box::pin(reset.clone().cancelled_owned()),
+            timer: StreamTimer::new(&ctx),
+            fired: false,
+        };
+        PENDING.with(|p| *p.borrow_mut() = Some(watch));
+        let close = reset;
         let service = ConnService {
             ctx,
             peer: self.peer,
@@ -319,20 +332,17 @@ impl hyper::service::Service<Request<Incoming>> for StreamService {
         Box::pin(async move {
             let mut head = Watched {
                 inner: head,
-                stream: &stream,
                 closed: Box::pin(close.clone().cancelled_owned()),
-                timer: Some(timer),
             };
-            let (resp, timer) = std::future::poll_fn(|cx| head.poll_watched(cx)).await?;
+            let resp = std::future::poll_fn(|cx| head.poll_watched(cx)).await?;
             let (mut parts, body) = resp.into_parts();
             // h2 refuses connection-specific fields; tidegate's own answers may carry
             // `Connection: close`, and forward has already removed an upstream's.
             headers::remove_hop_by_hop(&mut parts.headers, false);
             let body = StreamBody {
                 inner: body,
-                stream,
+                _stream: stream,
                 closed: Box::pin(close.cancelled_owned()),
-                timer,
                 _open: guard,
             };
             Ok(Response::from_parts(parts, body))
@@ -386,53 +396,36 @@ impl StreamTimer {
     }
 }
 
-/// The service's future of one stream, watched for the operator's close and the
-/// stream's timer.
-struct Watched<'a> {
+/// The service's future of one stream, failed (so hyper resets the stream with
+/// `INTERNAL_ERROR`) once the stream is reset ([`Supervised`] says why).
+struct Watched {
     inner: Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>,
-    stream: &'a ClientConn,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// Handed to the response body with the response; `None` only after that.
-    timer: Option<StreamTimer>,
 }
 
-impl Watched<'_> {
+impl Watched {
     fn poll_watched(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<(Response<ProxyBody>, StreamTimer), BoxError>> {
+    ) -> Poll<Result<Response<ProxyBody>, BoxError>> {
         if self.closed.as_mut().poll(cx).is_ready() {
-            tracing::info!(
-                id = self.stream.conn().id(),
-                "resetting HTTP/2 stream: closed by the operator or the shutdown"
-            );
-            return Poll::Ready(Err(reset_error("stream closed")));
+            return Poll::Ready(Err(reset_error("stream reset")));
         }
-        let Some(timer) = self.timer.as_mut() else {
-            return Poll::Ready(Err(reset_error("polled after its response")));
-        };
-        if let Poll::Ready(Ok(resp)) = self.inner.as_mut().poll(cx) {
-            let Some(timer) = self.timer.take() else {
-                return Poll::Ready(Err(reset_error("polled after its response")));
-            };
-            return Poll::Ready(Ok((resp, timer)));
+        match self.inner.as_mut().poll(cx) {
+            Poll::Ready(Ok(resp)) => Poll::Ready(Ok(resp)),
+            Poll::Pending => Poll::Pending,
         }
-        if timer.poll_expired(cx, self.stream).is_ready() {
-            tracing::debug!(id = self.stream.conn().id(), "resetting HTTP/2 stream: idle_timeout of the upstream exchange: no byte either way");
-            return Poll::Ready(Err(reset_error("exchange idle_timeout")));
-        }
-        Poll::Pending
     }
 }
 
 /// A stream's response body: tidegate's [`ProxyBody`], failed (so hyper resets the
-/// stream) when the stream is closed or its exchange's timer expires. It keeps the
+/// stream) once the stream is reset ([`Supervised`] says why). It keeps the
 /// stream counted open, and its state (the [`ClientConn`]) alive, until hyper drops it.
 pub(super) struct StreamBody {
     inner: ProxyBody,
-    stream: Arc<ClientConn>,
+    /// Kept alive with the body (the registry entry, the byte counters).
+    _stream: Arc<ClientConn>,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
-    timer: StreamTimer,
     _open: StreamGuard,
 }
 
@@ -446,18 +439,9 @@ impl Body for StreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if this.closed.as_mut().poll(cx).is_ready() {
-            tracing::info!(
-                id = this.stream.conn().id(),
-                "resetting HTTP/2 stream: closed by the operator or the shutdown"
-            );
-            return Poll::Ready(Some(Err(reset_error("stream closed"))));
+            return Poll::Ready(Some(Err(reset_error("stream reset"))));
         }
-        let res = Pin::new(&mut this.inner).poll_frame(cx);
-        if res.is_pending() && this.timer.poll_expired(cx, &this.stream).is_ready() {
-            tracing::debug!(id = this.stream.conn().id(), "resetting HTTP/2 stream: idle_timeout of the upstream exchange: no byte either way");
-            return Poll::Ready(Some(Err(reset_error("exchange idle_timeout"))));
-        }
-        res
+        Pin::new(&mut this.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -466,5 +450,95 @@ impl Body for StreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+std::thread_local! {
+    /// The [`Supervision`] of the stream whose service [`StreamService::call`] just
+    /// made, for [`StreamExec`] to take: hyper calls the service and hands the stream's
+    /// task to its executor at once, on the same thread, with no await between (hyper's
+    /// `proto/h2/server.rs`), so no other stream's call comes between the two.
+    static PENDING: std::cell::RefCell<Option<Supervision>> = const { std::cell::RefCell::new(None) };
+}
+
+/// hyper's executor for the tasks of a client HTTP/2 connection: a stream's task runs
+/// [`Supervised`], so its timer and its close act even when hyper does not poll its
+/// body (a client that gives no flow-control window: hyper waits for capacity holding a
+/// chunk, and never asks the body for more). Other tasks (none today) run as they are.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct StreamExec;
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        match PENDING.with(|p| p.borrow_mut().take()) {
+            Some(watch) => {
+                tokio::spawn(Supervised {
+                    inner: Box::pin(fut),
+                    watch,
+                });
+            }
+            None => {
+                tokio::spawn(fut);
+            }
+        }
+    }
+}
+
+/// What holds one stream to its timer and its close.
+struct Supervision {
+    stream: Arc<ClientConn>,
+    /// The stream's reset: [`Watched`] and [`StreamBody`] fail once it is cancelled.
+    reset: CancellationToken,
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    timer: StreamTimer,
+    /// The stream is being reset.
+    fired: bool,
+}
+
+/// A stream's task (hyper's), watched: once the stream is closed or its exchange's
+/// timer expires, the stream's reset is cancelled and the task polled once more, so
+/// that a service future or a body hyper polls fails (`RST_STREAM(INTERNAL_ERROR)`);
+/// a task still pending then (hyper waits for flow control and polls nothing) is
+/// dropped: its response body and the upstream exchange with it (the upstream
+/// connection closes), and the h2 crate resets the stream it no longer has a handle
+/// of (`RST_STREAM(CANCEL)`), freeing what it buffered for it.
+struct Supervised<F> {
+    inner: Pin<Box<F>>,
+    watch: Supervision,
+}
+
+impl<F: Future<Output = ()>> Future for Supervised<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let w = &mut this.watch;
+        if !w.fired {
+            if w.closed.as_mut().poll(cx).is_ready() {
+                tracing::info!(
+                    id = w.stream.conn().id(),
+                    "resetting HTTP/2 stream: closed by the operator or the shutdown"
+                );
+                w.fired = true;
+            } else if w.timer.poll_expired(cx, &w.stream).is_ready() {
+                tracing::debug!(id = w.stream.conn().id(), "resetting HTTP/2 stream: idle_timeout of the upstream exchange: no byte either way");
+                w.reset.cancel();
+                w.fired = true;
+            }
+        }
+        if this.inner.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if w.fired {
+            tracing::debug!(
+                id = w.stream.conn().id(),
+                "HTTP/2 stream waits for the client's flow control: dropped (RST_STREAM CANCEL)"
+            );
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 }

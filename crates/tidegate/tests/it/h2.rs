@@ -687,6 +687,68 @@ async fn a_stream_closed_through_the_admin_api_is_reset_and_its_neighbour_goes_o
     Ok(())
 }
 
+/// A client that opens no flow-control window (`SETTINGS_INITIAL_WINDOW_SIZE` 0) and
+/// answers PINGs: hyper never polls its stream's body, and the stream is still held to
+/// its upstream's idle_timeout and to an operator's close.
+async fn zero_window_target(idle: &str) -> anyhow::Result<(Backend, Tidegate, u16)> {
+    let app = Backend::start(Bind::Tcp4, |_| {
+        Reply::chunks(vec![
+            (Duration::ZERO, vec![b'x'; 64 * 1024]),
+            (Duration::from_secs(30), b"never".to_vec()),
+        ])
+    })?;
+    let toml = format!(
+        r#"
+[listeners.web]
+listen = ["127.0.0.1:0"]
+[[listeners.web.routes]]
+upstream = "app"
+[upstreams.app]
+servers = ["{}"]
+idle_timeout = "{idle}"
+"#,
+        app.addr().to_config()
+    );
+    let tg = Tidegate::start(bin(), &toml).await?;
+    let p = port(&tg.addr("web")?)?;
+    Ok((app, tg, p))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_window_stream_is_reset_at_its_upstream_idle_timeout() -> anyhow::Result<()> {
+    let (app, _tg, p) = zero_window_target("500ms").await?;
+    let mut script = Script::start("zero-window", p, 10.0, "/up")?;
+    ensure!(script.line().await? == "ready");
+    let v = script.result().await?;
+    ensure!(v["status"] == "200" && v["body"] == 0, "{v}");
+    ensure!(!v["reset"].is_null() || v["closed"] == true, "{v}");
+    ensure!(v["after"].as_f64().is_some_and(|t| t < 3.0), "{v}");
+    wait_upstream_closed(&app).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_window_stream_closed_through_the_admin_api_is_reset() -> anyhow::Result<()> {
+    let (app, tg, p) = zero_window_target("60s").await?;
+    // Far from the upstream's idle_timeout: the close is the operator's.
+    let mut script = Script::start("zero-window", p, 10.0, "/up")?;
+    ensure!(script.line().await? == "ready");
+    let conns = api(&tg, "GET", "/v1/connections").await?;
+    let stream = conns
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["protocol"] == "h2" && c.get("parent").is_some())
+        .and_then(|c| c["id"].as_u64())
+        .with_context(|| format!("no h2 stream in {conns}"))?;
+    api(&tg, "DELETE", &format!("/v1/connections/{stream}")).await?;
+    let v = script.result().await?;
+    ensure!(!v["reset"].is_null() || v["closed"] == true, "{v}");
+    ensure!(v["after"].as_f64().is_some_and(|t| t < 3.0), "{v}");
+    wait_upstream_closed(&app).await?;
+    Ok(())
+}
+
 /// Within 1 s, `app` has no open connection (tidegate closed its side).
 async fn wait_upstream_closed(app: &Backend) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(1);
