@@ -46,6 +46,7 @@ use super::listener::HttpListener;
 use super::service::ConnService;
 use crate::drain::Shutdown;
 use crate::endpoint::PeerAddr;
+use crate::listener_stats::ListenerMetrics;
 use crate::registry::{ConnProtocol, ConnState, NewConn, SockAddr};
 use crate::side::Side;
 
@@ -155,20 +156,28 @@ struct Shared {
     changed: tokio::sync::Notify,
 }
 
-/// A stream counted open while it lives (its service future, then its response body).
-struct StreamGuard(Arc<Shared>);
+/// A stream counted open while it lives (its service future, then its response body),
+/// on its connection and on its listener (`h2.max_streams_total`).
+struct StreamGuard(Arc<Shared>, Arc<ListenerMetrics>);
 
 impl StreamGuard {
-    fn open(shared: &Arc<Shared>) -> Self {
+    /// `None`: the listener has `max_streams_total` streams open already.
+    fn open(shared: &Arc<Shared>, ctx: &HttpListener) -> Option<Self> {
+        let total = &ctx.metrics.h2_streams;
+        if total.fetch_add(1, Ordering::Relaxed) >= ctx.h2_max_streams_total {
+            total.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
         if shared.open.fetch_add(1, Ordering::Relaxed) == 0 {
             shared.conn.conn().set_state(ConnState::Streaming);
         }
-        StreamGuard(shared.clone())
+        Some(StreamGuard(shared.clone(), ctx.metrics.clone()))
     }
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        self.1.h2_streams.fetch_sub(1, Ordering::Relaxed);
         let s = &self.0;
         if s.open.fetch_sub(1, Ordering::Relaxed) == 1 {
             s.idle_since
@@ -288,6 +297,14 @@ impl hyper::service::Service<Request<Incoming>> for StreamService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let ctx = self.slot.load_full();
+        let Some(guard) = StreamGuard::open(&self.shared, &ctx) else {
+            tracing::debug!(listener = %ctx.name, "refusing HTTP/2 stream: the listener has h2.max_streams_total open");
+            // hyper resets the stream with the h2 error's reason: REFUSED_STREAM, which
+            // a client may retry (RFC 9113 §8.7).
+            return Box::pin(async {
+                Err(Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM)) as BoxError)
+            });
+        };
         let conn = self.shared.conn.conn();
         conn.set_generation(ctx.generation);
         conn.add_request();
@@ -309,7 +326,6 @@ impl hyper::service::Service<Request<Incoming>> for StreamService {
             conn,
         );
         let stream = ClientConn::stream(entry);
-        let guard = StreamGuard::open(&self.shared);
         // The stream's reset: its close (an operator, the connection's end) or its
         // timer (`Supervised`, which hyper's executor runs right after this call).
         let reset = close.child_token();

@@ -44,6 +44,8 @@ pub struct HttpListener {
     pub generation: u64,
     /// hyper's settings for each connection (built once).
     pub(super) builder: http1::Builder,
+    /// `h2.max_streams_total`: streams open at once on all its HTTP/2 connections.
+    pub(super) h2_max_streams_total: usize,
     /// hyper's settings for each HTTP/2 connection (built once, from `h2`).
     pub(super) h2: http2::Builder<super::h2::StreamExec>,
     /// `tls`: each connection's handshake, with the certificates of this config (a
@@ -162,6 +164,7 @@ impl HttpListener {
             generation,
             access_log: AccessLog::off(),
             builder,
+            h2_max_streams_total: cfg.h2.max_streams_total as usize,
             h2,
         }
     }

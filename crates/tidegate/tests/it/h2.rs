@@ -985,3 +985,29 @@ async fn streams_above_max_concurrent_streams_are_refused() -> anyhow::Result<()
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_above_the_listeners_max_streams_total_are_refused() -> anyhow::Result<()> {
+    let app = Backend::start(Bind::Tcp4, |_| {
+        Reply::delay(Duration::from_secs(3), Reply::text(200, "slow"))
+    })?;
+    let tg = Tidegate::start(
+        bin(),
+        &config(
+            r#""127.0.0.1:0""#,
+            "h2 = { max_concurrent_streams = 100, max_streams_total = 5 }",
+            &app,
+        ),
+    )
+    .await?;
+    let p = port(&tg.addr("web")?)?;
+    let v = flood("streams", p, 3.0, "/up").await?;
+    // Below the connection's own limit, above the listener's: refused, never forwarded.
+    ensure!(v["refused"].as_u64().is_some_and(|n| n > 0), "{v}");
+    ensure!(
+        app.requests().len() <= 5,
+        "the upstream got {} requests",
+        app.requests().len()
+    );
+    Ok(())
+}
