@@ -209,11 +209,16 @@ pub(super) async fn serve(d: H2Conn, io: ClientIo) {
         close: d.close.clone(),
     };
     let mut conn = Box::pin(ctx.h2.serve_connection(TokioIo::new(io), service));
+    // Not held for the connection's life: each turn loads the listener's settings in
+    // effect (a reload's idle_timeout applies, and the old config's routes and
+    // upstreams are not kept alive by a long-lived connection).
+    drop(ctx);
     // Set once a GOAWAY went out; when the drain sent it, the grace's end (`close`)
     // bounds the rest; when the idle timer did, this does.
     let mut shutting: Option<Option<Instant>> = None;
     // Bounded: each turn waits for hyper, a timer, the drain or a close.
     loop {
+        let ctx = d.slot.load_full();
         let idle_at = match shared.open.load(Ordering::Relaxed) {
             0 if shutting.is_none() => {
                 let since = shared.idle_since.load(Ordering::Relaxed);
