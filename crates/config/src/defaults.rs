@@ -72,7 +72,7 @@ pub const HTTP_ALPN: &[&str] = &["h2", "http/1.1"];
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// `h2.max_streams_total`: streams open at once on all the HTTP/2 connections of a
 /// listener together (more are refused with `REFUSED_STREAM`): each may hold an
-/// upstream connection and up to `max_send_buffer` plus a stream window of memory.
+/// upstream connection and memory (docs/config.md: about `max_send_buffer` + 2 MiB).
 pub const H2_MAX_STREAMS_TOTAL: u32 = 1024;
 /// `h2.initial_stream_window`: what a client may send on one stream before tidegate
 /// has passed it on (HTTP/2 flow control).

@@ -850,6 +850,16 @@ async fn flood_with_probe(
     mode: &str,
     path: &str,
 ) -> anyhow::Result<serde_json::Value> {
+    flood_with_probe_bounded(tg, mode, path, RSS_GROWTH_KIB).await
+}
+
+/// [`flood_with_probe`], with tidegate's RSS growth held to `bound_kib`.
+async fn flood_with_probe_bounded(
+    tg: &Tidegate,
+    mode: &str,
+    path: &str,
+    bound_kib: u64,
+) -> anyhow::Result<serde_json::Value> {
     let p = port(&tg.addr("web")?)?;
     let pid = tg.pid();
     let base = tidegate_testkit::procfs::vm_rss_kib(pid)?;
@@ -890,7 +900,7 @@ async fn flood_with_probe(
     let v = run.await??;
     ensure!(probes >= 1, "{mode}: no probe ran");
     ensure!(
-        peak <= base + RSS_GROWTH_KIB,
+        peak <= base + bound_kib,
         "{mode}: RSS grew from {base} KiB to {peak} KiB: {v}"
     );
     Ok(v)
@@ -1009,5 +1019,26 @@ async fn streams_above_the_listeners_max_streams_total_are_refused() -> anyhow::
         "the upstream got {} requests",
         app.requests().len()
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_on_one_connection_cost_a_bounded_memory() -> anyhow::Result<()> {
+    let app = Backend::start(Bind::Tcp4, |_| Reply::text(200, vec![b'x'; 4 << 20]))?;
+    let tg = Tidegate::start(
+        bin(),
+        &config(
+            r#""127.0.0.1:0""#,
+            "h2 = { max_concurrent_streams = 20 }",
+            &app,
+        ),
+    )
+    .await?;
+    // A client that grants the largest windows and reads nothing: each stream it may
+    // open costs up to about 2 MiB (docs/config.md, measured ~1.75 MiB), so 100 streams
+    // asked for, 20 allowed: at most 20 × 3 MiB, not 100 × 4 MiB bodies.
+    let bound = 20 * 3 * 1024;
+    let v = flood_with_probe_bounded(&tg, "slow-readers", "/up", bound).await?;
+    ensure!(v["refused"].as_u64().is_some_and(|n| n >= 80), "{v}");
     Ok(())
 }

@@ -27,6 +27,8 @@ Modes:
   zero-window     SETTINGS_INITIAL_WINDOW_SIZE=0, one GET of PATH; prints "ready" once
                   its response head is in, then reads (answering PINGs, never opening
                   the window) until the stream is reset or the connection closed
+  slow-readers    the largest windows (stream and connection), 100 GETs of PATH, then
+                  nothing read for SECONDS: the server buffers what it may per stream
   connect         a CONNECT request (`:method` and `:authority` only, RFC 9113 §8.5)
 """
 
@@ -56,6 +58,7 @@ class Conn:
         self.closed = False
         # A write failed (the server closed): what it sent before is still read.
         self.write_failed = False
+        self.grant = True  # DATA is answered with WINDOW_UPDATEs
         self.goaway = None  # error code of the first GOAWAY
         self.resets = {}  # stream id -> error code
         self.heads = {}  # stream id -> status
@@ -141,7 +144,7 @@ class Conn:
         elif isinstance(f, hf.DataFrame):
             self.data[f.stream_id] = self.data.get(f.stream_id, 0) + len(f.data)
             self.events.append((now, "data", f.stream_id))
-            if f.flow_controlled_length:
+            if f.flow_controlled_length and self.grant:
                 self.send(hf.WindowUpdateFrame(0, f.flow_controlled_length),
                           hf.WindowUpdateFrame(f.stream_id, f.flow_controlled_length))
             if "END_STREAM" in f.flags:
@@ -183,7 +186,9 @@ def flood(c, seconds, make, batch, limit):
 def main():
     mode, host, port, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     path = sys.argv[5] if len(sys.argv) > 5 else "/x"
-    zero = {hf.SettingsFrame.INITIAL_WINDOW_SIZE: 0} if mode == "zero-window" else None
+    zero = ({hf.SettingsFrame.INITIAL_WINDOW_SIZE: 0} if mode == "zero-window"
+            else {hf.SettingsFrame.INITIAL_WINDOW_SIZE: 2**31 - 1} if mode == "slow-readers"
+            else None)
     c = Conn(host, port, zero)
     started = time.monotonic()
     if mode == "rapid-reset":
@@ -275,6 +280,14 @@ def main():
             c.pump(0.1)
         res = c.result(status=c.heads.get(1), reset=c.resets.get(1),
                        after=round(time.monotonic() - told, 3), body=c.data.get(1, 0))
+    elif mode == "slow-readers":
+        c.grant = False
+        c.pump(0.3)
+        c.send(hf.WindowUpdateFrame(0, 2**31 - 1 - 65535),
+               *[c.headers(sid, path) for sid in range(1, 201, 2)])
+        time.sleep(seconds)
+        c.pump(0.5)
+        res = c.result(streams=100)
     elif mode == "connect":
         c.pump(0.3)
         block = c.enc.encode([(":method", "CONNECT"), (":authority", "h2.test:443")])
