@@ -17,7 +17,7 @@
 //! limit) and an operator's close of the stream reset that stream alone
 //! (`RST_STREAM`): the service's future or the response body fails, and hyper resets;
 //! a stream hyper does not poll (a client's flow control gives it no window) has its
-//! task dropped ([`StreamExec`], [`Supervised`]), and the h2 crate resets it.
+//! task dropped (`super::stream_exec`), and the h2 crate resets it.
 //!
 //! Not here: the protocol itself (hyper and the h2 crate, with the limits of the
 //! listener's `h2` table, `super::listener`), the request's path to the upstream
@@ -36,14 +36,15 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::body::{BoxError, ProxyBody};
-use super::client_conn::{ClientConn, ClientIo, Phase, Verdict};
+use super::client_conn::{ClientConn, ClientIo};
 use super::headers;
 use super::listener::HttpListener;
 use super::service::ConnService;
+use super::stream_exec::{StreamTimer, Supervision, PENDING};
 use crate::drain::Shutdown;
 use crate::endpoint::PeerAddr;
 use crate::listener_stats::ListenerMetrics;
@@ -338,7 +339,7 @@ impl hyper::service::Service<Request<Incoming>> for StreamService {
             stream: stream.clone(),
             reset: reset.clone(),
             closed: Box::pin(reset.clone().cancelled_owned()),
-            timer: StreamTimer::new(&ctx),
+            timer: StreamTimer::new(ctx.idle_timeout, ctx.header_timeout),
             fired: false,
         };
         PENDING.with(|p| *p.borrow_mut() = Some(watch));
@@ -376,49 +377,8 @@ fn reset_error(why: &'static str) -> BoxError {
     Box::from(why)
 }
 
-/// The stream's own timer: the exchange's idle limit, as the HTTP/1 driver holds a
-/// connection to it (`ClientConn::verdict`), here for one stream.
-struct StreamTimer {
-    idle: std::time::Duration,
-    header: std::time::Duration,
-    sleep: Pin<Box<Sleep>>,
-}
-
-impl StreamTimer {
-    fn new(ctx: &HttpListener) -> Self {
-        StreamTimer {
-            idle: ctx.idle_timeout,
-            header: ctx.header_timeout,
-            sleep: Box::pin(tokio::time::sleep(ctx.header_timeout.min(ctx.idle_timeout))),
-        }
-    }
-
-    /// Ready when the stream's exchange has been silent past its limit.
-    fn poll_expired(&mut self, cx: &mut Context<'_>, stream: &ClientConn) -> Poll<()> {
-        let rearm = stream.take_rearm();
-        // Bounded: a deadline set is in the future, so the sleep is pending after a
-        // turn or two (a millisecond's rounding).
-        for _ in 0..4 {
-            if rearm || self.sleep.is_elapsed() {
-                match stream.verdict(self.idle, self.header) {
-                    Verdict::WaitUntil(t) => self.sleep.as_mut().reset(t),
-                    Verdict::Expired(Phase::Busy) => return Poll::Ready(()),
-                    // The exchange is over (its body is being dropped): nothing to time.
-                    Verdict::Expired(_) => {
-                        self.sleep.as_mut().reset(Instant::now() + self.idle);
-                    }
-                }
-            }
-            if self.sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-        }
-        Poll::Pending
-    }
-}
-
 /// The service's future of one stream, failed (so hyper resets the stream with
-/// `INTERNAL_ERROR`) once the stream is reset ([`Supervised`] says why).
+/// `INTERNAL_ERROR`) once the stream is reset (`super::stream_exec` says why).
 struct Watched {
     inner: Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -440,7 +400,7 @@ impl Watched {
 }
 
 /// A stream's response body: tidegate's [`ProxyBody`], failed (so hyper resets the
-/// stream) once the stream is reset ([`Supervised`] says why). It keeps the
+/// stream) once the stream is reset (`super::stream_exec` says why). It keeps the
 /// stream counted open, and its state (the [`ClientConn`]) alive, until hyper drops it.
 pub(super) struct StreamBody {
     inner: ProxyBody,
@@ -471,95 +431,5 @@ impl Body for StreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-std::thread_local! {
-    /// The [`Supervision`] of the stream whose service [`StreamService::call`] just
-    /// made, for [`StreamExec`] to take: hyper calls the service and hands the stream's
-    /// task to its executor at once, on the same thread, with no await between (hyper's
-    /// `proto/h2/server.rs`), so no other stream's call comes between the two.
-    static PENDING: std::cell::RefCell<Option<Supervision>> = const { std::cell::RefCell::new(None) };
-}
-
-/// hyper's executor for the tasks of a client HTTP/2 connection: a stream's task runs
-/// [`Supervised`], so its timer and its close act even when hyper does not poll its
-/// body (a client that gives no flow-control window: hyper waits for capacity holding a
-/// chunk, and never asks the body for more). Other tasks (none today) run as they are.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct StreamExec;
-
-impl<F> hyper::rt::Executor<F> for StreamExec
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        match PENDING.with(|p| p.borrow_mut().take()) {
-            Some(watch) => {
-                tokio::spawn(Supervised {
-                    inner: Box::pin(fut),
-                    watch,
-                });
-            }
-            None => {
-                tokio::spawn(fut);
-            }
-        }
-    }
-}
-
-/// What holds one stream to its timer and its close.
-struct Supervision {
-    stream: Arc<ClientConn>,
-    /// The stream's reset: [`Watched`] and [`StreamBody`] fail once it is cancelled.
-    reset: CancellationToken,
-    closed: Pin<Box<WaitForCancellationFutureOwned>>,
-    timer: StreamTimer,
-    /// The stream is being reset.
-    fired: bool,
-}
-
-/// A stream's task (hyper's), watched: once the stream is closed or its exchange's
-/// timer expires, the stream's reset is cancelled and the task polled once more, so
-/// that a service future or a body hyper polls fails (`RST_STREAM(INTERNAL_ERROR)`);
-/// a task still pending then (hyper waits for flow control and polls nothing) is
-/// dropped: its response body and the upstream exchange with it (the upstream
-/// connection closes), and the h2 crate resets the stream it no longer has a handle
-/// of (`RST_STREAM(CANCEL)`), freeing what it buffered for it.
-struct Supervised<F> {
-    inner: Pin<Box<F>>,
-    watch: Supervision,
-}
-
-impl<F: Future<Output = ()>> Future for Supervised<F> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        let w = &mut this.watch;
-        if !w.fired {
-            if w.closed.as_mut().poll(cx).is_ready() {
-                tracing::info!(
-                    id = w.stream.conn().id(),
-                    "resetting HTTP/2 stream: closed by the operator or the shutdown"
-                );
-                w.fired = true;
-            } else if w.timer.poll_expired(cx, &w.stream).is_ready() {
-                tracing::debug!(id = w.stream.conn().id(), "resetting HTTP/2 stream: idle_timeout of the upstream exchange: no byte either way");
-                w.reset.cancel();
-                w.fired = true;
-            }
-        }
-        if this.inner.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(());
-        }
-        if w.fired {
-            tracing::debug!(
-                id = w.stream.conn().id(),
-                "HTTP/2 stream waits for the client's flow control: dropped (RST_STREAM CANCEL)"
-            );
-            return Poll::Ready(());
-        }
-        Poll::Pending
     }
 }

@@ -47,7 +47,7 @@ pub struct HttpListener {
     /// `h2.max_streams_total`: streams open at once on all its HTTP/2 connections.
     pub(super) h2_max_streams_total: usize,
     /// hyper's settings for each HTTP/2 connection (built once, from `h2`).
-    pub(super) h2: http2::Builder<super::h2::StreamExec>,
+    pub(super) h2: http2::Builder<super::stream_exec::StreamExec>,
     /// `tls`: each connection's handshake, with the certificates of this config (a
     /// reload builds a new one; a connection keeps the session it made).
     pub(crate) tls: Option<Arc<crate::tls::Terminator>>,
@@ -189,10 +189,10 @@ impl HttpListener {
 fn h2_builder(
     cfg: &tidegate_config::H2,
     max_header_size: usize,
-) -> http2::Builder<super::h2::StreamExec> {
+) -> http2::Builder<super::stream_exec::StreamExec> {
     // Each stream's task runs under `StreamExec`, which holds it to its timer and its
-    // close even while hyper waits for the client's flow control (`super::h2`).
-    let mut b = http2::Builder::new(super::h2::StreamExec);
+    // close even while hyper waits for the client's flow control (`super::stream_exec`).
+    let mut b = http2::Builder::new(super::stream_exec::StreamExec);
     b.timer(TokioTimer::new())
         .max_concurrent_streams(cfg.max_concurrent_streams)
         .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
