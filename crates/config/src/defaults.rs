@@ -69,7 +69,11 @@ pub const HTTP_ALPN: &[&str] = &["h2", "http/1.1"];
 
 /// `h2.max_concurrent_streams`: streams a client may have open at once on one HTTP/2
 /// connection (more are refused with `REFUSED_STREAM`).
-pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// `h2.max_streams_total`: streams open at once on all the HTTP/2 connections of a
+/// listener together (more are refused with `REFUSED_STREAM`): each may hold an
+/// upstream connection and memory (docs/config.md: about `max_send_buffer` + 2 MiB).
+pub const H2_MAX_STREAMS_TOTAL: u32 = 1024;
 /// `h2.initial_stream_window`: what a client may send on one stream before tidegate
 /// has passed it on (HTTP/2 flow control).
 pub const H2_INITIAL_STREAM_WINDOW: u32 = 256 * 1024;
@@ -77,7 +81,7 @@ pub const H2_INITIAL_STREAM_WINDOW: u32 = 256 * 1024;
 /// together: the most request body a connection can have waiting in tidegate.
 pub const H2_INITIAL_CONNECTION_WINDOW: u32 = 1024 * 1024;
 /// `h2.max_send_buffer`: response bytes buffered per stream toward a slow client.
-pub const H2_MAX_SEND_BUFFER: usize = 400 * 1024;
+pub const H2_MAX_SEND_BUFFER: usize = 64 * 1024;
 /// `h2.max_pending_accept_reset_streams`: streams a client opened and reset before
 /// tidegate got to them; more and the connection is closed with `GOAWAY` (the HTTP/2
 /// rapid reset attack, CVE-2023-44487).

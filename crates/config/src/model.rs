@@ -170,6 +170,9 @@ pub struct Tls {
 pub struct H2 {
     /// `max_concurrent_streams` (default [`crate::defaults::H2_MAX_CONCURRENT_STREAMS`]).
     pub max_concurrent_streams: u32,
+    /// `max_streams_total`: streams open at once on all the listener's connections
+    /// (default [`crate::defaults::H2_MAX_STREAMS_TOTAL`]).
+    pub max_streams_total: u32,
     /// `initial_stream_window`, bytes (default [`crate::defaults::H2_INITIAL_STREAM_WINDOW`]).
     pub initial_stream_window: u32,
     /// `initial_connection_window`, bytes (default
@@ -195,6 +198,7 @@ impl Default for H2 {
         use crate::defaults as d;
         H2 {
             max_concurrent_streams: d::H2_MAX_CONCURRENT_STREAMS,
+            max_streams_total: d::H2_MAX_STREAMS_TOTAL,
             initial_stream_window: d::H2_INITIAL_STREAM_WINDOW,
             initial_connection_window: d::H2_INITIAL_CONNECTION_WINDOW,
             max_send_buffer: d::H2_MAX_SEND_BUFFER as u32,

@@ -1404,6 +1404,7 @@ impl<'d> Cx<'_, '_> {
             t,
             &[
                 "max_concurrent_streams",
+                "max_streams_total",
                 "initial_stream_window",
                 "initial_connection_window",
                 "max_send_buffer",
@@ -1417,6 +1418,9 @@ impl<'d> Cx<'_, '_> {
         let mut h2 = H2::default();
         if let Some(n) = self.count(t, "max_concurrent_streams") {
             h2.max_concurrent_streams = n;
+        }
+        if let Some(n) = self.count(t, "max_streams_total") {
+            h2.max_streams_total = n;
         }
         let window = |cx: &mut Self, key: &str, min: u32| -> Option<u32> {
             let n = cx.size(t, key)?;

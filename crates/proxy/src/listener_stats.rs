@@ -77,6 +77,9 @@ impl RouteMetrics {
 #[derive(Debug)]
 pub struct ListenerMetrics {
     pub(crate) name: Arc<str>,
+    /// HTTP/2 streams open now on all its connections (kept across a reload, as the
+    /// limit `h2.max_streams_total` is the listener's).
+    pub(crate) h2_streams: std::sync::atomic::AtomicUsize,
     /// Bytes of its closed connections (live ones are added at scrape time).
     pub(crate) totals: Arc<Totals>,
     /// Requests that reached no upstream (fixed responses, 404s, refused requests).
@@ -158,6 +161,7 @@ impl ListenerMetrics {
     pub fn new(name: &str) -> Self {
         ListenerMetrics {
             name: Arc::from(name),
+            h2_streams: Default::default(),
             totals: Arc::new(Totals::default()),
             local: RouteMetrics::new(""),
             routes: std::sync::Mutex::new(Vec::new()),

@@ -234,6 +234,14 @@ fn documented() -> Vec<(&'static str, Doc)> {
             ),
         ),
         (
+            "H2_MAX_STREAMS_TOTAL",
+            Value(
+                H2,
+                "`max_streams_total`",
+                Written::Int(H2_MAX_STREAMS_TOTAL as i64),
+            ),
+        ),
+        (
             "H2_MAX_SEND_BUFFER",
             Value(H2, "`max_send_buffer`", Written::Size(H2_MAX_SEND_BUFFER)),
         ),

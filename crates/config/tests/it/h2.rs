@@ -29,7 +29,7 @@ fn the_h2_table_has_safe_defaults_and_takes_each_limit() {
     assert_eq!(h2.keepalive_interval, Some(defaults::H2_KEEPALIVE_INTERVAL));
 
     let text = listener(
-        r#"{ max_concurrent_streams = 10, initial_stream_window = "64KiB", initial_connection_window = 65535, max_send_buffer = "1MiB", max_pending_accept_reset_streams = 5, max_local_error_reset_streams = 7, keepalive_interval = "off", keepalive_timeout = "3s" }"#,
+        r#"{ max_concurrent_streams = 10, max_streams_total = 50, initial_stream_window = "64KiB", initial_connection_window = 65535, max_send_buffer = "1MiB", max_pending_accept_reset_streams = 5, max_local_error_reset_streams = 7, keepalive_interval = "off", keepalive_timeout = "3s" }"#,
         "http",
     );
     let config = load_str(&text, Some(&origin())).expect("valid");
@@ -37,6 +37,7 @@ fn the_h2_table_has_safe_defaults_and_takes_each_limit() {
         config.listeners[0].h2,
         H2 {
             max_concurrent_streams: 10,
+            max_streams_total: 50,
             initial_stream_window: 64 * 1024,
             initial_connection_window: 65_535,
             max_send_buffer: 1 << 20,

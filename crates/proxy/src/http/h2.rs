@@ -15,7 +15,9 @@
 //! the same [`ConnService`] (routing, header hygiene, `X-Forwarded-*`, forwarding as
 //! HTTP/1.1, metrics, the access log). The stream's own timer (the exchange's idle
 //! limit) and an operator's close of the stream reset that stream alone
-//! (`RST_STREAM`): the service's future or the response body fails, and hyper resets.
+//! (`RST_STREAM`): the service's future or the response body fails, and hyper resets;
+//! a stream hyper does not poll (a client's flow control gives it no window) has its
+//! task dropped (`super::stream_exec`), and the h2 crate resets it.
 //!
 //! Not here: the protocol itself (hyper and the h2 crate, with the limits of the
 //! listener's `h2` table, `super::listener`), the request's path to the upstream
@@ -34,16 +36,18 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::body::{BoxError, ProxyBody};
-use super::client_conn::{ClientConn, ClientIo, Phase, Verdict};
+use super::client_conn::{ClientConn, ClientIo};
 use super::headers;
 use super::listener::HttpListener;
 use super::service::ConnService;
+use super::stream_exec::{StreamTimer, Supervision, PENDING};
 use crate::drain::Shutdown;
 use crate::endpoint::PeerAddr;
+use crate::listener_stats::ListenerMetrics;
 use crate::registry::{ConnProtocol, ConnState, NewConn, SockAddr};
 use crate::side::Side;
 
@@ -153,20 +157,28 @@ struct Shared {
     changed: tokio::sync::Notify,
 }
 
-/// A stream counted open while it lives (its service future, then its response body).
-struct StreamGuard(Arc<Shared>);
+/// A stream counted open while it lives (its service future, then its response body),
+/// on its connection and on its listener (`h2.max_streams_total`).
+struct StreamGuard(Arc<Shared>, Arc<ListenerMetrics>);
 
 impl StreamGuard {
-    fn open(shared: &Arc<Shared>) -> Self {
+    /// `None`: the listener has `max_streams_total` streams open already.
+    fn open(shared: &Arc<Shared>, ctx: &HttpListener) -> Option<Self> {
+        let total = &ctx.metrics.h2_streams;
+        if total.fetch_add(1, Ordering::Relaxed) >= ctx.h2_max_streams_total {
+            total.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
         if shared.open.fetch_add(1, Ordering::Relaxed) == 0 {
             shared.conn.conn().set_state(ConnState::Streaming);
         }
-        StreamGuard(shared.clone())
+        Some(StreamGuard(shared.clone(), ctx.metrics.clone()))
     }
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        self.1.h2_streams.fetch_sub(1, Ordering::Relaxed);
         let s = &self.0;
         if s.open.fetch_sub(1, Ordering::Relaxed) == 1 {
             s.idle_since
@@ -198,11 +210,16 @@ pub(super) async fn serve(d: H2Conn, io: ClientIo) {
         close: d.close.clone(),
     };
     let mut conn = Box::pin(ctx.h2.serve_connection(TokioIo::new(io), service));
+    // Not held for the connection's life: each turn loads the listener's settings in
+    // effect (a reload's idle_timeout applies, and the old config's routes and
+    // upstreams are not kept alive by a long-lived connection).
+    drop(ctx);
     // Set once a GOAWAY went out; when the drain sent it, the grace's end (`close`)
     // bounds the rest; when the idle timer did, this does.
     let mut shutting: Option<Option<Instant>> = None;
     // Bounded: each turn waits for hyper, a timer, the drain or a close.
     loop {
+        let ctx = d.slot.load_full();
         let idle_at = match shared.open.load(Ordering::Relaxed) {
             0 if shutting.is_none() => {
                 let since = shared.idle_since.load(Ordering::Relaxed);
@@ -286,6 +303,14 @@ impl hyper::service::Service<Request<Incoming>> for StreamService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let ctx = self.slot.load_full();
+        let Some(guard) = StreamGuard::open(&self.shared, &ctx) else {
+            tracing::debug!(listener = %ctx.name, "refusing HTTP/2 stream: the listener has h2.max_streams_total open");
+            // hyper resets the stream with the h2 error's reason: REFUSED_STREAM, which
+            // a client may retry (RFC 9113 §8.7).
+            return Box::pin(async {
+                Err(Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM)) as BoxError)
+            });
+        };
         let conn = self.shared.conn.conn();
         conn.set_generation(ctx.generation);
         conn.add_request();
@@ -307,8 +332,18 @@ impl hyper::service::Service<Request<Incoming>> for StreamService {
             conn,
         );
         let stream = ClientConn::stream(entry);
-        let guard = StreamGuard::open(&self.shared);
-        let timer = StreamTimer::new(&ctx);
+        // The stream's reset: its close (an operator, the connection's end) or its
+        // timer (`Supervised`, which hyper's executor runs right after this call).
+        let reset = close.child_token();
+        let watch = Supervision {
+            stream: stream.clone(),
+            reset: reset.clone(),
+            closed: Box::pin(reset.clone().cancelled_owned()),
+            timer: StreamTimer::new(ctx.idle_timeout, ctx.header_timeout),
+            fired: false,
+        };
+        PENDING.with(|p| *p.borrow_mut() = Some(watch));
+        let close = reset;
         let service = ConnService {
             ctx,
             peer: self.peer,
@@ -319,20 +354,17 @@ impl hyper::service::Service<Request<Incoming>> for StreamService {
         Box::pin(async move {
             let mut head = Watched {
                 inner: head,
-                stream: &stream,
                 closed: Box::pin(close.clone().cancelled_owned()),
-                timer: Some(timer),
             };
-            let (resp, timer) = std::future::poll_fn(|cx| head.poll_watched(cx)).await?;
+            let resp = std::future::poll_fn(|cx| head.poll_watched(cx)).await?;
             let (mut parts, body) = resp.into_parts();
             // h2 refuses connection-specific fields; tidegate's own answers may carry
             // `Connection: close`, and forward has already removed an upstream's.
             headers::remove_hop_by_hop(&mut parts.headers, false);
             let body = StreamBody {
                 inner: body,
-                stream,
+                _stream: stream,
                 closed: Box::pin(close.cancelled_owned()),
-                timer,
                 _open: guard,
             };
             Ok(Response::from_parts(parts, body))
@@ -345,94 +377,36 @@ fn reset_error(why: &'static str) -> BoxError {
     Box::from(why)
 }
 
-/// The stream's own timer: the exchange's idle limit, as the HTTP/1 driver holds a
-/// connection to it (`ClientConn::verdict`), here for one stream.
-struct StreamTimer {
-    idle: std::time::Duration,
-    header: std::time::Duration,
-    sleep: Pin<Box<Sleep>>,
-}
-
-impl StreamTimer {
-    fn new(ctx: &HttpListener) -> Self {
-        StreamTimer {
-            idle: ctx.idle_timeout,
-            header: ctx.header_timeout,
-            sleep: Box::pin(tokio::time::sleep(ctx.header_timeout.min(ctx.idle_timeout))),
-        }
-    }
-
-    /// Ready when the stream's exchange has been silent past its limit.
-    fn poll_expired(&mut self, cx: &mut Context<'_>, stream: &ClientConn) -> Poll<()> {
-        let rearm = stream.take_rearm();
-        // Bounded: a deadline set is in the future, so the sleep is pending after a
-        // turn or two (a millisecond's rounding).
-        for _ in 0..4 {
-            if rearm || self.sleep.is_elapsed() {
-                match stream.verdict(self.idle, self.header) {
-                    Verdict::WaitUntil(t) => self.sleep.as_mut().reset(t),
-                    Verdict::Expired(Phase::Busy) => return Poll::Ready(()),
-                    // The exchange is over (its body is being dropped): nothing to time.
-                    Verdict::Expired(_) => {
-                        self.sleep.as_mut().reset(Instant::now() + self.idle);
-                    }
-                }
-            }
-            if self.sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-        }
-        Poll::Pending
-    }
-}
-
-/// The service's future of one stream, watched for the operator's close and the
-/// stream's timer.
-struct Watched<'a> {
+/// The service's future of one stream, failed (so hyper resets the stream with
+/// `INTERNAL_ERROR`) once the stream is reset (`super::stream_exec` says why).
+struct Watched {
     inner: Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>,
-    stream: &'a ClientConn,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// Handed to the response body with the response; `None` only after that.
-    timer: Option<StreamTimer>,
 }
 
-impl Watched<'_> {
+impl Watched {
     fn poll_watched(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<(Response<ProxyBody>, StreamTimer), BoxError>> {
+    ) -> Poll<Result<Response<ProxyBody>, BoxError>> {
         if self.closed.as_mut().poll(cx).is_ready() {
-            tracing::info!(
-                id = self.stream.conn().id(),
-                "resetting HTTP/2 stream: closed by the operator or the shutdown"
-            );
-            return Poll::Ready(Err(reset_error("stream closed")));
+            return Poll::Ready(Err(reset_error("stream reset")));
         }
-        let Some(timer) = self.timer.as_mut() else {
-            return Poll::Ready(Err(reset_error("polled after its response")));
-        };
-        if let Poll::Ready(Ok(resp)) = self.inner.as_mut().poll(cx) {
-            let Some(timer) = self.timer.take() else {
-                return Poll::Ready(Err(reset_error("polled after its response")));
-            };
-            return Poll::Ready(Ok((resp, timer)));
+        match self.inner.as_mut().poll(cx) {
+            Poll::Ready(Ok(resp)) => Poll::Ready(Ok(resp)),
+            Poll::Pending => Poll::Pending,
         }
-        if timer.poll_expired(cx, self.stream).is_ready() {
-            tracing::debug!(id = self.stream.conn().id(), "resetting HTTP/2 stream: idle_timeout of the upstream exchange: no byte either way");
-            return Poll::Ready(Err(reset_error("exchange idle_timeout")));
-        }
-        Poll::Pending
     }
 }
 
 /// A stream's response body: tidegate's [`ProxyBody`], failed (so hyper resets the
-/// stream) when the stream is closed or its exchange's timer expires. It keeps the
+/// stream) once the stream is reset (`super::stream_exec` says why). It keeps the
 /// stream counted open, and its state (the [`ClientConn`]) alive, until hyper drops it.
 pub(super) struct StreamBody {
     inner: ProxyBody,
-    stream: Arc<ClientConn>,
+    /// Kept alive with the body (the registry entry, the byte counters).
+    _stream: Arc<ClientConn>,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
-    timer: StreamTimer,
     _open: StreamGuard,
 }
 
@@ -446,18 +420,9 @@ impl Body for StreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if this.closed.as_mut().poll(cx).is_ready() {
-            tracing::info!(
-                id = this.stream.conn().id(),
-                "resetting HTTP/2 stream: closed by the operator or the shutdown"
-            );
-            return Poll::Ready(Some(Err(reset_error("stream closed"))));
+            return Poll::Ready(Some(Err(reset_error("stream reset"))));
         }
-        let res = Pin::new(&mut this.inner).poll_frame(cx);
-        if res.is_pending() && this.timer.poll_expired(cx, &this.stream).is_ready() {
-            tracing::debug!(id = this.stream.conn().id(), "resetting HTTP/2 stream: idle_timeout of the upstream exchange: no byte either way");
-            return Poll::Ready(Some(Err(reset_error("exchange idle_timeout"))));
-        }
-        res
+        Pin::new(&mut this.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -9,7 +9,7 @@ use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::StatusCode;
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use std::sync::Arc;
 use std::time::Duration;
 use tidegate_config::RouteAction;
@@ -44,8 +44,10 @@ pub struct HttpListener {
     pub generation: u64,
     /// hyper's settings for each connection (built once).
     pub(super) builder: http1::Builder,
+    /// `h2.max_streams_total`: streams open at once on all its HTTP/2 connections.
+    pub(super) h2_max_streams_total: usize,
     /// hyper's settings for each HTTP/2 connection (built once, from `h2`).
-    pub(super) h2: http2::Builder<TokioExecutor>,
+    pub(super) h2: http2::Builder<super::stream_exec::StreamExec>,
     /// `tls`: each connection's handshake, with the certificates of this config (a
     /// reload builds a new one; a connection keeps the session it made).
     pub(crate) tls: Option<Arc<crate::tls::Terminator>>,
@@ -162,6 +164,7 @@ impl HttpListener {
             generation,
             access_log: AccessLog::off(),
             builder,
+            h2_max_streams_total: cfg.h2.max_streams_total as usize,
             h2,
         }
     }
@@ -183,8 +186,13 @@ impl HttpListener {
 /// hyper's HTTP/2 settings for a listener: every limit set here, none left to hyper's
 /// defaults (docs/config.md, "HTTP/2"). Header blocks are held to the listener's
 /// `max_header_size`, as HTTP/1 heads are.
-fn h2_builder(cfg: &tidegate_config::H2, max_header_size: usize) -> http2::Builder<TokioExecutor> {
-    let mut b = http2::Builder::new(TokioExecutor::new());
+fn h2_builder(
+    cfg: &tidegate_config::H2,
+    max_header_size: usize,
+) -> http2::Builder<super::stream_exec::StreamExec> {
+    // Each stream's task runs under `StreamExec`, which holds it to its timer and its
+    // close even while hyper waits for the client's flow control (`super::stream_exec`).
+    let mut b = http2::Builder::new(super::stream_exec::StreamExec);
     b.timer(TokioTimer::new())
         .max_concurrent_streams(cfg.max_concurrent_streams)
         .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))

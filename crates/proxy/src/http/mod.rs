@@ -39,6 +39,7 @@ mod listener;
 pub mod rewind;
 pub mod route;
 mod service;
+mod stream_exec;
 mod tunnel;
 mod upgrade;
 

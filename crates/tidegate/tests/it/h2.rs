@@ -687,6 +687,68 @@ async fn a_stream_closed_through_the_admin_api_is_reset_and_its_neighbour_goes_o
     Ok(())
 }
 
+/// A client that opens no flow-control window (`SETTINGS_INITIAL_WINDOW_SIZE` 0) and
+/// answers PINGs: hyper never polls its stream's body, and the stream is still held to
+/// its upstream's idle_timeout and to an operator's close.
+async fn zero_window_target(idle: &str) -> anyhow::Result<(Backend, Tidegate, u16)> {
+    let app = Backend::start(Bind::Tcp4, |_| {
+        Reply::chunks(vec![
+            (Duration::ZERO, vec![b'x'; 64 * 1024]),
+            (Duration::from_secs(30), b"never".to_vec()),
+        ])
+    })?;
+    let toml = format!(
+        r#"
+[listeners.web]
+listen = ["127.0.0.1:0"]
+[[listeners.web.routes]]
+upstream = "app"
+[upstreams.app]
+servers = ["{}"]
+idle_timeout = "{idle}"
+"#,
+        app.addr().to_config()
+    );
+    let tg = Tidegate::start(bin(), &toml).await?;
+    let p = port(&tg.addr("web")?)?;
+    Ok((app, tg, p))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_window_stream_is_reset_at_its_upstream_idle_timeout() -> anyhow::Result<()> {
+    let (app, _tg, p) = zero_window_target("500ms").await?;
+    let mut script = Script::start("zero-window", p, 10.0, "/up")?;
+    ensure!(script.line().await? == "ready");
+    let v = script.result().await?;
+    ensure!(v["status"] == "200" && v["body"] == 0, "{v}");
+    ensure!(!v["reset"].is_null() || v["closed"] == true, "{v}");
+    ensure!(v["after"].as_f64().is_some_and(|t| t < 3.0), "{v}");
+    wait_upstream_closed(&app).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_window_stream_closed_through_the_admin_api_is_reset() -> anyhow::Result<()> {
+    let (app, tg, p) = zero_window_target("60s").await?;
+    // Far from the upstream's idle_timeout: the close is the operator's.
+    let mut script = Script::start("zero-window", p, 10.0, "/up")?;
+    ensure!(script.line().await? == "ready");
+    let conns = api(&tg, "GET", "/v1/connections").await?;
+    let stream = conns
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["protocol"] == "h2" && c.get("parent").is_some())
+        .and_then(|c| c["id"].as_u64())
+        .with_context(|| format!("no h2 stream in {conns}"))?;
+    api(&tg, "DELETE", &format!("/v1/connections/{stream}")).await?;
+    let v = script.result().await?;
+    ensure!(!v["reset"].is_null() || v["closed"] == true, "{v}");
+    ensure!(v["after"].as_f64().is_some_and(|t| t < 3.0), "{v}");
+    wait_upstream_closed(&app).await?;
+    Ok(())
+}
+
 /// Within 1 s, `app` has no open connection (tidegate closed its side).
 async fn wait_upstream_closed(app: &Backend) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(1);
@@ -788,6 +850,16 @@ async fn flood_with_probe(
     mode: &str,
     path: &str,
 ) -> anyhow::Result<serde_json::Value> {
+    flood_with_probe_bounded(tg, mode, path, RSS_GROWTH_KIB).await
+}
+
+/// [`flood_with_probe`], with tidegate's RSS growth held to `bound_kib`.
+async fn flood_with_probe_bounded(
+    tg: &Tidegate,
+    mode: &str,
+    path: &str,
+    bound_kib: u64,
+) -> anyhow::Result<serde_json::Value> {
     let p = port(&tg.addr("web")?)?;
     let pid = tg.pid();
     let base = tidegate_testkit::procfs::vm_rss_kib(pid)?;
@@ -828,7 +900,7 @@ async fn flood_with_probe(
     let v = run.await??;
     ensure!(probes >= 1, "{mode}: no probe ran");
     ensure!(
-        peak <= base + RSS_GROWTH_KIB,
+        peak <= base + bound_kib,
         "{mode}: RSS grew from {base} KiB to {peak} KiB: {v}"
     );
     Ok(v)
@@ -921,5 +993,52 @@ async fn streams_above_max_concurrent_streams_are_refused() -> anyhow::Result<()
         "the upstream got {} requests",
         app.requests().len()
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_above_the_listeners_max_streams_total_are_refused() -> anyhow::Result<()> {
+    let app = Backend::start(Bind::Tcp4, |_| {
+        Reply::delay(Duration::from_secs(3), Reply::text(200, "slow"))
+    })?;
+    let tg = Tidegate::start(
+        bin(),
+        &config(
+            r#""127.0.0.1:0""#,
+            "h2 = { max_concurrent_streams = 100, max_streams_total = 5 }",
+            &app,
+        ),
+    )
+    .await?;
+    let p = port(&tg.addr("web")?)?;
+    let v = flood("streams", p, 3.0, "/up").await?;
+    // Below the connection's own limit, above the listener's: refused, never forwarded.
+    ensure!(v["refused"].as_u64().is_some_and(|n| n > 0), "{v}");
+    ensure!(
+        app.requests().len() <= 5,
+        "the upstream got {} requests",
+        app.requests().len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_on_one_connection_cost_a_bounded_memory() -> anyhow::Result<()> {
+    let app = Backend::start(Bind::Tcp4, |_| Reply::text(200, vec![b'x'; 4 << 20]))?;
+    let tg = Tidegate::start(
+        bin(),
+        &config(
+            r#""127.0.0.1:0""#,
+            "h2 = { max_concurrent_streams = 20 }",
+            &app,
+        ),
+    )
+    .await?;
+    // A client that grants the largest windows and reads nothing: each stream it may
+    // open costs up to about 2 MiB (docs/config.md, measured ~1.75 MiB), so 100 streams
+    // asked for, 20 allowed: at most 20 × 3 MiB, not 100 × 4 MiB bodies.
+    let bound = 20 * 3 * 1024;
+    let v = flood_with_probe_bounded(&tg, "slow-readers", "/up", bound).await?;
+    ensure!(v["refused"].as_u64().is_some_and(|n| n >= 80), "{v}");
     Ok(())
 }

@@ -24,6 +24,11 @@ Modes:
   idle            one GET of PATH, then waits for the server's GOAWAY and close
   sequential      a GET of PATH; prints "first STATUS", waits for a line on stdin, then
                   a second GET of PATH on the same connection
+  zero-window     SETTINGS_INITIAL_WINDOW_SIZE=0, one GET of PATH; prints "ready" once
+                  its response head is in, then reads (answering PINGs, never opening
+                  the window) until the stream is reset or the connection closed
+  slow-readers    the largest windows (stream and connection), 100 GETs of PATH, then
+                  nothing read for SECONDS: the server buffers what it may per stream
   connect         a CONNECT request (`:method` and `:authority` only, RFC 9113 §8.5)
 """
 
@@ -44,7 +49,7 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 class Conn:
-    def __init__(self, host, port):
+    def __init__(self, host, port, settings=None):
         self.sock = socket.create_connection((host, port), timeout=5)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.enc = hpack.Encoder()
@@ -53,13 +58,14 @@ class Conn:
         self.closed = False
         # A write failed (the server closed): what it sent before is still read.
         self.write_failed = False
+        self.grant = True  # DATA is answered with WINDOW_UPDATEs
         self.goaway = None  # error code of the first GOAWAY
         self.resets = {}  # stream id -> error code
         self.heads = {}  # stream id -> status
         self.data = {}  # stream id -> bytes received
         self.ended = set()  # streams the server ended (END_STREAM)
         self.events = []  # (time, what, stream) in arrival order
-        self.sock.sendall(PREFACE + hf.SettingsFrame(0).serialize())
+        self.sock.sendall(PREFACE + hf.SettingsFrame(0, settings or {}).serialize())
 
     def send(self, *frames):
         if self.closed or self.write_failed:
@@ -138,7 +144,7 @@ class Conn:
         elif isinstance(f, hf.DataFrame):
             self.data[f.stream_id] = self.data.get(f.stream_id, 0) + len(f.data)
             self.events.append((now, "data", f.stream_id))
-            if f.flow_controlled_length:
+            if f.flow_controlled_length and self.grant:
                 self.send(hf.WindowUpdateFrame(0, f.flow_controlled_length),
                           hf.WindowUpdateFrame(f.stream_id, f.flow_controlled_length))
             if "END_STREAM" in f.flags:
@@ -180,7 +186,10 @@ def flood(c, seconds, make, batch, limit):
 def main():
     mode, host, port, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     path = sys.argv[5] if len(sys.argv) > 5 else "/x"
-    c = Conn(host, port)
+    zero = ({hf.SettingsFrame.INITIAL_WINDOW_SIZE: 0} if mode == "zero-window"
+            else {hf.SettingsFrame.INITIAL_WINDOW_SIZE: 2**31 - 1} if mode == "slow-readers"
+            else None)
+    c = Conn(host, port, zero)
     started = time.monotonic()
     if mode == "rapid-reset":
         sent = flood(c, seconds, lambda s: [c.headers(s, path), hf.RstStreamFrame(s, 8)], 100, 200_000)
@@ -259,6 +268,26 @@ def main():
         while 3 not in c.ended and time.monotonic() < deadline and not c.closed:
             c.pump(0.1)
         res = c.result(first=c.heads.get(1), second=c.heads.get(3))
+    elif mode == "zero-window":
+        c.pump(0.3)
+        c.send(c.headers(1, path))
+        deadline = started + seconds
+        while 1 not in c.heads and 1 not in c.resets and time.monotonic() < deadline and not c.closed:
+            c.pump(0.1)
+        print("ready", flush=True)
+        told = time.monotonic()
+        while 1 not in c.resets and time.monotonic() < deadline and not c.closed:
+            c.pump(0.1)
+        res = c.result(status=c.heads.get(1), reset=c.resets.get(1),
+                       after=round(time.monotonic() - told, 3), body=c.data.get(1, 0))
+    elif mode == "slow-readers":
+        c.grant = False
+        c.pump(0.3)
+        c.send(hf.WindowUpdateFrame(0, 2**31 - 1 - 65535),
+               *[c.headers(sid, path) for sid in range(1, 201, 2)])
+        time.sleep(seconds)
+        c.pump(0.5)
+        res = c.result(streams=100)
     elif mode == "connect":
         c.pump(0.3)
         block = c.enc.encode([(":method", "CONNECT"), (":authority", "h2.test:443")])
