@@ -523,7 +523,10 @@ impl Server {
             pool,
             active: AtomicUsize::new(0),
             last_good: Mutex::new(None),
-            host_header: host_header(addr),
+            host_header: host_header(
+                addr,
+                cfg.tls.as_ref().and_then(|t| t.server_name.as_deref()),
+            ),
             health,
             on_demand,
             state: AtomicU8::new(ServerState::Ready as u8),
@@ -1011,10 +1014,15 @@ impl std::fmt::Display for SecureError {
     }
 }
 
-fn host_header(addr: &UpstreamAddr) -> http::HeaderValue {
-    let text = match addr {
-        UpstreamAddr::Unix(_) => "localhost".to_owned(),
-        other => other.to_string(),
+/// The `Host` (`:authority`) tidegate itself sends to a server: in health checks, and
+/// for a client request that had none. With TLS and a `server_name`, that name: the one
+/// the certificate is checked for is the one a virtual-hosted backend answers to (its
+/// address would get a 404 or 421 and the server marked down).
+fn host_header(addr: &UpstreamAddr, server_name: Option<&str>) -> http::HeaderValue {
+    let text = match (server_name, addr) {
+        (Some(name), _) => name.to_owned(),
+        (None, UpstreamAddr::Unix(_)) => "localhost".to_owned(),
+        (None, other) => other.to_string(),
     };
     http::HeaderValue::try_from(text).unwrap_or(http::HeaderValue::from_static("localhost"))
 }

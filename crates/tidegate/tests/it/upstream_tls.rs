@@ -482,6 +482,18 @@ async fn active_health_checks_use_tls_and_h2_when_the_upstream_does() -> anyhow:
                 .any(|r| r.uri.path() == "/healthz" && r.version == http::Version::HTTP_2)
         })
         .await?;
+    // The check names the server as its certificate does (`server_name`), not by its
+    // address: a virtual-hosted backend answers to that name.
+    let authorities: Vec<String> = backend
+        .requests()
+        .iter()
+        .filter(|r| r.uri.path() == "/healthz")
+        .map(|r| r.uri.authority().map(|a| a.to_string()).unwrap_or_default())
+        .collect();
+    ensure!(
+        authorities.iter().all(|a| a == "backend.test"),
+        "health checks named the server {authorities:?}"
+    );
     Ok(())
 }
 
