@@ -168,6 +168,15 @@ async fn tls_upstreams_verify_with_a_private_ca_and_each_failure_is_a_502_naming
     Ok(())
 }
 
+/// tidegate with one route to `app`, an h2 upstream on `server`; and its listener's
+/// address.
+async fn through_h2(server: &Addr) -> anyhow::Result<(Tidegate, Addr)> {
+    let config = listener(&[("/", "app")]) + &upstream("app", server, "protocol = \"h2\"");
+    let tg = Tidegate::start(bin(), &config).await?;
+    let web = tg.addr("web")?;
+    Ok((tg, web))
+}
+
 fn h2_backend(
     bind: Bind,
     streams: Option<u32>,
@@ -236,9 +245,7 @@ async fn h2c_upstreams_over_tcp_and_unix_get_http2_requests_with_authority_from_
 async fn concurrent_h2_requests_share_connections_up_to_the_servers_stream_limit(
 ) -> anyhow::Result<()> {
     let backend = h2_backend(Bind::Tcp4, Some(2), None)?;
-    let config = listener(&[("/", "app")]) + &upstream("app", backend.addr(), "protocol = \"h2\"");
-    let tg = Tidegate::start(bin(), &config).await?;
-    let web = tg.addr("web")?;
+    let (tg, web) = through_h2(backend.addr()).await?;
     // A first request opens the connection and learns the server's limit (2).
     ensure!(get(&web, "/", "app.test").await?.status == 200);
     let slow = (0..4).map(|_| {
@@ -267,9 +274,7 @@ async fn concurrent_h2_requests_share_connections_up_to_the_servers_stream_limit
 async fn response_trailers_from_an_h2_upstream_reach_an_http1_client_that_asked(
 ) -> anyhow::Result<()> {
     let backend = h2_backend(Bind::Tcp4, None, None)?;
-    let config = listener(&[("/", "app")]) + &upstream("app", backend.addr(), "protocol = \"h2\"");
-    let tg = Tidegate::start(bin(), &config).await?;
-    let web = tg.addr("web")?;
+    let (tg, web) = through_h2(backend.addr()).await?;
     let mut c = connect(&web).await?;
     c.send(b"GET /trailers HTTP/1.1\r\nHost: app.test\r\nTE: trailers\r\n\r\n")
         .await?;
@@ -345,9 +350,7 @@ async fn h2_over_tls_is_negotiated_by_alpn_and_a_server_without_h2_is_a_502() ->
 #[tokio::test]
 async fn after_a_goaway_new_requests_go_to_a_new_connection_and_none_fails() -> anyhow::Result<()> {
     let backend = h2_backend(Bind::Tcp4, None, Some(2))?;
-    let config = listener(&[("/", "app")]) + &upstream("app", backend.addr(), "protocol = \"h2\"");
-    let tg = Tidegate::start(bin(), &config).await?;
-    let web = tg.addr("web")?;
+    let (tg, web) = through_h2(backend.addr()).await?;
     for i in 0..6 {
         let r = get(&web, "/", "app.test").await?;
         ensure!(r.status == 200, "request {i}: {} {}", r.status, r.text());
@@ -372,9 +375,7 @@ async fn after_a_goaway_new_requests_go_to_a_new_connection_and_none_fails() -> 
 async fn an_upstream_stream_reset_ends_the_clients_response_and_a_gone_client_resets_the_stream(
 ) -> anyhow::Result<()> {
     let backend = h2_backend(Bind::Tcp4, None, None)?;
-    let config = listener(&[("/", "app")]) + &upstream("app", backend.addr(), "protocol = \"h2\"");
-    let tg = Tidegate::start(bin(), &config).await?;
-    let web = tg.addr("web")?;
+    let (tg, web) = through_h2(backend.addr()).await?;
     // The upstream resets the stream mid-body: the client's response ends (not hangs)
     // without its last chunk.
     let mut c = connect(&web).await?;
@@ -409,9 +410,7 @@ async fn an_upstream_stream_reset_ends_the_clients_response_and_a_gone_client_re
 #[tokio::test]
 async fn request_trailers_of_a_chunked_http1_request_reach_an_h2_upstream() -> anyhow::Result<()> {
     let backend = h2_backend(Bind::Tcp4, None, None)?;
-    let config = listener(&[("/", "app")]) + &upstream("app", backend.addr(), "protocol = \"h2\"");
-    let tg = Tidegate::start(bin(), &config).await?;
-    let web = tg.addr("web")?;
+    let (tg, web) = through_h2(backend.addr()).await?;
     let mut c = connect(&web).await?;
     c.send(
         b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\
@@ -501,9 +500,7 @@ async fn active_health_checks_use_tls_and_h2_when_the_upstream_does() -> anyhow:
 async fn three_clients_that_stop_reading_never_stall_another_stream_on_the_shared_connection(
 ) -> anyhow::Result<()> {
     let backend = h2_backend(Bind::Tcp4, None, None)?;
-    let config = listener(&[("/", "app")]) + &upstream("app", backend.addr(), "protocol = \"h2\"");
-    let tg = Tidegate::start(bin(), &config).await?;
-    let web = tg.addr("web")?;
+    let (tg, web) = through_h2(backend.addr()).await?;
     // Opens the shared connection.
     ensure!(get(&web, "/", "app.test").await?.status == 200);
     // Three clients ask for 64 MiB each and never read: far more than the sockets
@@ -638,9 +635,7 @@ async fn a_burst_over_the_servers_stream_limit_waits_in_tidegate_and_never_eject
 async fn maint_drains_an_h2_connection_it_stays_listed_until_its_last_stream_ends(
 ) -> anyhow::Result<()> {
     let backend = h2_backend(Bind::Tcp4, None, None)?;
-    let config = listener(&[("/", "app")]) + &upstream("app", backend.addr(), "protocol = \"h2\"");
-    let tg = Tidegate::start(bin(), &config).await?;
-    let web = tg.addr("web")?;
+    let (tg, web) = through_h2(backend.addr()).await?;
     let slow = {
         let web = web.clone();
         tokio::spawn(async move { get(&web, "/slow/1500", "app.test").await })
