@@ -245,7 +245,7 @@ async fn h2c_upstreams_over_tcp_and_unix_get_http2_requests_with_authority_from_
 async fn concurrent_h2_requests_share_connections_up_to_the_servers_stream_limit(
 ) -> anyhow::Result<()> {
     let backend = h2_backend(Bind::Tcp4, Some(2), None)?;
-    let (tg, web) = through_h2(backend.addr()).await?;
+    let (_tg, web) = through_h2(backend.addr()).await?;
     // A first request opens the connection and learns the server's limit (2).
     ensure!(get(&web, "/", "app.test").await?.status == 200);
     let slow = (0..4).map(|_| {
@@ -274,7 +274,7 @@ async fn concurrent_h2_requests_share_connections_up_to_the_servers_stream_limit
 async fn response_trailers_from_an_h2_upstream_reach_an_http1_client_that_asked(
 ) -> anyhow::Result<()> {
     let backend = h2_backend(Bind::Tcp4, None, None)?;
-    let (tg, web) = through_h2(backend.addr()).await?;
+    let (_tg, web) = through_h2(backend.addr()).await?;
     let mut c = connect(&web).await?;
     c.send(b"GET /trailers HTTP/1.1\r\nHost: app.test\r\nTE: trailers\r\n\r\n")
         .await?;
@@ -350,7 +350,7 @@ async fn h2_over_tls_is_negotiated_by_alpn_and_a_server_without_h2_is_a_502() ->
 #[tokio::test]
 async fn after_a_goaway_new_requests_go_to_a_new_connection_and_none_fails() -> anyhow::Result<()> {
     let backend = h2_backend(Bind::Tcp4, None, Some(2))?;
-    let (tg, web) = through_h2(backend.addr()).await?;
+    let (_tg, web) = through_h2(backend.addr()).await?;
     for i in 0..6 {
         let r = get(&web, "/", "app.test").await?;
         ensure!(r.status == 200, "request {i}: {} {}", r.status, r.text());
@@ -375,7 +375,7 @@ async fn after_a_goaway_new_requests_go_to_a_new_connection_and_none_fails() -> 
 async fn an_upstream_stream_reset_ends_the_clients_response_and_a_gone_client_resets_the_stream(
 ) -> anyhow::Result<()> {
     let backend = h2_backend(Bind::Tcp4, None, None)?;
-    let (tg, web) = through_h2(backend.addr()).await?;
+    let (_tg, web) = through_h2(backend.addr()).await?;
     // The upstream resets the stream mid-body: the client's response ends (not hangs)
     // without its last chunk.
     let mut c = connect(&web).await?;
@@ -410,7 +410,7 @@ async fn an_upstream_stream_reset_ends_the_clients_response_and_a_gone_client_re
 #[tokio::test]
 async fn request_trailers_of_a_chunked_http1_request_reach_an_h2_upstream() -> anyhow::Result<()> {
     let backend = h2_backend(Bind::Tcp4, None, None)?;
-    let (tg, web) = through_h2(backend.addr()).await?;
+    let (_tg, web) = through_h2(backend.addr()).await?;
     let mut c = connect(&web).await?;
     c.send(
         b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\
@@ -500,7 +500,7 @@ async fn active_health_checks_use_tls_and_h2_when_the_upstream_does() -> anyhow:
 async fn three_clients_that_stop_reading_never_stall_another_stream_on_the_shared_connection(
 ) -> anyhow::Result<()> {
     let backend = h2_backend(Bind::Tcp4, None, None)?;
-    let (tg, web) = through_h2(backend.addr()).await?;
+    let (_tg, web) = through_h2(backend.addr()).await?;
     // Opens the shared connection.
     ensure!(get(&web, "/", "app.test").await?.status == 200);
     // Three clients ask for 64 MiB each and never read: far more than the sockets
